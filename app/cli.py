@@ -1,0 +1,317 @@
+"""The ``pagelens`` command: one short wrapper per library call.
+
+Global options (``--collection``, ``--model``, ``--device``) come before the command and
+also read ``PAGELENS_COLLECTION`` / ``PAGELENS_MODEL``; ``PAGELENS_HOME`` moves the folder
+that holds named collections. Exit codes: 0 ok, 1 error, 2 usage, 3 some files refused.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from app.cli_common import (
+    EXIT_REFUSED,
+    Options,
+    configure_logging,
+    fail,
+    options,
+    print_json,
+    run_guarded,
+    say,
+)
+from app.progress import TerminalProgress
+
+cli = typer.Typer(
+    name="pagelens",
+    help="Ask questions of your PDFs and get back the pages that answer. Built with GME.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@cli.callback()
+def root(
+    ctx: typer.Context,
+    collection: str = typer.Option(
+        None, "--collection", "-c", envvar="PAGELENS_COLLECTION",
+        help="Collection name (under PAGELENS_HOME, default ./data) or folder path.",
+    ),
+    model: str = typer.Option(
+        None, "--model", "-m", envvar="PAGELENS_MODEL",
+        help="GME model: hub id or local folder (default Alibaba-NLP/gme-Qwen2-VL-2B-Instruct).",
+    ),
+    device: str = typer.Option(None, "--device", help="cuda, mps or cpu (default: auto)."),
+    dtype: str = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 (default: auto)."),
+    image_tokens: int = typer.Option(
+        None, "--image-tokens", envvar="PAGELENS_IMAGE_TOKENS",
+        help="Visual-token budget per page (1280 as published; 768, 512, 256 are faster).",
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
+) -> None:
+    configure_logging(verbose)
+    ctx.obj = Options(
+        collection=collection, model=model, device=device, dtype=dtype, image_tokens=image_tokens
+    )
+
+
+@cli.command()
+def index(
+    ctx: typer.Context,
+    paths: list[Path] = typer.Argument(..., help="PDF or image files, or folders (recursive)."),
+    password: str = typer.Option(None, "--password", help="Password for encrypted PDFs."),
+    text_only: bool = typer.Option(
+        False, "--text-only", help="Store pages and text now (searchable with --mode text); "
+        "embed later with 'pagelens index' again."
+    ),
+    batch_size: int = typer.Option(4, "--batch-size", help="Pages per model batch."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Add files and folders to the collection (resumes interrupted jobs)."""
+    from indexer.pipeline import Indexer
+
+    opts = options(ctx)
+
+    def body() -> None:
+        store = opts.store()
+        embedder = None if text_only else opts.embedder()
+        indexer = Indexer(store, embedder, batch_size=batch_size)
+        report = indexer.add(
+            paths, password=password, embed=not text_only, progress=TerminalProgress(),
+            on_wait=say,
+            on_file=lambda r: say(_file_line(r)),
+        )
+        if as_json:
+            print_json(report.as_dict())
+        else:
+            stats = store.stats()
+            say(
+                f"done in {report.seconds:.1f}s: {report.pages_stored} pages stored, "
+                f"{report.pages_embedded} embedded ({report.pages_reused} reused); "
+                f"collection {store.path}: {stats.documents} documents, {stats.pages} pages"
+                + (f", {stats.pending} waiting for vectors" if stats.pending else "")
+            )
+        if report.refused:
+            say(f"{len(report.refused)} file(s) refused")
+            raise SystemExit(EXIT_REFUSED)
+
+    run_guarded(body)
+
+
+def _file_line(result) -> str:
+    if result.status == "refused":
+        return f"refused  {result.path}: {result.message}"
+    if result.status == "skipped":
+        return f"skipped  {result.message}"
+    return f"{result.status:8} {result.name} ({result.pages} pages)"
+
+
+@cli.command()
+def search(
+    ctx: typer.Context,
+    question: str = typer.Argument(None, help="The question (may be omitted with --image)."),
+    k: int = typer.Option(5, "-k", "--top", help="How many pages."),
+    image: Path = typer.Option(None, "--image", help="Search by an image (with or without text)."),
+    mode: str = typer.Option(None, "--mode", help="visual (default), text or hybrid."),
+    documents: list[str] = typer.Option(None, "--doc", "-d", help="Only this document (repeat)."),
+    pages: str = typer.Option(None, "--pages", help="Only these pages, e.g. 3-7."),
+    as_json: bool = typer.Option(False, "--json", help="Print hits as JSON."),
+) -> None:
+    """Find the pages that answer a question."""
+    opts = options(ctx)
+
+    def body() -> None:
+        retriever = _retriever(opts, mode)
+        hits = retriever.search(
+            question, k, image=image, documents=documents or None, pages=pages, mode=mode
+        )
+        pending = retriever.pending() if retriever.embedder is not None else 0
+        if as_json:
+            print_json({
+                "query": question, "mode": mode or ("visual" if retriever.embedder else "text"),
+                "pending": pending, "hits": [h.as_dict() for h in hits],
+            })
+            return
+        if not hits:
+            say("no pages found" + ("" if retriever.store.stats().pages else
+                                    " (the collection is empty: run 'pagelens index PATH')"))
+        for rank, hit in enumerate(hits, start=1):
+            typer.echo(f"{rank:>2}. {hit.score:7.4f}  {hit.document}  p.{hit.page}")
+            typer.echo(f"    {hit.image}")
+            if hit.snippet:
+                typer.echo(f"    {hit.snippet[:160]}")
+        if pending:
+            say(f"note: {pending} page(s) still wait for vectors; run 'pagelens index' to finish")
+
+    run_guarded(body)
+
+
+def _retriever(opts: Options, mode: str | None):
+    from retriever.search import Retriever
+
+    store = opts.store(create=False)
+    embedder = None if mode == "text" else opts.embedder()
+    return Retriever(embedder, store)
+
+
+@cli.command()
+def docs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the documents in the collection."""
+    opts = options(ctx)
+
+    def body() -> None:
+        store = opts.store()
+        documents = store.documents()
+        if as_json:
+            print_json({"collection": str(store.path), "documents": [d.as_dict() for d in documents]})
+            return
+        if not documents:
+            say(f"collection {store.path} is empty")
+        for d in documents:
+            state = "" if d.ready else "  (incomplete: run index again)"
+            typer.echo(
+                f"{d.id:>4}  {d.name}  {d.page_count} pages  "
+                f"{d.pages_embedded}/{d.pages_stored} embedded  {d.added_at}{state}"
+            )
+
+    run_guarded(body)
+
+
+@cli.command()
+def remove(
+    ctx: typer.Context,
+    document: str = typer.Argument(..., help="Document name or id."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Remove a document: its pages, vectors and images."""
+    opts = options(ctx)
+
+    def body() -> None:
+        store = opts.store(create=False)
+        with store.writing(on_wait=say):
+            doc = store.remove_document(document)
+        if as_json:
+            print_json({"removed": doc.as_dict()})
+        else:
+            say(f"removed {doc.name} ({doc.page_count} pages)")
+
+    run_guarded(body)
+
+
+@cli.command()
+def export(
+    ctx: typer.Context,
+    question: str = typer.Argument(..., help="The question."),
+    fmt: str = typer.Option("openai", "--format", "-f", help="openai, markdown or zip."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write ('-' for stdout)."),
+    k: int = typer.Option(5, "-k", "--top"),
+    mode: str = typer.Option(None, "--mode", help="visual (default), text or hybrid."),
+    documents: list[str] = typer.Option(None, "--doc", "-d"),
+    pages: str = typer.Option(None, "--pages"),
+    max_side: int = typer.Option(1568, "--max-side", help="Longest image side sent, pixels."),
+    image_format: str = typer.Option("jpeg", "--image-format", help="jpeg, png or webp."),
+    quality: int = typer.Option(85, "--quality", help="JPEG/WebP quality."),
+) -> None:
+    """Search, then write the question and pages as an LLM prompt."""
+    import json
+
+    from retriever.export import ExportSettings, to_markdown, to_openai_messages, to_zip
+
+    if fmt not in ("openai", "markdown", "zip"):
+        fail(f"unknown format '{fmt}': use openai, markdown or zip", 2)
+    opts = options(ctx)
+
+    def body() -> None:
+        try:
+            settings = ExportSettings(max_side=max_side, image_format=image_format, quality=quality)
+        except ValueError as exc:
+            fail(str(exc), 2)
+        hits = _retriever(opts, mode).search(
+            question, k, documents=documents or None, pages=pages, mode=mode
+        )
+        if not hits:
+            fail("no pages found to export")
+        if fmt == "zip":
+            if str(output) == "-":
+                fail("a ZIP needs a file: -o bundle.zip", 2)
+            to_zip(question, hits, output, settings=settings)
+        else:
+            text = (
+                json.dumps(to_openai_messages(question, hits, settings=settings), indent=1)
+                if fmt == "openai" else to_markdown(question, hits)
+            )
+            if str(output) == "-":
+                sys.stdout.write(text)
+                return
+            output.write_text(text, encoding="utf-8")
+        say(f"wrote {output} ({len(hits)} pages, {fmt})")
+
+    run_guarded(body)
+
+
+@cli.command("collections")
+def collections_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the collections under PAGELENS_HOME."""
+    from indexer.config import home, list_collections
+
+    names = list_collections()
+    if as_json:
+        print_json({"home": str(home()), "collections": names})
+    else:
+        for name in names:
+            typer.echo(name)
+
+
+@cli.command(
+    "app",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def app_cmd(ctx: typer.Context) -> None:
+    """Start the web app (Streamlit options pass through, e.g. --server.port 8601)."""
+    opts = options(ctx)
+    script = Path(__file__).with_name("streamlit_app.py")
+    env = os.environ.copy()
+    if opts.collection:
+        env["PAGELENS_COLLECTION"] = opts.collection
+    if opts.model:
+        env["PAGELENS_MODEL"] = opts.model
+    if opts.device:
+        env["PAGELENS_DEVICE"] = opts.device
+    if opts.image_tokens:
+        env["PAGELENS_IMAGE_TOKENS"] = str(opts.image_tokens)
+    argv = [sys.executable, "-m", "streamlit", "run", str(script), *ctx.args]
+    os.execvpe(argv[0], argv, env)
+
+
+dev = typer.Typer(help="Developer tools.", no_args_is_help=True)
+cli.add_typer(dev, name="dev")
+
+
+@dev.command("make-model")
+def make_model(
+    folder: Path = typer.Argument(..., help="Where to write the checkpoint."),
+    size: str = typer.Option("tiny", "--size", help="tiny (tests) or full (GME-2B shape)."),
+) -> None:
+    """Write a random-weight GME checkpoint (no download), e.g. for trying PageLens out."""
+    from indexer.random_model import build_random_gme
+
+    path = run_guarded(lambda: build_random_gme(folder, size=size))
+    say(f"wrote a random-weight {size} GME checkpoint to {path}; "
+        f"use it with PAGELENS_MODEL={path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+from app import commands  # noqa: E402,F401  (registers the commands of other modules)
+
+
+if __name__ == "__main__":
+    main()

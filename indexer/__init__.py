@@ -1,0 +1,50 @@
+"""PageLens indexing: files -> pages -> vectors -> store.
+
+The public names live here; each submodule holds one layer and can be used on its own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, Embedder, FakeEmbedder
+from indexer.errors import (
+    CollectionError,
+    DocumentError,
+    ModelMismatchError,
+    ModelNotAvailableError,
+    PageLensError,
+)
+
+if TYPE_CHECKING:
+    import os
+
+
+def load_embedder(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    **options: Any,
+) -> Embedder:
+    """Load GME (hub id or local folder; ``$PAGELENS_MODEL`` by default) behind :class:`Embedder`.
+
+    Imported lazily so that code which only reads a collection never imports torch.
+    """
+    from indexer.gme import load_embedder as _load
+
+    return _load(model, device=device, dtype=dtype, **options)
+
+
+__all__ = [
+    "DEFAULT_INSTRUCTION",
+    "QUERY_INSTRUCTION",
+    "CollectionError",
+    "DocumentError",
+    "Embedder",
+    "FakeEmbedder",
+    "ModelMismatchError",
+    "ModelNotAvailableError",
+    "PageLensError",
+    "load_embedder",
+]

@@ -1,0 +1,50 @@
+"""The few exceptions PageLens raises on purpose.
+
+Everything a user can cause (a bad file, a missing model, a wrong collection) is a
+``PageLensError`` with a message written for a person; the CLI and the app print that
+message and never a traceback. Anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+
+class PageLensError(Exception):
+    """Base class: the message is meant to be shown to the user as is."""
+
+
+class ModelNotAvailableError(PageLensError):
+    """The model's weights could not be found locally nor downloaded."""
+
+
+class ModelMismatchError(PageLensError):
+    """A collection was opened with a model (or dimension) other than the one that built it."""
+
+
+class CollectionError(PageLensError):
+    """A collection folder is missing, unreadable, read-only or otherwise unusable."""
+
+
+class CollectionLockedError(CollectionError):
+    """Another process holds the collection's write lock for longer than we were willing to wait."""
+
+
+class DocumentNotFoundError(PageLensError):
+    """A document named by the user (by name or id) is not in the collection."""
+
+
+class DocumentError(PageLensError):
+    """A single input file was refused. ``reason`` is a short stable code, ``path`` the file.
+
+    Reason codes (stable, used in JSON output): ``not-found``, ``empty``, ``not-a-pdf``,
+    ``unsupported``, ``damaged``, ``needs-password``, ``wrong-password``, ``no-pages``,
+    ``too-large``, ``bad-image``.
+    """
+
+    def __init__(self, path: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.path = str(path)
+        self.reason = reason
+
+
+class QueryError(PageLensError):
+    """A search request that cannot be answered as asked (empty question, bad image...)."""

@@ -1,0 +1,327 @@
+"""Indexing: files -> pages -> vectors, into a :class:`~indexer.store.Collection`.
+
+Two phases, so that a person can search at once and nothing is lost on interruption:
+
+1. *Pages*: every file is inspected (bad files are refused by name with a reason, the others
+   go on), its pages rendered, their text layer extracted, and both committed in small
+   batches. Text search works as soon as this phase ends, in seconds.
+2. *Vectors*: pages without a vector are embedded in batches and committed batch by batch.
+   A page whose image is byte-identical to one already embedded (blank pages, repeated
+   slides) reuses that vector instead of running the model.
+
+Re-running the same command after a crash finishes the job: files whose content hash is
+already complete are skipped, a half-stored file resumes at its first missing page, and
+pending pages are embedded. The whole job holds the collection's write lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from indexer.embedder import Embedder
+from indexer.errors import DocumentError, PageLensError
+from indexer.pages import (
+    RenderSettings,
+    file_sha256,
+    inspect_document,
+    iter_input_files,
+    render_pages,
+)
+from indexer.store import Collection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report: pages ``done`` of ``total`` in ``phase`` ("pages" or "vectors")."""
+
+    phase: str
+    done: int
+    total: int
+    rate: float = 0.0
+    eta_s: float | None = None
+    file: str | None = None
+    message: str | None = None
+
+    def describe(self) -> str:
+        eta = f", ETA {format_duration(self.eta_s)}" if self.eta_s is not None else ""
+        rate = f", {self.rate:.2f} pages/s" if self.rate else ""
+        return f"{self.phase}: {self.done}/{self.total}{rate}{eta}"
+
+
+@dataclass
+class FileResult:
+    """What happened to one input file. ``status``: added, resumed, skipped or refused."""
+
+    path: str
+    status: str
+    document_id: int | None = None
+    name: str | None = None
+    pages: int = 0
+    reason: str | None = None
+    message: str | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class IndexReport:
+    files: list[FileResult] = field(default_factory=list)
+    pages_stored: int = 0
+    pages_embedded: int = 0
+    pages_reused: int = 0
+    pending: int = 0
+    seconds: float = 0.0
+
+    @property
+    def refused(self) -> list[FileResult]:
+        return [f for f in self.files if f.status == "refused"]
+
+    def as_dict(self) -> dict:
+        return {
+            "files": [f.as_dict() for f in self.files],
+            "pages_stored": self.pages_stored,
+            "pages_embedded": self.pages_embedded,
+            "pages_reused": self.pages_reused,
+            "pending": self.pending,
+            "refused": len(self.refused),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class _Meter:
+    """Pages/s and ETA over a phase, for progress bars."""
+
+    def __init__(self, phase: str, total: int, callback: ProgressFn | None) -> None:
+        self.phase, self.total, self.callback = phase, total, callback
+        self.done = 0
+        self.start = time.perf_counter()
+
+    def step(self, n: int = 1, *, file: str | None = None, message: str | None = None) -> None:
+        self.done += n
+        self.report(file=file, message=message)
+
+    def report(self, *, file: str | None = None, message: str | None = None) -> None:
+        if self.callback is None:
+            return
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = self.done / elapsed if self.done else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else None
+        self.callback(
+            Progress(self.phase, self.done, self.total, rate, eta, file=file, message=message)
+        )
+
+
+class Indexer:
+    """Adds files to a collection with an injected embedder.
+
+    ``embedder`` may be None for a text-only pass (pages and text layer now, vectors later).
+    """
+
+    def __init__(
+        self,
+        store: Collection,
+        embedder: Embedder | None = None,
+        *,
+        settings: RenderSettings | None = None,
+        batch_size: int = 4,
+        commit_every: int = 16,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.batch_size = max(1, int(batch_size))
+        self.commit_every = max(1, int(commit_every))
+        stored = store.render_settings()
+        if settings is None and stored:
+            settings = RenderSettings(**{
+                k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__
+            })
+        if settings is None:
+            tokens = getattr(embedder, "max_image_tokens", None) or 1280
+            settings = RenderSettings.for_tokens(int(tokens))
+        self.settings = settings
+
+    # -- phase 1 -----------------------------------------------------------------------
+    def add(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        password: str | None = None,
+        passwords: dict[str, str] | None = None,
+        names: dict[str, str] | None = None,
+        embed: bool = True,
+        progress: ProgressFn | None = None,
+        on_wait: Callable[[str], None] | None = None,
+        on_file: Callable[[FileResult], None] | None = None,
+    ) -> IndexReport:
+        """Index files and folders; a refused file never stops the others.
+
+        ``passwords`` maps a file path to its password (``password`` applies to all);
+        ``names`` maps a path to the display name (uploads keep their original names).
+        """
+        started = time.perf_counter()
+        report = IndexReport()
+        with self.store.writing(on_wait=on_wait):
+            if embed and self.embedder is not None:
+                self.store.bind_model(self.embedder.model_id, self.embedder.dim)
+            if self.store.render_settings() is None:
+                self.store.set_render_settings(self.settings.as_dict())
+            plans = []
+            for path in iter_input_files(paths):
+                pw = (passwords or {}).get(str(path), password)
+                name = (names or {}).get(str(path))
+                try:
+                    plans.append(self._plan(path, pw, name))
+                except DocumentError as exc:
+                    result = FileResult(str(path), "refused", reason=exc.reason, message=str(exc))
+                    report.files.append(result)
+                    if on_file:
+                        on_file(result)
+            total = sum(p["todo"] for p in plans)
+            meter = _Meter("pages", total, progress)
+            meter.report()
+            for plan in plans:
+                result = self._store_pages(plan, meter, report)
+                report.files.append(result)
+                if on_file:
+                    on_file(result)
+            if embed and self.embedder is not None:
+                self.embed_pending(progress=progress, report=report)
+            report.pending = self.store.stats().pending
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _plan(self, path: Path, password: str | None, name: str | None) -> dict:
+        info = inspect_document(path, password=password, settings=self.settings)
+        existing = self.store.find_by_sha256(info.sha256)
+        stored = self.store.stored_page_numbers(existing.id) if existing else set()
+        todo = 0 if existing and existing.ready else info.page_count - len(stored)
+        return {
+            "path": path, "info": info, "password": password, "existing": existing,
+            "stored": stored, "todo": todo, "name": name or path.name,
+        }
+
+    def _store_pages(self, plan: dict, meter: _Meter, report: IndexReport) -> FileResult:
+        path, info, existing = plan["path"], plan["info"], plan["existing"]
+        if existing is not None and existing.ready:
+            return FileResult(
+                str(path), "skipped", existing.id, existing.name, existing.page_count,
+                message=f"{path.name} is already in the collection (same content as "
+                f"'{existing.name}').",
+            )
+        doc = existing or self.store.add_document(
+            name=plan["name"], path=str(Path(path).resolve()), sha256=info.sha256,
+            kind=info.kind, page_count=info.page_count, title=info.title,
+            size=Path(path).stat().st_size,
+        )
+        wanted = [n for n in range(1, info.page_count + 1) if n not in plan["stored"]]
+        batch: list = []
+        try:
+            for page in render_pages(
+                path, settings=self.settings, password=plan["password"], pages=wanted
+            ):
+                batch.append((page.number, page.text, page.image))
+                if len(batch) >= self.commit_every:
+                    self.store.add_pages(doc.id, batch)
+                    report.pages_stored += len(batch)
+                    meter.step(len(batch), file=doc.name)
+                    batch = []
+            if batch:
+                self.store.add_pages(doc.id, batch)
+                report.pages_stored += len(batch)
+                meter.step(len(batch), file=doc.name)
+        except DocumentError as exc:
+            # Keep what was stored of a file that breaks half-way? No: a document is either
+            # complete or absent, so remove it and report the file.
+            self.store.remove_document(doc.id)
+            return FileResult(str(path), "refused", reason=exc.reason, message=str(exc))
+        self.store.mark_ready(doc.id)
+        return FileResult(
+            str(path), "resumed" if existing else "added", doc.id, doc.name, info.page_count
+        )
+
+    # -- phase 2 -----------------------------------------------------------------------
+    def embed_pending(
+        self,
+        *,
+        progress: ProgressFn | None = None,
+        report: IndexReport | None = None,
+        limit: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> int:
+        """Embed pages that have no vector yet; returns how many got one."""
+        if self.embedder is None:
+            raise PageLensError("No model loaded: cannot compute page vectors.")
+        report = report or IndexReport()
+        with self.store.writing():
+            self.store.bind_model(self.embedder.model_id, self.embedder.dim)
+            pending = self.store.pending_pages(limit)
+            meter = _Meter("vectors", len(pending), progress)
+            meter.report()
+            batches = [
+                pending[i : i + self.batch_size] for i in range(0, len(pending), self.batch_size)
+            ]
+            done = 0
+            # Decode the next batch's images while the model works on this one.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                future = pool.submit(self._load_batch, batches[0]) if batches else None
+                for i, batch in enumerate(batches):
+                    images = future.result()
+                    if i + 1 < len(batches):
+                        future = pool.submit(self._load_batch, batches[i + 1])
+                    done += self._embed_batch(batch, images, report)
+                    meter.step(len(batch), file=None)
+                    if should_stop and should_stop():
+                        break
+        return done
+
+    def _load_batch(self, pages: Sequence) -> list:
+        return [self.store.load_image(p) for p in pages]
+
+    def _embed_batch(self, pages: Sequence, images: list, report: IndexReport) -> int:
+        ids, vectors, todo, todo_images = [], [], [], []
+        seen: dict[str, int] = {}
+        for page, image in zip(pages, images, strict=True):
+            reused = self.store.vector_for_image_sha(page.image_sha256)
+            if reused is not None and len(reused) == self.embedder.dim:
+                ids.append(page.id)
+                vectors.append(reused)
+                report.pages_reused += 1
+            elif page.image_sha256 in seen:
+                todo.append((page.id, seen[page.image_sha256]))
+                report.pages_reused += 1
+            else:
+                seen[page.image_sha256] = len(todo_images)
+                todo.append((page.id, len(todo_images)))
+                todo_images.append(image)
+        if todo_images:
+            fresh = self.embedder.embed_images(todo_images)
+            for page_id, row in todo:
+                ids.append(page_id)
+                vectors.append(fresh[row])
+            report.pages_embedded += len(todo_images)
+        if ids:
+            self.store.set_vectors(ids, np.stack(vectors))
+        return len(ids)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

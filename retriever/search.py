@@ -1,0 +1,249 @@
+"""Questions -> ranked pages.
+
+Three ways to rank, one result type:
+
+* ``visual``: GME. The question (text, image, or both) is embedded on the query side, with
+  GME's retrieval instruction, and compared by cosine with the page vectors.
+* ``text``: BM25 over the pages' text layer (SQLite FTS5). Catches exact names and numbers.
+* ``hybrid``: reciprocal rank fusion (RRF, Cormack et al. 2009) of the two rankings:
+  ``score = sum over rankings of 1 / (60 + rank)``, each ranking taken to depth
+  ``max(50, 4k)``. RRF needs no score calibration between cosine and BM25, and a page
+  missing from one ranking (a scan with no text) still ranks through the other.
+
+Visual and hybrid search use the pages embedded so far; ``pending()`` says how many wait.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from indexer.embedder import QUERY_INSTRUCTION, Embedder
+from indexer.errors import QueryError
+from indexer.store import Collection
+
+MODES = ("visual", "text", "hybrid")
+RRF_K = 60
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One ranked page. ``image`` is the absolute path of the stored page image."""
+
+    document: str
+    document_id: int
+    path: str
+    page: int
+    score: float
+    image: str
+    snippet: str
+    page_id: int
+    text: str = field(default="", repr=False)
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self, *, with_text: bool = False) -> dict:
+        out = {
+            "document": self.document,
+            "document_id": self.document_id,
+            "path": self.path,
+            "page": self.page,
+            "score": round(float(self.score), 6),
+            "image": self.image,
+            "snippet": self.snippet,
+            "page_id": self.page_id,
+        }
+        if self.scores:
+            out["scores"] = {k: round(float(v), 6) for k, v in self.scores.items()}
+        if with_text:
+            out["text"] = self.text
+        return out
+
+
+@dataclass(frozen=True)
+class PageRange:
+    """A 1-based, inclusive page range; either end may be open."""
+
+    first: int | None = None
+    last: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> PageRange | None:
+        """``"3"``, ``"3-7"``, ``"5-"`` or ``"-4"``."""
+        if not text:
+            return None
+        m = re.fullmatch(r"\s*(\d*)\s*(-?)\s*(\d*)\s*", text)
+        if not m or not (m.group(1) or m.group(3)):
+            raise QueryError(f"Page range '{text}' should look like 3, 3-7, 5- or -4.")
+        first = int(m.group(1)) if m.group(1) else None
+        last = int(m.group(3)) if m.group(3) else (first if not m.group(2) else None)
+        if first is not None and last is not None and last < first:
+            raise QueryError(f"Page range '{text}' ends before it starts.")
+        return cls(first, last)
+
+
+class Retriever:
+    """Searches one collection with an injected embedder (None: text search only)."""
+
+    def __init__(self, embedder: Embedder | None, store: Collection) -> None:
+        self.embedder = embedder
+        self.store = store
+        if embedder is not None and store.model_id is not None:
+            store.bind_model(embedder.model_id, embedder.dim)
+
+    def pending(self) -> int:
+        """Pages stored but not embedded yet (not reachable by visual search)."""
+        return self.store.stats().pending
+
+    def search(
+        self,
+        query: str | None = None,
+        k: int = 5,
+        *,
+        image: Image.Image | str | Path | None = None,
+        documents: Sequence[str | int] | None = None,
+        pages: PageRange | str | None = None,
+        mode: str | None = None,
+    ) -> list[Hit]:
+        """The ``k`` best pages for a question, an image, or both.
+
+        ``documents`` restricts to documents named by name or id; ``pages`` to a page range.
+        ``mode`` defaults to ``visual`` when a model is loaded, else ``text``.
+        """
+        query = (query or "").strip()
+        if isinstance(image, str | Path):
+            image = load_query_image(image)
+        if not query and image is None:
+            raise QueryError("Ask a question (or give an image) to search for.")
+        if k < 1:
+            raise QueryError("k must be at least 1.")
+        mode = mode or ("visual" if self.embedder is not None else "text")
+        if mode not in MODES:
+            raise QueryError(f"Unknown search mode '{mode}'; use one of {', '.join(MODES)}.")
+        if mode in ("visual", "hybrid") and self.embedder is None:
+            raise QueryError(f"{mode} search needs the model; use --mode text without it.")
+        if mode == "text" and not query:
+            raise QueryError("Text search needs words; an image query needs visual mode.")
+        allowed = self._allowed_ids(documents, pages)
+        if allowed is not None and not allowed:
+            return []
+        if mode == "visual":
+            ranked = self._visual(query, image, k, allowed)
+            scores = {pid: {"visual": s} for pid, s in ranked}
+        elif mode == "text":
+            ranked = self.store.search_text(query, k, page_ids=allowed)
+            scores = {pid: {"text": s} for pid, s in ranked}
+        else:
+            depth = max(50, 4 * k)
+            vis = self._visual(query, image, depth, allowed)
+            txt = self.store.search_text(query, depth, page_ids=allowed) if query else []
+            ranked, scores = reciprocal_rank_fusion({"visual": vis, "text": txt}, k)
+        return self._hits(ranked, scores, query)
+
+    def embed_query(self, query: str, image: Image.Image | None) -> np.ndarray:
+        """GME query vector: the retrieval instruction with text, image or both."""
+        assert self.embedder is not None
+        if image is not None and query:
+            return self.embedder.embed_fused([query], [image], instruction=QUERY_INSTRUCTION)[0]
+        if image is not None:
+            return self.embedder.embed_images([image], instruction=QUERY_INSTRUCTION)[0]
+        return self.embedder.embed_texts([query], instruction=QUERY_INSTRUCTION)[0]
+
+    def _visual(
+        self, query: str, image: Image.Image | None, k: int, allowed: list[int] | None
+    ) -> list[tuple[int, float]]:
+        vector = self.embed_query(query, image)
+        return self.store.search(vector, k, page_ids=allowed)
+
+    def _allowed_ids(
+        self, documents: Sequence[str | int] | None, pages: PageRange | str | None
+    ) -> list[int] | None:
+        if isinstance(pages, str):
+            pages = PageRange.parse(pages)
+        if not documents and pages is None:
+            return None
+        doc_ids = [self.store.document(d).id for d in documents] if documents else None
+        return self.store.page_ids(
+            documents=doc_ids,
+            first=pages.first if pages else None,
+            last=pages.last if pages else None,
+        )
+
+    def _hits(
+        self, ranked: list[tuple[int, float]], scores: dict[int, dict[str, float]], query: str
+    ) -> list[Hit]:
+        pages = self.store.pages_by_id(pid for pid, _ in ranked)
+        docs = {d.id: d for d in self.store.documents()}
+        hits = []
+        for pid, score in ranked:
+            page = pages.get(pid)
+            if page is None or page.document_id not in docs:
+                continue  # removed while we searched
+            doc = docs[page.document_id]
+            hits.append(
+                Hit(
+                    document=doc.name,
+                    document_id=doc.id,
+                    path=doc.path,
+                    page=page.number,
+                    score=float(score),
+                    image=str(self.store.image_path(page).resolve()),
+                    snippet=snippet(page.text, query),
+                    page_id=page.id,
+                    text=page.text,
+                    scores=scores.get(pid, {}),
+                )
+            )
+        return hits
+
+
+def reciprocal_rank_fusion(
+    rankings: dict[str, list[tuple[int, float]]], k: int, *, rrf_k: int = RRF_K
+) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
+    """Fuse rankings by RRF; returns the top ``k`` and each page's per-ranking scores."""
+    fused: dict[int, float] = {}
+    parts: dict[int, dict[str, float]] = {}
+    for name, ranking in rankings.items():
+        for rank, (pid, score) in enumerate(ranking, start=1):
+            fused[pid] = fused.get(pid, 0.0) + 1.0 / (rrf_k + rank)
+            parts.setdefault(pid, {})[name] = score
+    order = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
+    return order, parts
+
+
+def snippet(text: str, query: str, *, width: int = 240) -> str:
+    """A short excerpt of a page's text around the first query word it contains."""
+    flat = " ".join(text.split())
+    if not flat:
+        return ""
+    words = [w for w in re.findall(r"\w+", query.lower()) if len(w) > 2]
+    lower = flat.lower()
+    pos = min((lower.find(w) for w in words if lower.find(w) >= 0), default=-1)
+    if pos < 0:
+        return flat[:width] + ("…" if len(flat) > width else "")
+    start = max(0, pos - width // 3)
+    end = min(len(flat), start + width)
+    return ("…" if start else "") + flat[start:end] + ("…" if end < len(flat) else "")
+
+
+def load_query_image(path: str | Path) -> Image.Image:
+    """Open an image given as a query, with a clear error when it is not one."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError as exc:
+        raise QueryError(f"Query image {path} does not exist.") from exc
+    except Exception as exc:
+        raise QueryError(f"Query image {path} cannot be read as an image ({exc}).") from exc
+
+
+def search_many(
+    retriever: Retriever, queries: Iterable[str], k: int = 10, *, mode: str | None = None
+) -> list[list[Hit]]:
+    """Convenience for evaluation: one ranking per query."""
+    return [retriever.search(q, k, mode=mode) for q in queries]

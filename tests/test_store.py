@@ -1,0 +1,156 @@
+"""The collection store: catalog + FAISS kept consistent, identity, dedupe, delete, reopen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer.errors import CollectionError, DocumentNotFoundError, ModelMismatchError
+from indexer.store import VECTORS, Collection, fts_query
+
+
+def _unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _add_doc(store: Collection, name: str, n: int, sha: str | None = None) -> list[int]:
+    doc = store.add_document(
+        name=name, path=f"/x/{name}", sha256=sha or name, kind="pdf", page_count=n
+    )
+    pages = [
+        (i, f"{name} page {i} text", Image.new("RGB", (20, 30), (i * 10 % 255, 0, 0)))
+        for i in range(1, n + 1)
+    ]
+    ids = store.add_pages(doc.id, pages)
+    store.mark_ready(doc.id)
+    return ids
+
+
+def test_round_trip_and_reopen_identical(tmp_path):
+    path = tmp_path / "c"
+    store = Collection(path, model_id="m", dim=8)
+    vecs = _unit(5, 8)
+    with store.writing():
+        ids = _add_doc(store, "a.pdf", 5)
+        store.set_vectors(ids, vecs)
+    before = store.search(vecs[2], 3)
+    store.close()
+    again = Collection(path, model_id="m", dim=8)
+    after = again.search(vecs[2], 3)
+    assert before == after
+    assert after[0][0] == ids[2] and after[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert again.stats().embedded == 5 and again.stats().pending == 0
+    doc = again.documents()[0]
+    assert (doc.name, doc.page_count, doc.pages_embedded, doc.status) == ("a.pdf", 5, 5, "ready")
+    page = again.page(ids[0])
+    assert again.image_path(page).is_file() and page.number == 1
+
+
+def test_model_mismatch_is_a_clear_error(tmp_path):
+    Collection(tmp_path / "c", model_id="org/model-a", dim=8).close()
+    with pytest.raises(ModelMismatchError, match="model-a"):
+        Collection(tmp_path / "c", model_id="org/model-b", dim=8)
+    with pytest.raises(ModelMismatchError):
+        Collection(tmp_path / "c", model_id="org/model-a", dim=16)
+    # a local folder with the model's name is the same model
+    Collection(tmp_path / "c", model_id="/models/model-a", dim=8).close()
+
+
+def test_remove_document_removes_rows_vectors_images(tmp_path):
+    store = Collection(tmp_path / "c", model_id="m", dim=8)
+    with store.writing():
+        a = _add_doc(store, "a.pdf", 3)
+        b = _add_doc(store, "b.pdf", 2)
+        store.set_vectors(a + b, _unit(5, 8))
+        images = [store.image_path(store.page(i)) for i in a]
+        removed = store.remove_document("a.pdf")
+    assert removed.name == "a.pdf"
+    assert [d.name for d in store.documents()] == ["b.pdf"]
+    assert not any(p.exists() for p in images)
+    hits = store.search(_unit(1, 8, seed=5)[0], 10)
+    assert {pid for pid, _ in hits} == set(b)
+    with pytest.raises(DocumentNotFoundError):
+        store.document("a.pdf")
+    # reopening agrees with the in-memory state
+    store.close()
+    assert {pid for pid, _ in Collection(tmp_path / "c").search(_unit(1, 8)[0], 10)} == set(b)
+
+
+def test_faiss_file_lost_or_stale_is_rebuilt_from_catalog(tmp_path):
+    store = Collection(tmp_path / "c", model_id="m", dim=8)
+    vecs = _unit(4, 8)
+    with store.writing():
+        ids = _add_doc(store, "a.pdf", 4)
+        store.set_vectors(ids, vecs)
+    store.close()
+    (tmp_path / "c" / VECTORS).write_bytes(b"garbage")
+    again = Collection(tmp_path / "c")
+    assert again.search(vecs[1], 1)[0][0] == ids[1]
+    assert len(again.index()) == 4
+
+
+def test_reader_sees_vectors_committed_by_a_writer(tmp_path):
+    writer = Collection(tmp_path / "c", model_id="m", dim=8)
+    reader = Collection(tmp_path / "c")
+    vecs = _unit(3, 8)
+    assert reader.search(vecs[0], 1) == []
+    with writer.writing():
+        ids = _add_doc(writer, "a.pdf", 3)
+        writer.set_vectors(ids, vecs)
+    assert reader.search(vecs[0], 1)[0][0] == ids[0]
+
+
+def test_filtered_search_and_text_search(tmp_path):
+    store = Collection(tmp_path / "c", model_id="m", dim=8)
+    with store.writing():
+        a = _add_doc(store, "a.pdf", 3)
+        b = _add_doc(store, "b.pdf", 3)
+        store.set_vectors(a + b, _unit(6, 8))
+    only_b = store.page_ids(documents=[store.document("b.pdf").id])
+    assert set(only_b) == set(b)
+    hits = store.search(_unit(1, 8, 9)[0], 10, page_ids=only_b)
+    assert {pid for pid, _ in hits} == set(b)
+    assert store.page_ids(first=2, last=2) == [a[1], b[1]]
+    text_hits = store.search_text('b.pdf "page" 3', 2)
+    assert text_hits[0][0] == b[2]
+    assert store.search_text("zzzz-nothing", 5) == []
+    assert fts_query('he said "x" AND: -y') == '"he" OR "said" OR "x" OR "and" OR "y"'
+
+
+def test_writes_need_the_lock_and_the_lock_serialises(tmp_path):
+    store = Collection(tmp_path / "c")
+    with pytest.raises(RuntimeError):
+        store.add_document(name="a", path="a", sha256="a", kind="pdf", page_count=1)
+    other = Collection(tmp_path / "c")
+    messages = []
+    with store.writing():
+        from indexer.errors import CollectionLockedError
+
+        with pytest.raises(CollectionLockedError):
+            with other.writing(timeout=0.2, on_wait=messages.append):
+                pass
+    assert messages and "waiting for another process" in messages[0]
+    with other.writing(timeout=1):
+        pass
+
+
+def test_not_a_folder_is_refused(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(CollectionError, match="not a folder"):
+        Collection(f)
+    with pytest.raises(CollectionError, match="No collection"):
+        Collection(tmp_path / "missing", create=False)
+
+
+def test_set_vectors_twice_replaces(tmp_path):
+    store = Collection(tmp_path / "c", model_id="m", dim=8)
+    v = _unit(2, 8)
+    with store.writing():
+        ids = _add_doc(store, "a.pdf", 1)
+        store.set_vectors(ids, v[:1])
+        store.set_vectors(ids, v[1:])
+    assert len(store.index()) == 1
+    assert store.search(v[1], 1)[0][1] == pytest.approx(1.0, abs=1e-5)
