@@ -70,6 +70,13 @@ def index(
         "embed later with 'pagelens index' again."
     ),
     batch_size: int = typer.Option(4, "--batch-size", help="Pages per model batch."),
+    ocr: bool = typer.Option(
+        None, "--ocr/--no-ocr", help="OCR pages without a text layer (scans, images) with "
+        "Tesseract; the choice is kept for the collection. Default: as before (off)."
+    ),
+    ocr_language: str = typer.Option(
+        None, "--ocr-language", help="Tesseract language(s) for --ocr, e.g. eng or eng+deu."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Add files and folders to the collection (resumes interrupted jobs)."""
@@ -78,9 +85,26 @@ def index(
     opts = options(ctx)
 
     def body() -> None:
+        import dataclasses
+
+        from indexer.pages import ocr_tessdata
+
+        if ocr and ocr_language:
+            ocr_tessdata(ocr_language)  # a clear error before any slow work
         store = opts.store()
         embedder = None if text_only else opts.embedder()
         indexer = Indexer(store, embedder, batch_size=batch_size)
+        if ocr is not None or ocr_language:
+            indexer.settings = dataclasses.replace(
+                indexer.settings,
+                ocr=indexer.settings.ocr if ocr is None else ocr,
+                ocr_language=ocr_language or indexer.settings.ocr_language,
+            )
+            if indexer.settings.ocr:
+                ocr_tessdata(indexer.settings.ocr_language)
+            if store.render_settings() is not None:
+                with store.writing(on_wait=say):
+                    store.set_render_settings(indexer.settings.as_dict())
         report = indexer.add(
             paths, password=password, embed=not text_only, progress=TerminalProgress(),
             on_wait=say,

@@ -52,7 +52,7 @@ from pathlib import Path
 import pymupdf
 from PIL import Image
 
-from indexer.errors import DocumentError
+from indexer.errors import DocumentError, PageLensError
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,12 @@ class RenderSettings:
     #: Upper bound on PDF zoom (16 = 1152 dpi), so a stamp-sized page is not blown up to the
     #: full budget; the zoom still goes as high as needed to reach ``min_side``.
     max_zoom: float = 16.0
+    #: OCR pages without a text layer (scans, image files) with Tesseract; off by default.
+    ocr: bool = False
+    #: Tesseract language(s) for OCR, e.g. "eng" or "eng+deu".
+    ocr_language: str = "eng"
+    #: Resolution PDF pages are rendered at for OCR (separately from the model's image).
+    ocr_dpi: int = 300
 
     def __post_init__(self) -> None:
         if self.max_pixels < self.min_side * self.min_side:
@@ -445,6 +451,8 @@ def _render_pdf_page(
         image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
         del pix
         text = normalize_text(page.get_text("text", sort=True, flags=_TEXT_FLAGS))
+        if not text and settings.ocr:
+            text = _ocr_pdf_page(page, settings)
     except DocumentError:
         raise
     except Exception as exc:
@@ -540,7 +548,8 @@ def _dpi(image: Image.Image) -> tuple[float, float]:
         x, y = float(dpi[0]), float(dpi[1])  # type: ignore[index]
     except (TypeError, ValueError, IndexError):
         return 72.0, 72.0
-    if not (1 <= x <= 10_000 and 1 <= y <= 10_000):
+    # Writers that know no resolution store 1 (or 0): treat anything implausible as 72 dpi.
+    if not (20 <= x <= 10_000 and 20 <= y <= 10_000):
         return 72.0, 72.0
     return x, y
 
@@ -569,12 +578,25 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# Modes Pillow resizes (with LANCZOS) as they are; others are widened first.
+_RESIZABLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"})
+
+
+def _widen_mode(image: Image.Image) -> Image.Image:
+    """A resizable version of a bilevel, palette or 16-bit image."""
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA")
+    return _to_rgb(image)
+
+
 def _render_image_frame(
     image: Image.Image, number: int, path: Path, settings: RenderSettings
 ) -> PageImage:
     """Decode one frame at (or near) the budget, orient it, pad it."""
     try:
-        if number > 1:
+        if image.tell() != number - 1:  # pages may be asked in any order
             with _pillow_pixel_limit(settings.max_image_pixels):
                 image.seek(number - 1)
         if image.width * image.height > settings.max_image_pixels:
@@ -584,16 +606,22 @@ def _render_image_frame(
         width, height = image.size
         scale = _plan_scale(width, height, settings, upscale=False)
         target = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
-        if image.format == "JPEG" and scale < 1:
-            # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly: a 20k x 20k JPEG never
-            # exists in memory at full size. draft keeps the result >= target.
+        if scale < 1:
+            # JPEG (and MPO, as phones write): libjpeg decodes at 1/2, 1/4 or 1/8 scale
+            # directly, so a 20k x 20k photo never exists in memory at full size; draft
+            # keeps the result >= target. A no-op for other formats.
             image.draft("RGB", target)
         image.load()
-        frame = _to_rgb(image)
-        if frame.size != target and scale < 1:
-            frame = frame.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        elif frame is image:
-            frame = frame.copy()  # detach from the file (and from later seeks)
+        if scale < 1:
+            # Shrink in the stored mode first: converting a 20k x 20k greyscale scan to RGB
+            # at full size would triple its memory for nothing.
+            source = image if image.mode in _RESIZABLE_MODES else _widen_mode(image)
+            frame = _to_rgb(source.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0))
+            del source
+        else:
+            frame = _to_rgb(image)
+            if frame is image:
+                frame = frame.copy()  # detach from the file (and from later seeks)
         if orientation in _EXIF_TRANSPOSE:
             frame = frame.transpose(_EXIF_TRANSPOSE[orientation])
     except DocumentError:
@@ -608,7 +636,7 @@ def _render_image_frame(
     return PageImage(
         number=number,
         image=_pad(frame, settings),
-        text="",
+        text=_ocr_image(frame, settings) if settings.ocr else "",
         width_pt=width_pt,
         height_pt=height_pt,
     )
@@ -655,9 +683,7 @@ def inspect_document(
     )
 
 
-def _check_numbers(
-    path: Path, wanted: Iterable[int] | None, count: int
-) -> Iterator[int]:
+def _check_numbers(path: Path, wanted: Iterable[int] | None, count: int) -> Iterator[int]:
     if wanted is None:
         yield from range(1, count + 1)
         return
@@ -681,8 +707,11 @@ def render_pages(
     in memory, and the file is closed when the generator finishes or is closed. ``pages``
     are 1-based page numbers (default: all); a number out of range raises ``ValueError``.
     A page that cannot be rendered raises :class:`PageRenderError` and ends the generator.
+    With ``settings.ocr``, :class:`OcrUnavailableError` is raised first if Tesseract is missing.
     """
     path = Path(path)
+    if settings.ocr:
+        ocr_tessdata(settings.ocr_language)
     kind = _classify(path, settings)
     if kind == "pdf":
         doc = _open_pdf(path, password)
@@ -712,27 +741,37 @@ def render_page(
 
 
 def extract_text(
-    path: str | os.PathLike[str], number: int, *, password: str | None = None
+    path: str | os.PathLike[str],
+    number: int,
+    *,
+    password: str | None = None,
+    settings: RenderSettings | None = None,
 ) -> str:
     """The normalised text layer of one page (1-based) without rendering it; "" for image
-    files, scans and garbage text layers."""
+    files, scans and garbage text layers, unless ``settings.ocr`` asks to OCR those."""
     path = Path(path)
-    settings = RenderSettings()
+    settings = settings or RenderSettings()
+    if settings.ocr:
+        ocr_tessdata(settings.ocr_language)
     if _classify(path, settings) != "pdf":
         image, count = _open_image(path, settings)
         image.close()
         _check_numbers_now(path, number, count)
-        return ""
+        return render_page(path, number, settings=settings).text if settings.ocr else ""
     doc = _open_pdf(path, password)
     try:
         _check_numbers_now(path, number, doc.page_count)
         try:
-            raw = doc.load_page(number - 1).get_text("text", sort=True, flags=_TEXT_FLAGS)
+            page = doc.load_page(number - 1)
+            raw = page.get_text("text", sort=True, flags=_TEXT_FLAGS)
         except Exception as exc:
             raise PageRenderError(
                 path, number, f"{path}: text of page {number} could not be read ({exc})"
             ) from None
-        return normalize_text(raw)
+        text = normalize_text(raw)
+        if not text and settings.ocr:
+            text = _ocr_pdf_page(page, settings)
+        return text
     finally:
         doc.close()
         _drain_mupdf_warnings(path)
@@ -741,3 +780,111 @@ def extract_text(
 def _check_numbers_now(path: Path, number: int, count: int) -> None:
     for _ in _check_numbers(path, [number], count):
         pass
+
+
+# --------------------------------------------------------------------------------------
+# Query images and OCR
+
+
+def fit_image(
+    image: Image.Image,
+    settings: RenderSettings = RenderSettings(),  # noqa: B008 - frozen, so safe to share
+) -> Image.Image:
+    """An in-memory image (a query screenshot, photo or figure) prepared the way an image
+    file becomes a page: EXIF-oriented, RGB (transparency onto white), downscaled (never up)
+    to the pixel budget, and padded to an aspect ratio the model accepts."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image) or image
+    frame = _to_rgb(image)
+    scale = _plan_scale(frame.width, frame.height, settings, upscale=False)
+    if scale < 1:
+        target = (max(1, math.ceil(frame.width * scale)), max(1, math.ceil(frame.height * scale)))
+        frame = frame.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return _pad(frame, settings)
+
+
+class OcrUnavailableError(PageLensError):
+    """OCR was asked for, but Tesseract or its language data is not installed."""
+
+
+_OCR_HINT = (
+    "Install Tesseract (Debian/Ubuntu: 'sudo apt-get install tesseract-ocr'; macOS: "
+    "'brew install tesseract'; or set TESSDATA_PREFIX to its tessdata folder), "
+    "or index without OCR ('pagelens index --no-ocr')."
+)
+_TESSDATA: dict[str, str] = {}
+
+
+def ocr_tessdata(language: str = "eng") -> str:
+    """Tesseract's language-data folder, checked to hold every language in ``language``
+    (``"eng"``, ``"eng+deu"``); raises :class:`OcrUnavailableError` with install hints."""
+    import shutil
+
+    if not re.fullmatch(r"[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*", language or ""):
+        raise OcrUnavailableError(
+            f"OCR language '{language}' should look like eng or eng+deu (Tesseract codes)."
+        )
+    prefix = os.environ.get("TESSDATA_PREFIX")
+    if not prefix and shutil.which("tesseract") is None:
+        raise OcrUnavailableError(f"OCR needs Tesseract, which was not found on PATH. {_OCR_HINT}")
+    key = prefix or "<installed>"
+    tessdata = _TESSDATA.get(key)
+    if tessdata is None:
+        try:
+            tessdata = str(pymupdf.get_tessdata(prefix))
+        except Exception as exc:
+            raise OcrUnavailableError(
+                f"OCR needs Tesseract's language data (tessdata), which was not found: {exc}. "
+                f"{_OCR_HINT}"
+            ) from None
+        _TESSDATA[key] = tessdata
+    folder = Path(tessdata)
+    missing = [x for x in language.split("+") if not (folder / f"{x}.traineddata").is_file()]
+    if missing:
+        raise OcrUnavailableError(
+            f"Tesseract has no data for language {', '.join(missing)} in {tessdata}; install it "
+            f"(Debian/Ubuntu: 'sudo apt-get install tesseract-ocr-{missing[0].lower()}') or pick "
+            "another --ocr-language."
+        )
+    return tessdata
+
+
+def _ocr_pdf_page(page: pymupdf.Page, settings: RenderSettings) -> str:
+    """OCR text of a PDF page with no text layer; "" (and a warning) if Tesseract fails."""
+    try:
+        textpage = page.get_textpage_ocr(
+            flags=_TEXT_FLAGS,
+            language=settings.ocr_language,
+            dpi=settings.ocr_dpi,
+            full=True,
+            tessdata=ocr_tessdata(settings.ocr_language),
+        )
+        return normalize_text(page.get_text("text", textpage=textpage, sort=True))
+    except OcrUnavailableError:
+        raise
+    except Exception as exc:
+        logger.warning("OCR of page %d failed: %s", page.number + 1, exc)
+        return ""
+
+
+def _ocr_image(image: Image.Image, settings: RenderSettings) -> str:
+    """OCR text of a bitmap page (image files, TIFF frames); "" if Tesseract fails."""
+    import io
+
+    try:
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, format="PNG")
+        pix = pymupdf.Pixmap(buf.getvalue())
+        data = pix.pdfocr_tobytes(
+            compress=True,
+            language=settings.ocr_language,
+            tessdata=ocr_tessdata(settings.ocr_language),
+        )
+        with pymupdf.open("pdf", data) as doc:
+            return normalize_text(doc[0].get_text("text", sort=True, flags=_TEXT_FLAGS))
+    except OcrUnavailableError:
+        raise
+    except Exception as exc:
+        logger.warning("OCR of an image page failed: %s", exc)
+        return ""

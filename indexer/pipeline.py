@@ -16,8 +16,10 @@ pending pages are embedded. The whole job holds the collection's write lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -174,6 +176,10 @@ class Indexer:
         """
         started = time.perf_counter()
         report = IndexReport()
+        if self.settings.ocr:  # fail before touching the collection if Tesseract is missing
+            from indexer.pages import ocr_tessdata
+
+            ocr_tessdata(self.settings.ocr_language)
         with self.store.writing(on_wait=on_wait):
             if embed and self.embedder is not None:
                 self.store.bind_model(self.embedder.model_id, self.embedder.dim)
@@ -248,6 +254,13 @@ class Indexer:
             # complete or absent, so remove it and report the file.
             self.store.remove_document(doc.id)
             return FileResult(str(path), "refused", reason=exc.reason, message=str(exc))
+        except (OSError, sqlite3.OperationalError):
+            # The collection's disk refused a write (full, read-only): undo this run's new
+            # document so the collection is as it was, then let writing() explain it.
+            if existing is None:
+                with contextlib.suppress(Exception):
+                    self.store.remove_document(doc.id)
+            raise
         self.store.mark_ready(doc.id)
         return FileResult(
             str(path), "resumed" if existing else "added", doc.id, doc.name, info.page_count

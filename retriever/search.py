@@ -25,6 +25,7 @@ from PIL import Image
 
 from indexer.embedder import QUERY_INSTRUCTION, Embedder
 from indexer.errors import QueryError
+from indexer.pages import RenderSettings, fit_image
 from indexer.store import Collection
 
 MODES = ("visual", "text", "hybrid")
@@ -126,8 +127,12 @@ class Retriever:
             raise QueryError(f"Unknown search mode '{mode}'; use one of {', '.join(MODES)}.")
         if mode in ("visual", "hybrid") and self.embedder is None:
             raise QueryError(f"{mode} search needs the model; use --mode text without it.")
+        if mode == "text" and image is not None:
+            raise QueryError("Text search cannot use an image; use visual or hybrid mode.")
         if mode == "text" and not query:
             raise QueryError("Text search needs words; an image query needs visual mode.")
+        if image is not None:
+            image = fit_image(image, self.render_settings())
         allowed = self._allowed_ids(documents, pages)
         if allowed is not None and not allowed:
             return []
@@ -144,8 +149,22 @@ class Retriever:
             ranked, scores = reciprocal_rank_fusion({"visual": vis, "text": txt}, k)
         return self._hits(ranked, scores, query)
 
+    def render_settings(self) -> RenderSettings:
+        """The collection's page settings (query images are prepared the same way)."""
+        stored = self.store.render_settings()
+        if stored:
+            fields = RenderSettings.__dataclass_fields__
+            return RenderSettings(**{k: v for k, v in stored.items() if k in fields})
+        tokens = getattr(self.embedder, "max_image_tokens", None) or 1280
+        return RenderSettings.for_tokens(int(tokens))
+
     def embed_query(self, query: str, image: Image.Image | None) -> np.ndarray:
-        """GME query vector: the retrieval instruction with text, image or both."""
+        """GME query vector: the retrieval instruction with text, image or both.
+
+        An image query (screenshot, photo, figure) goes through the model exactly as a page
+        image does; :meth:`search` first prepares it like an image-file page
+        (:func:`indexer.pages.fit_image`). Text and image together are one fused input.
+        """
         assert self.embedder is not None
         if image is not None and query:
             return self.embedder.embed_fused([query], [image], instruction=QUERY_INSTRUCTION)[0]
@@ -156,6 +175,8 @@ class Retriever:
     def _visual(
         self, query: str, image: Image.Image | None, k: int, allowed: list[int] | None
     ) -> list[tuple[int, float]]:
+        if self.store.dim is None:
+            return []  # nothing embedded yet (e.g. after 'index --text-only')
         vector = self.embed_query(query, image)
         return self.store.search(vector, k, page_ids=allowed)
 
@@ -177,7 +198,7 @@ class Retriever:
         self, ranked: list[tuple[int, float]], scores: dict[int, dict[str, float]], query: str
     ) -> list[Hit]:
         pages = self.store.pages_by_id(pid for pid, _ in ranked)
-        docs = {d.id: d for d in self.store.documents()}
+        docs = self.store.documents_by_id(p.document_id for p in pages.values())
         hits = []
         for pid, score in ranked:
             page = pages.get(pid)
@@ -231,11 +252,15 @@ def snippet(text: str, query: str, *, width: int = 240) -> str:
 
 
 def load_query_image(path: str | Path) -> Image.Image:
-    """Open an image given as a query, with a clear error when it is not one."""
+    """Open an image given as a query, with a clear error when it is not one.
+
+    Orientation, transparency and size are left to :func:`indexer.pages.fit_image`, which
+    :meth:`Retriever.search` applies to every query image.
+    """
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return im.copy()
     except FileNotFoundError as exc:
         raise QueryError(f"Query image {path} does not exist.") from exc
     except Exception as exc:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set PageLens up from nothing: a virtual environment in .venv with torch (pinned, first),
 # then PageLens and its dependencies. With --dev: test tools too, and Debian's chromium for
-# the browser tests. Safe to run again; it only adds what is missing.
+# the browser tests and tesseract-ocr for the OCR tests. Safe to run again; it only adds
+# what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,11 +29,12 @@ fi
 
 if [[ $DEV == 1 ]]; then
   "$VPY" -m pip install --quiet -e ".[dev]"
-  if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null 2>&1; then
+  if { [[ ! -x /usr/bin/chromium ]] || ! command -v tesseract >/dev/null 2>&1; } \
+     && command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     [[ $(id -u) != 0 ]] && SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium tesseract-ocr >/dev/null
   fi
 else
   "$VPY" -m pip install --quiet -e .

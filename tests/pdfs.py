@@ -210,10 +210,12 @@ def make_poster_pdf(
 
 
 def make_tiny_page_pdf(path: str | Path, width_pt: float = 1.0, height_pt: float = 1.0) -> Path:
-    """One page of ``width_pt x height_pt`` points (default 1 x 1), a filled square."""
+    """One page of ``width_pt x height_pt`` points (default 1 x 1), with a blue square filling
+    its middle half."""
     doc = pymupdf.open()
     page = doc.new_page(width=width_pt, height=height_pt)
-    page.draw_rect(page.rect * 0.5, color=None, fill=(0, 0, 1))
+    square = pymupdf.Rect(width_pt / 4, height_pt / 4, width_pt * 3 / 4, height_pt * 3 / 4)
+    page.draw_rect(square, color=None, fill=(0, 0, 1))
     return _save(doc, path)
 
 
@@ -381,4 +383,29 @@ def make_truncated_image(path: str | Path, kind: str = "PNG") -> Path:
     data = buffer.getvalue()
     path = Path(path)
     path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def make_no_pages_pdf(path: str | Path) -> Path:
+    """A well-formed PDF whose page tree is empty (PyMuPDF refuses to save one, so it is
+    written by hand)."""
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [] /Count 0 >>",
+    ]
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref_at = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref_at,
+    )
+    path = Path(path)
+    path.write_bytes(bytes(out))
     return path

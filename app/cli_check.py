@@ -1,0 +1,103 @@
+"""``pagelens check [--repair] [--json]``: is the collection consistent, and if not, fix it.
+
+Exit codes: 0 healthy (or every problem repaired), 4 problems remain (listed; with
+``--repair``, those that could not be fixed), 1 error (no collection, or it is busy).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from app.cli import cli
+from app.cli_common import fail, options, print_json, run_guarded, say
+
+#: Exit code when the check finds problems that remain (documented in the README).
+EXIT_PROBLEMS = 4
+
+
+@cli.command("check")
+def check_cmd(
+    ctx: typer.Context,
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Fix what can be fixed: rebuild the vector file, re-render "
+        "missing page images, finish interrupted documents, embed pending pages, delete "
+        "orphan files.",
+    ),
+    password: str = typer.Option(
+        None, "--password", help="Password of encrypted source files (for re-rendering)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check that catalog rows, vectors and page images agree (exit 4 if not)."""
+    from indexer.errors import CollectionLockedError
+    from indexer.integrity import check, open_for_check
+    from indexer.integrity import repair as do_repair
+
+    opts = options(ctx)
+
+    def body() -> int:
+        if not opts.collection_dir.exists():
+            fail(f"No collection at {opts.collection_dir}.")
+        store, report = open_for_check(opts.collection_dir)
+        if store is not None:
+            opts._store = store
+            if repair:
+
+                def load():
+                    if opts.model is None and store.model_id:
+                        opts.model = store.model_id  # the model that built the collection
+                    return opts.embedder()
+
+                with store.writing(on_wait=say):
+                    report = do_repair(store, embedder=load, password=password, model_id=opts.model)
+            else:
+                try:
+                    # Hold the lock (if free) for a consistent view; a running indexer
+                    # would show its work in progress as problems.
+                    with store.writing(timeout=0) if not store.read_only else _nothing():
+                        report = check(store, model_id=opts.model)
+                except CollectionLockedError:
+                    say(
+                        f"note: another process is writing to {store.path}; "
+                        "its work in progress may show as problems"
+                    )
+                    report = check(store, model_id=opts.model)
+        if as_json:
+            print_json(report.as_dict())
+        else:
+            _print(report)
+        return 0 if report.ok else EXIT_PROBLEMS
+
+    code = run_guarded(body)
+    if code:
+        raise typer.Exit(code)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _print(report) -> None:
+    meta = report.meta
+    stats = report.stats
+    typer.echo(
+        f"collection {report.collection}: model {meta.get('model_id', '(none yet)')}"
+        + (f" (dim {meta['dim']})" if meta.get("dim") else "")
+        + (
+            f", {stats['documents']} documents, {stats['pages']} pages, "
+            f"{stats['embedded']} embedded"
+            if stats
+            else ""
+        )
+    )
+    for item in report.repaired:
+        typer.echo(f"repaired  {item['kind']}: {item['detail']}")
+    for problem in report.problems:
+        typer.echo(f"problem   {problem.kind}: {problem.detail}")
+    typer.echo("ok" if report.ok else f"{len(report.problems)} problem(s) remain")

@@ -1,0 +1,79 @@
+"""``pagelens serve``: the OpenAI-compatible embeddings and search API (see app/server.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import typer
+
+from app.cli import cli
+from app.cli_common import fail, options, run_guarded, say
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@cli.command("serve")
+def serve(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback default)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    api_key: str = typer.Option(
+        None,
+        "--api-key",
+        envvar="PAGELENS_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on every endpoint but /health.",
+    ),
+    allow_url_images: bool = typer.Option(
+        False,
+        "--allow-url-images",
+        help="Let requests name images by http(s) URL (public addresses only); "
+        "data URLs always work.",
+    ),
+    max_batch: int = typer.Option(16, "--max-batch", help="Most inputs per model batch."),
+    max_wait_ms: float = typer.Option(
+        10.0, "--max-wait-ms", help="How long a batch waits to fill, in milliseconds."
+    ),
+    max_queue: int = typer.Option(
+        1024, "--max-queue", help="Inputs allowed to wait; beyond, requests get 503."
+    ),
+) -> None:
+    """Serve OpenAI-compatible /v1/embeddings and /v1/search over HTTP."""
+    if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
+        fail("--max-batch and --max-queue must be >= 1, --max-wait-ms >= 0", 2)
+    opts = options(ctx)
+
+    def body() -> None:
+        import uvicorn
+
+        from app.server import create_app, resolve_collection_name
+
+        embedder = opts.embedder()
+        default_dir = opts.collection_dir
+
+        def resolver(name: str | None):
+            # The operator's --collection (a name or a path) is the default; requests may
+            # only name collections under PAGELENS_HOME.
+            return default_dir if not name else resolve_collection_name(name)
+
+        app = create_app(
+            embedder,
+            collection_resolver=resolver,
+            api_key=api_key or None,
+            allow_url_images=allow_url_images,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+        )
+        if not _is_loopback(host) and not api_key:
+            say(f"warning: serving on {host} without --api-key: anyone who can reach it can use it")
+        say(f"PageLens API on http://{host}:{port}/v1 (model {embedder.model_id}); Ctrl+C stops")
+        uvicorn.run(app, host=host, port=port, log_level="info")
+
+    run_guarded(body)

@@ -1,0 +1,630 @@
+"""Checking a collection, and repairing what can be repaired (``pagelens check [--repair]``).
+
+A healthy collection keeps three things in step: the catalog's page rows (the source of
+truth), the FAISS ids (a cache of the catalog's vectors) and the page image files. A crash,
+a full disk or a hand-deleted file can leave them out of step; :func:`check` says how, one
+:class:`Problem` per kind, and :func:`repair` fixes what it can and says what it could not.
+
+Problem kinds (stable, used in ``--json`` output):
+
+``catalog-corrupt``      SQLite's own integrity check failed (restore a backup; not repairable)
+``model-mismatch``       the collection was built with another model than the one given
+``vector-bad``           a stored vector has the wrong size (cleared, then embedded again)
+``vectors-pending``      pages without a vector (embedded again: needs the model)
+``faiss-unreadable``     ``vectors.faiss`` cannot be read or has the wrong dimension (rebuilt)
+``faiss-missing-ids``    vectors in the catalog that the FAISS file lacks (rebuilt)
+``faiss-orphan-ids``     FAISS ids with no vector in the catalog (rebuilt)
+``faiss-stale-vectors``  FAISS vectors that differ from the catalog's (rebuilt)
+``image-missing``        page rows whose image file is missing or empty (re-rendered from the
+                         source file when it still exists unchanged, else those pages dropped)
+``orphan-files``         page images no row names, and temporary files left by a crash (deleted)
+``page-orphan-rows``     page rows of no document (deleted)
+``document-stuck``       documents left in status 'indexing' by an interrupted job (finished
+                         from the source file when it still exists unchanged)
+``page-count``           a document whose stored pages differ from its page count (pages
+                         beyond the count dropped, missing ones rendered from the source)
+
+Nothing here deletes a document: when a document cannot be completed the problem stays,
+with the command that would fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from indexer.catalog import Document, Page
+from indexer.embedder import Embedder
+from indexer.errors import PageLensError
+from indexer.store import PAGES_DIR, VECTORS, Collection, _model_key
+
+log = logging.getLogger(__name__)
+
+#: Problem kinds that a rebuild of the FAISS file fixes.
+FAISS_KINDS = frozenset(
+    {"faiss-unreadable", "faiss-missing-ids", "faiss-orphan-ids", "faiss-stale-vectors"}
+)
+
+_SAMPLE = 10  # how many examples a problem lists
+
+
+@dataclass
+class Problem:
+    """One kind of problem; ``extra`` holds machine-readable details (counts, ids, names)."""
+
+    kind: str
+    detail: str
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "detail": self.detail, **self.extra}
+
+
+@dataclass
+class CheckReport:
+    collection: str
+    problems: list[Problem] = field(default_factory=list)
+    repaired: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def kinds(self) -> set[str]:
+        return {p.kind for p in self.problems}
+
+    def as_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "collection": self.collection,
+            "problems": [p.as_dict() for p in self.problems],
+            "repaired": list(self.repaired),
+            "meta": self.meta,
+            "stats": self.stats,
+        }
+
+
+# --------------------------------------------------------------------------------------
+# Check
+
+
+@dataclass
+class _Scan:
+    """What check found, kept for repair."""
+
+    report: CheckReport
+    docs: dict[int, Document]
+    pages: list[Page]
+    missing_images: list[Page]
+    orphan_files: list[Path]
+    orphan_rows: list[int]
+    bad_vectors: list[int]
+    stuck: list[Document]
+    count_mismatch: list[Document]
+
+
+def check(store: Collection, *, model_id: str | None = None, dim: int | None = None) -> CheckReport:
+    """Inspect a collection without changing it."""
+    return _scan(store, model_id=model_id, dim=dim).report
+
+
+def _scan(store: Collection, *, model_id: str | None, dim: int | None) -> _Scan:
+    report = CheckReport(collection=str(store.path))
+    meta = store.all_meta()
+    report.meta = {
+        k: meta[k] for k in ("model_id", "dim", "schema_version", "created_at") if k in meta
+    }
+    add = report.problems.append
+
+    rows = store._query("PRAGMA quick_check")
+    if [r[0] for r in rows] != ["ok"]:
+        add(
+            Problem(
+                "catalog-corrupt",
+                "SQLite integrity check failed: "
+                + "; ".join(str(r[0]) for r in rows[:_SAMPLE])
+                + ". Restore the collection from a backup, or index the files again "
+                "into a new collection.",
+            )
+        )
+
+    stored_id, stored_dim = store.model_id, store.dim
+    if (
+        model_id is not None
+        and stored_id is not None
+        and (
+            _model_key(stored_id) != _model_key(model_id)
+            or (dim is not None and stored_dim is not None and dim != stored_dim)
+        )
+    ):
+        add(
+            Problem(
+                "model-mismatch",
+                f"the collection was built with '{stored_id}' (dim {stored_dim}), not '{model_id}'"
+                + (f" (dim {dim})" if dim is not None else "")
+                + ": use that model, or index into another collection",
+                {"collection_model": stored_id, "given_model": model_id},
+            )
+        )
+
+    docs = {d.id: d for d in store.documents()}
+    pages = store.pages()
+    embedded = np.array(sorted(p.id for p in pages if p.embedded), dtype=np.int64)
+    report.stats = {
+        "documents": len(docs),
+        "pages": len(pages),
+        "embedded": int(len(embedded)),
+    }
+
+    # -- vectors in the catalog ----------------------------------------------------------
+    bad_vectors: list[int] = []
+    if stored_dim:
+        bad_vectors = [
+            r[0]
+            for r in store._query(
+                "SELECT id FROM pages WHERE vector IS NOT NULL AND length(vector) != ?",
+                (stored_dim * 4,),
+            )
+        ]
+        if bad_vectors:
+            add(
+                Problem(
+                    "vector-bad",
+                    f"{len(bad_vectors)} stored vector(s) are not of dim {stored_dim}",
+                    {"count": len(bad_vectors), "pages": bad_vectors[:_SAMPLE]},
+                )
+            )
+    pending = [p for p in pages if not p.embedded]
+    if pending:
+        add(
+            Problem(
+                "vectors-pending",
+                f"{len(pending)} page(s) have no vector yet (searchable by text only)",
+                {"count": len(pending)},
+            )
+        )
+
+    # -- the FAISS cache -----------------------------------------------------------------
+    good = np.setdiff1d(embedded, np.array(bad_vectors, dtype=np.int64))
+    _check_faiss(store, good, stored_dim, add)
+
+    # -- image files ---------------------------------------------------------------------
+    named = set()
+    missing_images = []
+    for page in pages:
+        named.add(page.image)
+        path = store.path / page.image
+        try:
+            if path.stat().st_size == 0:
+                missing_images.append(page)
+        except OSError:
+            missing_images.append(page)
+    if missing_images:
+        add(
+            Problem(
+                "image-missing",
+                f"{len(missing_images)} page image(s) are missing or empty",
+                {
+                    "count": len(missing_images),
+                    "pages": [_page_name(docs, p) for p in missing_images[:_SAMPLE]],
+                },
+            )
+        )
+    orphan_files = _orphan_files(store, named)
+    if orphan_files:
+        add(
+            Problem(
+                "orphan-files",
+                f"{len(orphan_files)} file(s) belong to no page (left by an interrupted job)",
+                {
+                    "count": len(orphan_files),
+                    "files": [str(f.relative_to(store.path)) for f in orphan_files[:_SAMPLE]],
+                },
+            )
+        )
+
+    # -- documents -----------------------------------------------------------------------
+    orphan_rows = [p.id for p in pages if p.document_id not in docs]
+    if orphan_rows:
+        add(
+            Problem(
+                "page-orphan-rows",
+                f"{len(orphan_rows)} page row(s) belong to no document",
+                {"count": len(orphan_rows)},
+            )
+        )
+    by_doc: dict[int, list[Page]] = defaultdict(list)
+    for page in pages:
+        by_doc[page.document_id].append(page)
+    stuck = [d for d in docs.values() if d.status != "ready"]
+    if stuck:
+        add(
+            Problem(
+                "document-stuck",
+                f"{len(stuck)} document(s) are incomplete (an interrupted job, or pages dropped "
+                "by a repair): "
+                + ", ".join(
+                    f"{d.name} ({len(by_doc[d.id])}/{d.page_count} pages)" for d in stuck[:_SAMPLE]
+                )
+                + "; run 'pagelens index' on them again, or 'pagelens check --repair'",
+                {"documents": [d.name for d in stuck[:_SAMPLE]], "count": len(stuck)},
+            )
+        )
+    count_mismatch = []
+    for d in docs.values():
+        if d.status != "ready":
+            continue
+        numbers = {p.number for p in by_doc[d.id]}
+        if numbers != set(range(1, d.page_count + 1)):
+            count_mismatch.append(d)
+    if count_mismatch:
+        add(
+            Problem(
+                "page-count",
+                "stored pages differ from the page count: "
+                + ", ".join(
+                    f"{d.name} ({len(by_doc[d.id])}/{d.page_count} pages)"
+                    for d in count_mismatch[:_SAMPLE]
+                ),
+                {
+                    "documents": [d.name for d in count_mismatch[:_SAMPLE]],
+                    "count": len(count_mismatch),
+                },
+            )
+        )
+    return _Scan(
+        report,
+        docs,
+        pages,
+        missing_images,
+        orphan_files,
+        orphan_rows,
+        bad_vectors,
+        stuck,
+        count_mismatch,
+    )
+
+
+def _check_faiss(store: Collection, want: np.ndarray, dim: int | None, add) -> None:
+    from indexer.vectors import VectorIndex
+
+    path = store.path / VECTORS
+    if not path.exists():
+        if len(want):
+            add(
+                Problem(
+                    "faiss-missing-ids",
+                    f"no {VECTORS} file, but {len(want)} vector(s) in the catalog",
+                    {"count": int(len(want))},
+                )
+            )
+        return
+    try:
+        index = VectorIndex.load(path)
+    except Exception as exc:  # any failure to read the cache means: rebuild it
+        add(Problem("faiss-unreadable", f"{VECTORS} cannot be read ({exc})"))
+        return
+    if dim and index.dim != dim and (len(index) or len(want)):
+        add(Problem("faiss-unreadable", f"{VECTORS} has dim {index.dim}, the collection {dim}"))
+        return
+    have = index.ids()
+    unique = np.unique(have)
+    if len(unique) != len(have):
+        add(
+            Problem(
+                "faiss-orphan-ids",
+                f"{len(have) - len(unique)} duplicate id(s) in {VECTORS}",
+                {"count": int(len(have) - len(unique))},
+            )
+        )
+    missing = np.setdiff1d(want, unique)
+    orphans = np.setdiff1d(unique, want)
+    if len(missing):
+        add(
+            Problem(
+                "faiss-missing-ids",
+                f"{len(missing)} vector(s) of the catalog are not in {VECTORS}",
+                {"count": int(len(missing)), "pages": missing[:_SAMPLE].tolist()},
+            )
+        )
+    if len(orphans):
+        add(
+            Problem(
+                "faiss-orphan-ids",
+                f"{len(orphans)} id(s) in {VECTORS} have no vector in the catalog",
+                {"count": int(len(orphans)), "ids": orphans[:_SAMPLE].tolist()},
+            )
+        )
+    both = np.intersect1d(want, unique)
+    stale = []
+    for start in range(0, len(both), 1024):
+        chunk = [int(i) for i in both[start : start + 1024]]
+        marks = ",".join("?" * len(chunk))
+        for pid, blob in store._query(f"SELECT id, vector FROM pages WHERE id IN ({marks})", chunk):
+            ours = np.frombuffer(blob, np.float32)
+            if ours.shape != (index.dim,) or not np.allclose(
+                index.reconstruct(int(pid)), ours, atol=1e-5
+            ):
+                stale.append(int(pid))
+    if stale:
+        add(
+            Problem(
+                "faiss-stale-vectors",
+                f"{len(stale)} vector(s) in {VECTORS} differ from the catalog's",
+                {"count": len(stale), "pages": stale[:_SAMPLE]},
+            )
+        )
+
+
+def _orphan_files(store: Collection, named: set[str]) -> list[Path]:
+    """Files under pages/ that no row names, and temporary files of interrupted writes."""
+    out: list[Path] = []
+    root = store.path / PAGES_DIR
+    if root.is_dir():
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = Path(dirpath) / name
+                if path.relative_to(store.path).as_posix() not in named:
+                    out.append(path)
+    for path in store.path.iterdir():
+        if (
+            path.is_file()
+            and path.name.endswith(".tmp")
+            and (path.name.startswith(VECTORS + ".") or path.name.startswith("."))
+        ):
+            out.append(path)
+    return sorted(out)
+
+
+def _page_name(docs: dict[int, Document], page: Page) -> str:
+    doc = docs.get(page.document_id)
+    return f"{doc.name if doc else page.document_id} p.{page.number}"
+
+
+# --------------------------------------------------------------------------------------
+# Repair
+
+EmbedderSource = Embedder | Callable[[], Embedder] | None
+
+
+def repair(
+    store: Collection,
+    *,
+    embedder: EmbedderSource = None,
+    password: str | None = None,
+    model_id: str | None = None,
+) -> CheckReport:
+    """Fix what :func:`check` finds; returns a fresh check with ``repaired`` filled in.
+
+    ``embedder`` (an embedder, or a function that loads one, called only when pages need
+    vectors) embeds pending pages; ``password`` opens encrypted source files for re-rendering.
+    Holds the collection's write lock throughout.
+    """
+    done: list[dict] = []
+
+    def note(kind: str, detail: str, **extra) -> None:
+        done.append({"kind": kind, "detail": detail, **extra})
+
+    with store.writing():
+        scan = _scan(store, model_id=model_id, dim=None)
+        kinds = scan.report.kinds()
+        if "catalog-corrupt" in kinds:
+            note("catalog-corrupt", "not repaired: the catalog itself is damaged")
+        if scan.orphan_files:
+            removed = 0
+            for path in scan.orphan_files:
+                try:
+                    path.unlink()
+                    removed += 1
+                except OSError as exc:
+                    log.warning("cannot delete %s: %s", path, exc)
+            _prune_empty_dirs(store.path / PAGES_DIR)
+            note("orphan-files", f"deleted {removed} orphan file(s)", count=removed)
+        if scan.orphan_rows:
+            store.remove_pages(scan.orphan_rows)
+            note(
+                "page-orphan-rows",
+                f"deleted {len(scan.orphan_rows)} page row(s)",
+                count=len(scan.orphan_rows),
+            )
+        if scan.bad_vectors:
+            store.clear_vectors(scan.bad_vectors)
+            note(
+                "vector-bad",
+                f"cleared {len(scan.bad_vectors)} bad vector(s); they are embedded again",
+                count=len(scan.bad_vectors),
+            )
+        _repair_pages(store, scan, password, note)
+        if kinds & FAISS_KINDS or scan.bad_vectors:
+            size = store.rebuild_index()
+            note("faiss", f"rebuilt {VECTORS} from the catalog ({size} vectors)", count=size)
+        _repair_pending(store, embedder, note)
+    final = check(store, model_id=model_id)
+    final.repaired = done
+    return final
+
+
+def _repair_pages(store: Collection, scan: _Scan, password: str | None, note) -> None:
+    """Re-render missing images; finish stuck documents; fix page counts."""
+    from indexer.pages import RenderSettings, file_sha256, render_pages
+
+    stored = store.render_settings() or {}
+    settings = RenderSettings(
+        **{k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__}
+    )
+    missing_by_doc: dict[int, list[Page]] = defaultdict(list)
+    for page in scan.missing_images:
+        if page.document_id in scan.docs:
+            missing_by_doc[page.document_id].append(page)
+    todo = set(missing_by_doc) | {d.id for d in scan.stuck} | {d.id for d in scan.count_mismatch}
+    for doc_id in sorted(todo):
+        doc = scan.docs[doc_id]
+        current = {p.number: p for p in store.pages(doc_id)}
+        extra = [p.id for n, p in current.items() if not 1 <= n <= doc.page_count]
+        if extra:
+            store.remove_pages(extra)
+            note(
+                "page-count",
+                f"{doc.name}: dropped {len(extra)} page(s) beyond its {doc.page_count} pages",
+                document=doc.name,
+                count=len(extra),
+            )
+        broken = {p.number: p for p in missing_by_doc.get(doc_id, [])}
+        absent = [n for n in range(1, doc.page_count + 1) if n not in current]
+        wanted = sorted(set(broken) | set(absent))
+        why = _source_problem(doc, file_sha256)
+        if wanted and why is None:
+            try:
+                batch = []
+                for page in render_pages(
+                    doc.path, settings=settings, password=password, pages=wanted
+                ):
+                    batch.append((page.number, page.text, page.image))
+                    if len(batch) >= 16:
+                        _store_rendered(store, doc_id, batch, broken)
+                        batch = []
+                if batch:
+                    _store_rendered(store, doc_id, batch, broken)
+            except PageLensError as exc:
+                why = str(exc)
+            else:
+                note(
+                    "image-missing" if broken else "page-count",
+                    f"{doc.name}: rendered {len(wanted)} page(s) again from {doc.path}",
+                    document=doc.name,
+                    count=len(wanted),
+                )
+                broken, absent = {}, []
+        if broken:
+            # The image cannot be made again: a row naming no image would break every hit
+            # and export that reaches it, so the page goes (the document is then incomplete).
+            store.remove_pages([p.id for p in broken.values()])
+            _mark_incomplete(store, doc_id)  # so that indexing the file again resumes it
+            note(
+                "image-missing",
+                f"{doc.name}: dropped {len(broken)} page(s) whose image is "
+                f"gone ({why}); index {doc.path} again to restore them",
+                document=doc.name,
+                count=len(broken),
+            )
+        complete = store.stored_page_numbers(doc_id) == set(range(1, doc.page_count + 1))
+        if doc.status != "ready" and complete:
+            store.mark_ready(doc_id)
+            note(
+                "document-stuck",
+                f"{doc.name}: finished (all {doc.page_count} pages stored)",
+                document=doc.name,
+            )
+        elif not complete:
+            note(
+                "not-repaired",
+                f"{doc.name}: {len(store.stored_page_numbers(doc_id))} of "
+                f"{doc.page_count} pages stored and the rest cannot be rendered ({why}); "
+                f"index the file again, or remove the document with "
+                f"'pagelens remove {doc.id}'",
+                document=doc.name,
+            )
+
+
+def _mark_incomplete(store: Collection, doc_id: int) -> None:
+    with store._mutex, store._db:
+        store._db.execute("UPDATE documents SET status='indexing' WHERE id=?", (doc_id,))
+
+
+def _source_problem(doc: Document, file_sha256) -> str | None:
+    """Why the document's source file cannot be used to render pages again (None: it can)."""
+    path = Path(doc.path)
+    if not path.is_file():
+        return f"source file {doc.path} no longer exists"
+    try:
+        if file_sha256(path) != doc.sha256:
+            return f"source file {doc.path} has changed since it was indexed"
+    except OSError as exc:
+        return f"source file {doc.path} cannot be read ({exc})"
+    return None
+
+
+def _store_rendered(store: Collection, doc_id: int, batch: list, old: dict[int, Page]) -> None:
+    ids = store.add_pages(doc_id, batch)
+    # A page whose image came out different from the one that was embedded needs a new vector.
+    by_id = store.pages_by_id(ids)
+    changed = [
+        pid
+        for pid in ids
+        if by_id[pid].number in old
+        and by_id[pid].image_sha256 != old[by_id[pid].number].image_sha256
+    ]
+    if changed:
+        store.clear_vectors(changed)
+
+
+def _repair_pending(store: Collection, embedder: EmbedderSource, note) -> None:
+    pending = store.stats().pending
+    if not pending:
+        return
+    try:
+        model = embedder
+        if model is not None and not hasattr(model, "embed_images"):
+            model = model()  # a loader: called only now that vectors are needed
+        if model is None:
+            raise PageLensError("no model was given (--model or PAGELENS_MODEL)")
+        from indexer.pipeline import Indexer
+
+        count = Indexer(store, model).embed_pending()
+    except PageLensError as exc:
+        note(
+            "not-repaired",
+            f"{pending} page(s) still need vectors and no model could embed them: {exc}",
+            count=pending,
+        )
+        return
+    note("vectors-pending", f"embedded {count} page(s)", count=count)
+
+
+def _prune_empty_dirs(root: Path) -> None:
+    if not root.is_dir():
+        return
+    for dirpath, dirs, files in os.walk(root, topdown=False):
+        if not dirs and not files and Path(dirpath) != root:
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass
+
+
+def open_for_check(path: Path) -> tuple[Collection | None, CheckReport | None]:
+    """Open a collection for checking; a catalog that SQLite cannot read is a problem to
+    report (with ``ok`` false), not a crash."""
+    from indexer.errors import CollectionError
+    from indexer.store import CATALOG
+
+    try:
+        return Collection(path, create=False), None
+    except CollectionError:
+        if not (Path(path) / CATALOG).is_file():
+            raise
+        report = CheckReport(collection=str(path))
+        try:
+            sqlite3.connect(f"file:{Path(path) / CATALOG}?mode=ro", uri=True).execute(
+                "SELECT COUNT(*) FROM sqlite_master"
+            ).fetchone()
+            detail = "the catalog cannot be opened"
+        except sqlite3.DatabaseError as exc:
+            detail = f"the catalog cannot be read ({exc})"
+        report.problems.append(
+            Problem(
+                "catalog-corrupt",
+                detail + ": restore the collection from a backup, or index the files again into "
+                "a new collection",
+            )
+        )
+        return None, report

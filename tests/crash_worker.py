@@ -1,0 +1,161 @@
+"""A real indexing process for the crash, concurrency and fuzz tests (run as a subprocess).
+
+    python tests/crash_worker.py index COLLECTION LOG [--pause-at POINT:N] [--slow S] FILES...
+    python tests/crash_worker.py fuzz FILES...
+
+``index`` indexes FILES with the fake embedder (small pages, so it is quick), appending one
+JSON line per committed vector batch to LOG (``{"vectors": [page ids]}``) and per embedder
+call (``{"embedded": n}``). With ``--pause-at POINT:N`` it prints ``PAUSED POINT`` and sleeps
+when it reaches the N-th occurrence of POINT, so that the test can SIGKILL it exactly there:
+
+``render``      a page was rendered, and is not committed yet
+``image-write`` a page image file was written, its row not committed yet
+``embed``       the model returned vectors, not committed yet
+``faiss-save``  the FAISS file was written to its temporary name, not yet moved into place
+
+``--slow S`` sleeps S seconds per rendered page and per embedder call (for timed kills).
+
+``fuzz`` indexes each file into a fresh collection in this process and prints one JSON line
+per file (``{"file", "status", "reason"}``): a hard crash (a segfault in MuPDF) shows as the
+process dying instead of finishing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from indexer import pipeline, vectors  # noqa: E402
+from indexer import store as store_mod
+from indexer.embedder import FakeEmbedder  # noqa: E402
+from indexer.pages import RenderSettings  # noqa: E402
+from indexer.pipeline import Indexer  # noqa: E402
+from indexer.store import Collection  # noqa: E402
+
+#: Small pages (16 visual tokens) keep the subprocess tests fast; the logic is the same.
+SETTINGS = RenderSettings(max_pixels=16 * 28 * 28)
+
+_counts: dict[str, int] = {}
+
+
+def _reached(point: str, pause_at: tuple[str, int] | None) -> None:
+    _counts[point] = _counts.get(point, 0) + 1
+    if pause_at and pause_at[0] == point and pause_at[1] == _counts[point]:
+        print(f"PAUSED {point}", flush=True)
+        time.sleep(120)
+
+
+def _instrument(collection: Collection, log_path: Path, pause_at, slow: float) -> FakeEmbedder:
+    log = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+
+    real_render = pipeline.render_pages
+
+    def render_pages(*args, **kwargs):
+        for page in real_render(*args, **kwargs):
+            if slow:
+                time.sleep(slow)
+            _reached("render", pause_at)
+            yield page
+
+    pipeline.render_pages = render_pages
+
+    real_write = store_mod.atomic_write_bytes
+
+    def atomic_write_bytes(path, data):
+        real_write(path, data)
+        if Path(path).suffix == ".png":
+            _reached("image-write", pause_at)
+
+    store_mod.atomic_write_bytes = atomic_write_bytes
+
+    real_faiss_write = vectors.faiss.write_index
+
+    def write_index(index, path):
+        real_faiss_write(index, path)
+        _reached("faiss-save", pause_at)
+
+    vectors.faiss.write_index = write_index
+
+    embedder = FakeEmbedder()
+    real_embed = embedder.embed_images
+
+    def embed_images(images, **kwargs):
+        out = real_embed(images, **kwargs)
+        log.write(json.dumps({"embedded": len(images)}) + "\n")
+        if slow:
+            time.sleep(slow)
+        _reached("embed", pause_at)
+        return out
+
+    embedder.embed_images = embed_images
+
+    real_set = collection.set_vectors
+
+    def set_vectors(page_ids, vecs):
+        real_set(page_ids, vecs)
+        log.write(json.dumps({"vectors": [int(i) for i in page_ids]}) + "\n")
+
+    collection.set_vectors = set_vectors
+    return embedder
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    pause_at = None
+    if args.pause_at:
+        point, n = args.pause_at.split(":")
+        pause_at = (point, int(n))
+    collection = Collection(args.collection)
+    embedder = _instrument(collection, Path(args.log), pause_at, args.slow)
+    indexer = Indexer(collection, embedder, settings=SETTINGS, batch_size=2, commit_every=4)
+    print("STARTED", flush=True)
+    report = indexer.add(args.files, on_wait=lambda msg: print(f"WAITING {msg}", flush=True))
+    import resource
+
+    maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"report": report.as_dict(), "maxrss_mb": maxrss_mb}), flush=True)
+    collection.close()
+    return 0
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        for number, file in enumerate(args.files):
+            collection = Collection(Path(tmp) / f"c{number}")
+            try:
+                report = Indexer(collection, FakeEmbedder(), settings=SETTINGS).add([file])
+                result = report.files[0]
+                print(
+                    json.dumps({"file": file, "status": result.status, "reason": result.reason}),
+                    flush=True,
+                )
+            finally:
+                collection.close()
+    print("DONE", flush=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("index")
+    p.add_argument("collection")
+    p.add_argument("log")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--pause-at")
+    p.add_argument("--slow", type=float, default=0.0)
+    f = sub.add_parser("fuzz")
+    f.add_argument("files", nargs="+")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return cmd_index(args) if args.cmd == "index" else cmd_fuzz(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

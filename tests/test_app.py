@@ -1,0 +1,184 @@
+"""The Streamlit app, driven headless with ``streamlit.testing.v1.AppTest``.
+
+Documents are indexed through the library (AppTest cannot drive ``st.file_uploader``; the
+upload path is covered by tests/test_uploads.py and the browser test), then the app is run
+on the same collection with the tiny random-weight GME.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from indexer.config import collection_path
+from indexer.pipeline import Indexer
+from indexer.store import Collection
+from tests.pdfs import TOPICS, make_text_pdf
+
+APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
+
+
+@pytest.fixture
+def app_env(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Path:
+    monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("PAGELENS_DEVICE", "cpu")
+    monkeypatch.delenv("PAGELENS_COLLECTION", raising=False)
+    monkeypatch.delenv("PAGELENS_IMAGE_TOKENS", raising=False)
+    return collection_path(None)
+
+
+@pytest.fixture(scope="module")
+def built_collection(tmp_path_factory: pytest.TempPathFactory, tiny_embedder) -> Path:
+    """Two embedded PDFs, indexed once per module: a.pdf (3 pages), b.pdf (2 pages)."""
+    root = tmp_path_factory.mktemp("app-collection")
+    a = make_text_pdf(root / "in" / "a.pdf", TOPICS[:3])
+    b = make_text_pdf(root / "in" / "b.pdf", TOPICS[3:5])
+    with Collection(root / "collection") as store:
+        Indexer(store, tiny_embedder).add([a, b])
+    return root / "collection"
+
+
+@pytest.fixture
+def indexed(app_env: Path, built_collection: Path) -> Collection:
+    """A private copy of the built collection as this test's default collection."""
+    shutil.copytree(built_collection, app_env, ignore=shutil.ignore_patterns("write.lock"))
+    return Collection(app_env)
+
+
+def run_app():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def search(at, question: str, mode: str | None = None):
+    at.text_input(key="question").input(question)
+    if mode:
+        at.radio(key="mode").set_value(mode)
+    next(b for b in at.button if b.label == "Search").click()
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_empty_collection_shows_help_and_footer(app_env: Path) -> None:
+    at = run_app()
+    assert "This collection is empty" in texts(at.info)
+    assert not at.error
+    assert "Built with GME" in texts(at.caption)
+    assert "PageLens" in texts(at.caption)
+    # The model status is in the sidebar from the first run.
+    assert "Model" in texts(at.sidebar.markdown)
+
+
+def test_query_shows_ranked_pages_and_export(indexed: Collection) -> None:
+    at = run_app()
+    sidebar = texts(at.sidebar.markdown)
+    assert "a.pdf" in sidebar and "b.pdf" in sidebar
+    assert "Documents (2)" in texts(at.sidebar.subheader)
+
+    search(at, "Which treaty ended the Thirty Years War?", mode="text")
+    cards = texts(at.markdown)
+    assert "#1 · a.pdf" in cards
+    captions = texts(at.caption)
+    assert "page 2 · score" in captions  # TOPICS[1] is page 2 of a.pdf
+    # export: Markdown preview with a copy button (st.code), JSON preview, three downloads
+    assert at.code and "## Question" in at.code[0].value
+    assert "[a.pdf, p. 2]" in at.code[0].value or "a.pdf, p. 2" in at.code[0].value
+    assert at.json, "OpenAI messages preview missing"
+    downloads = at.get("download_button")
+    assert len(downloads) == 3
+    assert "Built with GME" in captions
+
+    # Unticking a page removes it from the prompt.
+    first = next(c for c in at.checkbox if c.label == "Export")
+    first.uncheck()
+    at.run()
+    assert "a.pdf, p. 2" not in at.code[0].value
+
+    # Visual search with the (random) tiny model returns pages of both documents.
+    search(at, "Which treaty ended the Thirty Years War?", mode="visual")
+    cards = texts(at.markdown)
+    assert "#1 · " in cards and "#5 · " in cards
+    assert "score" in texts(at.caption)
+    assert not at.error
+
+
+def test_empty_question_is_a_message_not_an_error(indexed: Collection) -> None:
+    at = run_app()
+    search(at, "   ")
+    assert "Type a question" in texts(at.info)
+    assert not at.error
+
+
+def test_bad_page_range_is_a_clear_error(indexed: Collection) -> None:
+    at = run_app()
+    at.text_input(key="page_range").input("7-3")
+    search(at, "treaty", mode="text")
+    assert "ends before it starts" in texts(at.error)
+
+
+def test_remove_asks_for_confirmation(indexed: Collection) -> None:
+    doc = indexed.document("a.pdf")
+    at = run_app()
+    at.button(key=f"rm-{doc.id}").click().run()
+    assert "Remove **a.pdf**?" in texts(at.sidebar.warning)
+    at.button(key=f"rm-no-{doc.id}").click().run()
+    assert not at.sidebar.warning
+    assert [d.name for d in indexed.documents()] == ["a.pdf", "b.pdf"]
+
+    at.button(key=f"rm-{doc.id}").click().run()
+    at.button(key=f"rm-yes-{doc.id}").click().run()
+    assert not at.exception
+    assert [d.name for d in indexed.documents()] == ["b.pdf"]
+    assert "Removed a.pdf" in texts(at.success)
+    assert "Documents (1)" in texts(at.sidebar.subheader)
+
+
+def test_text_first_then_background_embedding(app_env: Path, tmp_path: Path) -> None:
+    pdf = make_text_pdf(tmp_path / "in" / "notes.pdf", TOPICS[5:8])
+    store = Collection(app_env)
+    Indexer(store, None).add([pdf], embed=False)  # pages + text only
+
+    at = run_app()
+    assert "3 of 3 pages wait for vectors" in texts(at.sidebar.info)
+    search(at, "Mariana Trench", mode="text")
+    assert "#1 · notes.pdf" in texts(at.markdown)
+    search(at, "Mariana Trench", mode="hybrid")
+    assert "still wait for vectors" in texts(at.info)
+
+    at.button(key="start-embed").click().run()
+    deadline = time.monotonic() + 60
+    while store.stats().pending and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.stats().pending == 0
+    at.run()
+    assert "All 3 pages embedded" in texts(at.sidebar.caption)
+    search(at, "Mariana Trench", mode="visual")
+    assert "still wait for vectors" not in texts(at.info)
+    assert "#3 · notes.pdf" in texts(at.markdown)
+
+
+def test_new_collection_from_the_sidebar(app_env: Path) -> None:
+    at = run_app()
+    at.sidebar.text_input[0].input("../evil")
+    next(b for b in at.sidebar.button if b.label == "Create").click()
+    at.run()
+    assert "one word" in texts(at.sidebar.error)
+    at.sidebar.text_input[0].input("reports-2024")
+    next(b for b in at.sidebar.button if b.label == "Create").click()
+    at.run()
+    assert not at.exception
+    assert (collection_path("reports-2024") / "catalog.sqlite").is_file()
+    assert "Created collection 'reports-2024'" in texts(at.success)
+    assert at.sidebar.selectbox[0].value.endswith("reports-2024")
