@@ -52,11 +52,17 @@ def root(
         None, "--image-tokens", envvar="PAGELENS_IMAGE_TOKENS",
         help="Visual-token budget per page (1280 as published; 768, 512, 256 are faster).",
     ),
+    quantize: str = typer.Option(
+        None, "--quantize", envvar="PAGELENS_QUANTIZE",
+        help="Opt-in CPU fast path: 'int8' (dynamic int8 linear layers; vectors close to, "
+        "not equal to, the exact ones). Default: off.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
 ) -> None:
     configure_logging(verbose)
     ctx.obj = Options(
-        collection=collection, model=model, device=device, dtype=dtype, image_tokens=image_tokens
+        collection=collection, model=model, device=device, dtype=dtype, image_tokens=image_tokens,
+        quantize=quantize,
     )
 
 

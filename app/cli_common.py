@@ -36,6 +36,7 @@ class Options:
     device: str | None = None
     dtype: str | None = None
     image_tokens: int | None = None
+    quantize: str | None = None
     _store: Collection | None = field(default=None, repr=False)
     _embedder: Embedder | None = field(default=None, repr=False)
 
@@ -55,6 +56,8 @@ class Options:
             options: dict[str, Any] = {}
             if self.image_tokens:
                 options["max_image_tokens"] = self.image_tokens
+            if self.quantize:
+                options["quantize"] = self.quantize
             model = self.model or default_model()
             say(f"loading model {model} ...")
             self._embedder = load_embedder(model, device=self.device, dtype=self.dtype, **options)

@@ -606,6 +606,42 @@ class GmeEmbedder:
         )
 
 
+# --------------------------------------------------------------------------- int8
+
+
+QUANTIZE_MODES = ("int8",)
+
+
+def quantize_embedder(embedder: GmeEmbedder, mode: str = "int8") -> GmeEmbedder:
+    """Opt-in fast path: int8 dynamic quantisation of every ``nn.Linear`` (vision tower and
+    decoder), in place, on CPU. Weights become int8 (per-channel scales), activations are
+    quantised per batch; embeddings, norms and the patch convolution stay float32. Vectors
+    are close to, not equal to, the float32 ones (``pagelens bench`` reports the agreement).
+    Needs a float32 CPU model; returns ``embedder``.
+    """
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"unknown quantize mode {mode!r}; expected one of {QUANTIZE_MODES}")
+    if torch.device(embedder.device).type != "cpu":
+        raise ValueError("int8 quantisation is for CPU inference (use bf16/fp16 on GPUs)")
+    if embedder.dtype != "float32":
+        embedder.model.to(torch.float32)
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    engines = torch.backends.quantized.supported_engines
+    for engine in ("x86", "fbgemm", "onednn"):
+        if engine in engines:
+            torch.backends.quantized.engine = engine
+            break
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        quantize_dynamic(embedder.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    embedder.dtype = "int8"
+    embedder._prefix_kv.clear()
+    return embedder
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -677,9 +713,13 @@ def load_embedder(
     *,
     device: str | None = None,
     dtype: Any = None,
+    quantize: str | None = None,
     **options: Any,
 ) -> GmeEmbedder:
     """Load GME from a hub id or a local folder (default ``$PAGELENS_MODEL`` or GME-2B).
+
+    ``quantize="int8"``: opt-in int8 dynamic quantisation of the linear layers on CPU
+    (:func:`quantize_embedder`; loads in float32 first). Never the default.
 
     ``device``: "cuda", "mps", "cpu"... (default: the best available). ``dtype``: a torch
     dtype or "bfloat16"/"float16"/"float32" (default: bf16 on CUDA and native-bf16 CPUs,
@@ -697,6 +737,12 @@ def load_embedder(
     where = _locate(source)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    if quantize:
+        if quantize not in QUANTIZE_MODES:
+            raise ValueError(
+                f"unknown quantize mode {quantize!r}; expected one of {QUANTIZE_MODES}"
+            )
+        torch_dtype = torch.float32
     # huggingface_hub reads HF_HUB_OFFLINE once, at import; honour it when set later too.
     offline = _offline()
     hub = {"local_files_only": True} if offline else {}
@@ -740,7 +786,10 @@ def load_embedder(
         quiet()
     net = net.to(dev).eval()
     model_id = source if where == source else where
-    return GmeEmbedder(net, tokenizer, image_processor, model_id=model_id, device=dev, **options)
+    embedder = GmeEmbedder(net, tokenizer, image_processor, model_id=model_id, device=dev, **options)
+    if quantize:
+        quantize_embedder(embedder, quantize)
+    return embedder
 
 
 __all__ = [
@@ -750,6 +799,7 @@ __all__ = [
     "build_prompt",
     "cpu_has_native_bf16",
     "load_embedder",
+    "quantize_embedder",
     "resolve_device",
     "resolve_dtype",
 ]

@@ -131,6 +131,16 @@ class Collection:
                         f"Collection folder {self.path} is read-only and holds no catalog."
                     )
                 self._db = catalog.connect(self.path / CATALOG, read_only=True)
+                try:
+                    self._db.execute("SELECT COUNT(*) FROM meta").fetchone()
+                except sqlite3.OperationalError:
+                    # A WAL catalog in a truly read-only folder: SQLite cannot create its
+                    # shared-memory file, so read the file as immutable (no one can write it).
+                    self._db.close()
+                    self._db = sqlite3.connect(
+                        f"file:{self.path / CATALOG}?mode=ro&immutable=1", uri=True,
+                        check_same_thread=False,
+                    )
             else:
                 self._db = catalog.connect(self.path / CATALOG)
                 catalog.migrate(self._db)
@@ -559,6 +569,9 @@ class Collection:
         """The FAISS index, in step with every vector committed to the catalog."""
         with self._mutex:
             version = self._version()
+            dim = self.dim
+            if self._index is not None and dim and self._index.dim != dim:
+                self._index = None  # built before a model was bound (text-only start)
             if self._index is not None and self._index_version == version:
                 return self._index
             if self._index is None:

@@ -6,7 +6,8 @@
 ``index`` indexes FILES with the fake embedder (small pages, so it is quick), appending one
 JSON line per committed vector batch to LOG (``{"vectors": [page ids]}``) and per embedder
 call (``{"embedded": n}``). With ``--pause-at POINT:N`` it prints ``PAUSED POINT`` and sleeps
-when it reaches the N-th occurrence of POINT, so that the test can SIGKILL it exactly there:
+when it reaches the N-th occurrence of POINT, so that the test can SIGKILL it exactly there
+(or let it go on with SIGUSR1):
 
 ``render``      a page was rendered, and is not committed yet
 ``image-write`` a page image file was written, its row not committed yet
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -48,8 +50,13 @@ _counts: dict[str, int] = {}
 def _reached(point: str, pause_at: tuple[str, int] | None) -> None:
     _counts[point] = _counts.get(point, 0) + 1
     if pause_at and pause_at[0] == point and pause_at[1] == _counts[point]:
+        # Wait for SIGKILL (crash tests) or SIGUSR1 (go on: concurrency tests).
+        resume = []
+        signal.signal(signal.SIGUSR1, lambda *_: resume.append(True))
         print(f"PAUSED {point}", flush=True)
-        time.sleep(120)
+        deadline = time.monotonic() + 120
+        while not resume and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def _instrument(collection: Collection, log_path: Path, pause_at, slow: float) -> FakeEmbedder:

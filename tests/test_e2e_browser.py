@@ -173,11 +173,14 @@ def test_upload_search_export_remove(app_url, tmp_path: Path) -> None:
             page.get_by_test_id("stRadioGroup").get_by_text("text", exact=True).click()
             page.get_by_label("Question").fill("Mariana Trench deepest")
             page.get_by_label("Question").press("Enter")
+            expect(main.get_by_text("1 page(s) for “Mariana Trench deepest”")).to_be_visible()
+            expect(main.get_by_text("text search · best first")).to_be_visible()
+            expect(cards).to_have_count(1)  # the previous grid is gone once the run ends
             expect(main.get_by_text("#1 · Quarterly report.pdf")).to_be_visible()
             expect(main.get_by_text(re.compile(r"^page 2 · score"))).to_be_visible()
 
             # 4. Open the best page large, with its text layer highlighted.
-            main.get_by_role("button", name="Open").first.click()
+            main.locator('[class*="st-key-open-"] button').first.click()
             dialog = page.get_by_role("dialog")
             expect(dialog.locator("mark").first).to_have_text(re.compile("(?i)mariana"))
             page.screenshot(path=str(ARTIFACTS / "page-dialog.png"))

@@ -312,10 +312,11 @@ def test_oversized_images_are_refused(fake):
 
 
 def test_full_queue_answers_503_with_retry_after():
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     class Blocking(FakeEmbedder):
         def embed_texts(self, texts, *, instruction=None):
+            entered.set()
             gate.wait(10)
             return super().embed_texts(texts, instruction=instruction)
 
@@ -325,9 +326,8 @@ def test_full_queue_answers_503_with_retry_after():
         first = threading.Thread(target=lambda: results.append(embed(c, input="a")))
         first.start()
         batcher = app.state.batcher
-        deadline = time.monotonic() + 5
-        while batcher.queued() and time.monotonic() < deadline:  # worker took "a"; blocked
-            time.sleep(0.01)
+        assert entered.wait(10)  # the worker holds "a" and is blocked in the model
+        deadline = time.monotonic() + 10
         second = threading.Thread(target=lambda: results.append(embed(c, input=["b", "c"])))
         second.start()
         while batcher.queued() < 2 and time.monotonic() < deadline:

@@ -154,3 +154,15 @@ def test_set_vectors_twice_replaces(tmp_path):
         store.set_vectors(ids, v[1:])
     assert len(store.index()) == 1
     assert store.search(v[1], 1)[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_index_built_before_model_bound_is_rebuilt(tmp_path):
+    store = Collection(tmp_path / "c")
+    with store.writing():
+        ids = _add_doc(store, "a.pdf", 2)
+    assert store.search(np.ones(8, np.float32) / np.sqrt(8), 3) == []  # no model yet: dim 1
+    store.bind_model("m", 8)
+    vecs = _unit(2, 8)
+    with store.writing():
+        store.set_vectors(ids, vecs)
+    assert store.search(vecs[1], 1)[0][0] == ids[1]

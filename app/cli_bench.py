@@ -1,0 +1,56 @@
+"""``pagelens bench``: the performance benchmark (bench/bench.py) from the CLI."""
+
+from __future__ import annotations
+
+import typer
+
+from app.cli import cli
+from app.cli_common import options, run_guarded, say
+
+
+@cli.command(
+    "bench",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def bench_cmd(ctx: typer.Context) -> None:
+    """Benchmark rendering, page embedding, queries and vector search; writes a JSON report.
+
+    Options are those of ``python -m bench.bench`` (``--pages``, ``--budgets``, ``--vectors``,
+    ``--skip-baseline``, ``--size tiny`` ...; see ``pagelens bench --help-bench``). The
+    global ``--model`` and ``--dtype`` apply; without a model it benchmarks the full-size
+    GME-2B architecture with random weights.
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("bench") is None:  # bench/ sits beside app/ in a checkout
+        root = Path(__file__).resolve().parent.parent
+        if (root / "bench" / "bench.py").is_file():
+            sys.path.insert(0, str(root))
+    try:
+        from bench.bench import main as bench_main
+    except ImportError:
+        from app.cli_common import fail
+
+        fail("the benchmark lives in bench/ of a PageLens checkout; run it from there")
+
+    opts = options(ctx)
+    args = list(ctx.args)
+    if "--help-bench" in args:
+        args = ["--help"]
+    if opts.model and "--model" not in args:
+        args += ["--model", opts.model]
+    if opts.dtype and "--dtype" not in args:
+        args += ["--dtype", opts.dtype]
+    say("benchmarking (this takes long on CPU with the full-size model) ...")
+
+    def body() -> None:
+        try:
+            code = bench_main(args)
+        except SystemExit as exc:  # argparse --help / usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+        if code:
+            raise typer.Exit(code)
+
+    run_guarded(body)

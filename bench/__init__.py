@@ -1,0 +1,1 @@
+"""PageLens benchmark (``pagelens bench`` / ``python -m bench.bench``); see bench/README.md."""
