@@ -39,21 +39,33 @@ cli = typer.Typer(
 def root(
     ctx: typer.Context,
     collection: str = typer.Option(
-        None, "--collection", "-c", envvar="PAGELENS_COLLECTION",
+        None,
+        "--collection",
+        "-c",
+        envvar="PAGELENS_COLLECTION",
         help="Collection name (under PAGELENS_HOME, default ./data) or folder path.",
     ),
     model: str = typer.Option(
-        None, "--model", "-m", envvar="PAGELENS_MODEL",
+        None,
+        "--model",
+        "-m",
+        envvar="PAGELENS_MODEL",
         help="GME model: hub id or local folder (default Alibaba-NLP/gme-Qwen2-VL-2B-Instruct).",
     ),
     device: str = typer.Option(None, "--device", help="cuda, mps or cpu (default: auto)."),
-    dtype: str = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 (default: auto)."),
+    dtype: str = typer.Option(
+        None, "--dtype", help="bfloat16, float16 or float32 (default: auto)."
+    ),
     image_tokens: int = typer.Option(
-        None, "--image-tokens", envvar="PAGELENS_IMAGE_TOKENS",
+        None,
+        "--image-tokens",
+        envvar="PAGELENS_IMAGE_TOKENS",
         help="Visual-token budget per page (1280 as published; 768, 512, 256 are faster).",
     ),
     quantize: str = typer.Option(
-        None, "--quantize", envvar="PAGELENS_QUANTIZE",
+        None,
+        "--quantize",
+        envvar="PAGELENS_QUANTIZE",
         help="Opt-in CPU fast path: 'int8' (dynamic int8 linear layers; vectors close to, "
         "not equal to, the exact ones). Default: off.",
     ),
@@ -61,7 +73,11 @@ def root(
 ) -> None:
     configure_logging(verbose)
     ctx.obj = Options(
-        collection=collection, model=model, device=device, dtype=dtype, image_tokens=image_tokens,
+        collection=collection,
+        model=model,
+        device=device,
+        dtype=dtype,
+        image_tokens=image_tokens,
         quantize=quantize,
     )
 
@@ -72,13 +88,17 @@ def index(
     paths: list[Path] = typer.Argument(..., help="PDF or image files, or folders (recursive)."),
     password: str = typer.Option(None, "--password", help="Password for encrypted PDFs."),
     text_only: bool = typer.Option(
-        False, "--text-only", help="Store pages and text now (searchable with --mode text); "
-        "embed later with 'pagelens index' again."
+        False,
+        "--text-only",
+        help="Store pages and text now (searchable with --mode text); "
+        "embed later with 'pagelens index' again.",
     ),
     batch_size: int = typer.Option(4, "--batch-size", help="Pages per model batch."),
     ocr: bool = typer.Option(
-        None, "--ocr/--no-ocr", help="OCR pages without a text layer (scans, images) with "
-        "Tesseract; the choice is kept for the collection. Default: as before (off)."
+        None,
+        "--ocr/--no-ocr",
+        help="OCR pages without a text layer (scans, images) with "
+        "Tesseract; the choice is kept for the collection. Default: as before (off).",
     ),
     ocr_language: str = typer.Option(
         None, "--ocr-language", help="Tesseract language(s) for --ocr, e.g. eng or eng+deu."
@@ -112,7 +132,10 @@ def index(
                 with store.writing(on_wait=say):
                     store.set_render_settings(indexer.settings.as_dict())
         report = indexer.add(
-            paths, password=password, embed=not text_only, progress=TerminalProgress(),
+            paths,
+            password=password,
+            embed=not text_only,
+            progress=TerminalProgress(),
             on_wait=say,
             on_file=lambda r: say(_file_line(r)),
         )
@@ -162,14 +185,24 @@ def search(
         )
         pending = retriever.pending() if retriever.embedder is not None else 0
         if as_json:
-            print_json({
-                "query": question, "mode": mode or ("visual" if retriever.embedder else "text"),
-                "pending": pending, "hits": [h.as_dict() for h in hits],
-            })
+            print_json(
+                {
+                    "query": question,
+                    "mode": mode or ("visual" if retriever.embedder else "text"),
+                    "pending": pending,
+                    "hits": [h.as_dict() for h in hits],
+                }
+            )
             return
         if not hits:
-            say("no pages found" + ("" if retriever.store.stats().pages else
-                                    " (the collection is empty: run 'pagelens index PATH')"))
+            say(
+                "no pages found"
+                + (
+                    ""
+                    if retriever.store.stats().pages
+                    else " (the collection is empty: run 'pagelens index PATH')"
+                )
+            )
         for rank, hit in enumerate(hits, start=1):
             typer.echo(f"{rank:>2}. {hit.score:7.4f}  {hit.document}  p.{hit.page}")
             typer.echo(f"    {hit.image}")
@@ -198,7 +231,9 @@ def docs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> N
         store = opts.store()
         documents = store.documents()
         if as_json:
-            print_json({"collection": str(store.path), "documents": [d.as_dict() for d in documents]})
+            print_json(
+                {"collection": str(store.path), "documents": [d.as_dict() for d in documents]}
+            )
             return
         if not documents:
             say(f"collection {store.path} is empty")
@@ -273,7 +308,8 @@ def export(
         else:
             text = (
                 json.dumps(to_openai_messages(question, hits, settings=settings), indent=1)
-                if fmt == "openai" else to_markdown(question, hits)
+                if fmt == "openai"
+                else to_markdown(question, hits)
             )
             if str(output) == "-":
                 sys.stdout.write(text)
@@ -331,8 +367,7 @@ def make_model(
     from indexer.random_model import build_random_gme
 
     path = run_guarded(lambda: build_random_gme(folder, size=size))
-    say(f"wrote a random-weight {size} GME checkpoint to {path}; "
-        f"use it with PAGELENS_MODEL={path}")
+    say(f"wrote a random-weight {size} GME checkpoint to {path}; use it with PAGELENS_MODEL={path}")
 
 
 def main() -> None:
@@ -341,7 +376,6 @@ def main() -> None:
 
 
 from app import commands  # noqa: E402,F401  (registers the commands of other modules)
-
 
 if __name__ == "__main__":
     main()

@@ -115,8 +115,7 @@ class Page:
 
 
 DOCUMENT_COLUMNS = (
-    "d.id, d.name, d.path, d.sha256, d.kind, d.page_count, d.title, d.bytes, d.status, "
-    "d.added_at"
+    "d.id, d.name, d.path, d.sha256, d.kind, d.page_count, d.title, d.bytes, d.status, d.added_at"
 )
 PAGE_COLUMNS = (
     "p.id, p.document_id, p.number, p.text, p.image, p.image_sha256, p.width, p.height, "

@@ -122,6 +122,6 @@ class FakeEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         rows = [
             _unit(self._text_row(t)[None])[0] + _unit(self._image_row(i)[None])[0]
-            for t, i in zip(texts, images)
+            for t, i in zip(texts, images, strict=True)
         ]
         return _unit(np.stack(rows))

@@ -32,7 +32,6 @@ from indexer.embedder import Embedder
 from indexer.errors import DocumentError, PageLensError
 from indexer.pages import (
     RenderSettings,
-    file_sha256,
     inspect_document,
     iter_input_files,
     render_pages,
@@ -148,9 +147,9 @@ class Indexer:
         self.commit_every = max(1, int(commit_every))
         stored = store.render_settings()
         if settings is None and stored:
-            settings = RenderSettings(**{
-                k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__
-            })
+            settings = RenderSettings(
+                **{k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__}
+            )
         if settings is None:
             tokens = getattr(embedder, "max_image_tokens", None) or 1280
             settings = RenderSettings.for_tokens(int(tokens))
@@ -216,21 +215,34 @@ class Indexer:
         stored = self.store.stored_page_numbers(existing.id) if existing else set()
         todo = 0 if existing and existing.ready else info.page_count - len(stored)
         return {
-            "path": path, "info": info, "password": password, "existing": existing,
-            "stored": stored, "todo": todo, "name": name or path.name,
+            "path": path,
+            "info": info,
+            "password": password,
+            "existing": existing,
+            "stored": stored,
+            "todo": todo,
+            "name": name or path.name,
         }
 
     def _store_pages(self, plan: dict, meter: _Meter, report: IndexReport) -> FileResult:
         path, info, existing = plan["path"], plan["info"], plan["existing"]
         if existing is not None and existing.ready:
             return FileResult(
-                str(path), "skipped", existing.id, existing.name, existing.page_count,
+                str(path),
+                "skipped",
+                existing.id,
+                existing.name,
+                existing.page_count,
                 message=f"{path.name} is already in the collection (same content as "
                 f"'{existing.name}').",
             )
         doc = existing or self.store.add_document(
-            name=plan["name"], path=str(Path(path).resolve()), sha256=info.sha256,
-            kind=info.kind, page_count=info.page_count, title=info.title,
+            name=plan["name"],
+            path=str(Path(path).resolve()),
+            sha256=info.sha256,
+            kind=info.kind,
+            page_count=info.page_count,
+            title=info.title,
             size=Path(path).stat().st_size,
         )
         wanted = [n for n in range(1, info.page_count + 1) if n not in plan["stored"]]

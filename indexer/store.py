@@ -113,7 +113,9 @@ class Collection:
             try:
                 self.path.mkdir(parents=True)
             except OSError as exc:
-                raise CollectionError(f"Cannot create collection folder {self.path}: {exc}") from exc
+                raise CollectionError(
+                    f"Cannot create collection folder {self.path}: {exc}"
+                ) from exc
         elif not self.path.is_dir():
             raise CollectionError(f"{self.path} is not a folder, so it cannot hold a collection.")
         self._mutex = threading.RLock()
@@ -138,7 +140,8 @@ class Collection:
                     # shared-memory file, so read the file as immutable (no one can write it).
                     self._db.close()
                     self._db = sqlite3.connect(
-                        f"file:{self.path / CATALOG}?mode=ro&immutable=1", uri=True,
+                        f"file:{self.path / CATALOG}?mode=ro&immutable=1",
+                        uri=True,
                         check_same_thread=False,
                     )
             else:
@@ -345,9 +348,12 @@ class Collection:
         self._require_lock()
         doc = self.document(ref)
         with self._mutex:
-            ids = [r[0] for r in self._query(
-                "SELECT id FROM pages WHERE document_id=? AND vector IS NOT NULL", (doc.id,)
-            )]
+            ids = [
+                r[0]
+                for r in self._query(
+                    "SELECT id FROM pages WHERE document_id=? AND vector IS NOT NULL", (doc.id,)
+                )
+            ]
             with self._db:
                 self._db.execute("DELETE FROM pages WHERE document_id=?", (doc.id,))
                 self._db.execute("DELETE FROM documents WHERE id=?", (doc.id,))
@@ -362,7 +368,9 @@ class Collection:
         return doc
 
     # -- pages -------------------------------------------------------------------------
-    def add_pages(self, document_id: int, pages: Sequence[tuple[int, str, Image.Image]]) -> list[int]:
+    def add_pages(
+        self, document_id: int, pages: Sequence[tuple[int, str, Image.Image]]
+    ) -> list[int]:
         """Store rendered pages (number, text, image) of a document in one transaction."""
         self._require_lock()
         if document_id not in self._swept:  # temp files of a write a crash cut short
@@ -375,8 +383,15 @@ class Collection:
             rel = f"{PAGES_DIR}/{document_id}/{number:05d}.png"
             atomic_write_bytes(self.path / rel, data)
             rows.append(
-                (document_id, number, text, rel, hashlib.sha256(data).hexdigest(),
-                 image.width, image.height)
+                (
+                    document_id,
+                    number,
+                    text,
+                    rel,
+                    hashlib.sha256(data).hexdigest(),
+                    image.width,
+                    image.height,
+                )
             )
         with self._mutex, self._db:
             ids = []
@@ -393,9 +408,10 @@ class Collection:
         return ids
 
     def stored_page_numbers(self, document_id: int) -> set[int]:
-        return {r[0] for r in self._query(
-            "SELECT number FROM pages WHERE document_id=?", (document_id,)
-        )}
+        return {
+            r[0]
+            for r in self._query("SELECT number FROM pages WHERE document_id=?", (document_id,))
+        }
 
     def pages(self, document_id: int | None = None) -> list[Page]:
         sql = f"SELECT {PAGE_COLUMNS} FROM pages p"
@@ -403,7 +419,9 @@ class Collection:
         if document_id is not None:
             sql += " WHERE p.document_id=?"
             args = (document_id,)
-        return [page_from_row(r) for r in self._query(sql + " ORDER BY p.document_id, p.number", args)]
+        return [
+            page_from_row(r) for r in self._query(sql + " ORDER BY p.document_id, p.number", args)
+        ]
 
     def page(self, page_id: int) -> Page:
         row = self._one(f"SELECT {PAGE_COLUMNS} FROM pages p WHERE p.id=?", (page_id,))
@@ -417,13 +435,21 @@ class Collection:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for r in self._query(f"SELECT {PAGE_COLUMNS} FROM pages p WHERE p.id IN ({marks})", chunk):
+            for r in self._query(
+                f"SELECT {PAGE_COLUMNS} FROM pages p WHERE p.id IN ({marks})", chunk
+            ):
                 page = page_from_row(r)
                 out[page.id] = page
         return out
 
-    def page_ids(self, *, documents: Iterable[int] | None = None, first: int | None = None,
-                 last: int | None = None, embedded: bool | None = None) -> list[int]:
+    def page_ids(
+        self,
+        *,
+        documents: Iterable[int] | None = None,
+        first: int | None = None,
+        last: int | None = None,
+        embedded: bool | None = None,
+    ) -> list[int]:
         """Page ids matching filters: document ids, a 1-based page range, embedded or not."""
         where, args = [], []
         if documents is not None:
@@ -476,14 +502,19 @@ class Collection:
         vecs = np.ascontiguousarray(vectors, dtype=np.float32)
         dim = self.dim
         if dim and vecs.shape[1] != dim:
-            raise ModelMismatchError(f"Vectors of dim {vecs.shape[1]} do not fit collection dim {dim}.")
+            raise ModelMismatchError(
+                f"Vectors of dim {vecs.shape[1]} do not fit collection dim {dim}."
+            )
         now = utcnow()
         with self._mutex:
             self.index()  # load (and sync) the cache first, so it is saved as we go
             with self._db:
                 present = self.pages_by_id(page_ids)
-                rows = [(vecs[i].tobytes(), now, int(pid)) for i, pid in enumerate(page_ids)
-                        if int(pid) in present]
+                rows = [
+                    (vecs[i].tobytes(), now, int(pid))
+                    for i, pid in enumerate(page_ids)
+                    if int(pid) in present
+                ]
                 self._db.executemany("UPDATE pages SET vector=?, embedded_at=? WHERE id=?", rows)
                 self._bump_version()
             index = self._loaded_index()
@@ -492,7 +523,7 @@ class Collection:
                 ids = [int(page_ids[i]) for i in keep]
                 existing = np.isin(np.asarray(ids, np.int64), index.ids()) if ids else []
                 if len(ids) and np.any(existing):
-                    index.remove([i for i, e in zip(ids, existing) if e])
+                    index.remove([i for i, e in zip(ids, existing, strict=True) if e])
                 index.add(ids, vecs[keep])
                 self._index_version = self._version()
                 self._unsaved += len(ids)
@@ -588,7 +619,9 @@ class Collection:
                 index = VectorIndex.load(path)
                 if dim is None or index.dim == dim:
                     return index
-                log.warning("vector file %s has dim %s, catalog %s: rebuilding", path, index.dim, dim)
+                log.warning(
+                    "vector file %s has dim %s, catalog %s: rebuilding", path, index.dim, dim
+                )
             except Exception as exc:  # unreadable cache: rebuild from the catalog
                 log.warning("cannot read %s (%s): rebuilding from the catalog", path, exc)
         return VectorIndex(dim or 1, kind=self._wanted_kind())
@@ -615,18 +648,14 @@ class Collection:
         for start in range(0, len(missing), 2048):
             chunk = [int(i) for i in missing[start : start + 2048]]
             marks = ",".join("?" * len(chunk))
-            rows = self._query(
-                f"SELECT id, vector FROM pages WHERE id IN ({marks})", chunk
+            rows = self._query(f"SELECT id, vector FROM pages WHERE id IN ({marks})", chunk)
+            index.add(
+                [r[0] for r in rows], np.stack([np.frombuffer(r[1], np.float32) for r in rows])
             )
-            index.add([r[0] for r in rows], np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
         if len(stale) or len(missing):
             log.info("vector index synced: %d added, %d removed", len(missing), len(stale))
             self._unsaved += len(stale) + len(missing)
-        if (
-            index.kind == "flat"
-            and len(index) > APPROX_THRESHOLD
-            and self._lock_depth > 0
-        ):
+        if index.kind == "flat" and len(index) > APPROX_THRESHOLD and self._lock_depth > 0:
             self._rebuild_as("hnsw")
 
     def _rebuild_as(self, kind: str) -> None:
@@ -673,7 +702,7 @@ class Collection:
         """Nearest pages to a unit query vector: ``[(page_id, cosine), ...]`` best first."""
         index = self.index()
         scores, ids = index.search(np.asarray(query, np.float32)[None], k, allowed_ids=page_ids)
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
     def search_text(
         self, query: str, k: int, *, page_ids: Iterable[int] | None = None
@@ -763,4 +792,3 @@ def _model_key(model_id: str) -> str:
     """Compare models by name: a hub id and a local download of it are the same model."""
     text = str(model_id).rstrip("/\\")
     return os.path.basename(text).lower()
-

@@ -50,7 +50,7 @@ class VectorIndex:
     # -- persistence -------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
-        """Read an index written by :meth:`save`; raises ``RuntimeError``/``OSError`` if unreadable."""
+        """Read an index written by :meth:`save` (``RuntimeError``/``OSError`` if unreadable)."""
         index = faiss.read_index(str(path))
         if not isinstance(index, faiss.IndexIDMap2):
             index = faiss.downcast_index(index)
@@ -99,9 +99,11 @@ class VectorIndex:
             # HNSW cannot delete in place: rebuild from the vectors we keep.
             keep = ~np.isin(self.ids(), ids_arr)
             kept_ids = self.ids()[keep]
-            kept = np.stack([self._index.reconstruct(int(i)) for i in kept_ids]) if len(
-                kept_ids
-            ) else np.zeros((0, self.dim), np.float32)
+            kept = (
+                np.stack([self._index.reconstruct(int(i)) for i in kept_ids])
+                if len(kept_ids)
+                else np.zeros((0, self.dim), np.float32)
+            )
             fresh = VectorIndex(self.dim, kind="hnsw")
             fresh.add(kept_ids, kept)
             removed = len(self) - len(fresh)

@@ -118,7 +118,9 @@ def to_zip(
         zf.writestr("messages.json", json.dumps(messages, indent=1))
 
 
-def zip_bytes(question: str, hits: Sequence[Hit], *, settings: ExportSettings = ExportSettings()) -> bytes:
+def zip_bytes(
+    question: str, hits: Sequence[Hit], *, settings: ExportSettings = ExportSettings()
+) -> bytes:
     buf = io.BytesIO()
     to_zip(question, hits, buf, settings=settings)
     return buf.getvalue()

@@ -28,7 +28,7 @@ def store(tmp_path):
 
 def test_index_search_export_end_to_end(store, make_pdf):
     report_pdf = make_pdf("report.pdf", TOPICS)
-    manual_pdf = make_pdf("manual.pdf", ["Torque settings for bolts.", "Pump diagrams."])
+    make_pdf("manual.pdf", ["Torque settings for bolts.", "Pump diagrams."])
     embedder = FakeEmbedder()
     events = []
     report = Indexer(store, embedder).add([report_pdf.parent], progress=events.append)

@@ -37,6 +37,8 @@ def test_ruff_is_clean():
 
     result = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--quiet", str(ROOT)],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -644,11 +644,16 @@ def tiny_server(tiny_embedder):
         yield url
 
 
-README_SNIPPET = """\
-from openai import OpenAI
-client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
-print(client.embeddings.create(model="gme-Qwen2-VL-2B-Instruct", input=["What was the revenue in 2023?"]).data[0].embedding[:4])
-"""  # noqa: E501
+def readme_snippet() -> str:
+    """The README's OpenAI-client example, read from README.md itself so they cannot drift."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    snippet = next(b for b in blocks if "OpenAI(base_url" in b)
+    assert len(snippet.strip().splitlines()) == 3
+    return snippet
 
 
 def test_openai_client_gets_library_vectors(tiny_server, tiny_embedder):
@@ -701,7 +706,7 @@ def test_openai_client_errors(tiny_server):
 
 def test_readme_snippet_runs_against_live_server(tiny_server, capsys):
     port = tiny_server.rsplit(":", 1)[1]
-    code = README_SNIPPET.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    code = readme_snippet().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     values = [float(v) for v in printed.strip().strip("[]").split(",")]
