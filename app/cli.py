@@ -350,6 +350,13 @@ def app_cmd(ctx: typer.Context) -> None:
         env["PAGELENS_DEVICE"] = opts.device
     if opts.image_tokens:
         env["PAGELENS_IMAGE_TOKENS"] = str(opts.image_tokens)
+    if opts.dtype:
+        env["PAGELENS_DTYPE"] = opts.dtype
+    if opts.quantize:
+        env["PAGELENS_QUANTIZE"] = opts.quantize
+    if env.get("PAGELENS_MAX_UPLOAD_MB") and not any("maxUploadSize" in a for a in ctx.args):
+        # Streamlit's own upload cap must be at least PageLens's limit.
+        env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", env["PAGELENS_MAX_UPLOAD_MB"])
     argv = [sys.executable, "-m", "streamlit", "run", str(script), *ctx.args]
     os.execvpe(argv[0], argv, env)
 

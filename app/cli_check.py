@@ -1,10 +1,13 @@
 """``pagelens check [--repair] [--json]``: is the collection consistent, and if not, fix it.
 
 Exit codes: 0 healthy (or every problem repaired), 4 problems remain (listed; with
-``--repair``, those that could not be fixed), 1 error (no collection, or it is busy).
+``--repair``, those that could not be fixed), 1 error (no collection; ``--repair`` on
+a read-only one).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import typer
 
@@ -31,7 +34,6 @@ def check_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check that catalog rows, vectors and page images agree (exit 4 if not)."""
-    from indexer.errors import CollectionLockedError
     from indexer.integrity import check, open_for_check
     from indexer.integrity import repair as do_repair
 
@@ -53,17 +55,15 @@ def check_cmd(
                 with store.writing(on_wait=say):
                     report = do_repair(store, embedder=load, password=password, model_id=opts.model)
             else:
-                try:
-                    # Hold the lock (if free) for a consistent view; a running indexer
+                with _lock_if_free(store) as free:
+                    # With the lock (when free) the view is consistent; a running indexer
                     # would show its work in progress as problems.
-                    with store.writing(timeout=0) if not store.read_only else _nothing():
-                        report = check(store, model_id=opts.model)
-                except CollectionLockedError:
+                    report = check(store, model_id=opts.model)
+                if not free:
                     say(
                         f"note: another process is writing to {store.path}; "
                         "its work in progress may show as problems"
                     )
-                    report = check(store, model_id=opts.model)
         if as_json:
             print_json(report.as_dict())
         else:
@@ -75,12 +75,31 @@ def check_cmd(
         raise typer.Exit(code)
 
 
-class _nothing:
-    def __enter__(self):
-        return None
+@contextlib.contextmanager
+def _lock_if_free(store):
+    """Hold the write lock if no one else does (True), without waiting and without any of
+    ``Collection.writing``'s side effects: a plain check writes nothing."""
+    from filelock import FileLock, Timeout
 
-    def __exit__(self, *exc):
-        return False
+    from indexer.store import LOCK
+
+    if store.read_only:
+        yield True  # nobody can write there
+        return
+    lock = FileLock(str(store.path / LOCK))
+    held = free = False
+    try:
+        lock.acquire(timeout=0)
+        held = free = True
+    except Timeout:
+        pass
+    except OSError:  # cannot even create the lock file: check without it
+        free = True
+    try:
+        yield free
+    finally:
+        if held:
+            lock.release()
 
 
 def _print(report) -> None:

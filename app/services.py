@@ -29,7 +29,7 @@ from indexer.config import collection_path, default_model
 from indexer.embedder import Embedder
 from indexer.errors import CollectionError, PageLensError
 from indexer.pages import RenderSettings
-from indexer.pipeline import FileResult, IndexReport, Indexer, Progress
+from indexer.pipeline import FileResult, Indexer, IndexReport, Progress
 from indexer.store import Collection
 from indexer.uploads import discard_upload
 
@@ -42,13 +42,15 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 @dataclass(frozen=True)
 class AppSettings:
     """The environment of the app: ``PAGELENS_COLLECTION``, ``PAGELENS_MODEL``,
-    ``PAGELENS_DEVICE``, ``PAGELENS_DTYPE`` and ``PAGELENS_IMAGE_TOKENS``."""
+    ``PAGELENS_DEVICE``, ``PAGELENS_DTYPE``, ``PAGELENS_IMAGE_TOKENS``, ``PAGELENS_QUANTIZE``
+    (the same settings as the CLI's global options)."""
 
     collection: str | None = None
     model: str = field(default_factory=default_model)
     device: str | None = None
     dtype: str | None = None
     image_tokens: int | None = None
+    quantize: str | None = None
 
     @classmethod
     def from_env(cls) -> AppSettings:
@@ -65,6 +67,7 @@ class AppSettings:
             device=os.environ.get("PAGELENS_DEVICE") or None,
             dtype=os.environ.get("PAGELENS_DTYPE") or None,
             image_tokens=image_tokens,
+            quantize=os.environ.get("PAGELENS_QUANTIZE") or None,
         )
 
     @property
@@ -93,9 +96,11 @@ class ModelLoader:
         device: str | None = None,
         dtype: str | None = None,
         image_tokens: int | None = None,
+        quantize: str | None = None,
         loader: Callable[..., Embedder] | None = None,
     ) -> None:
         self.model = model
+        self.quantize = quantize
         self.device = device
         self.dtype = dtype
         self.image_tokens = image_tokens
@@ -131,7 +136,11 @@ class ModelLoader:
             loader = self._loader
             if loader is None:
                 from indexer import load_embedder as loader
-            options = {"max_image_tokens": self.image_tokens} if self.image_tokens else {}
+            options: dict = {}
+            if self.image_tokens:
+                options["max_image_tokens"] = self.image_tokens
+            if self.quantize:
+                options["quantize"] = self.quantize
             self.embedder = loader(self.model, device=self.device, dtype=self.dtype, **options)
         except PageLensError as exc:
             self.error = str(exc)
@@ -339,13 +348,19 @@ class Workspace:
         """
         with self._write, self.job.paused(timeout=600):
             report = self.indexer().add(
-                paths, names=names, passwords=passwords, embed=False,
-                progress=progress, on_file=on_file, on_wait=on_wait,
+                paths,
+                names=names,
+                passwords=passwords,
+                embed=False,
+                progress=progress,
+                on_file=on_file,
+                on_wait=on_wait,
             )
         indexed = {d.path for d in self.store.documents()}
         for result in report.files:
             keep = result.status in ("added", "resumed") or result.reason in (
-                "needs-password", "wrong-password",
+                "needs-password",
+                "wrong-password",
             )
             if not keep and str(Path(result.path).resolve()) not in indexed:
                 discard_upload(self.path, result.path)

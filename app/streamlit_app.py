@@ -37,9 +37,16 @@ MODE_HELP = {
 # -- long-lived objects (one per process) ----------------------------------------------
 @st.cache_resource(show_spinner=False)
 def get_model(
-    model: str, device: str | None, dtype: str | None, image_tokens: int | None
+    model: str,
+    device: str | None,
+    dtype: str | None,
+    image_tokens: int | None,
+    quantize: str | None,
 ) -> ModelLoader:
-    return ModelLoader(model, device=device, dtype=dtype, image_tokens=image_tokens).start()
+    loader = ModelLoader(
+        model, device=device, dtype=dtype, image_tokens=image_tokens, quantize=quantize
+    )
+    return loader.start()
 
 
 @st.cache_resource(show_spinner=False)
@@ -93,7 +100,10 @@ def collection_picker() -> None:
         return Path(p).name if Path(p).parent == root else p
 
     choice = st.selectbox(
-        "Collection", options, index=options.index(current), format_func=label,
+        "Collection",
+        options,
+        index=options.index(current),
+        format_func=label,
         help=f"Collections live in {root} (PAGELENS_HOME).",
     )
     if choice != current:
@@ -122,10 +132,12 @@ def collection_picker() -> None:
 
 def model_status(model: ModelLoader) -> None:
     info = model.info()
-    badge = {"ready": ":green-badge[loaded]", "loading": ":orange-badge[loading…]",
-             "failed": ":red-badge[not available]", "idle": ":gray-badge[not loaded]"}[
-        info["state"]
-    ]
+    badge = {
+        "ready": ":green-badge[loaded]",
+        "loading": ":orange-badge[loading…]",
+        "failed": ":red-badge[not available]",
+        "idle": ":gray-badge[not loaded]",
+    }[info["state"]]
     st.markdown(f"**Model** · {badge}")
     details = [f"`{ui.short_model(info['model_id'])}`", info["device"], info["dtype"]]
     if info["dim"]:
@@ -146,8 +158,11 @@ def embedding_status(ws: Workspace, model: ModelLoader) -> None:
             st.progress(0.0, text="Embedding: waiting for the model to load…")
         else:
             st.progress(ui.progress_value(p), text=ui.progress_text(p, "Embedding"))
-        if st.button("Pause embedding", key="pause-embed", help="Stops after the current batch; "
-                     "what is embedded is kept."):
+        if st.button(
+            "Pause embedding",
+            key="pause-embed",
+            help="Stops after the current batch; what is embedded is kept.",
+        ):
             job.stop(timeout=0)
             st.rerun()
     elif stats.pending:
@@ -158,8 +173,12 @@ def embedding_status(ws: Workspace, model: ModelLoader) -> None:
             f"{stats.pending} of {stats.pages} pages wait for vectors{eta}. "
             "Text search already covers them; visual search once embedded."
         )
-        if st.button("Embed pending pages", key="start-embed", type="primary",
-                     disabled=model.state == "failed"):
+        if st.button(
+            "Embed pending pages",
+            key="start-embed",
+            type="primary",
+            disabled=model.state == "failed",
+        ):
             job.start()
             st.rerun()
     elif stats.pages:
@@ -195,8 +214,10 @@ def documents_panel(ws: Workspace) -> None:
                 f"added {ui.when(d.added_at)}{state}"
             )
             if st.session_state.confirm_remove == d.id:
-                st.warning(f"Remove **{d.name}**? Its {d.page_count} pages, vectors and "
-                           "images are deleted from the collection.")
+                st.warning(
+                    f"Remove **{d.name}**? Its {d.page_count} pages, vectors and "
+                    "images are deleted from the collection."
+                )
                 yes, no = st.columns(2)
                 if yes.button("Yes, remove", key=f"rm-yes-{d.id}", type="primary"):
                     st.session_state.confirm_remove = None
@@ -216,8 +237,21 @@ def documents_panel(ws: Workspace) -> None:
 
 
 # -- adding documents --------------------------------------------------------------------
+def _raise_server_upload_cap(limit_mb: int) -> None:
+    """Let Streamlit's server accept files up to PageLens's limit (it reads the option per
+    request); ``pagelens app`` also sets it at start-up."""
+    try:
+        from streamlit import config as st_config
+
+        if int(st_config.get_option("server.maxUploadSize")) < limit_mb:
+            st_config.set_option("server.maxUploadSize", limit_mb)
+    except Exception:  # an internal API: without it the configured cap simply stays
+        pass
+
+
 def upload_section(ws: Workspace) -> None:
     limit = max_upload_mb()
+    _raise_server_upload_cap(limit)
     types = sorted(s.lstrip(".") for s in SUPPORTED_SUFFIXES)
     files = st.file_uploader(
         "Add documents: drop PDFs or images here",
@@ -243,12 +277,26 @@ def index_uploads(ws: Workspace, files: list, limit_mb: int) -> None:
         try:
             path = save_upload(ws.path, f.name, f, max_bytes=limit_mb * MB)
         except PageLensError as exc:
-            log.append({"name": f.name, "path": None, "status": "refused",
-                        "reason": getattr(exc, "reason", None), "message": str(exc)})
+            log.append(
+                {
+                    "name": f.name,
+                    "path": None,
+                    "status": "refused",
+                    "reason": getattr(exc, "reason", None),
+                    "message": str(exc),
+                }
+            )
             continue
         if str(path) in names:
-            log.append({"name": f.name, "path": str(path), "status": "skipped",
-                        "message": "", "existing": names[str(path)]})
+            log.append(
+                {
+                    "name": f.name,
+                    "path": str(path),
+                    "status": "skipped",
+                    "message": "",
+                    "existing": names[str(path)],
+                }
+            )
             continue
         saved.append(path)
         names[str(path)] = f.name
@@ -259,7 +307,10 @@ def index_uploads(ws: Workspace, files: list, limit_mb: int) -> None:
 
 
 def _run_indexing(
-    ws: Workspace, paths: list[Path], names: dict[str, str], passwords: dict[str, str],
+    ws: Workspace,
+    paths: list[Path],
+    names: dict[str, str],
+    passwords: dict[str, str],
     log: list[dict],
 ) -> None:
     with st.status(f"Adding {len(paths)} file(s)…", expanded=True) as status:
@@ -277,8 +328,12 @@ def _run_indexing(
 
         try:
             report = ws.add_files(
-                paths, names=names, passwords=passwords, progress=on_progress,
-                on_file=on_file, on_wait=lambda m: lines.info(m),
+                paths,
+                names=names,
+                passwords=passwords,
+                progress=on_progress,
+                on_file=on_file,
+                on_wait=lambda m: lines.info(m),
             )
         except PageLensError as exc:
             status.update(label=str(exc), state="error")
@@ -296,12 +351,18 @@ def show_entry(entry: dict, *, interactive: bool = True, index: int = 0) -> None
     name, status = entry.get("name") or "file", entry["status"]
     if status in ("added", "resumed"):
         verb = "added" if status == "added" else "completed"
-        st.success(f"**{name}**: {entry.get('pages', 0)} pages {verb}. Text search works now; "
-                   "visual search as pages get embedded.", icon=":material/check_circle:")
+        st.success(
+            f"**{name}**: {entry.get('pages', 0)} pages {verb}. Text search works now; "
+            "visual search as pages get embedded.",
+            icon=":material/check_circle:",
+        )
     elif status == "skipped":
         same = entry.get("existing")
-        st.info(f"**{name}** is already in the collection"
-                + (f" (same content as '{same}')." if same else "."), icon=":material/info:")
+        st.info(
+            f"**{name}** is already in the collection"
+            + (f" (same content as '{same}')." if same else "."),
+            icon=":material/info:",
+        )
     elif entry.get("reason") in ("needs-password", "wrong-password"):
         st.warning(f"**{name}**: {entry['message']}", icon=":material/lock:")
         if interactive and entry.get("path"):
@@ -348,23 +409,33 @@ def search_form(ws: Workspace, model: ModelLoader) -> None:
     with st.form("search", border=True):
         col_q, col_img = st.columns([4, 1.3])
         question = col_q.text_input(
-            "Question", key="question",
+            "Question",
+            key="question",
             placeholder="Ask a question and press Enter, e.g. which quarter had the best revenue?",
         )
         image_file = col_img.file_uploader(
-            "Image (optional)", type=sorted(s.lstrip(".") for s in IMAGE_SUFFIXES),
-            key="query_image", help="Search by an image, alone or with the question "
-            "(visual or hybrid mode).",
+            "Image (optional)",
+            type=sorted(s.lstrip(".") for s in IMAGE_SUFFIXES),
+            key="query_image",
+            help="Search by an image, alone or with the question (visual or hybrid mode).",
         )
         col_mode, col_k, col_docs, col_pages = st.columns([1.6, 0.8, 2.2, 1])
         mode = col_mode.radio(
-            "Mode", MODES, index=MODES.index(default_mode), horizontal=True, key="mode",
-            captions=None, help=" · ".join(f"{m}: {h}" for m, h in MODE_HELP.items()),
+            "Mode",
+            MODES,
+            index=MODES.index(default_mode),
+            horizontal=True,
+            key="mode",
+            captions=None,
+            help=" · ".join(f"{m}: {h}" for m, h in MODE_HELP.items()),
         )
         k = col_k.number_input("Pages (k)", min_value=1, max_value=50, value=8, key="k")
         only = col_docs.multiselect(
-            "Only in documents", list(names), format_func=lambda i: names.get(i, str(i)),
-            key="only_docs", placeholder="all documents",
+            "Only in documents",
+            list(names),
+            format_func=lambda i: names.get(i, str(i)),
+            key="only_docs",
+            placeholder="all documents",
         )
         page_range = col_pages.text_input("Page range", key="page_range", placeholder="e.g. 3-7")
         submitted = st.form_submit_button("Search", type="primary", icon=":material/search:")
@@ -425,8 +496,9 @@ def open_page(hit, query: str) -> None:
     @st.dialog(f"{hit.document} · page {hit.page}", width="large")
     def body() -> None:
         st.caption(f"score {hit.score:.4f}")
-        st.image(hit.image, width="stretch")
-        with st.expander("Text layer", expanded=True):
+        left, right = st.columns([3, 2])
+        left.image(hit.image, width="stretch")
+        with right.expander("Text layer", expanded=True):
             if hit.text.strip():
                 st.markdown(ui.highlight_html(hit.text, query), unsafe_allow_html=True)
             else:
@@ -448,8 +520,13 @@ def results_section(ws: Workspace) -> None:
     st.subheader(f"{len(hits)} page(s) for {shown}")
     st.caption(f"{mode} search · best first")
     if res["pending"]:
-        st.info(f"{res['pending']} page(s) still wait for vectors, so {mode} search has not "
-                "seen them yet. Text mode covers every page.")
+        st.info(
+            f"{res['pending']} page(s) still wait for vectors, so {mode} search has not "
+            "seen them yet. Text mode covers every page."
+        )
+    if not hits and res["hits"]:
+        st.info("These results came from a document that has since been removed; search again.")
+        return
     if not hits:
         st.warning("No pages found. Try other words, another mode, or fewer filters.")
         return
@@ -465,7 +542,9 @@ def results_section(ws: Workspace) -> None:
                 st.caption(f"page {hit.page} · {ui.score_text(hit, mode)}")
                 left, right = st.columns(2, vertical_alignment="center")
                 left.checkbox("Export", value=True, key=f"inc-{res['id']}-{hit.page_id}")
-                if right.button("Open", key=f"open-{res['id']}-{hit.page_id}", icon=":material/zoom_in:"):
+                if right.button(
+                    "Open", key=f"open-{res['id']}-{hit.page_id}", icon=":material/zoom_in:"
+                ):
                     open_page(hit, query)
     export_section(res, hits)
 
@@ -498,17 +577,31 @@ def export_section(res: dict, hits: list) -> None:
     st.caption(f"{len(chosen)} of {len(hits)} page(s) included, in rank order.")
     c1, c2, c3 = st.columns(3)
     c1.download_button(
-        "OpenAI messages (.json)", messages_json, file_name="pagelens-messages.json",
-        mime="application/json", on_click="ignore", icon=":material/download:", width="stretch",
+        "OpenAI messages (.json)",
+        messages_json,
+        file_name="pagelens-messages.json",
+        mime="application/json",
+        on_click="ignore",
+        icon=":material/download:",
+        width="stretch",
     )
     c2.download_button(
-        "Markdown prompt (.md)", markdown, file_name="pagelens-prompt.md",
-        mime="text/markdown", on_click="ignore", icon=":material/download:", width="stretch",
+        "Markdown prompt (.md)",
+        markdown,
+        file_name="pagelens-prompt.md",
+        mime="text/markdown",
+        on_click="ignore",
+        icon=":material/download:",
+        width="stretch",
     )
     c3.download_button(
-        "ZIP: images + prompt (.zip)", lambda: zip_bytes(question, chosen, settings=settings),
-        file_name="pagelens-export.zip", mime="application/zip", on_click="ignore",
-        icon=":material/download:", width="stretch",
+        "ZIP: images + prompt (.zip)",
+        lambda: zip_bytes(question, chosen, settings=settings),
+        file_name="pagelens-export.zip",
+        mime="application/zip",
+        on_click="ignore",
+        icon=":material/download:",
+        width="stretch",
     )
     st.markdown("**Prompt preview** (Markdown; the copy button is at its top right)")
     st.code(markdown, language="markdown", height=360)
@@ -519,7 +612,7 @@ def export_section(res: dict, hits: list) -> None:
 # -- page --------------------------------------------------------------------------------
 def model_key() -> tuple:
     s = st.session_state.settings
-    return (s.model, s.device, s.dtype, s.image_tokens)
+    return (s.model, s.device, s.dtype, s.image_tokens, s.quantize)
 
 
 def current_workspace() -> Workspace:

@@ -89,8 +89,9 @@ def score_text(hit, mode: str) -> str:
 
 def highlight_html(text: str, query: str) -> str:
     """The page text, HTML-escaped, with the query's words (3+ letters) marked."""
-    words = sorted({w for w in re.findall(r"\w+", query.lower()) if len(w) > 2}, key=len,
-                   reverse=True)
+    words = sorted(
+        {w for w in re.findall(r"\w+", query.lower()) if len(w) > 2}, key=len, reverse=True
+    )
     if words:
         pattern = re.compile("|".join(re.escape(w) for w in words), re.IGNORECASE)
         pieces, last = [], 0

@@ -786,7 +786,9 @@ def load_embedder(
         quiet()
     net = net.to(dev).eval()
     model_id = source if where == source else where
-    embedder = GmeEmbedder(net, tokenizer, image_processor, model_id=model_id, device=dev, **options)
+    embedder = GmeEmbedder(
+        net, tokenizer, image_processor, model_id=model_id, device=dev, **options
+    )
     if quantize:
         quantize_embedder(embedder, quantize)
     return embedder

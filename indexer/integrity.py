@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.catalog import Document, Page
+from indexer.catalog import Document, Page, page_from_row
 from indexer.embedder import Embedder
 from indexer.errors import PageLensError
 from indexer.store import PAGES_DIR, VECTORS, Collection, _model_key
@@ -157,7 +157,14 @@ def _scan(store: Collection, *, model_id: str | None, dim: int | None) -> _Scan:
         )
 
     docs = {d.id: d for d in store.documents()}
-    pages = store.pages()
+    # Page rows without their text (a big collection's text would not fit in memory).
+    pages = [
+        page_from_row(r)
+        for r in store._query(
+            "SELECT p.id, p.document_id, p.number, '', p.image, p.image_sha256, p.width, "
+            "p.height, p.vector IS NOT NULL FROM pages p ORDER BY p.document_id, p.number"
+        )
+    ]
     embedded = np.array(sorted(p.id for p in pages if p.embedded), dtype=np.int64)
     report.stats = {
         "documents": len(docs),
@@ -448,6 +455,7 @@ def repair(
             size = store.rebuild_index()
             note("faiss", f"rebuilt {VECTORS} from the catalog ({size} vectors)", count=size)
         _repair_pending(store, embedder, note)
+        store.flush()  # the check below reads the saved file
     final = check(store, model_id=model_id)
     final.repaired = done
     return final

@@ -411,6 +411,11 @@ def _open_pdf(path: Path, password: str | None) -> pymupdf.Document:
             count = doc.page_count
         except Exception as exc:
             raise DocumentError(path, "damaged", f"{path}: unreadable page tree ({exc})") from None
+        if count <= 0 and doc.is_repaired:
+            raise DocumentError(
+                path, "damaged", f"{path}: damaged PDF (a truncated download?): MuPDF "
+                "repaired its structure but found no pages"
+            )
         if count <= 0:
             raise DocumentError(path, "no-pages", f"{path}: the PDF has no pages")
     except BaseException:

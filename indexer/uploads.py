@@ -109,8 +109,11 @@ def is_upload(collection: str | os.PathLike[str], path: str | os.PathLike[str]) 
     """Whether ``path`` is a file stored by :func:`save_upload` in this collection."""
     folder = Path(collection).expanduser() / UPLOADS_DIR
     p = Path(path)
-    return p.is_file() and not p.is_symlink() and _inside(p, folder) and p.parent.resolve() == (
-        folder.resolve()
+    return (
+        p.is_file()
+        and not p.is_symlink()
+        and _inside(p, folder)
+        and p.parent.resolve() == folder.resolve()
     )
 
 

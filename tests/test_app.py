@@ -109,7 +109,7 @@ def test_query_shows_ranked_pages_and_export(indexed: Collection) -> None:
     # Visual search with the (random) tiny model returns pages of both documents.
     search(at, "Which treaty ended the Thirty Years War?", mode="visual")
     cards = texts(at.markdown)
-    assert "#1 · " in cards and "#5 · " in cards
+    assert "#1 · " in cards and "#5 · " in cards, texts(at.sidebar.error)
     assert "score" in texts(at.caption)
     assert not at.error
 
@@ -182,3 +182,115 @@ def test_new_collection_from_the_sidebar(app_env: Path) -> None:
     assert (collection_path("reports-2024") / "catalog.sqlite").is_file()
     assert "Created collection 'reports-2024'" in texts(at.success)
     assert at.sidebar.selectbox[0].value.endswith("reports-2024")
+
+
+def test_model_that_cannot_load_leaves_text_search(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PAGELENS_MODEL", str(tmp_path / "no-such-model"))
+    pdf = make_text_pdf(tmp_path / "in" / "a.pdf", TOPICS[:2])
+    Indexer(Collection(collection_path(None)), None).add([pdf], embed=False)
+    at = run_app()
+    deadline = time.monotonic() + 30
+    while "Text search still works" not in texts(at.sidebar.error):
+        assert time.monotonic() < deadline, texts(at.sidebar.markdown)
+        time.sleep(0.2)
+        at.run()
+    assert at.radio(key="mode").value == "text"
+    search(at, "Westphalia treaty")
+    assert "#1 · a.pdf" in texts(at.markdown)
+
+
+# -- the app's services, without Streamlit -------------------------------------------------
+def _fake_loader(model, **_):
+    from indexer.embedder import FakeEmbedder
+
+    return FakeEmbedder(model_id="fake")
+
+
+def test_model_loader_reports_failure_as_a_message() -> None:
+    from app.services import ModelLoader
+    from indexer.errors import ModelNotAvailableError, PageLensError
+
+    def broken(model, **_):
+        raise ModelNotAvailableError("no weights here")
+
+    loader = ModelLoader("x", loader=broken).start()
+    with pytest.raises(PageLensError, match="no weights here"):
+        loader.wait(timeout=10)
+    assert loader.state == "failed" and loader.info()["error"] == "no weights here"
+    ok = ModelLoader("y", loader=_fake_loader)
+    assert ok.state == "idle"
+    assert ok.wait(timeout=10).dim == 64 and ok.state == "ready"
+
+
+def test_workspace_two_phase_add_and_cleanup(tmp_path: Path) -> None:
+    from app.services import ModelLoader, Workspace
+    from indexer.uploads import save_upload
+    from tests.pdfs import make_encrypted_pdf
+
+    ws = Workspace(tmp_path / "c", ModelLoader("fake", loader=_fake_loader))
+    good = make_text_pdf(tmp_path / "good.pdf", TOPICS[:3])
+    locked = make_encrypted_pdf(tmp_path / "locked.pdf", user_pw="pw")
+    saved = {
+        "good.pdf": save_upload(ws.path, "good.pdf", good.read_bytes()),
+        "copy.pdf": save_upload(ws.path, "copy.pdf", good.read_bytes()),
+        "junk.pdf": save_upload(ws.path, "junk.pdf", b"not a pdf"),
+        "locked.pdf": save_upload(ws.path, "locked.pdf", locked.read_bytes()),
+    }
+    names = {str(p): n for n, p in saved.items()}
+    first = ws.add_files([saved["good.pdf"]], names=names)
+    assert first.files[0].status == "added"
+    report = ws.add_files([saved[n] for n in ("copy.pdf", "junk.pdf", "locked.pdf")], names=names)
+    status = {names[r.path]: (r.status, r.reason) for r in report.files}
+    assert status["copy.pdf"] == ("skipped", None)
+    assert status["junk.pdf"][0] == "refused"
+    assert status["locked.pdf"] == ("refused", "needs-password")
+    # duplicates and refused uploads are deleted; the locked one waits for its password
+    assert saved["good.pdf"].exists() and saved["locked.pdf"].exists()
+    assert not saved["copy.pdf"].exists() and not saved["junk.pdf"].exists()
+
+    retry = ws.add_files(
+        [saved["locked.pdf"]], names=names, passwords={str(saved["locked.pdf"]): "pw"}
+    )
+    assert retry.files[0].status == "added"
+    deadline = time.monotonic() + 30
+    while (ws.job.running or ws.store.stats().pending) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ws.store.stats().pending == 0 and not ws.job.error
+    assert ws.job.rate and ws.job.estimate_seconds(10) > 0
+
+    doc = ws.store.document("good.pdf")
+    ws.remove(doc.id)
+    assert not saved["good.pdf"].exists()
+    assert [d.name for d in ws.store.documents()] == ["locked.pdf"]
+
+
+def test_embed_job_pauses_for_writers(tmp_path: Path) -> None:
+    from app.services import ModelLoader, Workspace
+
+    ws = Workspace(tmp_path / "c", ModelLoader("fake", loader=_fake_loader))
+    pdf = make_text_pdf(tmp_path / "many.pdf", [f"page {i} {TOPICS[i % 12]}" for i in range(24)])
+    ws.add_files([pdf], embed=False)
+    assert ws.store.stats().pending == 24 and not ws.job.running
+    ws.job.batch_size = 1
+    assert ws.job.start()
+    with ws.writing():  # waits for the current batch, then holds the job
+        assert not ws.job.running
+        paused_at = ws.store.stats().pending
+        time.sleep(0.2)
+        assert ws.store.stats().pending == paused_at
+    deadline = time.monotonic() + 30
+    while ws.store.stats().pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ws.store.stats().pending == 0
+
+
+def test_collection_names_are_validated() -> None:
+    from app.services import validate_collection_name
+    from indexer.errors import CollectionError
+
+    assert validate_collection_name(" reports-2024 ") == "reports-2024"
+    for bad in ("", "../x", "a/b", ".hidden", "x" * 65, "two words"):
+        with pytest.raises(CollectionError):
+            validate_collection_name(bad)

@@ -47,7 +47,12 @@ def _wait_for(stream, prefix: str, timeout: float) -> str:
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "app.cli", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV, **kwargs,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+        **kwargs,
     )
 
 
@@ -59,9 +64,22 @@ def test_two_indexers_are_serialised_and_readers_never_wait(tmp_path):
 
     # Process A takes the lock and stops half-way through alpha (4 pages committed).
     a = subprocess.Popen(
-        [sys.executable, str(WORKER), "index", str(coll), str(tmp_path / "a.log"),
-         str(alpha), str(beta), "--pause-at", "render:6"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV,
+        [
+            sys.executable,
+            str(WORKER),
+            "index",
+            str(coll),
+            str(tmp_path / "a.log"),
+            str(alpha),
+            str(beta),
+            "--pause-at",
+            "render:6",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
     )
     b = None
     try:
@@ -72,15 +90,13 @@ def test_two_indexers_are_serialised_and_readers_never_wait(tmp_path):
         assert store.stats().pages == 4
         assert store.search_text("Alpha", 10)
         store.close()
-        search = _cli("--collection", str(coll), "search", "Westphalia", "--mode", "text",
-                      "--json")
+        search = _cli("--collection", str(coll), "search", "Westphalia", "--mode", "text", "--json")
         out, err = search.communicate(timeout=60)
         assert search.returncode == 0, err
         assert json.loads(out)["hits"][0]["page"] == 2
 
         # Process B (the real CLI) waits for the lock and says so.
-        b = _cli("--collection", str(coll), "index", "--text-only", "--json",
-                 str(beta), str(gamma))
+        b = _cli("--collection", str(coll), "index", "--text-only", "--json", str(beta), str(gamma))
         line = _wait_for(b.stderr, "waiting for another process indexing into", 60)
         assert str(coll) in line
         time.sleep(0.5)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -77,12 +78,26 @@ def app_url(tmp_path: Path, tiny_model_dir: Path):
     log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 (closed in the finalizer)
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
-            "--server.port", str(port), "--server.headless", "true",
-            "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-            "--server.fileWatcherType", "none",
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "app" / "streamlit_app.py"),
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
         ],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -142,8 +157,12 @@ def test_upload_search_export_remove(app_url, tmp_path: Path) -> None:
             # 1. Upload two PDFs and a broken file: the broken one is refused on its own.
             uploader = page.locator('[data-testid="stFileUploader"]').first
             uploader.locator('input[type="file"]').set_input_files([str(rev), str(bio), str(junk)])
-            expect(page.get_by_text(re.compile(r"Quarterly report\.pdf.*4 pages added"))).to_be_visible()
-            expect(page.get_by_text(re.compile(r"biology notes\.pdf.*3 pages added"))).to_be_visible()
+            expect(
+                page.get_by_text(re.compile(r"Quarterly report\.pdf.*4 pages added"))
+            ).to_be_visible()
+            expect(
+                page.get_by_text(re.compile(r"biology notes\.pdf.*3 pages added"))
+            ).to_be_visible()
             expect(page.get_by_text(re.compile(r"broken\.pdf.*not a PDF"))).to_be_visible()
             sidebar = page.locator('[data-testid="stSidebar"]')
             expect(sidebar.get_by_text("Documents (2)")).to_be_visible()
@@ -198,6 +217,12 @@ def test_upload_search_export_remove(app_url, tmp_path: Path) -> None:
             assert content[0] == {"type": "text", "text": "Question: Mariana Trench deepest"}
             assert content[1]["text"].startswith("[1] Quarterly report.pdf, p. 2")
             assert content[2]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+            with page.expect_download(timeout=TIMEOUT_MS) as info:
+                main.get_by_role("button", name="ZIP: images + prompt (.zip)").click()
+            with zipfile.ZipFile(info.value.path()) as bundle:
+                names = set(bundle.namelist())
+            assert {"prompt.md", "messages.json"} <= names
+            assert any(n.startswith("pages/01-Quarterly_report-p2") for n in names)
 
             # 6. An encrypted PDF asks for its password, then goes in.
             uploader = page.locator('[data-testid="stFileUploader"]').first
@@ -210,7 +235,9 @@ def test_upload_search_export_remove(app_url, tmp_path: Path) -> None:
 
             # 7. Remove a document, with a confirmation.
             sidebar.get_by_role("button", name="Remove").first.click()
-            expect(sidebar.get_by_text(re.compile(r"Remove .*Quarterly report\.pdf"))).to_be_visible()
+            expect(
+                sidebar.get_by_text(re.compile(r"Remove .*Quarterly report\.pdf"))
+            ).to_be_visible()
             sidebar.get_by_role("button", name="Yes, remove").click()
             expect(page.get_by_text("Removed Quarterly report.pdf")).to_be_visible()
             expect(sidebar.get_by_text("Documents (2)")).to_be_visible()

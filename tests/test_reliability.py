@@ -42,7 +42,6 @@ from tests.pdfs import (
     make_jpeg,
     make_no_pages_pdf,
     make_owner_only_pdf,
-    make_png,
     make_png_bomb,
     make_poster_pdf,
     make_strip_pdf,
@@ -95,8 +94,12 @@ def zoo(tmp_path: Path) -> tuple[Path, dict[str, int], dict[str, str]]:
         "camlidl-manual.pdf": shutil.copy(DATA / "camlidl-manual.pdf", d),
     }
     pages = {
-        "text.pdf": 3, "repaired-xref.pdf": 4, "owner-only.pdf": 2, "scan.pdf": 2,
-        "photo.jpg": 1, "camlidl-manual.pdf": 26,
+        "text.pdf": 3,
+        "repaired-xref.pdf": 4,
+        "owner-only.pdf": 2,
+        "scan.pdf": 2,
+        "photo.jpg": 1,
+        "camlidl-manual.pdf": 26,
     }
     assert set(good) == set(pages)
     (d / "empty.pdf").write_bytes(b"")
@@ -109,9 +112,15 @@ def zoo(tmp_path: Path) -> tuple[Path, dict[str, int], dict[str, str]]:
     make_truncated_image(d / "half.jpg", "JPEG")
     (d / "fake.jpg").write_bytes(b"GIF? no, just text")
     bad = {
-        "empty.pdf": "empty", "download.pdf": "not-a-pdf", "cut-off.pdf": "damaged",
-        "secret.pdf": "needs-password", "no-pages.pdf": "no-pages", "bomb.png": "too-large",
-        "half.png": "bad-image", "half.jpg": "bad-image", "fake.jpg": "bad-image",
+        "empty.pdf": "empty",
+        "download.pdf": "not-a-pdf",
+        "cut-off.pdf": "damaged",
+        "secret.pdf": "needs-password",
+        "no-pages.pdf": "no-pages",
+        "bomb.png": "too-large",
+        "half.png": "bad-image",
+        "half.jpg": "bad-image",
+        "fake.jpg": "bad-image",
     }
     return d, pages, bad
 
@@ -198,23 +207,35 @@ def _fast_many_pages_pdf(path: Path, n: int) -> Path:
     obj(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
     for i in range(n):
         stream = b"BT /F1 18 Tf 72 700 Td (Page %d) Tj ET" % (i + 1)
-        obj(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-            b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (5 + 2 * i))
+        obj(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (5 + 2 * i)
+        )
         obj(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
     xref = len(out)
     out.extend(b"xref\n0 %d\n0000000000 65535 f \n" % (len(offsets) + 1))
     out.extend(b"".join(b"%010d 00000 n \n" % o for o in offsets))
-    out.extend(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n"
-               % (len(offsets) + 1, xref))
+    out.extend(
+        b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(offsets) + 1, xref)
+    )
     path.write_bytes(bytes(out))
     return path
 
 
 def _index_in_subprocess(tmp_path: Path, name: str, pdf: Path) -> dict:
     proc = subprocess.run(
-        [sys.executable, str(WORKER), "index", str(tmp_path / name), str(tmp_path / f"{name}.log"),
-         str(pdf)],
-        capture_output=True, text=True, timeout=300, cwd=WORKER.parent.parent,
+        [
+            sys.executable,
+            str(WORKER),
+            "index",
+            str(tmp_path / name),
+            str(tmp_path / f"{name}.log"),
+            str(pdf),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=WORKER.parent.parent,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -256,11 +277,15 @@ def test_cli_names_every_refused_file_and_exits_3(zoo, monkeypatch):
     for name in bad:
         assert f"refused  {folder / name}:" in result.stderr
     # --password opens the encrypted one
-    result = runner.invoke(cli, ["index", str(folder / "secret.pdf"), "--password",
-                                 "user-secret"], catch_exceptions=False)
+    result = runner.invoke(
+        cli,
+        ["index", str(folder / "secret.pdf"), "--password", "user-secret"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, ["index", str(folder / "secret.pdf"), "--password", "x"],
-                           catch_exceptions=False)
+    result = runner.invoke(
+        cli, ["index", str(folder / "secret.pdf"), "--password", "x"], catch_exceptions=False
+    )
     assert result.exit_code == 3 and "password given does not open" in result.output
 
 
@@ -354,6 +379,21 @@ def test_disk_full_while_saving_vectors_loses_nothing(indexed, tmp_path, monkeyp
     assert check(store).ok
 
 
+def test_disk_full_through_the_cli_is_one_clean_line(indexed, tmp_path, monkeypatch):
+    before = _snapshot(indexed)
+    monkeypatch.setattr(store_mod, "atomic_write_bytes", _enospc)
+    _fake_model(monkeypatch)
+    pdf = make_text_pdf(tmp_path / "new.pdf", TOPICS[6:8])
+    result = runner.invoke(
+        cli, ["--collection", str(indexed), "index", str(pdf)], catch_exceptions=False
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error: Cannot write to collection" in result.output
+    assert "No space left on device" in result.output and "resume" in result.output
+    monkeypatch.undo()
+    assert _snapshot(indexed) == before
+
+
 def _try_mount(*args: str) -> bool:
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
@@ -420,8 +460,9 @@ def _read_only_cases(coll: Path, monkeypatch) -> None:
         result = runner.invoke(cli, args, catch_exceptions=False)
         assert result.exit_code == 1 and "read-only" in result.output, result.output
         assert "Traceback" not in result.output
-    result = runner.invoke(cli, ["search", "honeybees", "--mode", "text", "--json"],
-                           catch_exceptions=False)
+    result = runner.invoke(
+        cli, ["search", "honeybees", "--mode", "text", "--json"], catch_exceptions=False
+    )
     assert result.exit_code == 0 and json.loads(result.stdout)["hits"]
 
 
@@ -462,3 +503,66 @@ def test_memory_stays_bounded_for_a_20000px_image(tmp_path):
     Indexer(store, FakeEmbedder()).add([make_huge_image_pdf(tmp_path / "huge.pdf")])
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 400  # a full RGB decode alone would be 1,200 MB
+
+
+# --------------------------------------------------------------------------------------
+# Acceptance
+
+
+def test_acceptance_mixed_real_world_folder_through_the_cli(tmp_path, tiny_model_dir, monkeypatch):
+    """A run over a folder of mixed good and bad real-world PDFs indexes every good page and
+    names every refused file (the real CLI, the real GME code path on the tiny model)."""
+    import re
+
+    manual = (DATA / "camlidl-manual.pdf").read_bytes()
+    d = tmp_path / "inbox"
+    d.mkdir()
+    (d / "camlidl-manual.pdf").write_bytes(manual)
+    (d / "manual-bad-startxref.pdf").write_bytes(
+        re.sub(rb"startxref\s+\d+", b"startxref\n999", manual)
+    )
+    make_text_pdf(d / "reports" / "q3-report.pdf", TOPICS[:3])
+    make_image_only_pdf(d / "reports" / "scanned-letter.pdf", n=2)
+    (d / "manual-partial-download.pdf").write_bytes(manual[: len(manual) // 3])
+    (d / "login-page.pdf").write_text("<!DOCTYPE html><html><title>Sign in</title></html>")
+    (d / "zero-bytes.pdf").write_bytes(b"")
+    make_encrypted_pdf(d / "reports" / "salaries.pdf")
+    make_no_pages_pdf(d / "blank-tree.pdf")
+    good = {
+        "camlidl-manual.pdf": 26,
+        "manual-bad-startxref.pdf": 26,
+        "q3-report.pdf": 3,
+        "scanned-letter.pdf": 2,
+    }
+    bad = {
+        "manual-partial-download.pdf": "damaged",
+        "login-page.pdf": "not-a-pdf",
+        "zero-bytes.pdf": "empty",
+        "salaries.pdf": "needs-password",
+        "blank-tree.pdf": "no-pages",
+    }
+    monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    result = runner.invoke(
+        cli, ["--image-tokens", "256", "index", str(d), "--json"], catch_exceptions=False
+    )
+    assert result.exit_code == 3, result.output
+    assert "Traceback" not in result.output
+    report = json.loads(result.stdout)
+    refused = {Path(f["path"]).name: f for f in report["files"] if f["status"] == "refused"}
+    assert {n: f["reason"] for n, f in refused.items()} == bad
+    for name, entry in refused.items():
+        assert name in entry["message"]
+        assert re.search(rf"refused  \S*{re.escape(name)}: ", result.stderr), name
+    assert report["pending"] == 0 and report["refused"] == len(bad)
+
+    docs = json.loads(runner.invoke(cli, ["docs", "--json"]).stdout)["documents"]
+    assert {x["name"]: x["pages"] for x in docs} == good
+    assert all(x["pages_embedded"] == x["pages"] for x in docs)  # every good page, embedded
+    hits = json.loads(
+        runner.invoke(cli, ["search", "stub code", "--mode", "text", "--json"]).stdout
+    )
+    assert hits["hits"] and hits["hits"][0]["document"] in (
+        "camlidl-manual.pdf",
+        "manual-bad-startxref.pdf",
+    )
+    assert runner.invoke(cli, ["check"], catch_exceptions=False).exit_code == 0

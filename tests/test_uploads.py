@@ -151,7 +151,8 @@ def test_uploaded_file_indexes_under_its_original_name(tmp_path: Path) -> None:
     pdf = make_text_pdf(tmp_path / "src.pdf", TOPICS[:2])
     store = Collection(tmp_path / "c")
     saved = save_upload(store.path, "../Quarterly report (final).pdf", pdf.read_bytes())
-    report = Indexer(store, None).add([saved], names={str(saved): "Quarterly report (final).pdf"},
-                                      embed=False)
+    report = Indexer(store, None).add(
+        [saved], names={str(saved): "Quarterly report (final).pdf"}, embed=False
+    )
     assert report.files[0].status == "added"
     assert [d.name for d in store.documents()] == ["Quarterly report (final).pdf"]
