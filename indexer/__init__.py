@@ -5,6 +5,7 @@ The public names live here; each submodule holds one layer and can be used on it
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, Embedder, FakeEmbedder
@@ -30,10 +31,16 @@ def load_embedder(
     """Load GME (hub id or local folder; ``$PAGELENS_MODEL`` by default) behind :class:`Embedder`.
 
     Imported lazily so that code which only reads a collection never imports torch.
+    Loads are serialised: transformers' ``from_pretrained`` is not thread-safe (two threads
+    loading at once can leave "meta" tensors), and the web app loads in a thread.
     """
     from indexer.gme import load_embedder as _load
 
-    return _load(model, device=device, dtype=dtype, **options)
+    with _LOAD_LOCK:
+        return _load(model, device=device, dtype=dtype, **options)
+
+
+_LOAD_LOCK = threading.Lock()
 
 
 __all__ = [

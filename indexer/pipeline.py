@@ -189,7 +189,22 @@ class Indexer:
                 pw = (passwords or {}).get(str(path), password)
                 name = (names or {}).get(str(path))
                 try:
-                    plans.append(self._plan(path, pw, name))
+                    plan = self._plan(path, pw, name)
+                    twin = next((p for p in plans if p["info"].sha256 == plan["info"].sha256), None)
+                    if twin is not None:  # the same bytes twice in one batch: store them once
+                        result = FileResult(
+                            str(path),
+                            "skipped",
+                            name=plan["name"],
+                            pages=plan["info"].page_count,
+                            message=f"{path.name} has the same content as {twin['path'].name} "
+                            "in this batch; stored once.",
+                        )
+                        report.files.append(result)
+                        if on_file:
+                            on_file(result)
+                        continue
+                    plans.append(plan)
                 except DocumentError as exc:
                     result = FileResult(str(path), "refused", reason=exc.reason, message=str(exc))
                     report.files.append(result)

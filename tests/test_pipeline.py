@@ -155,3 +155,14 @@ def test_fusion_and_helpers():
     assert PageRange.parse("5-") == PageRange(5, None)
     assert PageRange.parse("4") == PageRange(4, 4)
     assert "churn" in snippet("a " * 300 + "churn rose", "churn")
+
+
+def test_identical_files_in_one_batch_are_stored_once(store, make_pdf, tmp_path):
+    pdf = make_pdf("a.pdf", TOPICS)
+    twin = pdf.parent / "b.pdf"
+    twin.write_bytes(pdf.read_bytes())
+    report = Indexer(store, FakeEmbedder()).add([pdf, twin])
+    assert [f.status for f in report.files] == ["skipped", "added"] or [
+        f.status for f in report.files
+    ] == ["added", "skipped"]
+    assert len(store.documents()) == 1 and store.stats().pages == 3
