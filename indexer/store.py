@@ -527,6 +527,8 @@ class Collection:
                 index.add(ids, vecs[keep])
                 self._index_version = self._version()
                 self._unsaved += len(ids)
+                if index.kind == "flat" and len(index) > APPROX_THRESHOLD:
+                    self._rebuild_as("ivf")
         if self._unsaved >= 256:
             self.flush()
 
@@ -569,7 +571,7 @@ class Collection:
         """Rebuild the FAISS cache from the catalog's vectors and save it; returns its size."""
         self._require_lock()
         with self._mutex:
-            self._index = VectorIndex(self.dim or 1, kind=self._wanted_kind())
+            self._index = VectorIndex(self.dim or 1, kind="flat")
             self._sync_index()
             self._index_version = self._version()
             self._unsaved += 1
@@ -624,18 +626,20 @@ class Collection:
                 )
             except Exception as exc:  # unreadable cache: rebuild from the catalog
                 log.warning("cannot read %s (%s): rebuilding from the catalog", path, exc)
-        return VectorIndex(dim or 1, kind=self._wanted_kind())
+        # A fresh cache starts exact; a writer turns it approximate once it is large enough.
+        return VectorIndex(dim or 1, kind="flat")
 
     def _wanted_kind(self) -> str:
+        """Exact search until the collection outgrows it, then IVF-SQ8 (see vectors.py)."""
         n = self._one("SELECT COUNT(vector) FROM pages")[0]
-        return "hnsw" if n > APPROX_THRESHOLD else "flat"
+        return "ivf" if n > APPROX_THRESHOLD else "flat"
 
     def _sync_index(self) -> None:
         """Add vectors the index lacks and drop ids the catalog no longer has."""
         index = self._index
         assert index is not None
         if index.dim != (self.dim or index.dim):
-            index = self._index = VectorIndex(self.dim, kind=self._wanted_kind())
+            index = self._index = VectorIndex(self.dim, kind="flat")
         have = index.ids()
         want = np.array(
             [r[0] for r in self._query("SELECT id FROM pages WHERE vector IS NOT NULL")],
@@ -656,14 +660,34 @@ class Collection:
             log.info("vector index synced: %d added, %d removed", len(missing), len(stale))
             self._unsaved += len(stale) + len(missing)
         if index.kind == "flat" and len(index) > APPROX_THRESHOLD and self._lock_depth > 0:
-            self._rebuild_as("hnsw")
+            self._rebuild_as("ivf")
+
+    def _catalog_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """Exact vectors of pages, from the catalog (the source of truth), in ``ids`` order."""
+        out = np.zeros((len(ids), self.dim or 1), np.float32)
+        where = {int(pid): i for i, pid in enumerate(ids)}
+        for start in range(0, len(ids), 2048):
+            chunk = [int(i) for i in ids[start : start + 2048]]
+            marks = ",".join("?" * len(chunk))
+            for pid, blob in self._query(
+                f"SELECT id, vector FROM pages WHERE id IN ({marks}) AND vector IS NOT NULL",
+                chunk,
+            ):
+                out[where[pid]] = np.frombuffer(blob, np.float32)
+        return out
 
     def _rebuild_as(self, kind: str) -> None:
+        """Rebuild the cache as ``kind`` from the catalog's exact vectors."""
         fresh = VectorIndex(self.dim, kind=kind)
-        ids = self._index.ids()
+        ids = np.sort(self._index.ids())
+        if kind == "ivf":
+            rng = np.random.default_rng(0)
+            sample = np.sort(rng.choice(ids, size=min(len(ids), 100_000), replace=False))
+            fresh.train(self._catalog_vectors(sample))
         for start in range(0, len(ids), 4096):
             chunk = ids[start : start + 4096]
-            fresh.add(chunk, np.stack([self._index.reconstruct(int(i)) for i in chunk]))
+            fresh.add(chunk, self._catalog_vectors(chunk))
+        log.info("vector index rebuilt as %s over %d vectors", kind, len(ids))
         self._index = fresh
         self._unsaved += 1
 
@@ -701,8 +725,19 @@ class Collection:
     ) -> list[tuple[int, float]]:
         """Nearest pages to a unit query vector: ``[(page_id, cosine), ...]`` best first."""
         index = self.index()
-        scores, ids = index.search(np.asarray(query, np.float32)[None], k, allowed_ids=page_ids)
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        q = np.asarray(query, np.float32)
+        if index.kind == "flat":
+            scores, ids = index.search(q[None], k, allowed_ids=page_ids)
+            return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        # Approximate index: take more candidates than asked, then score them exactly with
+        # the catalog's vectors, so scores are true cosines and near-misses are recovered.
+        _, ids = index.search(q[None], max(4 * k, 50), allowed_ids=page_ids)
+        candidates = [int(i) for i in ids[0] if i >= 0]
+        if not candidates:
+            return []
+        exact = self._catalog_vectors(candidates) @ q
+        order = np.argsort(-exact, kind="stable")[:k]
+        return [(candidates[i], float(exact[i])) for i in order]
 
     def search_text(
         self, query: str, k: int, *, page_ids: Iterable[int] | None = None

@@ -4,8 +4,18 @@ Why FAISS is a cache and not the source of truth: the SQLite catalog stores ever
 vector, and a FAISS file records which catalog version it reflects. A crash between the
 two writes therefore never loses or duplicates a vector: on open the index is brought back
 in step with the catalog (missing ids added, stale ids removed). Ids are the catalog's page
-ids (``IndexIDMap2``), so removal and re-adding are exact. Scores are inner products of unit
-vectors, i.e. cosine similarities.
+ids (``IndexIDMap2``, or the IVF index's own ids), so removal and re-adding are exact. Scores
+are inner products of unit vectors, i.e. cosine similarities.
+
+Kinds (measured in ``bench/``, 2-core CPU, clustered 1536-d vectors):
+
+* ``flat``: exact. ~3 ms at 10k vectors, ~180 ms at 100k, ~900 ms at 1M. 6 KB/page.
+* ``ivf``: IVF1024 with 8-bit scalar quantisation (IVF-SQ8), nprobe 24. ~5-8 ms at 1M with
+  recall@10 ~0.97 before re-ranking (the store re-ranks candidates with the exact vectors
+  from the catalog). 1.5 KB/page. Trained once, when a collection outgrows exact search;
+  adds and removals after that are incremental and cheap.
+* ``hnsw``: HNSW32; fast and accurate but slow to build at 1M on 2 cores (~25 min) and it
+  cannot delete in place, so it is offered for benchmarks rather than used by the store.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: Index kinds offered. "flat" is exact; "hnsw" is approximate (used past a size threshold).
-INDEX_KINDS = ("flat", "hnsw")
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+IVF_NLIST = 1024
+IVF_NPROBE = 24
 
 
 def set_threads(n: int | None) -> None:
@@ -34,11 +46,30 @@ def set_threads(n: int | None) -> None:
 class VectorIndex:
     """Inner-product search over unit vectors keyed by int64 page ids."""
 
-    def __init__(self, dim: int, *, kind: str = "flat", hnsw_m: int = 32) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        kind: str = "flat",
+        hnsw_m: int = 32,
+        nlist: int = IVF_NLIST,
+        nprobe: int = IVF_NPROBE,
+    ) -> None:
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
         self.dim = int(dim)
         self.kind = kind
+        if kind == "ivf":
+            # Ids live in the IVF lists themselves (an IDMap over IVF cannot remove safely);
+            # a hash-table direct map makes reconstruct(id) and remove_ids(id) work.
+            self._quantizer = faiss.IndexFlatIP(self.dim)
+            ivf = faiss.IndexIVFScalarQuantizer(
+                self._quantizer, self.dim, int(nlist), faiss.ScalarQuantizer.QT_8bit,
+                faiss.METRIC_INNER_PRODUCT,
+            )
+            ivf.nprobe = int(nprobe)
+            self._index = ivf
+            return
         if kind == "flat":
             base = faiss.IndexFlatIP(self.dim)
         else:
@@ -51,15 +82,35 @@ class VectorIndex:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
         """Read an index written by :meth:`save` (``RuntimeError``/``OSError`` if unreadable)."""
-        index = faiss.read_index(str(path))
-        if not isinstance(index, faiss.IndexIDMap2):
-            index = faiss.downcast_index(index)
+        raw = faiss.read_index(str(path))  # already of its concrete type in faiss >= 1.7
+        index = raw if isinstance(raw, faiss.IndexIDMap2 | faiss.IndexIVF) else (
+            faiss.downcast_index(raw)
+        )
         self = cls.__new__(cls)
+        self._raw = raw  # owns the C++ object: keep it alive as long as the wrapper
         self._index = index
         self.dim = index.d
+        if isinstance(index, faiss.IndexIVF):
+            self.kind = "ivf"
+            return self
         base = faiss.downcast_index(index.index)
         self.kind = "hnsw" if isinstance(base, faiss.IndexHNSW) else "flat"
         return self
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self._index.is_trained)
+
+    def train(self, sample: np.ndarray) -> None:
+        """Fit the IVF centroids and quantiser ranges (no-op for other kinds)."""
+        if self.kind != "ivf":
+            return
+        x = np.ascontiguousarray(sample, dtype=np.float32).reshape(-1, self.dim)
+        ivf = self._index
+        if len(x) < ivf.nlist:  # too few points for the lists asked: use fewer lists
+            raise ValueError(f"IVF needs at least {ivf.nlist} training vectors, got {len(x)}")
+        ivf.train(x)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: a temporary file in the same folder, then ``os.replace``."""
@@ -80,7 +131,15 @@ class VectorIndex:
         return int(self._index.ntotal)
 
     def ids(self) -> np.ndarray:
-        """All stored ids (int64), in insertion order."""
+        """All stored ids (int64)."""
+        if self.kind == "ivf":
+            invlists = self._index.invlists
+            parts = [
+                faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+                for i in range(self._index.nlist)
+                if invlists.list_size(i)
+            ]
+            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
         return faiss.vector_to_array(self._index.id_map).astype(np.int64)
 
     def add(self, ids: Iterable[int], vectors: np.ndarray) -> None:
@@ -109,6 +168,10 @@ class VectorIndex:
             removed = len(self) - len(fresh)
             self._index = fresh._index
             return removed
+        if self.kind == "ivf":  # the hash-table direct map removes only by explicit array
+            ids_arr = np.ascontiguousarray(ids_arr)
+            selector = faiss.IDSelectorArray(len(ids_arr), faiss.swig_ptr(ids_arr))
+            return int(self._index.remove_ids(selector))
         return int(self._index.remove_ids(faiss.IDSelectorBatch(ids_arr)))
 
     def search(
@@ -143,6 +206,8 @@ class VectorIndex:
         selector = faiss.IDSelectorBatch(allowed)
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=256)
+        elif self.kind == "ivf":
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self._index.nprobe)
         else:
             params = faiss.SearchParameters(sel=selector)
         scores, ids = self._index.search(q, k, params=params)

@@ -166,3 +166,44 @@ def test_index_built_before_model_bound_is_rebuilt(tmp_path):
     with store.writing():
         store.set_vectors(ids, vecs)
     assert store.search(vecs[1], 1)[0][0] == ids[1]
+
+
+def test_large_collection_switches_to_ivf_and_stays_exact_enough(tmp_path, monkeypatch):
+    import indexer.store as store_mod
+    from indexer.vectors import VectorIndex
+
+    monkeypatch.setattr(store_mod, "APPROX_THRESHOLD", 2000)
+    rng = np.random.default_rng(3)
+    centres = _unit(40, 16, seed=4)
+    labels = rng.integers(0, 40, 3000)
+    vecs = centres[labels] + 0.05 * rng.standard_normal((3000, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store = Collection(tmp_path / "c", model_id="m", dim=16)
+    with store.writing():
+        doc = store.add_document(name="big", path="/x", sha256="s", kind="pdf", page_count=3000)
+        # rows without images are enough for the vector side
+        store._db.executemany(
+            "INSERT INTO pages(document_id, number, image, image_sha256, width, height) "
+            "VALUES(?,?,?,?,1,1)",
+            [(doc.id, n, f"p{n}", f"h{n}") for n in range(1, 3001)],
+        )
+        store._db.commit()
+        ids = store.page_ids()
+        store.set_vectors(ids, vecs)
+    index = store.index()
+    assert index.kind == "ivf" and len(index) == 3000
+    # reopening reads the IVF file back, and search agrees with exact search
+    store.close()
+    again = Collection(tmp_path / "c")
+    assert VectorIndex.load(tmp_path / "c" / "vectors.faiss").kind == "ivf"
+    hits_found = 0
+    for qi in range(0, 3000, 150):
+        exact = np.argsort(-(vecs @ vecs[qi]))[:10]
+        got = [pid for pid, _ in again.search(vecs[qi], 10)]
+        hits_found += len({ids[i] for i in exact} & set(got))
+        top_pid, top_score = again.search(vecs[qi], 1)[0]
+        assert top_score == pytest.approx(float(vecs[ids.index(top_pid)] @ vecs[qi]), abs=1e-5)
+    assert hits_found / (20 * 10) >= 0.95
+    with again.writing():
+        again.remove_document("big")
+    assert again.search(vecs[0], 5) == [] and len(again.index()) == 0
