@@ -164,8 +164,19 @@ def machine_info() -> dict:
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-              "amx_tile", "amx_bf16", "amx_int8", "avx_vnni"]
+    wanted = [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_tile",
+        "amx_bf16",
+        "amx_int8",
+        "avx_vnni",
+    ]
     try:
         import psutil
 
@@ -207,8 +218,11 @@ def matmul_peak(n: int, dtypes: list[str], reps: int = 3) -> dict:
             t = time.perf_counter()
             a @ b
             times.append(time.perf_counter() - t)
-        out[name] = {"n": n, "gflops": _r(2 * n**3 / _median(times) / 1e9, 1),
-                     "gflops_best": _r(2 * n**3 / min(times) / 1e9, 1)}
+        out[name] = {
+            "n": n,
+            "gflops": _r(2 * n**3 / _median(times) / 1e9, 1),
+            "gflops_best": _r(2 * n**3 / min(times) / 1e9, 1),
+        }
         del a, b
     return out
 
@@ -244,8 +258,9 @@ def flops_per_input(config: Any, *, grid_hw: tuple[int, int] | None, seq_len: in
     hd = h // heads
     inter = int(t.intermediate_size)
     L = seq_len
-    per_layer = (2 * L * h * h * 2 + 2 * L * h * kv * hd * 2 + 3 * 2 * L * h * inter
-                 + 2 * 2 * L * L * h)
+    per_layer = (
+        2 * L * h * h * 2 + 2 * L * h * kv * hd * 2 + 3 * 2 * L * h * inter + 2 * 2 * L * L * h
+    )
     decoder = int(t.num_hidden_layers) * per_layer
     return {"vision": float(vision), "decoder": float(decoder), "total": float(vision + decoder)}
 
@@ -270,13 +285,16 @@ def make_text_pdf(path: Path, pages: int) -> Path:
     import pymupdf
 
     rng = np.random.default_rng(7)
-    words = ("index page vector model search query embedding token budget render layer "
-             "matrix memory thread batch cache prefix latency recall cluster graph").split()
+    words = (
+        "index page vector model search query embedding token budget render layer "
+        "matrix memory thread batch cache prefix latency recall cluster graph"
+    ).split()
     doc = pymupdf.open()
     for n in range(pages):
         page = doc.new_page(width=595, height=842)
-        page.insert_text((50, 60), f"Chapter {n + 1}: on {' '.join(rng.choice(words, 3))}",
-                         fontsize=18)
+        page.insert_text(
+            (50, 60), f"Chapter {n + 1}: on {' '.join(rng.choice(words, 3))}", fontsize=18
+        )
         body = " ".join(rng.choice(words, 700))
         page.insert_textbox(pymupdf.Rect(50, 80, 545, 800), body, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,15 +320,19 @@ def render(pdf: Path, pages: int, tokens: int) -> tuple[list, list[str], dict]:
         images.append(page.image)
         texts.append(page.text)
     dt = time.perf_counter() - t
-    return images, texts, {
-        "pdf": str(pdf.relative_to(ROOT)) if pdf.is_relative_to(ROOT) else pdf.name,
-        "pages": len(images),
-        "first_page": first,
-        "render_tokens": tokens,
-        "sizes": sorted({f"{i.width}x{i.height}" for i in images}),
-        "seconds": _r(dt),
-        "pages_per_s": _r(len(images) / dt, 2),
-    }
+    return (
+        images,
+        texts,
+        {
+            "pdf": str(pdf.relative_to(ROOT)) if pdf.is_relative_to(ROOT) else pdf.name,
+            "pages": len(images),
+            "first_page": first,
+            "render_tokens": tokens,
+            "sizes": sorted({f"{i.width}x{i.height}" for i in images}),
+            "seconds": _r(dt),
+            "pages_per_s": _r(len(images) / dt, 2),
+        },
+    )
 
 
 # --------------------------------------------------------------------------- model phases
@@ -512,8 +534,12 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
         with RssSampler() as rss:
             pass
         section["model_rss_mib_float32"] = rss.as_dict()["rss_start_mib"]
-        phase: dict[str, Any] = {"dtype": "float32", "batch_size": 1, "prefix_cache": False,
-                                 "budgets": {}}
+        phase: dict[str, Any] = {
+            "dtype": "float32",
+            "batch_size": 1,
+            "prefix_cache": False,
+            "budgets": {},
+        }
         for tokens in cfg.budgets:
             vecs, stats = embed_pages(emb, base_pages, tokens, one_at_a_time=True, peak=peak)
             ref[tokens] = vecs
@@ -533,8 +559,12 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
             log("phase B: int8 dynamic quantisation")
             quantize_embedder(emb, "int8")
             emb.batch_size = cfg.batch_size
-            phase = {"dtype": "int8", "batch_size": cfg.batch_size, "prefix_cache": True,
-                     "budgets": {}}
+            phase = {
+                "dtype": "int8",
+                "batch_size": cfg.batch_size,
+                "prefix_cache": True,
+                "budgets": {},
+            }
             for tokens in cfg.budgets:
                 vecs, stats = embed_pages(emb, base_pages, tokens, one_at_a_time=False, peak=peak)
                 stats["agreement_vs_float32"] = _agreement(vecs, ref[tokens])
@@ -603,15 +633,17 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
                 continue
             ph["speedup_vs_baseline"] = {
                 b: _r(s["pages_per_s"] / base["budgets"][b]["pages_per_s"], 2)
-                for b, s in ph["budgets"].items() if b in base["budgets"]
+                for b, s in ph["budgets"].items()
+                if b in base["budgets"]
             }
 
 
 # --------------------------------------------------------------------------- vectors
 
 
-def clustered_vectors(n: int, nq: int, dim: int, *, seed: int = 0, centres: int = 1000,
-                      noise: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+def clustered_vectors(
+    n: int, nq: int, dim: int, *, seed: int = 0, centres: int = 1000, noise: float = 0.6
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` data and ``nq`` query unit vectors around ``centres`` random unit centres.
 
     Each point is a centre plus isotropic Gaussian noise of total norm ~``noise``
@@ -657,11 +689,14 @@ def run_vectors(cfg: BenchConfig, report: dict) -> None:
     section: dict[str, Any] = {
         "dim": dim,
         "method": "clustered: 1000 Gaussian centres on the unit sphere; point = centre + "
-                  "N(0, 0.6^2/dim) noise per coordinate, renormalised; 200 queries drawn the "
-                  "same way; recall@10 = |ANN top-10 & exact top-10| / 10, mean over queries; "
-                  "latency = one query per call, single process, FAISS threads as reported",
-        "hnsw": {"M": cfg.hnsw_m, "efConstruction": cfg.hnsw_ef_construction,
-                 "efSearch": cfg.hnsw_ef_search},
+        "N(0, 0.6^2/dim) noise per coordinate, renormalised; 200 queries drawn the "
+        "same way; recall@10 = |ANN top-10 & exact top-10| / 10, mean over queries; "
+        "latency = one query per call, single process, FAISS threads as reported",
+        "hnsw": {
+            "M": cfg.hnsw_m,
+            "efConstruction": cfg.hnsw_ef_construction,
+            "efSearch": cfg.hnsw_ef_search,
+        },
         "ivf": {"kind": "IVF-SQ8", "nprobe": cfg.ivf_nprobe},
         "sizes": {},
     }
@@ -749,14 +784,16 @@ def run_vectors(cfg: BenchConfig, report: dict) -> None:
             recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
             reps = 20 if kind == "flat" and n >= 500_000 else 100
             times = _time_single(search, queries, reps)
-            entry.update({
-                "recall_at_10": _r(recall, 4),
-                "p50_ms": _r(1000 * _pct(times, 50), 3),
-                "p95_ms": _r(1000 * _pct(times, 95), 3),
-                "build_s": _r(build, 2),
-                "bytes_per_vector": bytes_per_vec,
-                "memory_mib": _r(n * bytes_per_vec / 2**20, 1),
-            })
+            entry.update(
+                {
+                    "recall_at_10": _r(recall, 4),
+                    "p50_ms": _r(1000 * _pct(times, 50), 3),
+                    "p95_ms": _r(1000 * _pct(times, 95), 3),
+                    "build_s": _r(build, 2),
+                    "bytes_per_vector": bytes_per_vec,
+                    "memory_mib": _r(n * bytes_per_vec / 2**20, 1),
+                }
+            )
             row[kind] = entry
             if kind != "flat":
                 del index
@@ -789,8 +826,11 @@ def run_rss_index(cfg: BenchConfig, report: dict) -> None:
                 dt = time.perf_counter() - t
         w, h = 1000, 1400  # ~1280 tokens of RGB
         report["index_rss"] = {
-            "pages": cfg.rss_pages, "embedder": "fake (dim 1536)", "batch_size": batch,
-            "seconds": _r(dt, 1), "pages_embedded": rep.pages_embedded,
+            "pages": cfg.rss_pages,
+            "embedder": "fake (dim 1536)",
+            "batch_size": batch,
+            "seconds": _r(dt, 1),
+            "pages_embedded": rep.pages_embedded,
             "one_batch_of_images_mib": _r(batch * w * h * 3 / 2**20, 1),
             **rss.as_dict(),
         }
@@ -807,11 +847,15 @@ def targets(report: dict) -> dict:
         fr = {b: s.get("fraction_of_peak") for b, s in exact["budgets"].items()}
         fr = {b: f for b, f in fr.items() if f is not None}
         out["exact_fraction_of_peak>=0.85_every_budget"] = {
-            "value": fr, "met": bool(fr) and min(fr.values()) >= 0.85}
+            "value": fr,
+            "met": bool(fr) and min(fr.values()) >= 0.85,
+        }
         if base:
             sp = exact.get("speedup_vs_baseline", {})
             out["exact_faster_than_recipe_every_budget"] = {
-                "value": sp, "met": bool(sp) and all(v > 1 for v in sp.values())}
+                "value": sp,
+                "met": bool(sp) and all(v > 1 for v in sp.values()),
+            }
         q = exact.get("query", {}).get("p50_s")
         out["query_p50<=0.5s"] = {"value": q, "met": q is not None and q <= 0.5}
     if int8 and int8.get("speedup_vs_baseline"):
@@ -824,21 +868,27 @@ def targets(report: dict) -> dict:
         best = [k for k, v in ok.items() if v["recall_at_10"] >= 0.95 and v["p50_ms"] < 20]
         out["1M_p50<20ms_recall>=0.95"] = {
             "value": {k: [v["p50_ms"], v["recall_at_10"]] for k, v in ok.items()},
-            "met": bool(best), "indexes": best}
+            "met": bool(best),
+            "indexes": best,
+        }
     rss = report.get("index_rss")
     if rss:
         growth = rss["rss_growth_mib"]
         out["long_pdf_rss_growth<=one_batch"] = {
-            "value": growth, "one_batch_mib": rss["one_batch_of_images_mib"],
-            "met": growth <= rss["one_batch_of_images_mib"]}
+            "value": growth,
+            "one_batch_mib": rss["one_batch_of_images_mib"],
+            "met": growth <= rss["one_batch_of_images_mib"],
+        }
     return out
 
 
 def summary(report: dict) -> str:
     lines = []
     m = report["machine"]
-    lines.append(f"PageLens bench on {m['cpu_model']} ({m['affinity_cpus']} CPUs), torch "
-                 f"{m['torch']}, threads {m['torch_threads']}")
+    lines.append(
+        f"PageLens bench on {m['cpu_model']} ({m['affinity_cpus']} CPUs), torch "
+        f"{m['torch']}, threads {m['torch_threads']}"
+    )
     for dt, p in report.get("matmul_peak", {}).items():
         lines.append(f"  matmul peak {dt}: {p['gflops']} GFLOP/s (n={p['n']})")
     if "rendering" in report:
@@ -861,28 +911,35 @@ def summary(report: dict) -> str:
                 )
             if "query" in ph:
                 q = ph["query"]
-                lines.append(f"  {name:17s} query: p50 {q['p50_s']} s, p95 {q['p95_s']} s "
-                             f"(prefix cache {q['prefix_cache']})")
+                lines.append(
+                    f"  {name:17s} query: p50 {q['p50_s']} s, p95 {q['p95_s']} s "
+                    f"(prefix cache {q['prefix_cache']})"
+                )
             if "query_uncached" in ph:
                 q = ph["query_uncached"]
                 lines.append(f"  {name:17s} query without prefix cache: p50 {q['p50_s']} s")
             if "top10_overlap_vs_float32" in ph:
-                lines.append(f"  {name:17s} top-10 overlap vs fp32: "
-                             f"{ph['top10_overlap_vs_float32']}")
+                lines.append(
+                    f"  {name:17s} top-10 overlap vs fp32: {ph['top10_overlap_vs_float32']}"
+                )
     vec = report.get("vectors")
     if vec:
         for n, row in vec["sizes"].items():
             for kind, e in row.items():
                 if "recall_at_10" in e:
-                    lines.append(f"  {int(n):>8} vectors {kind:5s}: p50 {e['p50_ms']} ms, "
-                                 f"recall@10 {e['recall_at_10']}, build {e['build_s']} s, "
-                                 f"{e['bytes_per_vector']} B/vector")
+                    lines.append(
+                        f"  {int(n):>8} vectors {kind:5s}: p50 {e['p50_ms']} ms, "
+                        f"recall@10 {e['recall_at_10']}, build {e['build_s']} s, "
+                        f"{e['bytes_per_vector']} B/vector"
+                    )
                 else:
                     lines.append(f"  {int(n):>8} vectors {kind:5s}: {e}")
     if "index_rss" in report:
         r = report["index_rss"]
-        lines.append(f"  indexing {r['pages']} pages: RSS +{r['rss_growth_mib']} MiB "
-                     f"(one batch of images ~{r['one_batch_of_images_mib']} MiB)")
+        lines.append(
+            f"  indexing {r['pages']} pages: RSS +{r['rss_growth_mib']} MiB "
+            f"(one batch of images ~{r['one_batch_of_images_mib']} MiB)"
+        )
     for name, t in report.get("targets", {}).items():
         lines.append(f"  target {name}: {'MET' if t['met'] else 'not met'} ({t['value']})")
     return "\n".join(lines)
@@ -922,8 +979,10 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
         run_rss_index(cfg, report)
     report["targets"] = targets(report)
     report["wall_s"] = _r(time.time() - started, 1)
-    out = Path(cfg.out) if cfg.out else RESULTS / (
-        f"{cfg.label or socket.gethostname()}-{_dt.date.today().isoformat()}.json"
+    out = (
+        Path(cfg.out)
+        if cfg.out
+        else RESULTS / (f"{cfg.label or socket.gethostname()}-{_dt.date.today().isoformat()}.json")
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -931,8 +990,11 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
 
 
 def _ints(text: str) -> list[int]:
-    return [int(x.replace("_", "").replace("k", "000").replace("M", "000000"))
-            for x in text.split(",") if x.strip()]
+    return [
+        int(x.replace("_", "").replace("k", "000").replace("M", "000000"))
+        for x in text.split(",")
+        if x.strip()
+    ]
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
@@ -966,15 +1028,32 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     return BenchConfig(
-        model=a.model, size=a.size, pages=a.pages, baseline_pages=a.baseline_pages,
-        budgets=_ints(a.budgets), vectors=_ints(a.vectors),
+        model=a.model,
+        size=a.size,
+        pages=a.pages,
+        baseline_pages=a.baseline_pages,
+        budgets=_ints(a.budgets),
+        vectors=_ints(a.vectors),
         index_kinds=[k.strip() for k in a.index_kinds.split(",") if k.strip()],
-        hnsw_m=a.hnsw_m, hnsw_ef_construction=a.hnsw_ef_construction,
-        hnsw_ef_search=a.hnsw_ef_search, hnsw_max_n=a.hnsw_max_n, ivf_nprobe=a.ivf_nprobe,
-        dtype=a.dtype, batch_size=a.batch_size, skip_baseline=a.skip_baseline,
-        skip_int8=a.skip_int8, skip_model=a.skip_model, skip_vectors=a.skip_vectors,
-        queries=a.queries, corpus=a.corpus, query_collection=a.query_collection,
-        rss_pages=a.rss_pages, threads=a.threads, peak_n=a.peak_n, pdf=a.pdf, label=a.label,
+        hnsw_m=a.hnsw_m,
+        hnsw_ef_construction=a.hnsw_ef_construction,
+        hnsw_ef_search=a.hnsw_ef_search,
+        hnsw_max_n=a.hnsw_max_n,
+        ivf_nprobe=a.ivf_nprobe,
+        dtype=a.dtype,
+        batch_size=a.batch_size,
+        skip_baseline=a.skip_baseline,
+        skip_int8=a.skip_int8,
+        skip_model=a.skip_model,
+        skip_vectors=a.skip_vectors,
+        queries=a.queries,
+        corpus=a.corpus,
+        query_collection=a.query_collection,
+        rss_pages=a.rss_pages,
+        threads=a.threads,
+        peak_n=a.peak_n,
+        pdf=a.pdf,
+        label=a.label,
         out=a.out,
     )
 

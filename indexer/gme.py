@@ -507,7 +507,8 @@ class GmeEmbedder:
         ids = self._token_ids(texts, [0] * len(texts), instruction)
         p = len(prefix_ids)
         cached = [
-            i for i, seq in enumerate(ids)
+            i
+            for i, seq in enumerate(ids)
             if seq[:p] == prefix_ids and p < len(seq) < self.max_length
         ]
         out = np.empty((len(texts), self.dim), dtype=np.float32)

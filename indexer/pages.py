@@ -413,8 +413,10 @@ def _open_pdf(path: Path, password: str | None) -> pymupdf.Document:
             raise DocumentError(path, "damaged", f"{path}: unreadable page tree ({exc})") from None
         if count <= 0 and doc.is_repaired:
             raise DocumentError(
-                path, "damaged", f"{path}: damaged PDF (a truncated download?): MuPDF "
-                "repaired its structure but found no pages"
+                path,
+                "damaged",
+                f"{path}: damaged PDF (a truncated download?): MuPDF "
+                "repaired its structure but found no pages",
             )
         if count <= 0:
             raise DocumentError(path, "no-pages", f"{path}: the PDF has no pages")

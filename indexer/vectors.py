@@ -64,7 +64,10 @@ class VectorIndex:
             # a hash-table direct map makes reconstruct(id) and remove_ids(id) work.
             self._quantizer = faiss.IndexFlatIP(self.dim)
             ivf = faiss.IndexIVFScalarQuantizer(
-                self._quantizer, self.dim, int(nlist), faiss.ScalarQuantizer.QT_8bit,
+                self._quantizer,
+                self.dim,
+                int(nlist),
+                faiss.ScalarQuantizer.QT_8bit,
                 faiss.METRIC_INNER_PRODUCT,
             )
             ivf.nprobe = int(nprobe)
@@ -83,8 +86,10 @@ class VectorIndex:
     def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
         """Read an index written by :meth:`save` (``RuntimeError``/``OSError`` if unreadable)."""
         raw = faiss.read_index(str(path))  # already of its concrete type in faiss >= 1.7
-        index = raw if isinstance(raw, faiss.IndexIDMap2 | faiss.IndexIVF) else (
-            faiss.downcast_index(raw)
+        index = (
+            raw
+            if isinstance(raw, faiss.IndexIDMap2 | faiss.IndexIVF)
+            else (faiss.downcast_index(raw))
         )
         self = cls.__new__(cls)
         self._raw = raw  # owns the C++ object: keep it alive as long as the wrapper

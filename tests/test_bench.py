@@ -56,15 +56,44 @@ def test_bench_tiny_report(tmp_path):
     from bench.bench import main
 
     out = tmp_path / "report.json"
-    code = main([
-        "--size", "tiny", "--pages", "2", "--baseline-pages", "1", "--budgets", "128,64",
-        "--vectors", "3000", "--queries", "3", "--corpus", "4", "--query-collection", "200",
-        "--peak-n", "256", "--rss-pages", "6", "--out", str(out),
-    ])
+    code = main(
+        [
+            "--size",
+            "tiny",
+            "--pages",
+            "2",
+            "--baseline-pages",
+            "1",
+            "--budgets",
+            "128,64",
+            "--vectors",
+            "3000",
+            "--queries",
+            "3",
+            "--corpus",
+            "4",
+            "--query-collection",
+            "200",
+            "--peak-n",
+            "256",
+            "--rss-pages",
+            "6",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
-    for key in ("machine", "matmul_peak", "rendering", "model", "vectors", "index_rss",
-                "targets", "config"):
+    for key in (
+        "machine",
+        "matmul_peak",
+        "rendering",
+        "model",
+        "vectors",
+        "index_rss",
+        "targets",
+        "config",
+    ):
         assert key in report, key
     assert {"cpu_model", "cpu_flags", "torch", "transformers", "faiss", "torch_threads"} <= set(
         report["machine"]
@@ -75,8 +104,14 @@ def test_bench_tiny_report(tmp_path):
     for phase in phases.values():
         assert set(phase["budgets"]) == {"128", "64"}
         for stats in phase["budgets"].values():
-            for key in ("pages_per_s", "gflop_per_page", "achieved_gflops", "rss_peak_mib",
-                        "vision_s", "decoder_s"):
+            for key in (
+                "pages_per_s",
+                "gflop_per_page",
+                "achieved_gflops",
+                "rss_peak_mib",
+                "vision_s",
+                "decoder_s",
+            ):
                 assert key in stats
         assert phase["query"]["p50_s"] > 0
     assert set(phases["exact"]["speedup_vs_baseline"]) == {"128", "64"}
