@@ -118,8 +118,10 @@ def test_bench_tiny_report(tmp_path):
     assert phases["exact"]["prefix_cache_agreement"]["cosine_min"] >= 0.9999
     assert "top10_overlap_vs_float32" in phases["int8"]
     row = report["vectors"]["sizes"]["3000"]
-    assert set(row) == {"flat", "hnsw", "ivf"}
+    assert set(row) == {"flat", "hnsw", "ivf", "store"}
     assert row["flat"]["recall_at_10"] == 1.0
+    # the store's index re-ranks candidates exactly: at least as good as plain IVF-SQ8
+    assert row["store"]["recall_at_10"] >= row["ivf"]["recall_at_10"]
     for entry in row.values():
         assert 0 <= entry["recall_at_10"] <= 1 and entry["p50_ms"] > 0
     assert report["index_rss"]["pages"] == 6
