@@ -344,3 +344,13 @@ def test_full_config_is_the_published_gme_2b_shape():
         16,
     )
     assert cfg.tie_word_embeddings and cfg.image_token_id == 151655
+
+
+def test_cpu_auto_dtype_keeps_small_models_in_float32(tiny_embedder):
+    from types import SimpleNamespace
+
+    from indexer.gme import cpu_auto_dtype
+
+    assert tiny_embedder.dtype == "float32"  # tiny checkpoint: bf16 would only cost accuracy
+    big = SimpleNamespace(text_config=SimpleNamespace(hidden_size=1536))
+    assert cpu_auto_dtype(big) is resolve_dtype(None, "cpu")
