@@ -24,6 +24,7 @@ from app.cli_common import (
     say,
 )
 from app.progress import TerminalProgress
+from indexer.errors import ModelNotAvailableError
 
 cli = typer.Typer(
     name="pagelens",
@@ -118,7 +119,10 @@ def index(
         if ocr and ocr_language:
             ocr_tessdata(ocr_language)  # a clear error before any slow work
         store = opts.store()
-        embedder = None if text_only else opts.embedder()
+        try:
+            embedder = None if text_only else opts.embedder()
+        except ModelNotAvailableError as exc:
+            fail(f"{exc} Meanwhile 'pagelens index --text-only PATH' makes the text searchable.")
         indexer = Indexer(store, embedder, batch_size=batch_size)
         if ocr is not None or ocr_language:
             indexer.settings = dataclasses.replace(
@@ -218,7 +222,16 @@ def _retriever(opts: Options, mode: str | None):
     from retriever.search import Retriever
 
     store = opts.store(create=False)
-    embedder = None if mode == "text" else opts.embedder()
+    embedder = None
+    if mode != "text":
+        try:
+            embedder = opts.embedder()
+        except ModelNotAvailableError as exc:
+            if mode is not None or not store.stats().pages:
+                raise
+            # No mode asked for: the text layer still answers, so say why and use it.
+            say(f"note: {exc}")
+            say("note: the model is not available, so this searches the text layer (--mode text)")
     return Retriever(embedder, store)
 
 

@@ -91,3 +91,16 @@ def test_missing_model_is_a_clear_paragraph(monkeypatch, make_pdf, tmp_path):
 def test_search_on_missing_collection(env):
     result = run("--collection", "nothing-here", "search", "hello")
     assert result.exit_code == 1 and "No collection" in result.output
+
+
+def test_search_falls_back_to_text_when_the_model_is_missing(monkeypatch, make_pdf, tmp_path):
+    pdf = make_pdf("notes.pdf", ["Photosynthesis converts light.", "The hydraulic pump manual."])
+    assert run("index", "--text-only", str(pdf)).exit_code == 0
+    monkeypatch.setenv("PAGELENS_MODEL", str(tmp_path / "no-such-model"))
+    result = run("search", "hydraulic pump", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["mode"] == "text" and data["hits"][0]["page"] == 2
+    assert "not available" in result.stderr
+    # asking for visual search explicitly is still an error
+    assert run("search", "pump", "--mode", "visual").exit_code == 1
