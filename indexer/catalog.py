@@ -46,7 +46,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS pages_pending ON pages(id) WHERE vector IS NULL;
     CREATE INDEX IF NOT EXISTS pages_image_sha ON pages(image_sha256);
     CREATE VIRTUAL TABLE IF NOT EXISTS pages_fts USING fts5(
-        text, content='pages', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+        text, content='pages', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'
     );
     CREATE TRIGGER IF NOT EXISTS pages_ai AFTER INSERT ON pages BEGIN
         INSERT INTO pages_fts(rowid, text) VALUES (new.id, new.text);

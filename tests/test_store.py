@@ -207,3 +207,15 @@ def test_large_collection_switches_to_ivf_and_stays_exact_enough(tmp_path, monke
     with again.writing():
         again.remove_document("big")
     assert again.search(vecs[0], 5) == [] and len(again.index()) == 0
+
+
+def test_text_search_matches_word_forms(tmp_path):
+    store = Collection(tmp_path / "c")
+    with store.writing():
+        doc = store.add_document(name="r.pdf", path="/r", sha256="r", kind="pdf", page_count=2)
+        img = Image.new("RGB", (10, 10))
+        ids = store.add_pages(
+            doc.id, [(1, "Revenue grew in Europe.", img), (2, "Customers churned in 2023.", img)]
+        )
+    assert [pid for pid, _ in store.search_text("churn of customer", 2)] == [ids[1]]
+    assert [pid for pid, _ in store.search_text("résumé or revenues", 2)] == [ids[0]]
