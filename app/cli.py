@@ -70,6 +70,13 @@ def root(
         help="Opt-in CPU fast path: 'int8' (dynamic int8 linear layers; vectors close to, "
         "not equal to, the exact ones). Default: off.",
     ),
+    compile_model: bool = typer.Option(
+        False,
+        "--compile",
+        envvar="PAGELENS_COMPILE",
+        help="Opt-in: torch.compile the model's blocks (~1.4x faster pages on CPU after a "
+        "one-off compilation of tens of seconds; for long indexing jobs).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
 ) -> None:
     configure_logging(verbose)
@@ -80,6 +87,7 @@ def root(
         dtype=dtype,
         image_tokens=image_tokens,
         quantize=quantize,
+        compile=compile_model,
     )
 
 

@@ -37,6 +37,7 @@ class Options:
     dtype: str | None = None
     image_tokens: int | None = None
     quantize: str | None = None
+    compile: bool = False
     _store: Collection | None = field(default=None, repr=False)
     _embedder: Embedder | None = field(default=None, repr=False)
 
@@ -58,6 +59,8 @@ class Options:
                 options["max_image_tokens"] = self.image_tokens
             if self.quantize:
                 options["quantize"] = self.quantize
+            if self.compile:
+                options["compile"] = True
             model = self.model or default_model()
             say(f"loading model {model} ...")
             self._embedder = load_embedder(model, device=self.device, dtype=self.dtype, **options)

@@ -356,6 +356,7 @@ class BenchConfig:
     batch_size: int = 4
     skip_baseline: bool = False
     skip_int8: bool = False
+    compile: bool = False
     skip_model: bool = False
     skip_vectors: bool = False
     queries: int = 20
@@ -597,8 +598,10 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
     section[f"model_rss_mib_{dtype}"] = rss.as_dict()["rss_start_mib"]
     phase = {"dtype": dtype, "batch_size": cfg.batch_size, "prefix_cache": True, "budgets": {}}
     page_vecs = None
+    eager_vecs = {}
     for tokens in cfg.budgets:
         vecs, stats = embed_pages(emb, images, tokens, one_at_a_time=False, peak=peak)
+        eager_vecs[tokens] = vecs
         if tokens in ref:
             stats["agreement_vs_float32"] = _agreement(vecs[: len(ref[tokens])], ref[tokens])
         phase["budgets"][str(tokens)] = stats
@@ -621,13 +624,37 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
             _topk_overlap(cached, cd, ref_text["queries"], ref_text["corpus"], 10), 3
         )
     section["phases"]["exact"] = phase
+    if cfg.compile:
+        # D (opt-in): the same model with torch.compile'd blocks (pagelens --compile).
+        from indexer.gme import compile_embedder
+
+        log("phase D: exact path with torch.compile")
+        compile_embedder(emb)
+        emb.max_image_tokens = cfg.budgets[0]
+        t = time.perf_counter()
+        emb.embed_images(images[:1])
+        cphase = {
+            "dtype": dtype,
+            "batch_size": cfg.batch_size,
+            "compile_and_first_page_s": _r(time.perf_counter() - t, 1),
+            "budgets": {},
+        }
+        for tokens in cfg.budgets:
+            vecs, stats = embed_pages(emb, images, tokens, one_at_a_time=False, peak=peak)
+            stats["agreement_vs_eager"] = _agreement(vecs, eager_vecs[tokens])
+            stats["speedup_vs_eager"] = _r(
+                phase["budgets"][str(tokens)]["s_per_page"] / stats["s_per_page"], 2
+            )
+            cphase["budgets"][str(tokens)] = stats
+            log(f"  D {tokens} tokens: {stats['s_per_page']} s/page")
+        section["phases"]["compiled"] = cphase
     del emb, idx
     gc.collect()
 
     # Ratios against the recipe (per page, same pages at the same budget).
     base = section["phases"].get("baseline_float32")
     if base:
-        for name in ("exact", "int8"):
+        for name in ("exact", "int8", "compiled"):
             ph = section["phases"].get(name)
             if not ph:
                 continue
@@ -1015,6 +1042,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--skip-int8", action="store_true")
+    p.add_argument(
+        "--compile", action="store_true", help="also measure the torch.compile'd exact path"
+    )
     p.add_argument("--skip-model", action="store_true")
     p.add_argument("--skip-vectors", action="store_true")
     p.add_argument("--queries", type=int, default=20)
@@ -1044,6 +1074,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         batch_size=a.batch_size,
         skip_baseline=a.skip_baseline,
         skip_int8=a.skip_int8,
+        compile=a.compile,
         skip_model=a.skip_model,
         skip_vectors=a.skip_vectors,
         queries=a.queries,

@@ -278,6 +278,7 @@ class GmeEmbedder:
         self.device = str(device) if device is not None else str(next(model.parameters()).device)
         params = next(model.parameters())
         self.dtype = str(params.dtype).removeprefix("torch.")
+        self.compiled = False
         config = model.config
         self.dim = int(config.text_config.hidden_size)
         self.max_image_tokens = int(max_image_tokens)
@@ -666,6 +667,25 @@ def quantize_embedder(embedder: GmeEmbedder, mode: str = "int8") -> GmeEmbedder:
     return embedder
 
 
+def compile_embedder(embedder: GmeEmbedder) -> GmeEmbedder:
+    """Opt-in: compile the vision blocks and decoder layers with ``torch.compile``, in place.
+
+    Why: on CPU the vision tower spends about a third of its time in small elementwise ops
+    (rotary embedding, quick-GELU, copies) that inductor fuses; a vision block ran ~1.5x
+    faster compiled (bf16, 5,120 patches). The first batch pays the compilation (tens of
+    seconds, needs a C++ compiler), so it only pays off for long indexing jobs. Vectors equal
+    the eager ones up to float rounding. If compilation fails, PyTorch falls back to eager.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True  # no compiler: run eagerly, do not crash
+    inner = embedder.model.model
+    for block in [*inner.visual.blocks, *inner.language_model.layers]:
+        block.compile(dynamic=True)
+    embedder.compiled = True
+    return embedder
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -738,12 +758,15 @@ def load_embedder(
     device: str | None = None,
     dtype: Any = None,
     quantize: str | None = None,
+    compile: bool = False,
     **options: Any,
 ) -> GmeEmbedder:
     """Load GME from a hub id or a local folder (default ``$PAGELENS_MODEL`` or GME-2B).
 
     ``quantize="int8"``: opt-in int8 dynamic quantisation of the linear layers on CPU
     (:func:`quantize_embedder`; loads in float32 first). Never the default.
+    ``compile=True``: opt-in ``torch.compile`` of the transformer blocks
+    (:func:`compile_embedder`), for long indexing jobs.
 
     ``device``: "cuda", "mps", "cpu"... (default: the best available). ``dtype``: a torch
     dtype or "bfloat16"/"float16"/"float32" (default: bf16 on CUDA and native-bf16 CPUs,
@@ -817,6 +840,8 @@ def load_embedder(
     )
     if quantize:
         quantize_embedder(embedder, quantize)
+    if compile:
+        compile_embedder(embedder)
     return embedder
 
 
@@ -828,6 +853,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "load_embedder",
     "quantize_embedder",
+    "compile_embedder",
     "resolve_device",
     "resolve_dtype",
 ]

@@ -354,3 +354,20 @@ def test_cpu_auto_dtype_keeps_small_models_in_float32(tiny_embedder):
     assert tiny_embedder.dtype == "float32"  # tiny checkpoint: bf16 would only cost accuracy
     big = SimpleNamespace(text_config=SimpleNamespace(hidden_size=1536))
     assert cpu_auto_dtype(big) is resolve_dtype(None, "cpu")
+
+
+def test_compiled_model_gives_the_same_vectors(tiny_model_dir):
+    """``--compile`` (torch.compile of the blocks) is a speed option, not another model."""
+    eager = load_embedder(tiny_model_dir, device="cpu", dtype="float32")
+    compiled = load_embedder(tiny_model_dir, device="cpu", dtype="float32", compile=True)
+    assert compiled.compiled and not eager.compiled
+    image = Image.new("RGB", (300, 200), (200, 30, 30))
+    texts = ["what did the 2023 report say about churn?"]
+    for a, b in (
+        (eager.embed_texts(texts), compiled.embed_texts(texts)),
+        (eager.embed_images([image]), compiled.embed_images([image])),
+    ):
+        assert float((a * b).sum()) >= 0.9999
+    from torch._dynamo.utils import counters
+
+    assert counters["stats"]["unique_graphs"] > 0  # really compiled, not silently eager
