@@ -375,6 +375,8 @@ def app_cmd(ctx: typer.Context) -> None:
         env["PAGELENS_DTYPE"] = opts.dtype
     if opts.quantize:
         env["PAGELENS_QUANTIZE"] = opts.quantize
+    if opts.compile:
+        env["PAGELENS_COMPILE"] = "1"
     if env.get("PAGELENS_MAX_UPLOAD_MB") and not any("maxUploadSize" in a for a in ctx.args):
         # Streamlit's own upload cap must be at least PageLens's limit.
         env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", env["PAGELENS_MAX_UPLOAD_MB"])

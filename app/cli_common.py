@@ -52,15 +52,11 @@ class Options:
 
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            from indexer import load_embedder
+            from indexer import embedder_options, load_embedder
 
-            options: dict[str, Any] = {}
-            if self.image_tokens:
-                options["max_image_tokens"] = self.image_tokens
-            if self.quantize:
-                options["quantize"] = self.quantize
-            if self.compile:
-                options["compile"] = True
+            options = embedder_options(
+                image_tokens=self.image_tokens, quantize=self.quantize, compile=self.compile
+            )
             model = self.model or default_model()
             say(f"loading model {model} ...")
             self._embedder = load_embedder(model, device=self.device, dtype=self.dtype, **options)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indexer import embedder_options
 from indexer.catalog import Document, Page
 from indexer.config import collection_path, default_model
 from indexer.embedder import Embedder
@@ -51,6 +52,7 @@ class AppSettings:
     dtype: str | None = None
     image_tokens: int | None = None
     quantize: str | None = None
+    compile: bool = False
 
     @classmethod
     def from_env(cls) -> AppSettings:
@@ -68,6 +70,7 @@ class AppSettings:
             dtype=os.environ.get("PAGELENS_DTYPE") or None,
             image_tokens=image_tokens,
             quantize=os.environ.get("PAGELENS_QUANTIZE") or None,
+            compile=(os.environ.get("PAGELENS_COMPILE") or "").lower() in ("1", "true", "yes"),
         )
 
     @property
@@ -97,10 +100,12 @@ class ModelLoader:
         dtype: str | None = None,
         image_tokens: int | None = None,
         quantize: str | None = None,
+        compile: bool = False,
         loader: Callable[..., Embedder] | None = None,
     ) -> None:
         self.model = model
         self.quantize = quantize
+        self.compile = compile
         self.device = device
         self.dtype = dtype
         self.image_tokens = image_tokens
@@ -136,11 +141,9 @@ class ModelLoader:
             loader = self._loader
             if loader is None:
                 from indexer import load_embedder as loader
-            options: dict = {}
-            if self.image_tokens:
-                options["max_image_tokens"] = self.image_tokens
-            if self.quantize:
-                options["quantize"] = self.quantize
+            options = embedder_options(
+                image_tokens=self.image_tokens, quantize=self.quantize, compile=self.compile
+            )
             self.embedder = loader(self.model, device=self.device, dtype=self.dtype, **options)
         except PageLensError as exc:
             self.error = str(exc)

@@ -42,9 +42,15 @@ def get_model(
     dtype: str | None,
     image_tokens: int | None,
     quantize: str | None,
+    compile: bool = False,
 ) -> ModelLoader:
     loader = ModelLoader(
-        model, device=device, dtype=dtype, image_tokens=image_tokens, quantize=quantize
+        model,
+        device=device,
+        dtype=dtype,
+        image_tokens=image_tokens,
+        quantize=quantize,
+        compile=compile,
     )
     return loader.start()
 
@@ -612,7 +618,7 @@ def export_section(res: dict, hits: list) -> None:
 # -- page --------------------------------------------------------------------------------
 def model_key() -> tuple:
     s = st.session_state.settings
-    return (s.model, s.device, s.dtype, s.image_tokens, s.quantize)
+    return (s.model, s.device, s.dtype, s.image_tokens, s.quantize, s.compile)
 
 
 def current_workspace() -> Workspace:

@@ -43,6 +43,21 @@ def load_embedder(
 _LOAD_LOCK = threading.Lock()
 
 
+def embedder_options(
+    *, image_tokens: int | None = None, quantize: str | None = None, compile: bool = False
+) -> dict[str, Any]:
+    """The :func:`load_embedder` options for the user-facing settings the CLI and app share
+    (``--image-tokens``, ``--quantize``, ``--compile``), so both load the same model."""
+    options: dict[str, Any] = {}
+    if image_tokens:
+        options["max_image_tokens"] = int(image_tokens)
+    if quantize:
+        options["quantize"] = quantize
+    if compile:
+        options["compile"] = True
+    return options
+
+
 __all__ = [
     "DEFAULT_INSTRUCTION",
     "QUERY_INSTRUCTION",
@@ -53,5 +68,6 @@ __all__ = [
     "ModelMismatchError",
     "ModelNotAvailableError",
     "PageLensError",
+    "embedder_options",
     "load_embedder",
 ]
