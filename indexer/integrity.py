@@ -43,7 +43,7 @@ import numpy as np
 from indexer.catalog import Document, Page, page_from_row
 from indexer.embedder import Embedder
 from indexer.errors import PageLensError
-from indexer.store import PAGES_DIR, VECTORS, Collection, _model_key
+from indexer.store import PAGES_DIR, VECTORS, Collection
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +138,7 @@ def _scan(store: Collection, *, model_id: str | None, dim: int | None) -> _Scan:
         )
 
     stored_id, stored_dim = store.model_id, store.dim
-    if (
-        model_id is not None
-        and stored_id is not None
-        and (
-            _model_key(stored_id) != _model_key(model_id)
-            or (dim is not None and stored_dim is not None and dim != stored_dim)
-        )
-    ):
+    if model_id is not None and not store.same_model(model_id, dim):
         add(
             Problem(
                 "model-mismatch",
@@ -516,7 +509,7 @@ def _repair_pages(store: Collection, scan: _Scan, password: str | None, note) ->
             # The image cannot be made again: a row naming no image would break every hit
             # and export that reaches it, so the page goes (the document is then incomplete).
             store.remove_pages([p.id for p in broken.values()])
-            _mark_incomplete(store, doc_id)  # so that indexing the file again resumes it
+            store.mark_incomplete(doc_id)  # so that indexing the file again resumes it
             note(
                 "image-missing",
                 f"{doc.name}: dropped {len(broken)} page(s) whose image is "
@@ -541,11 +534,6 @@ def _repair_pages(store: Collection, scan: _Scan, password: str | None, note) ->
                 f"'pagelens remove {doc.id}'",
                 document=doc.name,
             )
-
-
-def _mark_incomplete(store: Collection, doc_id: int) -> None:
-    with store._mutex, store._db:
-        store._db.execute("UPDATE documents SET status='indexing' WHERE id=?", (doc_id,))
 
 
 def _source_problem(doc: Document, file_sha256) -> str | None:

@@ -201,14 +201,25 @@ class Collection:
             if not self.read_only:
                 self._set_meta({"model_id": model_id, "dim": str(dim or "")})
             return
-        if _model_key(stored_id) != _model_key(model_id) or (
-            dim is not None and stored_dim is not None and stored_dim != dim
-        ):
+        if not self.same_model(model_id, dim):
             raise ModelMismatchError(
                 f"Collection {self.path} was built with model '{stored_id}' (dim {stored_dim}), "
                 f"but '{model_id}' (dim {dim}) was given. Use the same model "
                 "(--model / PAGELENS_MODEL), or index into another collection (--collection)."
             )
+
+    def same_model(self, model_id: str, dim: int | None) -> bool:
+        """Whether ``model_id`` (and ``dim``, when known) is the model this collection records.
+
+        True when no model is recorded yet. Models compare by name, so a hub id and a local
+        download of it are the same model.
+        """
+        stored_id, stored_dim = self.model_id, self.dim
+        if stored_id is None:
+            return True
+        if _model_key(stored_id) != _model_key(model_id):
+            return False
+        return dim is None or stored_dim is None or stored_dim == dim
 
     def render_settings(self) -> dict | None:
         value = self.meta("render_settings")
@@ -339,9 +350,16 @@ class Collection:
         return self.document(doc_id)
 
     def mark_ready(self, document_id: int) -> None:
+        self._set_status(document_id, "ready")
+
+    def mark_incomplete(self, document_id: int) -> None:
+        """Mark a document as still indexing (some pages missing); a re-run completes it."""
+        self._set_status(document_id, "indexing")
+
+    def _set_status(self, document_id: int, status: str) -> None:
         self._require_lock()
         with self._mutex, self._db:
-            self._db.execute("UPDATE documents SET status='ready' WHERE id=?", (document_id,))
+            self._db.execute("UPDATE documents SET status=? WHERE id=?", (status, document_id))
 
     def remove_document(self, ref: str | int) -> Document:
         """Remove a document's rows, vectors and images."""
