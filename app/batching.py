@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from indexer.embedder import Embedder
+from indexer.embedder import Embedder, EmbedderBase
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def _resolve(item: WorkItem, result: BatchResult) -> None:
             item.future.set_result(result)
 
 
-class BatchedEmbedder:
+class BatchedEmbedder(EmbedderBase):
     """An :class:`~indexer.embedder.Embedder` whose calls go through a :class:`DynamicBatcher`.
 
     Blocking: call it from a worker thread (FastAPI runs sync endpoints in a thread pool).

@@ -443,14 +443,12 @@ def _peak_key(dtype: str) -> str | None:
 
 
 def query_latency(emb: Any, index: Any, queries: list[str], *, cached: bool) -> dict:
-    from indexer.embedder import QUERY_INSTRUCTION
-
     emb.prefix_cache = cached
-    emb.embed_texts(["warm-up query"], instruction=QUERY_INSTRUCTION)  # builds the prefix cache
+    emb.embed_queries(["warm-up query"])  # builds the prefix cache
     embed_s, total_s = [], []
     for q in queries:
         t0 = time.perf_counter()
-        vec = emb.embed_texts([q], instruction=QUERY_INSTRUCTION)
+        vec = emb.embed_queries([q])
         t1 = time.perf_counter()
         index.search(vec, 10)
         t2 = time.perf_counter()
@@ -507,7 +505,6 @@ def _topk_overlap(qa: np.ndarray, ca: np.ndarray, qb: np.ndarray, cb: np.ndarray
 def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: list[str]) -> None:
     import torch
 
-    from indexer.embedder import QUERY_INSTRUCTION
     from indexer.gme import quantize_embedder, resolve_dtype
 
     dtype = str(resolve_dtype(cfg.dtype, "cpu")).removeprefix("torch.")
@@ -550,8 +547,8 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
         phase["query"] = query_latency(emb, idx, queries, cached=False)
         log(f"  A query p50 {phase['query']['p50_s']} s")
         emb.prefix_cache = False
-        ref_text["corpus"] = emb.embed_texts(corpus)
-        ref_text["queries"] = emb.embed_texts(rank_queries, instruction=QUERY_INSTRUCTION)
+        ref_text["corpus"] = emb.embed_documents(texts=corpus)
+        ref_text["queries"] = emb.embed_queries(rank_queries)
         emb.prefix_cache = True
         section["phases"]["baseline_float32"] = phase
 
@@ -572,8 +569,8 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
                 phase["budgets"][str(tokens)] = stats
                 log(f"  B {tokens} tokens: {stats['s_per_page']} s/page")
             phase["query"] = query_latency(emb, idx, queries, cached=True)
-            c8 = emb.embed_texts(corpus)
-            q8 = emb.embed_texts(rank_queries, instruction=QUERY_INSTRUCTION)
+            c8 = emb.embed_documents(texts=corpus)
+            q8 = emb.embed_queries(rank_queries)
             phase["text_agreement_vs_float32"] = _agreement(c8, ref_text["corpus"])
             phase["top10_overlap_vs_float32"] = _r(
                 _topk_overlap(q8, c8, ref_text["queries"], ref_text["corpus"], 10), 3
@@ -613,12 +610,12 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
     log(f"  C query p50 {phase['query']['p50_s']} s (uncached {phase['query_uncached']['p50_s']})")
     # Cached vs uncached prefix: the same vectors?
     emb.prefix_cache = False
-    plain = emb.embed_texts(rank_queries, instruction=QUERY_INSTRUCTION)
+    plain = emb.embed_queries(rank_queries)
     emb.prefix_cache = True
-    cached = emb.embed_texts(rank_queries, instruction=QUERY_INSTRUCTION)
+    cached = emb.embed_queries(rank_queries)
     phase["prefix_cache_agreement"] = _agreement(cached, plain)
     if ref_text:
-        cd = emb.embed_texts(corpus)
+        cd = emb.embed_documents(texts=corpus)
         phase["text_agreement_vs_float32"] = _agreement(cd, ref_text["corpus"])
         phase["top10_overlap_vs_float32"] = _r(
             _topk_overlap(cached, cd, ref_text["queries"], ref_text["corpus"], 10), 3

@@ -9,8 +9,16 @@ implementations:
   and refuses to be searched with another.
 * ``embed_texts``, ``embed_images`` and ``embed_fused`` each return a float32 numpy array of
   shape ``(n, dim)`` whose rows have unit L2 norm, in input order.
-* ``instruction=None`` means the model's default (document-side) instruction; the retriever
-  passes :data:`QUERY_INSTRUCTION` for queries, as GME was trained.
+* The two sides of retrieval are named: :meth:`Embedder.embed_queries` (a question, a query
+  image, or both, under GME's :data:`QUERY_INSTRUCTION`) and :meth:`Embedder.embed_documents`
+  (page images, optionally each with its text, under the default instruction). Callers use
+  these and never pass an instruction themselves, as sentence-transformers' ``encode_query``
+  / ``encode_document`` spare their users the prompt names.
+* The three primitives ``embed_texts/embed_images/embed_fused(..., instruction=None)`` stay
+  public for custom instructions (the API server's ``instruction`` field, external checks);
+  ``instruction=None`` means the model's default (document-side) instruction.
+* :class:`EmbedderBase` implements the two sides over the three primitives, so a new model
+  writes only the primitives.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -55,6 +63,78 @@ class Embedder(Protocol):
         instruction: str | None = None,
     ) -> np.ndarray: ...
 
+    def embed_queries(
+        self,
+        texts: Sequence[str] | None = None,
+        *,
+        images: Sequence[Image.Image] | None = None,
+    ) -> np.ndarray: ...
+
+    def embed_documents(
+        self,
+        images: Sequence[Image.Image] | None = None,
+        *,
+        texts: Sequence[str] | None = None,
+    ) -> np.ndarray: ...
+
+
+def _route(
+    model: Any,
+    texts: Sequence[str] | None,
+    images: Sequence[Image.Image] | None,
+    instruction: str | None,
+) -> np.ndarray:
+    """Texts only, images only, or pairs of both (one fused input each) under ``instruction``."""
+    if texts is None and images is None:
+        raise ValueError("give texts, images, or both (one text per image)")
+    if images is None:
+        assert texts is not None
+        return np.asarray(model.embed_texts(list(texts), instruction=instruction))
+    if texts is None:
+        return np.asarray(model.embed_images(list(images), instruction=instruction))
+    if len(texts) != len(images):
+        raise ValueError(
+            f"texts and images go in pairs (one fused input each): got {len(texts)} texts "
+            f"and {len(images)} images"
+        )
+    return np.asarray(model.embed_fused(list(texts), list(images), instruction=instruction))
+
+
+class EmbedderBase:
+    """The two named sides of retrieval, written once over the three primitives.
+
+    Subclasses implement ``embed_texts``, ``embed_images`` and ``embed_fused`` (each with
+    ``instruction=``); these two methods pick the instruction so callers cannot forget it.
+    """
+
+    def embed_queries(
+        self,
+        texts: Sequence[str] | None = None,
+        *,
+        images: Sequence[Image.Image] | None = None,
+    ) -> np.ndarray:
+        """Embed search queries under GME's retrieval instruction (:data:`QUERY_INSTRUCTION`).
+
+        ``embed_queries(["question"])`` for text, ``embed_queries(images=[shot])`` for a query
+        image (a screenshot, a figure), both (equal lengths) for one fused text+image query
+        each. Returns float32 ``(n, dim)``, unit rows, in input order.
+        """
+        return _route(self, texts, images, QUERY_INSTRUCTION)
+
+    def embed_documents(
+        self,
+        images: Sequence[Image.Image] | None = None,
+        *,
+        texts: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Embed documents under the default instruction, as GME embeds its corpus.
+
+        A document is a page image (``embed_documents([page])``), a page image with its text
+        (``embed_documents([page], texts=["..."])``, one fused input per pair), or plain text
+        (``embed_documents(texts=["..."])``). Returns float32 ``(n, dim)``, unit rows.
+        """
+        return _route(self, texts, images, None)
+
 
 def _unit(rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.float32)
@@ -63,7 +143,7 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return (rows / norms).astype(np.float32)
 
 
-class FakeEmbedder:
+class FakeEmbedder(EmbedderBase):
     """A fast, deterministic stand-in for GME, for tests of everything but the model.
 
     Texts become hashed bags of words and images become a fixed random projection of a

@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from indexer.config import DEFAULT_MODEL_ID, default_model
-from indexer.embedder import DEFAULT_INSTRUCTION
+from indexer.embedder import DEFAULT_INSTRUCTION, EmbedderBase
 from indexer.errors import ModelNotAvailableError
 
 #: Token budget of the original recipe: sequences are right-truncated to this many tokens.
@@ -241,7 +241,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 # --------------------------------------------------------------------------- the embedder
 
 
-class GmeEmbedder:
+class GmeEmbedder(EmbedderBase):
     """GME behind PageLens' :class:`~indexer.embedder.Embedder` interface.
 
     Build it with :func:`load_embedder` (or ``indexer.random_model.random_embedder`` for a

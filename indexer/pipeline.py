@@ -348,7 +348,7 @@ class Indexer:
                 todo.append((page.id, len(todo_images)))
                 todo_images.append(image)
         if todo_images:
-            fresh = self.embedder.embed_images(todo_images)
+            fresh = self.embedder.embed_documents(todo_images)
             for page_id, row in todo:
                 ids.append(page_id)
                 vectors.append(fresh[row])

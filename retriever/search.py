@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from indexer.embedder import QUERY_INSTRUCTION, Embedder
+from indexer.embedder import Embedder
 from indexer.errors import QueryError
 from indexer.pages import RenderSettings, fit_image
 from indexer.store import Collection
@@ -167,10 +167,10 @@ class Retriever:
         """
         assert self.embedder is not None
         if image is not None and query:
-            return self.embedder.embed_fused([query], [image], instruction=QUERY_INSTRUCTION)[0]
+            return self.embedder.embed_queries([query], images=[image])[0]
         if image is not None:
-            return self.embedder.embed_images([image], instruction=QUERY_INSTRUCTION)[0]
-        return self.embedder.embed_texts([query], instruction=QUERY_INSTRUCTION)[0]
+            return self.embedder.embed_queries(images=[image])[0]
+        return self.embedder.embed_queries([query])[0]
 
     def _visual(
         self, query: str, image: Image.Image | None, k: int, allowed: list[int] | None

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, FakeEmbedder
+from indexer.embedder import QUERY_INSTRUCTION, EmbedderBase, FakeEmbedder
 from indexer.errors import DocumentNotFoundError, QueryError
 from indexer.pages import RenderSettings, fit_image
 from indexer.pipeline import Indexer
@@ -41,7 +41,7 @@ def make_visual_pdf(path: Path, texts: list[str]) -> Path:
     return path
 
 
-class Spy:
+class Spy(EmbedderBase):
     """Wraps an embedder and records each call: (method, instruction, texts, image sizes)."""
 
     def __init__(self, inner) -> None:
@@ -150,7 +150,7 @@ def test_gme_query_recipes(tiny_embedder, store, tmp_path):
 
     # The document side: a page embedded again with the document instruction is the stored
     # vector, so it finds itself with cosine ~1 (the query side differs by instruction).
-    again = tiny_embedder.embed_images([image], instruction=DEFAULT_INSTRUCTION)[0]
+    again = tiny_embedder.embed_documents([image])[0]
     top = store.search(again, 1)[0]
     assert top[0] == page.id and top[1] == pytest.approx(1.0, abs=1e-3)
     query_vec = retriever.embed_query("", fit_image(image, SMALL))
