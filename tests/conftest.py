@@ -14,6 +14,8 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "pagelens-home"
     monkeypatch.setenv("PAGELENS_HOME", str(home))
     monkeypatch.delenv("PAGELENS_MODEL", raising=False)
+    for name in ("PAGELENS_LLM_URL", "PAGELENS_LLM_MODEL", "PAGELENS_LLM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)  # no test talks to a real LLM
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
 
@@ -49,3 +51,17 @@ def make_pdf(tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture
+def llm_stub(monkeypatch: pytest.MonkeyPatch):
+    """A stub OpenAI-compatible chat server on a free loopback port, configured as the LLM
+    (PAGELENS_LLM_URL/MODEL/API_KEY) for this test; see tests/llm_stub.py."""
+    from tests.llm_stub import StubLLM
+
+    stub = StubLLM().start()
+    monkeypatch.setenv("PAGELENS_LLM_URL", stub.url)
+    monkeypatch.setenv("PAGELENS_LLM_MODEL", "stub-vision-model")
+    monkeypatch.setenv("PAGELENS_LLM_API_KEY", "sk-test-key")
+    yield stub
+    stub.stop()
