@@ -7,7 +7,14 @@ not there yet is simply absent, but one that fails to import is a bug and must b
 import importlib
 import importlib.util
 
-COMMAND_MODULES = ("app.cli_check", "app.cli_eval", "app.cli_serve", "app.cli_bench", "app.cli_ask")
+COMMAND_MODULES = (
+    "app.cli_check",
+    "app.cli_eval",
+    "app.cli_serve",
+    "app.cli_bench",
+    "app.cli_ask",
+    "app.cli_mcp",
+)
 
 for _name in COMMAND_MODULES:
     if importlib.util.find_spec(_name) is not None:

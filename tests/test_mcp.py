@@ -1,0 +1,109 @@
+"""``pagelens mcp`` driven by the official ``mcp`` client over stdio: list the tools, search
+a collection built with the tiny GME, get the top pages back as image content."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from PIL import Image
+
+from indexer.pipeline import Indexer
+from indexer.store import Collection
+from retriever.search import Retriever
+from tests.pdfs import TOPICS, make_text_pdf
+
+pytest.importorskip("mcp", reason="the mcp extra is part of dev installs")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, tiny_embedder) -> Path:
+    root = tmp_path_factory.mktemp("mcp-collection")
+    a = make_text_pdf(root / "in" / "a.pdf", TOPICS[:3])
+    b = make_text_pdf(root / "in" / "b.pdf", TOPICS[3:5])
+    with Collection(root / "collection") as store:
+        Indexer(store, tiny_embedder).add([a, b])
+    return root / "collection"
+
+
+def server_params(collection: Path, model_dir: Path, home: Path):
+    from mcp import StdioServerParameters
+
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-c", "from app.cli import main; main()", "-c", str(collection), "mcp"],
+        env={
+            "PYTHONPATH": str(ROOT),
+            "PAGELENS_HOME": str(home),
+            "PAGELENS_MODEL": str(model_dir),
+            "PAGELENS_DEVICE": "cpu",
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        },
+        cwd=str(ROOT),
+    )
+
+
+def test_mcp_over_stdio(built, tiny_model_dir, tiny_embedder, tmp_path):
+    from mcp import Client
+
+    with Collection(built) as store:
+        expected = Retriever(tiny_embedder, store).search(TOPICS[1], 3)
+    params = server_params(built, tiny_model_dir, tmp_path / "home")
+
+    async def session():
+        async with Client(params) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            visual = await client.call_tool("search_pages", {"question": TOPICS[1], "k": 3})
+            text = await client.call_tool(
+                "search_pages",
+                {"question": "Westphalia treaty", "k": 2, "mode": "text", "documents": ["a.pdf"]},
+            )
+            page = await client.call_tool("get_page", {"document": "b.pdf", "page": 2})
+            docs = await client.call_tool("list_documents", {})
+            missing = await client.call_tool("get_page", {"document": "b.pdf", "page": 9})
+            return tools, visual, text, page, docs, missing
+
+    tools, visual, text, page, docs, missing = anyio.run(session)
+
+    assert set(tools) == {"search_pages", "get_page", "list_documents"}
+    schema = tools["search_pages"].input_schema
+    assert {"question", "k", "documents", "pages", "mode"} <= set(schema["properties"])
+    assert "[document, p. N]" in tools["search_pages"].description
+    assert tools["search_pages"].annotations.read_only_hint is True
+
+    # visual search: one image per top page, in the library's order, with citations
+    assert not visual.is_error, visual.content
+    images = [c for c in visual.content if c.type == "image"]
+    assert len(images) == 3
+    for content in images:
+        assert content.mime_type == "image/jpeg"
+        with Image.open(io.BytesIO(base64.b64decode(content.data))) as im:
+            assert im.width > 100 and im.height > 100
+    hits = visual.structured_content["hits"]
+    assert [(h["document"], h["page"]) for h in hits] == [(h.document, h.page) for h in expected]
+    lines = [c.text for c in visual.content if c.type == "text"]
+    assert lines[1].startswith(f"[1] {expected[0].document}, p. {expected[0].page}")
+
+    # text mode, filtered to one document: the treaty page with its snippet
+    assert not text.is_error
+    assert text.structured_content["hits"][0]["document"] == "a.pdf"
+    assert text.structured_content["hits"][0]["page"] == 2
+    assert any("Westphalia" in c.text for c in text.content if c.type == "text")
+    assert sum(c.type == "image" for c in text.content) == len(text.structured_content["hits"])
+
+    # one page: its text and image
+    assert [c.type for c in page.content] == ["text", "image"]
+    assert "Mariana" not in page.content[0].text and "revenue" in page.content[0].text
+    assert page.structured_content["page"] == 2
+
+    names = [d["name"] for d in docs.structured_content["documents"]]
+    assert sorted(names) == ["a.pdf", "b.pdf"]
+    assert missing.is_error and "no stored page 9" in missing.content[0].text
