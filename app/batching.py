@@ -282,7 +282,7 @@ class BatchedEmbedder(EmbedderBase):
         inner = batcher.embedder
         self.model_id = inner.model_id
         self.dim = inner.dim
-        self.max_image_tokens = getattr(inner, "max_image_tokens", 1280)
+        self.max_image_tokens = inner.max_image_tokens
         self.timeout = timeout
 
     def _run(self, items: list[WorkItem]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``pagelens serve``: the OpenAI-compatible embeddings and search API (see app/server.py)."""
+"""``pagelens serve``: the OpenAI-compatible embeddings and search API (see app/server/)."""
 
 from __future__ import annotations
 

@@ -136,6 +136,33 @@ class EmbedderBase:
         return _route(self, texts, images, None)
 
 
+@runtime_checkable
+class TokenCounter(Protocol):
+    """Optional extra of an :class:`Embedder` that knows its tokenizer (GME does).
+
+    The HTTP server uses it to report ``usage.prompt_tokens`` exactly and to refuse inputs
+    longer than the model's limit instead of silently truncating them; embedders without it
+    get an estimate and no length check.
+    """
+
+    #: Longest sequence (tokens) the model runs; longer inputs are truncated by the model.
+    max_length: int
+
+    def count_tokens(
+        self,
+        text: str | None = None,
+        image: Image.Image | tuple[int, int] | None = None,
+        *,
+        instruction: str | None = None,
+    ) -> int:
+        """Length of the sequence the model runs for this input (after truncation)."""
+        ...
+
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of ``text`` alone, untruncated (no prompt template)."""
+        ...
+
+
 def _unit(rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.float32)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)

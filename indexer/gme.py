@@ -404,6 +404,10 @@ class GmeEmbedder(EmbedderBase):
         n = self.image_token_count(image) if image is not None else 0
         return len(self._token_ids([text], [n], instruction)[0])
 
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of ``text`` alone, untruncated: how far past ``max_length`` an input goes."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     # ----------------------------------------------------------------- batching
 
     def encode(

@@ -1,0 +1,92 @@
+"""``create_app``: wire one embedder, its batcher, the guards and the route modules together."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from app.batching import BatchedEmbedder, DynamicBatcher
+from app.server import routes_embeddings, routes_meta, routes_search
+from app.server.errors import install_error_handlers
+from app.server.fetch import UrlImageFetcher
+from app.server.guard import GuardMiddleware
+from app.server.images import ImageLoader
+from app.server.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_ITEMS, MAX_REQUEST_BYTES
+from app.server.named_collections import CollectionCache, resolve_collection_name
+from app.server.state import ServerState, model_names, public_model_id
+from app.server.tokens import check_item
+from indexer.embedder import Embedder
+
+#: The route modules, in the order their paths appear in the OpenAPI document.
+ROUTERS = (routes_meta.router, routes_embeddings.router, routes_search.router)
+
+
+def create_app(
+    embedder: Embedder,
+    *,
+    collection_resolver: Callable[[str | None], Path] | None = None,
+    api_key: str | None = None,
+    allow_url_images: bool = False,
+    url_fetcher: UrlImageFetcher | None = None,
+    max_batch: int = 16,
+    max_wait_ms: float = 10.0,
+    max_queue: int = 1024,
+    max_items: int = MAX_ITEMS,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    model_aliases: tuple[str, ...] = (),
+) -> FastAPI:
+    """The API app around one embedder (see :mod:`app.server` for the endpoints).
+
+    ``collection_resolver(name)`` maps a request's collection name (None: the default) to a
+    folder; by default names under ``PAGELENS_HOME``. ``url_fetcher`` replaces the default
+    :class:`UrlImageFetcher` (it implies ``allow_url_images``).
+    """
+    batcher = DynamicBatcher(
+        embedder,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        check=check_item,
+    )
+    if url_fetcher is None and allow_url_images:
+        url_fetcher = UrlImageFetcher()
+    state = ServerState(
+        embedder=embedder,
+        batcher=batcher,
+        shared=BatchedEmbedder(batcher),
+        images=ImageLoader(
+            fetcher=url_fetcher, max_bytes=max_image_bytes, max_pixels=max_image_pixels
+        ),
+        collections=CollectionCache(collection_resolver or resolve_collection_name),
+        served_id=public_model_id(embedder.model_id),
+        accepted=model_names(embedder.model_id, tuple(model_aliases)),
+        max_items=max_items,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        await run_in_threadpool(batcher.close)
+        state.collections.close()
+
+    app = FastAPI(
+        title="PageLens API",
+        version="1",
+        summary="OpenAI-compatible embeddings (text, image, fused) and page search, with GME.",
+        lifespan=lifespan,
+    )
+    app.state.pagelens = state
+    app.state.batcher = batcher
+    app.state.embedder = embedder
+    app.state.collections = state.collections
+    install_error_handlers(app)
+    app.add_middleware(GuardMiddleware, api_key=api_key, max_request_bytes=max_request_bytes)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

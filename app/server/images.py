@@ -1,0 +1,100 @@
+"""Image inputs of the API: data URLs (or, if allowed, http(s) URLs) -> PIL images, with limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+from PIL import Image
+
+from app.server.errors import ApiError, too_large
+from app.server.fetch import UrlImageFetcher
+from app.server.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+
+
+class ImageLoader:
+    """Turns a data URL (or, if allowed, an http(s) URL) into a PIL image, with limits."""
+
+    def __init__(
+        self,
+        *,
+        fetcher: UrlImageFetcher | None,
+        max_bytes: int = MAX_IMAGE_BYTES,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+    ) -> None:
+        self.fetcher = fetcher
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+
+    def load(self, ref: str, param: str) -> Image.Image:
+        ref = ref.strip()
+        if ref[:5].lower() == "data:":
+            data = self._data_url(ref, param)
+        elif ref[:7].lower() == "http://" or ref[:8].lower() == "https://":
+            if self.fetcher is None:
+                raise ApiError(
+                    400,
+                    "Image URLs are turned off on this server; send the image as a data URL "
+                    "(data:image/png;base64,...) or start the server with --allow-url-images.",
+                    param=param,
+                    code="image_url_not_allowed",
+                )
+            data = self.fetcher.fetch(ref, param=param, max_bytes=self.max_bytes)
+        else:
+            raise ApiError(
+                400,
+                "An image must be a data URL (data:image/png;base64,...) or an http(s) URL.",
+                param=param,
+                code="invalid_image",
+            )
+        return self.decode(data, param)
+
+    def _data_url(self, ref: str, param: str) -> bytes:
+        head, sep, payload = ref.partition(",")
+        if not sep or not head.lower().endswith(";base64"):
+            raise ApiError(
+                400,
+                "An image data URL must be base64: data:image/png;base64,...",
+                param=param,
+                code="invalid_image",
+            )
+        if len(payload) * 3 // 4 > self.max_bytes + 3:
+            raise too_large(param, f"more than {self.max_bytes} bytes")
+        try:
+            data = base64.b64decode("".join(payload.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ApiError(
+                400,
+                f"The image data URL is not valid base64 ({exc}).",
+                param=param,
+                code="invalid_image",
+            ) from exc
+        if len(data) > self.max_bytes:
+            raise too_large(param, f"more than {self.max_bytes} bytes")
+        return data
+
+    def decode(self, data: bytes, param: str) -> Image.Image:
+        if not data:
+            raise ApiError(400, "The image is empty.", param=param, code="invalid_image")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(io.BytesIO(data))
+                width, height = im.size
+                if width * height > self.max_pixels:
+                    raise too_large(param, f"{width}x{height} pixels, more than {self.max_pixels}")
+                im.load()
+        except ApiError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise too_large(param, str(exc)) from exc
+        except Exception as exc:
+            raise ApiError(
+                400,
+                f"The data is not an image PageLens can read ({type(exc).__name__}: {exc}).",
+                param=param,
+                code="invalid_image",
+            ) from exc
+        return im

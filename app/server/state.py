@@ -1,0 +1,79 @@
+"""What the routes share: one :class:`ServerState` per app, reached with :func:`get_state`.
+
+A route declares ``state: State`` (``Annotated[ServerState, Depends(get_state)]``) instead
+of closing over variables of ``create_app``, so each route module stands alone and new routes (a new
+endpoint goes in its own ``routes_*.py`` module) see the same batcher, images and collections.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.batching import BatchedEmbedder, DynamicBatcher
+from app.server.errors import ApiError
+from app.server.images import ImageLoader
+from app.server.limits import MAX_ITEMS
+from app.server.named_collections import CollectionCache
+from indexer.config import DEFAULT_MODEL_ID
+from indexer.embedder import Embedder
+
+#: Names every server answers to besides its model id and that id's last path part.
+GENERIC_ALIASES = ("pagelens", "gme", "default")
+GME_2B_ALIASES = (DEFAULT_MODEL_ID, "gme-Qwen2-VL-2B-Instruct", "gme-2b", "gme-qwen2-vl-2b")
+
+
+def public_model_id(model_id: str) -> str:
+    """The id clients see: the model id, or only the folder name of a local model."""
+    return os.path.basename(model_id.rstrip("/\\")) if os.path.isabs(model_id) else model_id
+
+
+def model_names(model_id: str, extra: tuple[str, ...] = ()) -> set[str]:
+    """Lower-cased names a request's ``model`` may use for the served model."""
+    base = os.path.basename(model_id.rstrip("/\\"))
+    names = {model_id, base, public_model_id(model_id), *GENERIC_ALIASES, *extra}
+    gme_2b = {a.lower() for a in GME_2B_ALIASES}
+    # GME-2B's names also mean the served model unless it is another GME variant.
+    if base.lower() in gme_2b or not base.lower().startswith("gme-"):
+        names |= set(GME_2B_ALIASES)
+    return {n.lower() for n in names}
+
+
+@dataclass
+class ServerState:
+    """The model (behind its batcher), image loader, open collections and limits of one app."""
+
+    embedder: Embedder
+    batcher: DynamicBatcher
+    #: The batcher as an Embedder, for library code (the retriever) run in worker threads.
+    shared: BatchedEmbedder
+    images: ImageLoader
+    collections: CollectionCache
+    served_id: str
+    accepted: set[str]
+    max_items: int = MAX_ITEMS
+
+    def check_model(self, name: str) -> None:
+        """404 unless ``name`` is one of the served model's names."""
+        if name.strip().lower() not in self.accepted:
+            raise ApiError(
+                404,
+                f"The model '{name}' does not exist on this server; it serves '{self.served_id}'.",
+                param="model",
+                code="model_not_found",
+            )
+
+    def model_card(self) -> dict:
+        return {"id": self.served_id, "object": "model", "created": 0, "owned_by": "pagelens"}
+
+
+def get_state(request: Request) -> ServerState:
+    """FastAPI dependency: the state of the app serving this request."""
+    return request.app.state.pagelens
+
+
+#: The parameter type routes declare to receive the app's state: ``state: State``.
+State = Annotated[ServerState, Depends(get_state)]
