@@ -42,3 +42,34 @@ def test_ruff_is_clean():
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _python_blocks(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    return next(b for b in blocks if marker in b)
+
+
+def test_readme_library_snippets_run_as_written(make_pdf, tiny_model_dir, tmp_path, monkeypatch):
+    """Both README library examples, executed verbatim: ``~/papers`` is a folder of PDFs
+    under a temporary HOME, the model is the tiny checkpoint via ``PAGELENS_MODEL``."""
+    make_pdf("bees.pdf", ["Honey bees dance.", "What changed in 2023?"], tmp_path / "papers")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    monkeypatch.delenv("PAGELENS_HOME")  # the default, ./data, as a reader would have it
+    monkeypatch.chdir(tmp_path)
+
+    first = _python_blocks("from pagelens import PageLens")
+    assert len(first.strip().splitlines()) == 5  # the import and the three-line happy path
+    scope: dict = {}
+    exec(compile(first, "README.md", "exec"), scope)
+    assert sorted((h.document, h.page) for h in scope["hits"]) == [("bees.pdf", 1), ("bees.pdf", 2)]
+    assert scope["lens"].store.stats().pending == 0  # the tiny GME really embedded both pages
+    assert (tmp_path / "data" / "research" / "catalog.sqlite").is_file()
+    scope["lens"].close()
+
+    scope = {}
+    exec(compile(_python_blocks("from indexer import load_embedder"), "README.md", "exec"), scope)
+    assert {h.document for h in scope["hits"]} == {"bees.pdf"}
+    assert scope["messages"][-1]["role"] == "user"
+    assert (tmp_path / "data" / "default" / "catalog.sqlite").is_file()

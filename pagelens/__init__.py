@@ -1,0 +1,161 @@
+"""PageLens as a library: one object for the three-line happy path.
+
+.. code-block:: python
+
+    from pagelens import PageLens
+
+    lens = PageLens("research")                     # a collection (name or folder) + its model
+    lens.index(["~/papers"])                        # files or folders; resumable
+    hits = lens.search("what changed in 2023?", k=5)
+
+:class:`PageLens` owns a collection and the model that embeds it, as simonw/llm's
+``Collection`` owns its embedding model, so a user does not wire a store, an indexer, a
+retriever and a model together. It is a thin front: the layers it composes
+(:class:`indexer.store.Collection`, :class:`indexer.pipeline.Indexer`,
+:class:`retriever.Retriever`, :func:`indexer.load_embedder`) stay public for anyone who
+needs more control. The model is loaded on first need, so text search, listing and removing
+never import torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from indexer.catalog import Document
+from indexer.config import collection_path
+from indexer.embedder import Embedder
+from indexer.pipeline import Indexer, IndexReport, ProgressFn
+from indexer.store import Collection
+from retriever.export import to_markdown, to_openai_messages
+from retriever.search import Hit, PageRange, Retriever
+
+PathLike = str | os.PathLike[str]
+
+
+class PageLens:
+    """A collection of pages and the model that embeds them.
+
+    ``collection`` is a name (a folder under ``$PAGELENS_HOME``, default ``./data``) or a
+    folder path; ``None`` is the ``default`` collection, as on the command line. ``model`` is
+    a hub id or a local folder (default ``$PAGELENS_MODEL``, else GME-2B); ``device``,
+    ``dtype`` and ``options`` go to :func:`indexer.load_embedder`. Pass ``embedder=`` to
+    share an already loaded model (or a test double), ``store=`` to use an open store.
+    """
+
+    def __init__(
+        self,
+        collection: PathLike | None = None,
+        *,
+        model: PathLike | None = None,
+        embedder: Embedder | None = None,
+        device: str | None = None,
+        dtype: Any = None,
+        store: Collection | None = None,
+        **options: Any,
+    ) -> None:
+        if store is not None and collection is not None:
+            raise ValueError("give a collection name/folder or an open store, not both")
+        if embedder is not None and (model is not None or device or dtype or options):
+            raise ValueError("give a loaded embedder or the options to load one, not both")
+        self.store = store if store is not None else Collection(collection_path(collection))
+        self._embedder = embedder
+        self._load = {"model": model, "device": device, "dtype": dtype, **options}
+        self._retriever: Retriever | None = None
+
+    @property
+    def embedder(self) -> Embedder:
+        """The model, loaded on first use (GME weights take seconds to load and GBs of RAM)."""
+        if self._embedder is None:
+            from indexer import load_embedder
+
+            self._embedder = load_embedder(**self._load)
+        return self._embedder
+
+    def index(
+        self,
+        paths: PathLike | Iterable[PathLike],
+        *,
+        text_only: bool = False,
+        progress: ProgressFn | None = None,
+        **options: Any,
+    ) -> IndexReport:
+        """Add files and folders (walked recursively); re-running resumes and skips duplicates.
+
+        ``text_only=True`` stores pages and their text layer now (text search works at once)
+        and leaves the vectors for a later :meth:`index` or :meth:`embed_pending`. Other
+        keyword options (``password``, ``passwords``, ``names``, ``on_file``) are those of
+        :meth:`indexer.pipeline.Indexer.add`. Refused files are in the report, with reasons.
+        """
+        if isinstance(paths, str | os.PathLike):
+            paths = [paths]
+        indexer = Indexer(self.store, None if text_only else self.embedder)
+        return indexer.add(paths, embed=not text_only, progress=progress, **options)
+
+    def embed_pending(self, *, progress: ProgressFn | None = None) -> int:
+        """Embed the pages stored without a vector; returns how many got one."""
+        return Indexer(self.store, self.embedder).embed_pending(progress=progress)
+
+    def search(
+        self,
+        query: str | None = None,
+        k: int = 5,
+        *,
+        image: Image.Image | PathLike | None = None,
+        documents: Sequence[str | int] | None = None,
+        pages: PageRange | str | None = None,
+        mode: str = "visual",
+    ) -> list[Hit]:
+        """The ``k`` best pages for a question, an image, or both (see :class:`Retriever`).
+
+        ``mode``: ``visual`` (GME, the default), ``text`` (BM25 over the text layer; never
+        loads the model) or ``hybrid``. ``documents`` and ``pages`` filter by document (name
+        or id) and page range (``"3-7"``).
+        """
+        if isinstance(image, os.PathLike):
+            image = Path(image)
+        retriever = Retriever(None, self.store) if mode == "text" else self._model_retriever()
+        return retriever.search(query, k, image=image, documents=documents, pages=pages, mode=mode)
+
+    def _model_retriever(self) -> Retriever:
+        if self._retriever is None:
+            self._retriever = Retriever(self.embedder, self.store)
+        return self._retriever
+
+    def prompt(self, query: str, hits: Sequence[Hit], *, format: str = "openai") -> Any:
+        """The hits as an LLM prompt: OpenAI ``messages`` (``"openai"``) or ``"markdown"``."""
+        if format == "openai":
+            return to_openai_messages(query, list(hits))
+        if format == "markdown":
+            return to_markdown(query, list(hits))
+        raise ValueError(f"unknown prompt format {format!r}; use 'openai' or 'markdown'")
+
+    def documents(self) -> list[Document]:
+        """The documents in the collection, oldest first, with stored/embedded page counts."""
+        return self.store.documents()
+
+    def remove(self, document: str | int) -> Document:
+        """Remove a document (by name or id) with its pages, vectors and images."""
+        with self.store.writing():
+            return self.store.remove_document(document)
+
+    def close(self) -> None:
+        """Save the vector index and close the catalog."""
+        self.store.close()
+
+    def __enter__(self) -> PageLens:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        model = getattr(self._embedder, "model_id", None) or self._load.get("model") or "lazy"
+        return f"PageLens({str(self.store.path)!r}, model={str(model)!r})"
+
+
+__all__ = ["Hit", "IndexReport", "PageLens", "PageRange"]
