@@ -113,11 +113,29 @@ def index(
         None, "--ocr-language", help="Tesseract language(s) for --ocr, e.g. eng or eng+deu."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ray_address: str = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        help="Run the job on Ray: 'local' (start Ray on this machine), 'auto' (the cluster "
+        "this machine belongs to) or HOST:PORT / ray://HOST:PORT. Needs pagelens[ray].",
+    ),
+    ray_actors: int = typer.Option(
+        None, "--ray-actors", help="With --ray: embedding actors (default: one per GPU, else 1)."
+    ),
+    ray_actor_cpus: float = typer.Option(
+        None,
+        "--ray-actor-cpus",
+        help="With --ray: CPUs per actor (default: 1 with a GPU; without GPUs, what is left "
+        "after keeping a quarter of the CPUs, at least one, for rendering).",
+    ),
 ) -> None:
     """Add files and folders to the collection (resumes interrupted jobs)."""
     from indexer.pipeline import Indexer
 
     opts = options(ctx)
+    if ray_address is None and (ray_actors is not None or ray_actor_cpus is not None):
+        fail("--ray-actors and --ray-actor-cpus go with --ray ADDRESS", 2)
 
     def body() -> None:
         import dataclasses
@@ -127,6 +145,22 @@ def index(
         if ocr and ocr_language:
             ocr_tessdata(ocr_language)  # a clear error before any slow work
         store = opts.store()
+        if ray_address is not None:
+            report = _index_on_ray(
+                opts,
+                store,
+                paths,
+                ray_address,
+                ray_actors,
+                ray_actor_cpus,
+                password,
+                text_only,
+                batch_size,
+                ocr,
+                ocr_language,
+            )
+            _print_index_report(report, store, as_json)
+            return
         try:
             embedder = None if text_only else opts.embedder()
         except ModelNotAvailableError as exc:
@@ -151,21 +185,74 @@ def index(
             on_wait=say,
             on_file=lambda r: say(_file_line(r)),
         )
-        if as_json:
-            print_json(report.as_dict())
-        else:
-            stats = store.stats()
-            say(
-                f"done in {report.seconds:.1f}s: {report.pages_stored} pages stored, "
-                f"{report.pages_embedded} embedded ({report.pages_reused} reused); "
-                f"collection {store.path}: {stats.documents} documents, {stats.pages} pages"
-                + (f", {stats.pending} waiting for vectors" if stats.pending else "")
-            )
-        if report.refused:
-            say(f"{len(report.refused)} file(s) refused")
-            raise SystemExit(EXIT_REFUSED)
+        _print_index_report(report, store, as_json)
 
     run_guarded(body)
+
+
+def _index_on_ray(
+    opts: Options,
+    store,
+    paths: list[Path],
+    address: str,
+    actors: int | None,
+    actor_cpus: float | None,
+    password: str | None,
+    text_only: bool,
+    batch_size: int,
+    ocr: bool | None,
+    ocr_language: str | None,
+):
+    """``index --ray``: the same job on a Ray cluster (indexer/ray_job.py)."""
+    import dataclasses
+
+    from indexer import embedder_options
+    from indexer.config import default_model
+    from indexer.ray_job import RayIndexer, RayOptions, check_address
+
+    ray_options = RayOptions(address=check_address(address), actors=actors, actor_cpus=actor_cpus)
+    load = embedder_options(
+        image_tokens=opts.image_tokens, quantize=opts.quantize, compile=opts.compile
+    )
+    load.update(device=opts.device, dtype=opts.dtype)
+    model = opts.model or default_model()
+    say(f"indexing on Ray ({address}); each actor loads {model} ...")
+    with RayIndexer(
+        store, model=model, load=load, ray_options=ray_options, batch_size=batch_size
+    ) as job:
+        if ocr is not None or ocr_language:
+            job.settings = dataclasses.replace(
+                job.settings,
+                ocr=job.settings.ocr if ocr is None else ocr,
+                ocr_language=ocr_language or job.settings.ocr_language,
+            )
+            if store.render_settings() is not None:
+                with store.writing(on_wait=say):
+                    store.set_render_settings(job.settings.as_dict())
+        return job.add(
+            paths,
+            password=password,
+            embed=not text_only,
+            progress=TerminalProgress(),
+            on_wait=say,
+            on_file=lambda r: say(_file_line(r)),
+        )
+
+
+def _print_index_report(report, store, as_json: bool) -> None:
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        stats = store.stats()
+        say(
+            f"done in {report.seconds:.1f}s: {report.pages_stored} pages stored, "
+            f"{report.pages_embedded} embedded ({report.pages_reused} reused); "
+            f"collection {store.path}: {stats.documents} documents, {stats.pages} pages"
+            + (f", {stats.pending} waiting for vectors" if stats.pending else "")
+        )
+    if report.refused:
+        say(f"{len(report.refused)} file(s) refused")
+        raise SystemExit(EXIT_REFUSED)
 
 
 def _file_line(result) -> str:

@@ -37,6 +37,8 @@ class TerminalProgress:
         eta = f"ETA {format_duration(p.eta_s)}" if p.eta_s is not None and not final else ""
         label = {"pages": "rendering", "vectors": "embedding"}.get(p.phase, p.phase)
         line = f"{label:9} [{bar}] {p.done}/{p.total} pages  {rate}  {eta}"
+        if p.message:  # e.g. "rendered 120/500" while a Ray job embeds
+            line += f"  {p.message}"
         if p.file:
             line += f"  {p.file[:40]}"
         if self.tty:

@@ -80,6 +80,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 @dataclass(frozen=True)
+class EncodedImage:
+    """A page image already encoded as PNG (by :func:`encode_png`, e.g. in a Ray render task),
+    so that the single writer stores the bytes as they are instead of decoding and re-encoding
+    them; the bytes are exactly what :meth:`Collection.add_pages` would have written."""
+
+    data: bytes
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, image: Image.Image) -> EncodedImage:
+        return cls(encode_png(image), image.width, image.height)
+
+
+@dataclass(frozen=True)
 class CollectionStats:
     documents: int
     pages: int
@@ -387,9 +402,11 @@ class Collection:
 
     # -- pages -------------------------------------------------------------------------
     def add_pages(
-        self, document_id: int, pages: Sequence[tuple[int, str, Image.Image]]
+        self, document_id: int, pages: Sequence[tuple[int, str, Image.Image | EncodedImage]]
     ) -> list[int]:
-        """Store rendered pages (number, text, image) of a document in one transaction."""
+        """Store rendered pages (number, text, image) of a document in one transaction.
+
+        ``image`` is a PIL image or an :class:`EncodedImage` (PNG bytes encoded elsewhere)."""
         self._require_lock()
         if document_id not in self._swept:  # temp files of a write a crash cut short
             self._swept.add(document_id)
@@ -397,7 +414,8 @@ class Collection:
                 stale.unlink(missing_ok=True)
         rows = []
         for number, text, image in pages:
-            data = _encode_png(image)
+            encoded = image if isinstance(image, EncodedImage) else EncodedImage.of(image)
+            data = encoded.data
             rel = f"{PAGES_DIR}/{document_id}/{number:05d}.png"
             atomic_write_bytes(self.path / rel, data)
             rows.append(
@@ -407,8 +425,8 @@ class Collection:
                     text,
                     rel,
                     hashlib.sha256(data).hexdigest(),
-                    image.width,
-                    image.height,
+                    encoded.width,
+                    encoded.height,
                 )
             )
         with self._mutex, self._db:
@@ -835,7 +853,8 @@ def fts_query(text: str) -> str:
     return " OR ".join(f'"{w}"' for w in seen[:64])
 
 
-def _encode_png(image: Image.Image) -> bytes:
+def encode_png(image: Image.Image) -> bytes:
+    """The PNG bytes a collection stores for a page image (lossless, fast compression)."""
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

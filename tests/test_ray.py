@@ -1,0 +1,232 @@
+"""Bulk indexing on Ray (indexer/ray_job.py) on a real local Ray instance with the tiny GME.
+
+One small Ray instance (2 logical CPUs, 128 MiB object store) serves the whole module, and
+one pool of two embedding actors (each loads the tiny model once) serves every job that
+does not test the CLI. Pages are small (16 visual tokens, as in tests/crash_worker.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from indexer import load_embedder  # noqa: E402
+from indexer.errors import PageLensError  # noqa: E402
+from indexer.integrity import check  # noqa: E402
+from indexer.pages import RenderSettings  # noqa: E402
+from indexer.pipeline import Indexer  # noqa: E402
+from indexer.ray_job import (  # noqa: E402
+    EmbedPool,
+    RayIndexer,
+    RayOptions,
+    check_address,
+    connect,
+    plan_resources,
+)
+from indexer.store import Collection  # noqa: E402
+from tests.pdfs import TOPICS, make_image_only_pdf, make_png, make_text_pdf  # noqa: E402
+
+TOKENS = 16
+SETTINGS = RenderSettings.for_tokens(TOKENS)
+LOAD = {"device": "cpu", "max_image_tokens": TOKENS}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local Ray instance for this module (shut down after it)."""
+    started = connect("local", options=RayOptions(num_cpus=2, object_store_mb=128))
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local, tiny_model_dir):
+    pool = EmbedPool(str(tiny_model_dir), LOAD, RayOptions(actors=2))
+    pool.start()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    """The in-process embedder the Ray results must equal."""
+    return load_embedder(tiny_model_dir, **LOAD)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("ray-inputs")
+    make_text_pdf(folder / "alpha.pdf", [f"{i}. {TOPICS[i % 12]}" for i in range(7)])
+    # Two byte-identical pages (dedupe by content inside the job) and a copy of a file.
+    make_text_pdf(folder / "beta.pdf", ["Beta one", TOPICS[3], TOPICS[3], "Beta four"])
+    shutil.copyfile(folder / "beta.pdf", folder / "beta2.pdf")
+    make_image_only_pdf(folder / "scan.pdf", n=2)
+    make_png(folder / "photo.png", size=(300, 200))
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a PDF")
+    return [folder]
+
+
+def _vectors(store: Collection) -> dict[tuple[str, int], np.ndarray]:
+    docs = {d.id: d.name for d in store.documents()}
+    out = {}
+    for page in store.pages():
+        vec = store.vector(page.id)
+        assert vec is not None, f"page {page.number} of {docs[page.document_id]} is pending"
+        out[(docs[page.document_id], page.number)] = vec
+    return out
+
+
+def _assert_same_vectors(a: Collection, b: Collection) -> None:
+    va, vb = _vectors(a), _vectors(b)
+    assert va.keys() == vb.keys()
+    cos = [float(va[k] @ vb[k]) for k in va]
+    assert min(cos) >= 0.9999, min(cos)
+
+
+def _assert_clean(store: Collection, pages: int) -> None:
+    stats = store.stats()
+    assert (stats.pages, stats.embedded) == (pages, pages)
+    assert len(store.index()) == pages  # one vector per page in the search index, no twins
+    problems = check(store).problems
+    assert not problems, problems
+
+
+def test_cli_index_ray_on_the_cluster_address(ray_local, tiny_model_dir, inputs, monkeypatch):
+    """``pagelens index --ray HOST:PORT`` against the running instance; exit 3 names the
+    refused file; search finds what it indexed. First in the module: its actor needs the
+    CPU that the shared pool holds later."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    address = ray.get_runtime_context().gcs_address
+    runner = CliRunner()
+    args = ["--image-tokens", str(TOKENS), "--device", "cpu", "index", "--ray", address]
+    result = runner.invoke(cli, [*args, "--ray-actors", "1", *map(str, inputs)])
+    assert result.exit_code == 3, result.output
+    assert "refused  " in result.output and "broken.pdf" in result.output
+    assert "14 pages stored, 13 embedded (1 reused)" in result.output
+    assert "pages/s" in result.output
+    found = runner.invoke(cli, ["search", "hydraulic pump", "--json", "-k", "3"])
+    assert found.exit_code == 0, found.output
+    assert len(json.loads(found.stdout)["hits"]) == 3
+
+
+def test_same_vectors_as_in_process_and_rerun_adds_nothing(pool, reference, inputs, tmp_path):
+    ray_store = Collection(tmp_path / "ray")
+    events = []
+    with RayIndexer(ray_store, pool=pool, settings=SETTINGS, batch_size=2) as job:
+        report = job.add(inputs, progress=events.append)
+    local_store = Collection(tmp_path / "local")
+    expected = Indexer(local_store, reference, settings=SETTINGS, batch_size=4).add(inputs)
+
+    status = {Path(f.path).name: f.status for f in report.files}
+    assert status == {Path(f.path).name: f.status for f in expected.files}
+    assert status["broken.pdf"] == "refused" and status["beta2.pdf"] == "skipped"
+    refused = report.refused[0]
+    assert refused.reason == expected.refused[0].reason and "broken.pdf" in refused.message
+    assert report.pages_stored == expected.pages_stored == 7 + 4 + 2 + 1
+    assert report.pages_reused == expected.pages_reused == 1  # beta.pdf's twin page
+    assert report.pages_embedded == expected.pages_embedded == 13
+    assert report.pending == 0
+    _assert_same_vectors(ray_store, local_store)
+    _assert_clean(ray_store, 14)
+
+    vectors = [e for e in events if e.phase == "vectors"]
+    assert (vectors[-1].done, vectors[-1].total) == (14, 14) and vectors[-1].rate > 0
+    assert any(e.eta_s is not None for e in vectors) and "rendered 14/14" in vectors[-1].message
+
+    with RayIndexer(ray_store, pool=pool) as job:
+        again = job.add(inputs)
+    assert (again.pages_stored, again.pages_embedded, again.pending) == (0, 0, 0)
+    assert {f.status for f in again.files} == {"skipped", "refused"}
+    _assert_clean(ray_store, 14)
+
+
+def test_actor_killed_mid_job_loses_and_duplicates_nothing(pool, reference, tmp_path):
+    folder = tmp_path / "many"
+    make_text_pdf(folder / "one.pdf", [f"One {i}: {TOPICS[i % 12]}" for i in range(10)])
+    make_text_pdf(folder / "two.pdf", [f"Two {i}: {TOPICS[(i + 4) % 12]}" for i in range(8)])
+    store = Collection(tmp_path / "ray")
+    killed: list[int] = []
+
+    def kill_one(job: RayIndexer) -> None:
+        if not killed:  # after the first committed batch, with others in flight
+            victim = job.actors[0]
+            pid = ray.get(victim.pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    failures = pool.failures
+    with RayIndexer(store, pool=pool, settings=SETTINGS, batch_size=2) as job:
+        report = job.add([folder], on_batch=kill_one)
+    assert killed and pool.failures == failures + 1
+    assert len(pool.actors) == 2  # the dead one was replaced
+    assert report.pending == 0 and report.pages_stored == 18
+    _assert_clean(store, 18)
+    local = Collection(tmp_path / "local")
+    Indexer(local, reference, settings=SETTINGS).add([folder])
+    _assert_same_vectors(store, local)
+
+
+def test_driver_crash_mid_job_resumes_without_duplicates(pool, reference, tmp_path):
+    folder = tmp_path / "docs"
+    make_text_pdf(folder / "long.pdf", [f"Long {i}: {TOPICS[i % 12]}" for i in range(12)])
+    store = Collection(tmp_path / "ray")
+
+    class DriverDied(Exception):
+        pass
+
+    def die(job: RayIndexer) -> None:
+        raise DriverDied
+
+    with RayIndexer(store, pool=pool, settings=SETTINGS, batch_size=2) as job:
+        with pytest.raises(DriverDied):
+            job.add([folder], on_batch=die)
+    stats = store.stats()
+    assert 0 < stats.embedded < 12  # stopped half-way: some vectors committed, not all
+
+    with RayIndexer(store, pool=pool, settings=SETTINGS, batch_size=2) as job:
+        report = job.add([folder])
+    assert report.pages_embedded + report.pages_reused == 12 - stats.embedded
+    assert report.pages_stored == 12 - stats.pages
+    _assert_clean(store, 12)
+    local = Collection(tmp_path / "local")
+    Indexer(local, reference, settings=SETTINGS).add([folder])
+    _assert_same_vectors(store, local)
+
+
+def test_resources_leave_rendering_a_cpu():
+    two = {"CPU": 2.0}
+    one = plan_resources(two, RayOptions())
+    assert (one.actors, one.actor_cpus, one.actor_gpus, one.threads) == (1, 1.0, 0.0, 1)
+    pair = plan_resources(two, RayOptions(actors=2))
+    assert pair.actors * pair.actor_cpus <= 1.0
+    with pytest.raises(PageLensError, match="stall"):
+        plan_resources(two, RayOptions(actors=2, actor_cpus=1))
+    gpus = plan_resources({"CPU": 16.0, "GPU": 4.0}, RayOptions())
+    assert (gpus.actors, gpus.actor_gpus) == (4, 1.0)
+    with pytest.raises(PageLensError, match="GPU"):
+        plan_resources({"CPU": 16.0, "GPU": 2.0}, RayOptions(actors=3))
+    big = plan_resources({"CPU": 64.0}, RayOptions(actors=3))
+    assert big.actors * big.actor_cpus <= 48 and big.threads == int(big.actor_cpus)
+
+
+def test_address_spellings():
+    assert check_address("local") == "local" and check_address("auto") == "auto"
+    assert check_address("10.0.0.5:6379") == "10.0.0.5:6379"
+    assert check_address("ray://head.example:10001") == "ray://head.example:10001"
+    for bad in ("", "locale", "http://head:8265", "head"):
+        with pytest.raises(PageLensError, match="not a Ray address"):
+            check_address(bad)
