@@ -253,7 +253,7 @@ class EmbedActor:
         for data in pngs:
             with Image.open(io.BytesIO(data)) as im:  # as Collection.load_image decodes
                 images.append(im.convert("RGB"))
-        return np.asarray(self.embedder.embed_images(images), dtype=np.float32)
+        return np.asarray(self.embedder.embed_documents(images), dtype=np.float32)
 
 
 # ------------------------------------------------------------------------------ the driver
