@@ -17,6 +17,7 @@ import streamlit as st
 
 from app import ui_helpers as ui
 from app.services import AppSettings, ModelLoader, Workspace, validate_collection_name
+from app.ui_ask import ask_panel
 from indexer.config import collection_path, home, list_collections
 from indexer.errors import PageLensError, QueryError
 from indexer.pages import IMAGE_SUFFIXES, SUPPORTED_SUFFIXES
@@ -536,6 +537,7 @@ def results_section(ws: Workspace) -> None:
     if not hits:
         st.warning("No pages found. Try other words, another mode, or fewer filters.")
         return
+    ask_panel(res, [h for h in hits if st.session_state.get(_tick_key(res, h), True)], open_page)
     for start in range(0, len(hits), GRID_COLUMNS):
         cols = st.columns(GRID_COLUMNS)
         for offset, hit in enumerate(hits[start : start + GRID_COLUMNS]):
@@ -547,7 +549,7 @@ def results_section(ws: Workspace) -> None:
                 st.markdown(f"**#{rank} · {hit.document}**")
                 st.caption(f"page {hit.page} · {ui.score_text(hit, mode)}")
                 left, right = st.columns(2, vertical_alignment="center")
-                left.checkbox("Export", value=True, key=f"inc-{res['id']}-{hit.page_id}")
+                left.checkbox("Export", value=True, key=_tick_key(res, hit))
                 if right.button(
                     "Open", key=f"open-{res['id']}-{hit.page_id}", icon=":material/zoom_in:"
                 ):
@@ -555,9 +557,14 @@ def results_section(ws: Workspace) -> None:
     export_section(res, hits)
 
 
+def _tick_key(res: dict, hit) -> str:
+    """The "Export" checkbox of a result page: ticked pages are exported and asked about."""
+    return f"inc-{res['id']}-{hit.page_id}"
+
+
 def export_section(res: dict, hits: list) -> None:
     st.subheader("Export for an LLM")
-    chosen = [h for h in hits if st.session_state.get(f"inc-{res['id']}-{h.page_id}", True)]
+    chosen = [h for h in hits if st.session_state.get(_tick_key(res, h), True)]
     question = res["query"] or "Describe what these pages show."
     if not chosen:
         st.info("Tick “Export” on at least one page to build a prompt.")
