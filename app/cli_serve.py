@@ -53,7 +53,9 @@ def serve(
         import uvicorn
 
         from app.server import create_app, resolve_collection_name
+        from retriever.ask import LLMSettings
 
+        llm = LLMSettings.from_env()  # bad PAGELENS_LLM_* values fail here, at start
         embedder = opts.embedder()
         default_dir = opts.collection_dir
 
@@ -70,10 +72,12 @@ def serve(
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
+            llm=llm,
         )
         if not _is_loopback(host) and not api_key:
             say(f"warning: serving on {host} without --api-key: anyone who can reach it can use it")
         say(f"PageLens API on http://{host}:{port}/v1 (model {embedder.model_id}); Ctrl+C stops")
+        say(f"/v1/ask sends pages to {llm.destination()}")
         uvicorn.run(app, host=host, port=port, log_level="info")
 
     run_guarded(body)

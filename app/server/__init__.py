@@ -31,6 +31,12 @@ Endpoints
     given as paths.
 ``GET /v1/pages/{id}/image?collection=NAME``
     The stored page image (PNG).
+``POST /v1/ask``
+    ``{"question", "k", "collection", "documents", "mode", "pages", "stream"}`` -> the pages
+    found as by ``/v1/search``, sent with the question to the server's configured vision LLM
+    (``PAGELENS_LLM_URL``; 503 ``llm_not_configured`` and nothing sent without one) ->
+    ``{"answer", "citations", "hits", "model"}``, or server-sent events with ``"stream": true``
+    (see :mod:`app.server.routes_ask`).
 ``GET /v1/models``, ``GET /v1/models/{id}``
     OpenAI's list / model shapes.
 ``GET /health``
@@ -51,6 +57,7 @@ Layout (one job per module)
 ``routes_meta``        ``/health``, ``/v1/models``.
 ``routes_embeddings``  ``/v1/embeddings``.
 ``routes_search``      ``/v1/search``, ``/v1/pages/{id}/image``.
+``routes_ask``         ``/v1/ask`` (search, then the configured LLM; SSE streaming).
 ``schemas``            request bodies (pydantic).
 ``errors``             :class:`ApiError` and the OpenAI-style error handlers.
 ``guard``              ASGI middleware: API key and body-size limit.

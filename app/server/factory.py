@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from app.batching import BatchedEmbedder, DynamicBatcher
-from app.server import routes_embeddings, routes_meta, routes_search
+from app.server import routes_ask, routes_embeddings, routes_meta, routes_search
 from app.server.errors import install_error_handlers
 from app.server.fetch import UrlImageFetcher
 from app.server.guard import GuardMiddleware
@@ -20,9 +20,10 @@ from app.server.named_collections import CollectionCache, resolve_collection_nam
 from app.server.state import ServerState, model_names, public_model_id
 from app.server.tokens import check_item
 from indexer.embedder import Embedder
+from retriever.ask import LLMSettings
 
 #: The route modules, in the order their paths appear in the OpenAPI document.
-ROUTERS = (routes_meta.router, routes_embeddings.router, routes_search.router)
+ROUTERS = (routes_meta.router, routes_embeddings.router, routes_search.router, routes_ask.router)
 
 
 def create_app(
@@ -40,12 +41,15 @@ def create_app(
     max_image_pixels: int = MAX_IMAGE_PIXELS,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     model_aliases: tuple[str, ...] = (),
+    llm: LLMSettings | None = None,
 ) -> FastAPI:
     """The API app around one embedder (see :mod:`app.server` for the endpoints).
 
     ``collection_resolver(name)`` maps a request's collection name (None: the default) to a
     folder; by default names under ``PAGELENS_HOME``. ``url_fetcher`` replaces the default
-    :class:`UrlImageFetcher` (it implies ``allow_url_images``).
+    :class:`UrlImageFetcher` (it implies ``allow_url_images``). ``llm`` is where
+    ``/v1/ask`` sends pages (default: ``PAGELENS_LLM_*`` read per request; without a URL
+    ``/v1/ask`` answers 503 and sends nothing).
     """
     batcher = DynamicBatcher(
         embedder,
@@ -67,6 +71,7 @@ def create_app(
         served_id=public_model_id(embedder.model_id),
         accepted=model_names(embedder.model_id, tuple(model_aliases)),
         max_items=max_items,
+        llm=llm,
     )
 
     @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ from app.server.limits import MAX_K, MAX_TEXT_CHARS
 from app.server.schemas import SearchRequest
 from app.server.state import State
 from indexer.errors import DocumentNotFoundError, ModelMismatchError, PageLensError, QueryError
+from retriever.search import Hit
 
 router = APIRouter()
 
@@ -20,6 +21,15 @@ router = APIRouter()
 @router.post("/v1/search")
 def search(body: SearchRequest, state: State) -> dict:
     """Runs in a worker thread (a sync endpoint): the retriever blocks on the batcher."""
+    hits, pending = find_hits(body, state)
+    return {"hits": [hit_json(h, body.collection) for h in hits], "pending": pending}
+
+
+def find_hits(body: SearchRequest, state: State) -> tuple[list[Hit], int]:
+    """The hits of a search request and the pages still pending; API errors for bad ones.
+
+    Shared by ``/v1/search`` and ``/v1/ask`` so both validate and fail the same way.
+    """
     from retriever.search import Retriever
 
     if not 1 <= body.k <= MAX_K:
@@ -51,24 +61,26 @@ def search(body: SearchRequest, state: State) -> dict:
         raise ApiError(400, str(exc), code="invalid_query") from exc
     except PageLensError as exc:
         raise ApiError(400, str(exc)) from exc
-    suffix = (
-        "?" + urllib.parse.urlencode({"collection": body.collection}) if body.collection else ""
-    )
+    return hits, pending
+
+
+def image_url(page_id: int, collection: str | None) -> str:
+    """The API path of a page's image (``GET /v1/pages/{id}/image``)."""
+    suffix = "?" + urllib.parse.urlencode({"collection": collection}) if collection else ""
+    return f"/v1/pages/{page_id}/image{suffix}"
+
+
+def hit_json(h: Hit, collection: str | None) -> dict:
+    """A hit as the API shows it: no server paths, the image as an API URL."""
     return {
-        "hits": [
-            {
-                "document": h.document,
-                "document_id": h.document_id,
-                "page": h.page,
-                "score": round(float(h.score), 6),
-                "scores": {k: round(float(v), 6) for k, v in h.scores.items()},
-                "page_id": h.page_id,
-                "snippet": h.snippet,
-                "image_url": f"/v1/pages/{h.page_id}/image{suffix}",
-            }
-            for h in hits
-        ],
-        "pending": pending,
+        "document": h.document,
+        "document_id": h.document_id,
+        "page": h.page,
+        "score": round(float(h.score), 6),
+        "scores": {k: round(float(v), 6) for k, v in h.scores.items()},
+        "page_id": h.page_id,
+        "snippet": h.snippet,
+        "image_url": image_url(h.page_id, collection),
     }
 
 

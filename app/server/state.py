@@ -20,6 +20,7 @@ from app.server.limits import MAX_ITEMS
 from app.server.named_collections import CollectionCache
 from indexer.config import DEFAULT_MODEL_ID
 from indexer.embedder import Embedder
+from retriever.ask import LLMSettings
 
 #: Names every server answers to besides its model id and that id's last path part.
 GENERIC_ALIASES = ("pagelens", "gme", "default")
@@ -55,6 +56,8 @@ class ServerState:
     served_id: str
     accepted: set[str]
     max_items: int = MAX_ITEMS
+    #: Where ``/v1/ask`` sends pages; None: read ``PAGELENS_LLM_*`` per request.
+    llm: LLMSettings | None = None
 
     def check_model(self, name: str) -> None:
         """404 unless ``name`` is one of the served model's names."""
