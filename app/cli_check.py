@@ -34,6 +34,7 @@ def check_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check that catalog rows, vectors and page images agree (exit 4 if not)."""
+    from indexer.identity import identify
     from indexer.integrity import check, open_for_check
     from indexer.integrity import repair as do_repair
 
@@ -43,6 +44,8 @@ def check_cmd(
         if not opts.collection_dir.exists():
             fail(f"No collection at {opts.collection_dir}.")
         store, report = open_for_check(opts.collection_dir)
+        # The model the user named, identified by its weights when they are on this machine.
+        fingerprint = identify(opts.model).fingerprint if opts.model else None
         if store is not None:
             opts._store = store
             if repair:
@@ -53,12 +56,18 @@ def check_cmd(
                     return opts.embedder()
 
                 with store.writing(on_wait=say):
-                    report = do_repair(store, embedder=load, password=password, model_id=opts.model)
+                    report = do_repair(
+                        store,
+                        embedder=load,
+                        password=password,
+                        model_id=opts.model,
+                        fingerprint=fingerprint,
+                    )
             else:
                 with _lock_if_free(store) as free:
                     # With the lock (when free) the view is consistent; a running indexer
                     # would show its work in progress as problems.
-                    report = check(store, model_id=opts.model)
+                    report = check(store, model_id=opts.model, fingerprint=fingerprint)
                 if not free:
                     say(
                         f"note: another process is writing to {store.path}; "

@@ -1,13 +1,18 @@
 """Where things live by default, and the environment variables that move them.
 
-One place reads the environment so that tests can redirect everything with two variables:
-``PAGELENS_HOME`` (the folder holding collections, default ``./data``) and
-``PAGELENS_MODEL`` (the model id or folder, default GME-2B).
+One place reads the environment so that tests can redirect everything with a few variables:
+``PAGELENS_HOME`` (the folder holding collections), ``PAGELENS_MODEL`` (the model id or
+folder, default GME-2B) and ``PAGELENS_CACHE`` (small caches such as weight hashes).
+
+Where collections live never depends on the current folder (a command run elsewhere must
+not silently start a new empty ``./data``): ``$PAGELENS_HOME`` if set, else the platform's
+user data folder (:func:`user_data_dir`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 DEFAULT_MODEL_ID = "Alibaba-NLP/gme-Qwen2-VL-2B-Instruct"
@@ -19,9 +24,48 @@ def default_model() -> str:
     return os.environ.get("PAGELENS_MODEL") or DEFAULT_MODEL_ID
 
 
+#: Said in ``--help``, the app and the README: where collections live.
+HOME_RULE = (
+    "Collections live in $PAGELENS_HOME if set, else in the user data folder "
+    "(Linux: $XDG_DATA_HOME/pagelens or ~/.local/share/pagelens; macOS: "
+    "~/Library/Application Support/PageLens; Windows: %LOCALAPPDATA%\\PageLens)"
+)
+
+
+def user_data_dir() -> Path:
+    """The platform's per-user data folder for PageLens (XDG on Linux and other Unixes)."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "PageLens"
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "PageLens"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "pagelens"
+
+
+def cache_dir() -> Path:
+    """Small, re-creatable caches (weight hashes): ``$PAGELENS_CACHE`` or the user cache."""
+    if os.environ.get("PAGELENS_CACHE"):
+        return Path(os.environ["PAGELENS_CACHE"]).expanduser()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "PageLens"
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "PageLens" / "Cache"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pagelens"
+
+
 def home() -> Path:
-    """The folder that holds collections: ``$PAGELENS_HOME`` or ``./data``."""
-    return Path(os.environ.get("PAGELENS_HOME") or "data").expanduser()
+    """The folder that holds collections: ``$PAGELENS_HOME`` or :func:`user_data_dir`.
+
+    An explicit relative ``PAGELENS_HOME`` is made absolute once, so that a process which
+    changes folder keeps using the same collections.
+    """
+    explicit = os.environ.get("PAGELENS_HOME")
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    return user_data_dir()
 
 
 def collection_path(collection: str | os.PathLike[str] | None = None) -> Path:

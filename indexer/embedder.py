@@ -5,8 +5,11 @@ receives an object with this shape instead of reaching for a global model, so te
 tiny or fake model and the app passes the real one. The contract, shared by all
 implementations:
 
-* ``model_id`` (str) and ``dim`` (int) identify the vector space; a collection records both
-  and refuses to be searched with another.
+* ``model_id`` (str, a name for people: hub id or folder) and ``dim`` (int) describe the
+  vector space; ``fingerprint`` (str or None, see :mod:`indexer.identity`) identifies the
+  weights, and ``revision`` (str or None) is the hub commit where known. A collection
+  records all of them and refuses to be searched with another model: by fingerprint when
+  both sides have one, else by name.
 * ``embed_texts``, ``embed_images`` and ``embed_fused`` each return a float32 numpy array of
   shape ``(n, dim)`` whose rows have unit L2 norm, in input order.
 * The two sides of retrieval are named: :meth:`Embedder.embed_queries` (a question, a query
@@ -44,6 +47,10 @@ class Embedder(Protocol):
 
     model_id: str
     dim: int
+    #: Weights fingerprint (``indexer.identity.weights_fingerprint``); None if unknown.
+    fingerprint: str | None
+    #: Hub commit of the weights, where known.
+    revision: str | None
     #: Visual-token budget per image; pages are rendered to fit it.
     max_image_tokens: int
 
@@ -181,6 +188,8 @@ class FakeEmbedder(EmbedderBase):
     def __init__(self, dim: int = 64, *, model_id: str = "pagelens/fake-embedder") -> None:
         self.model_id = model_id
         self.dim = dim
+        self.fingerprint: str | None = None  # matched by name: it has no weights
+        self.revision: str | None = None
         self.max_image_tokens = 1280
         self.device = "cpu"
         self.dtype = "float32"

@@ -72,6 +72,7 @@ from PIL import Image
 from indexer.config import DEFAULT_MODEL_ID, default_model
 from indexer.embedder import DEFAULT_INSTRUCTION, EmbedderBase
 from indexer.errors import ModelNotAvailableError
+from indexer.identity import identify
 
 #: Token budget of the original recipe: sequences are right-truncated to this many tokens.
 MAX_LENGTH = 1800
@@ -256,6 +257,8 @@ class GmeEmbedder(EmbedderBase):
         image_processor: Any,
         *,
         model_id: str,
+        fingerprint: str | None = None,
+        revision: str | None = None,
         device: str | None = None,
         max_image_tokens: int = MAX_IMAGE_TOKENS,
         min_image_tokens: int | None = None,
@@ -275,6 +278,9 @@ class GmeEmbedder(EmbedderBase):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.model_id = str(model_id)
+        #: Identity by weights (:mod:`indexer.identity`): what a collection matches on.
+        self.fingerprint = fingerprint
+        self.revision = revision
         self.device = str(device) if device is not None else str(next(model.parameters()).device)
         params = next(model.parameters())
         self.dtype = str(params.dtype).removeprefix("torch.")
@@ -839,8 +845,16 @@ def load_embedder(
         quiet()
     net = net.to(dev).eval()
     model_id = source if where == source else where
+    identity = identify(where)  # local files only: the weights just loaded
     embedder = GmeEmbedder(
-        net, tokenizer, image_processor, model_id=model_id, device=dev, **options
+        net,
+        tokenizer,
+        image_processor,
+        model_id=model_id,
+        fingerprint=identity.fingerprint,
+        revision=identity.revision,
+        device=dev,
+        **options,
     )
     if quantize:
         quantize_embedder(embedder, quantize)

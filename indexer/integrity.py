@@ -112,16 +112,72 @@ class _Scan:
     count_mismatch: list[Document]
 
 
-def check(store: Collection, *, model_id: str | None = None, dim: int | None = None) -> CheckReport:
-    """Inspect a collection without changing it."""
-    return _scan(store, model_id=model_id, dim=dim).report
+def check(
+    store: Collection,
+    *,
+    model_id: str | None = None,
+    dim: int | None = None,
+    fingerprint: str | None = None,
+) -> CheckReport:
+    """Inspect a collection without changing it.
+
+    ``model_id``/``fingerprint``: the model the user means to use (``fingerprint`` from
+    :func:`indexer.identity.identify`); a different one is a ``model-mismatch`` problem.
+    """
+    return _scan(store, model_id=model_id, dim=dim, fingerprint=fingerprint).report
 
 
-def _scan(store: Collection, *, model_id: str | None, dim: int | None) -> _Scan:
+def model_problem(
+    store: Collection,
+    model_id: str | None,
+    dim: int | None = None,
+    fingerprint: str | None = None,
+) -> Problem | None:
+    """The ``model-mismatch`` problem if ``model_id`` is not the collection's model.
+
+    One rule for ``pagelens check`` and the web app: :meth:`Collection.same_model` (by
+    weights fingerprint when both sides have one, else by name).
+    """
+    if model_id is None or store.same_model(model_id, dim, fingerprint=fingerprint):
+        return None
+    stored = store.model_identity()
+    assert stored is not None  # same_model is True for a collection without a model
+    return Problem(
+        "model-mismatch",
+        f"the collection was built with '{stored.display}' (dim {stored.dim}), not "
+        f"'{model_id}'"
+        + (f" (dim {dim})" if dim is not None else "")
+        + (
+            " (different weights)"
+            if fingerprint and stored.fingerprint and fingerprint != stored.fingerprint
+            else ""
+        )
+        + ": use that model, or index into another collection",
+        {
+            "collection_model": stored.name,
+            "given_model": model_id,
+            "collection_fingerprint": stored.fingerprint,
+            "given_fingerprint": fingerprint,
+        },
+    )
+
+
+def _scan(
+    store: Collection, *, model_id: str | None, dim: int | None, fingerprint: str | None = None
+) -> _Scan:
     report = CheckReport(collection=str(store.path))
     meta = store.all_meta()
     report.meta = {
-        k: meta[k] for k in ("model_id", "dim", "schema_version", "created_at") if k in meta
+        k: meta[k]
+        for k in (
+            "model_id",
+            "dim",
+            "model_fingerprint",
+            "model_revision",
+            "schema_version",
+            "created_at",
+        )
+        if k in meta
     }
     add = report.problems.append
 
@@ -137,17 +193,10 @@ def _scan(store: Collection, *, model_id: str | None, dim: int | None) -> _Scan:
             )
         )
 
-    stored_id, stored_dim = store.model_id, store.dim
-    if model_id is not None and not store.same_model(model_id, dim):
-        add(
-            Problem(
-                "model-mismatch",
-                f"the collection was built with '{stored_id}' (dim {stored_dim}), not '{model_id}'"
-                + (f" (dim {dim})" if dim is not None else "")
-                + ": use that model, or index into another collection",
-                {"collection_model": stored_id, "given_model": model_id},
-            )
-        )
+    stored_dim = store.dim
+    mismatch = model_problem(store, model_id, dim, fingerprint)
+    if mismatch is not None:
+        add(mismatch)
 
     docs = {d.id: d for d in store.documents()}
     # Page rows without their text (a big collection's text would not fit in memory).
@@ -402,6 +451,7 @@ def repair(
     embedder: EmbedderSource = None,
     password: str | None = None,
     model_id: str | None = None,
+    fingerprint: str | None = None,
 ) -> CheckReport:
     """Fix what :func:`check` finds; returns a fresh check with ``repaired`` filled in.
 
@@ -415,7 +465,7 @@ def repair(
         done.append({"kind": kind, "detail": detail, **extra})
 
     with store.writing():
-        scan = _scan(store, model_id=model_id, dim=None)
+        scan = _scan(store, model_id=model_id, dim=None, fingerprint=fingerprint)
         kinds = scan.report.kinds()
         if "catalog-corrupt" in kinds:
             note("catalog-corrupt", "not repaired: the catalog itself is damaged")
@@ -449,7 +499,7 @@ def repair(
             note("faiss", f"rebuilt {VECTORS} from the catalog ({size} vectors)", count=size)
         _repair_pending(store, embedder, note)
         store.flush()  # the check below reads the saved file
-    final = check(store, model_id=model_id)
+    final = check(store, model_id=model_id, fingerprint=fingerprint)
     final.repaired = done
     return final
 

@@ -181,7 +181,7 @@ class Indexer:
             ocr_tessdata(self.settings.ocr_language)
         with self.store.writing(on_wait=on_wait):
             if embed and self.embedder is not None:
-                self.store.bind_model(self.embedder.model_id, self.embedder.dim)
+                self.store.bind_embedder(self.embedder)
             if self.store.render_settings() is None:
                 self.store.set_render_settings(self.settings.as_dict())
             plans = []
@@ -307,7 +307,7 @@ class Indexer:
             raise PageLensError("No model loaded: cannot compute page vectors.")
         report = report or IndexReport()
         with self.store.writing():
-            self.store.bind_model(self.embedder.model_id, self.embedder.dim)
+            self.store.bind_embedder(self.embedder)
             pending = self.store.pending_pages(limit)
             meter = _Meter("vectors", len(pending), progress)
             meter.report()

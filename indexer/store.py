@@ -44,6 +44,7 @@ from indexer.errors import (
     DocumentNotFoundError,
     ModelMismatchError,
 )
+from indexer.identity import ModelIdentity
 from indexer.vectors import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -205,36 +206,76 @@ class Collection:
         value = self.meta("dim")
         return int(value) if value else None
 
-    def bind_model(self, model_id: str, dim: int | None) -> None:
+    @property
+    def model_fingerprint(self) -> str | None:
+        """The recorded weights fingerprint (see :mod:`indexer.identity`); None in
+        collections made before fingerprints, or by a model that has none."""
+        return self.meta("model_fingerprint") or None
+
+    def model_identity(self) -> ModelIdentity | None:
+        """The model this collection records, or None before anything was embedded."""
+        if self.model_id is None:
+            return None
+        return ModelIdentity(
+            name=self.model_id,
+            dim=self.dim,
+            fingerprint=self.model_fingerprint,
+            revision=self.meta("model_revision") or None,
+        )
+
+    def bind_model(
+        self,
+        model_id: str,
+        dim: int | None,
+        *,
+        fingerprint: str | None = None,
+        revision: str | None = None,
+    ) -> None:
         """Record the model that embeds this collection, or fail if another one did.
 
         Vectors of two models live in different spaces: mixing them would return nonsense,
-        so the first model to embed a page owns the collection.
+        so the first model to embed a page owns the collection. A collection recorded before
+        fingerprints existed adopts the fingerprint of the first matching model (by name).
         """
-        stored_id, stored_dim = self.model_id, self.dim
-        if stored_id is None:
+        stored = self.model_identity()
+        if stored is None:
             if not self.read_only:
-                self._set_meta({"model_id": model_id, "dim": str(dim or "")})
+                values = {"model_id": model_id, "dim": str(dim or "")}
+                if fingerprint:
+                    values["model_fingerprint"] = fingerprint
+                if revision:
+                    values["model_revision"] = revision
+                self._set_meta(values)
             return
-        if not self.same_model(model_id, dim):
+        if not self.same_model(model_id, dim, fingerprint=fingerprint):
             raise ModelMismatchError(
-                f"Collection {self.path} was built with model '{stored_id}' (dim {stored_dim}), "
-                f"but '{model_id}' (dim {dim}) was given. Use the same model "
-                "(--model / PAGELENS_MODEL), or index into another collection (--collection)."
+                mismatch_message(self.path, stored, model_id, dim, fingerprint)
             )
+        if fingerprint and not stored.fingerprint and not self.read_only:
+            self._set_meta({"model_fingerprint": fingerprint})
 
-    def same_model(self, model_id: str, dim: int | None) -> bool:
-        """Whether ``model_id`` (and ``dim``, when known) is the model this collection records.
+    def bind_embedder(self, embedder: object) -> None:
+        """:meth:`bind_model` with an embedder's identity (name, dim, fingerprint)."""
+        ident = ModelIdentity.of(embedder)
+        self.bind_model(
+            ident.name, ident.dim, fingerprint=ident.fingerprint, revision=ident.revision
+        )
 
-        True when no model is recorded yet. Models compare by name, so a hub id and a local
-        download of it are the same model.
+    def same_model(self, model_id: str, dim: int | None, *, fingerprint: str | None = None) -> bool:
+        """Whether the given model is the one this collection records (True when none is).
+
+        When both sides have a weights fingerprint, it decides alone: the same weights match
+        from any folder or hub id, different weights never do. Otherwise (an old collection,
+        or a model that cannot fingerprint itself) models compare by name.
         """
-        stored_id, stored_dim = self.model_id, self.dim
-        if stored_id is None:
+        stored = self.model_identity()
+        if stored is None:
             return True
-        if _model_key(stored_id) != _model_key(model_id):
+        if dim is not None and stored.dim is not None and stored.dim != dim:
             return False
-        return dim is None or stored_dim is None or stored_dim == dim
+        if fingerprint and stored.fingerprint:
+            return fingerprint == stored.fingerprint
+        return _model_key(stored.name) == _model_key(model_id)
 
     def render_settings(self) -> dict | None:
         value = self.meta("render_settings")
@@ -860,7 +901,21 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def mismatch_message(
+    path: Path, stored: ModelIdentity, model_id: str, dim: int | None, fingerprint: str | None
+) -> str:
+    """One sentence naming both models (by weights when both have a fingerprint)."""
+    given = f"'{model_id}' (dim {dim}" + (f", weights {fingerprint})" if fingerprint else ")")
+    had = f"'{stored.display}' (dim {stored.dim}" + (
+        f", weights {stored.fingerprint})" if stored.fingerprint else ")"
+    )
+    return (
+        f"Collection {path} was built with model {had}, but {given} was given. Use the same "
+        "model (--model / PAGELENS_MODEL), or index into another collection (--collection)."
+    )
+
+
 def _model_key(model_id: str) -> str:
-    """Compare models by name: a hub id and a local download of it are the same model."""
+    """Name rule, only for models without a fingerprint: compare the last path component."""
     text = str(model_id).rstrip("/\\")
     return os.path.basename(text).lower()

@@ -94,7 +94,7 @@ class Retriever:
         self.embedder = embedder
         self.store = store
         if embedder is not None and store.model_id is not None:
-            store.bind_model(embedder.model_id, embedder.dim)
+            store.bind_embedder(embedder)
 
     def pending(self) -> int:
         """Pages stored but not embedded yet (not reachable by visual search)."""

@@ -13,6 +13,7 @@ import pytest
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "pagelens-home"
     monkeypatch.setenv("PAGELENS_HOME", str(home))
+    monkeypatch.setenv("PAGELENS_CACHE", str(tmp_path / "pagelens-cache"))
     monkeypatch.delenv("PAGELENS_MODEL", raising=False)
     for name in ("PAGELENS_LLM_URL", "PAGELENS_LLM_MODEL", "PAGELENS_LLM_API_KEY"):
         monkeypatch.delenv(name, raising=False)  # no test talks to a real LLM
