@@ -112,7 +112,12 @@ class EmbedderBase:
 
     Subclasses implement ``embed_texts``, ``embed_images`` and ``embed_fused`` (each with
     ``instruction=``); these two methods pick the instruction so callers cannot forget it.
+    A subclass that knows its weights sets ``fingerprint`` (see :mod:`indexer.identity`);
+    the default None means "match collections by ``model_id``".
     """
+
+    fingerprint: str | None = None
+    revision: str | None = None
 
     def embed_queries(
         self,
