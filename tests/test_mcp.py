@@ -107,3 +107,57 @@ def test_mcp_over_stdio(built, tiny_model_dir, tiny_embedder, tmp_path):
     names = [d["name"] for d in docs.structured_content["documents"]]
     assert sorted(names) == ["a.pdf", "b.pdf"]
     assert missing.is_error and "no stored page 9" in missing.content[0].text
+
+
+def test_mcp_streamable_http_with_key(tmp_path):
+    """``--http``: the same tools over streamable HTTP (here in-process on a loopback port),
+    behind the bearer-key guard that ``pagelens mcp --http --api-key`` adds."""
+    import httpx
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from app.cli_mcp import _BearerGuard
+    from app.mcp_server import build_server
+    from tests.test_server import live_server
+
+    pdf = make_text_pdf(tmp_path / "in" / "a.pdf", TOPICS[:3])
+    store = Collection(tmp_path / "collection")
+    Indexer(store, None).add([pdf], embed=False)
+    server = build_server(store, None)  # no model: search falls back to the text layer
+    app = _BearerGuard(server.streamable_http_app(host="127.0.0.1"), "mcp-key")
+
+    with live_server(app) as url:
+        assert httpx.post(f"{url}/mcp", json={}).status_code == 401
+
+        async def session():
+            headers = {"Authorization": "Bearer mcp-key"}
+            async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+                transport = streamable_http_client(f"{url}/mcp", http_client=http)
+                async with Client(transport) as client:
+                    return await client.call_tool("search_pages", {"question": "Westphalia"})
+
+        result = anyio.run(session)
+    assert not result.is_error, result.content
+    assert result.structured_content["hits"][0]["page"] == 2
+    assert any(c.type == "image" for c in result.content)
+    assert "text (keyword) search" in result.content[0].text  # says the model is missing
+
+
+def test_readme_mcp_block_is_valid_config():
+    import json
+    import re
+
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("PageLens as an MCP server", 1)[1]
+    block = re.search(r"```json\n(.*?)```", section, re.S)
+    assert block, "README's MCP section must carry the JSON block to paste"
+    entry = json.loads(block.group(1))["mcpServers"]["pagelens"]
+    assert entry["command"].endswith("/.venv/bin/pagelens")
+    assert entry["args"][-1] == "mcp"
+    result = CliRunner().invoke(cli, [*entry["args"], "--help"])
+    assert result.exit_code == 0 and "MCP server" in result.output
