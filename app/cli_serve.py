@@ -28,7 +28,14 @@ def serve(
         None,
         "--api-key",
         envvar="PAGELENS_API_KEY",
-        help="Require 'Authorization: Bearer KEY' on every endpoint but /health.",
+        help="Require 'Authorization: Bearer KEY' on every endpoint but /health. Prefer "
+        "the PAGELENS_API_KEY variable: a key on the command line shows in `ps`.",
+    ),
+    allow_host: list[str] = typer.Option(
+        [],
+        "--allow-host",
+        help="On a loopback bind, also answer to this Host name (repeatable); other names "
+        "are refused, against DNS rebinding.",
     ),
     allow_url_images: bool = typer.Option(
         False,
@@ -47,12 +54,19 @@ def serve(
     """Serve OpenAI-compatible /v1/embeddings and /v1/search over HTTP."""
     if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
         fail("--max-batch and --max-queue must be >= 1, --max-wait-ms >= 0", 2)
+    if api_key is not None and not api_key.strip():
+        fail(
+            "--api-key (or PAGELENS_API_KEY) is empty, which would turn authentication off; "
+            "give a key, or leave both unset to serve without one",
+            2,
+        )
     opts = options(ctx)
 
     def body() -> None:
         import uvicorn
 
         from app.server import create_app, resolve_collection_name
+        from app.server.guard import LOOPBACK_HOSTS
         from retriever.ask import LLMSettings
 
         llm = LLMSettings.from_env()  # bad PAGELENS_LLM_* values fail here, at start
@@ -67,12 +81,13 @@ def serve(
         app = create_app(
             embedder,
             collection_resolver=resolver,
-            api_key=api_key or None,
+            api_key=api_key,
             allow_url_images=allow_url_images,
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
             llm=llm,
+            allowed_hosts=(LOOPBACK_HOSTS | set(allow_host)) if _is_loopback(host) else None,
         )
         if not _is_loopback(host) and not api_key:
             say(f"warning: serving on {host} without --api-key: anyone who can reach it can use it")

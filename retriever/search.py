@@ -65,6 +65,10 @@ class Hit:
         return out
 
 
+#: Highest page number a range may name (SQLite integers stop at 2**63; no document comes near).
+MAX_PAGE = 1_000_000_000
+
+
 @dataclass(frozen=True)
 class PageRange:
     """A 1-based, inclusive page range; either end may be open."""
@@ -80,6 +84,12 @@ class PageRange:
         m = re.fullmatch(r"\s*(\d*)\s*(-?)\s*(\d*)\s*", text)
         if not m or not (m.group(1) or m.group(3)):
             raise QueryError(f"Page range '{text}' should look like 3, 3-7, 5- or -4.")
+        for number in (m.group(1), m.group(3)):
+            if number and (len(number) > 10 or int(number) > MAX_PAGE):
+                raise QueryError(
+                    f"Page number {number[:20]}{'...' if len(number) > 20 else ''} is out of "
+                    f"range (at most {MAX_PAGE:,})."
+                )
         first = int(m.group(1)) if m.group(1) else None
         last = int(m.group(3)) if m.group(3) else (first if not m.group(2) else None)
         if first is not None and last is not None and last < first:

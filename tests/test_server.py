@@ -596,7 +596,7 @@ def test_serve_command_builds_the_app(monkeypatch):
     assert calls["host"] == "127.0.0.1" and calls["port"] == 8123
     batcher = calls["app"].state.batcher
     assert (batcher.max_batch, batcher.max_wait, batcher.max_queue) == (4, 0.003, 9)
-    with TestClient(calls["app"]) as c:
+    with TestClient(calls["app"], base_url="http://127.0.0.1:8123") as c:
         assert c.get("/v1/models").status_code == 401
         assert c.get("/v1/models", headers={"Authorization": "Bearer k"}).status_code == 200
     bad = CliRunner().invoke(cli, ["serve", "--max-batch", "0"])

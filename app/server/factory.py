@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -15,7 +15,13 @@ from app.server.errors import install_error_handlers
 from app.server.fetch import UrlImageFetcher
 from app.server.guard import GuardMiddleware
 from app.server.images import ImageLoader
-from app.server.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_ITEMS, MAX_REQUEST_BYTES
+from app.server.limits import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    MAX_ITEMS,
+    MAX_REQUEST_BYTES,
+    MAX_REQUEST_PIXELS,
+)
 from app.server.named_collections import CollectionCache, resolve_collection_name
 from app.server.state import ServerState, model_names, public_model_id
 from app.server.tokens import check_item
@@ -39,9 +45,11 @@ def create_app(
     max_items: int = MAX_ITEMS,
     max_image_bytes: int = MAX_IMAGE_BYTES,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_request_pixels: int = MAX_REQUEST_PIXELS,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     model_aliases: tuple[str, ...] = (),
     llm: LLMSettings | None = None,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> FastAPI:
     """The API app around one embedder (see :mod:`app.server` for the endpoints).
 
@@ -49,8 +57,13 @@ def create_app(
     folder; by default names under ``PAGELENS_HOME``. ``url_fetcher`` replaces the default
     :class:`UrlImageFetcher` (it implies ``allow_url_images``). ``llm`` is where
     ``/v1/ask`` sends pages (default: ``PAGELENS_LLM_*`` read per request; without a URL
-    ``/v1/ask`` answers 503 and sends nothing).
+    ``/v1/ask`` answers 503 and sends nothing). ``allowed_hosts`` (host names, without
+    ports) limits the ``Host`` header a request may carry, against DNS rebinding;
+    ``pagelens serve`` passes the loopback names when it binds to loopback.
+    ``api_key=""`` is refused: an empty key would silently mean no authentication.
     """
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key must not be empty (None means no key)")
     batcher = DynamicBatcher(
         embedder,
         max_batch=max_batch,
@@ -72,6 +85,7 @@ def create_app(
         accepted=model_names(embedder.model_id, tuple(model_aliases)),
         max_items=max_items,
         llm=llm,
+        max_request_pixels=max_request_pixels,
     )
 
     @contextlib.asynccontextmanager
@@ -91,7 +105,12 @@ def create_app(
     app.state.embedder = embedder
     app.state.collections = state.collections
     install_error_handlers(app)
-    app.add_middleware(GuardMiddleware, api_key=api_key, max_request_bytes=max_request_bytes)
+    app.add_middleware(
+        GuardMiddleware,
+        api_key=api_key,
+        max_request_bytes=max_request_bytes,
+        allowed_hosts=allowed_hosts,
+    )
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import warnings
 
 from PIL import Image
 
 from app.server.errors import ApiError, too_large
 from app.server.fetch import UrlImageFetcher
-from app.server.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from app.server.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS
+from indexer.imageio import TARGET_PIXELS, ImageRefusedError, decode_image
 
 
 class ImageLoader:
@@ -23,10 +23,12 @@ class ImageLoader:
         fetcher: UrlImageFetcher | None,
         max_bytes: int = MAX_IMAGE_BYTES,
         max_pixels: int = MAX_IMAGE_PIXELS,
+        target_pixels: int = TARGET_PIXELS,
     ) -> None:
         self.fetcher = fetcher
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        self.target_pixels = target_pixels
 
     def load(self, ref: str, param: str) -> Image.Image:
         ref = ref.strip()
@@ -76,25 +78,44 @@ class ImageLoader:
         return data
 
     def decode(self, data: bytes, param: str) -> Image.Image:
+        """Decode with the format allow-list, pixel cap and downscale-while-decoding of
+        :func:`indexer.imageio.decode_image` (at most ``target_pixels`` are kept)."""
         if not data:
             raise ApiError(400, "The image is empty.", param=param, code="invalid_image")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = Image.open(io.BytesIO(data))
-                width, height = im.size
-                if width * height > self.max_pixels:
-                    raise too_large(param, f"{width}x{height} pixels, more than {self.max_pixels}")
-                im.load()
-        except ApiError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise too_large(param, str(exc)) from exc
-        except Exception as exc:
+            return decode_image(
+                io.BytesIO(data),
+                max_pixels=self.max_pixels,
+                max_jpeg_pixels=4 * self.max_pixels,
+                target_pixels=self.target_pixels,
+            )
+        except ImageRefusedError as exc:
+            if exc.reason == "too-large":
+                raise too_large(param, str(exc)) from exc
             raise ApiError(
                 400,
-                f"The data is not an image PageLens can read ({type(exc).__name__}: {exc}).",
+                f"The data is not an image PageLens can read: {exc}.",
                 param=param,
                 code="invalid_image",
             ) from exc
-        return im
+
+
+class PixelBudget:
+    """Decoded pixels one request may hold (all its images together), so that 256 small
+    files that each decode to millions of pixels cannot add up to gigabytes."""
+
+    def __init__(self, limit: int = MAX_REQUEST_PIXELS) -> None:
+        self.limit = limit
+        self.spent = 0
+
+    def spend(self, image: Image.Image, param: str) -> None:
+        self.spent += image.width * image.height
+        if self.spent > self.limit:
+            raise ApiError(
+                400,
+                f"The images of this request decode to more than {self.limit:,} pixels in all "
+                f"(after downscaling each to at most {TARGET_PIXELS:,}); send fewer or smaller "
+                "images per request.",
+                param=param,
+                code="image_too_large",
+            )

@@ -9,9 +9,13 @@ MAX_TEXT_CHARS = 65_536
 MAX_INSTRUCTION_CHARS = 2_000
 #: Bytes of one image (decoded from its data URL, or downloaded).
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
-#: Pixels of one image (checked from its header, before decoding).
-MAX_IMAGE_PIXELS = 50_000_000
-#: Bytes of one request body (checked against Content-Length).
+#: Pixels of one image (checked from its header, before decoding); JPEGs may have four times
+#: as many, since they are decoded at 1/2..1/8 scale. Every image is kept at most at
+#: :data:`indexer.imageio.TARGET_PIXELS` (~4 M) once decoded.
+MAX_IMAGE_PIXELS = 16_000_000
+#: Decoded pixels of all the images of one request together (after downscaling).
+MAX_REQUEST_PIXELS = 64_000_000
+#: Bytes of one request body (Content-Length, and counted as a chunked body arrives).
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 #: Most hits one search may ask for.
 MAX_K = 100

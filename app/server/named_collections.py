@@ -60,10 +60,29 @@ class CollectionCache:
                 store = Collection(path, create=False)
             except CollectionError as exc:
                 raise ApiError(
-                    404, str(exc), param="collection", code="collection_not_found"
+                    404,
+                    self.scrub(str(exc), name),
+                    param="collection",
+                    code="collection_not_found",
                 ) from exc
             self._open[path] = store
             return store
+
+    def scrub(self, message: str, name: str | None) -> str:
+        """``message`` with the collection's folder (and PAGELENS_HOME) replaced by its name:
+        error bodies must not tell clients where the server keeps its files."""
+        try:
+            path = Path(self.resolver(name))
+        except ApiError:
+            return message
+        label = repr(name or path.name)
+        for folder in sorted({str(path / CATALOG), str(path.resolve() / CATALOG)}, key=len)[::-1]:
+            message = message.replace(folder, f"the catalog of collection {label}")
+        for folder in sorted({str(path), str(path.resolve())}, key=len, reverse=True):
+            message = message.replace(folder, label)
+        for root in sorted({str(home()), str(home().resolve())}, key=len, reverse=True):
+            message = message.replace(root, "PAGELENS_HOME")
+        return message
 
     def close(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from app.batching import BatcherClosedError, Job, QueueFullError, WorkItem
 from app.server.errors import ApiError, InputTooLongError, overloaded
+from app.server.images import PixelBudget
 from app.server.limits import MAX_INSTRUCTION_CHARS, MAX_TEXT_CHARS
 from app.server.schemas import EmbeddingRequest
 from app.server.state import ServerState, State
@@ -120,13 +121,19 @@ def parse_inputs(body: EmbeddingRequest, max_items: int) -> Parsed:
 
 
 def decode_images(state: ServerState, parsed: Parsed, single: bool) -> list[Image.Image | None]:
-    """Every image reference decoded (blocking: runs in a worker thread)."""
-    return [
-        state.images.load(ref, "input.image" if single else f"input[{i}].image")
-        if ref is not None
-        else None
-        for i, (_text, ref) in enumerate(parsed)
-    ]
+    """Every image reference decoded, within the request's pixel budget (blocking: runs in a
+    worker thread; images are decoded one at a time, so at most one is ever at full size)."""
+    budget = PixelBudget(state.max_request_pixels)
+    out: list[Image.Image | None] = []
+    for i, (_text, ref) in enumerate(parsed):
+        if ref is None:
+            out.append(None)
+            continue
+        param = "input.image" if single else f"input[{i}].image"
+        image = state.images.load(ref, param)
+        budget.spend(image, param)
+        out.append(image)
+    return out
 
 
 async def embed_items(state: ServerState, items: list[WorkItem], single: bool) -> list:

@@ -17,6 +17,9 @@ from retriever.search import Hit
 
 router = APIRouter()
 
+#: Largest id SQLite can store; larger ones in a request cannot name anything.
+MAX_ID = 2**63 - 1
+
 
 @router.post("/v1/search")
 def search(body: SearchRequest, state: State) -> dict:
@@ -38,6 +41,9 @@ def find_hits(body: SearchRequest, state: State) -> tuple[list[Hit], int]:
         raise ApiError(400, "The query is too long.", param="query", code="context_length_exceeded")
     store = state.collections.get(body.collection)
     picture = state.images.load(body.image, "image") if body.image else None
+    for doc in body.documents or ():
+        if isinstance(doc, int) and not 0 <= doc <= MAX_ID:
+            raise ApiError(404, f"No document {doc}.", param="documents", code="document_not_found")
     try:
         retriever = Retriever(None if body.mode == "text" else state.shared, store)
         hits = retriever.search(
@@ -51,17 +57,22 @@ def find_hits(body: SearchRequest, state: State) -> tuple[list[Hit], int]:
         pending = retriever.pending()
     except (QueueFullError, BatcherClosedError) as exc:
         raise overloaded(exc) from exc
-    except InputTooLongError as exc:
-        raise ApiError(400, str(exc), param="query", code=exc.code) from exc
-    except DocumentNotFoundError as exc:
-        raise ApiError(404, str(exc), param="documents", code="document_not_found") from exc
-    except ModelMismatchError as exc:
-        raise ApiError(409, str(exc), param="collection", code="model_mismatch") from exc
-    except QueryError as exc:
-        raise ApiError(400, str(exc), code="invalid_query") from exc
-    except PageLensError as exc:
-        raise ApiError(400, str(exc)) from exc
+    except (InputTooLongError, PageLensError) as exc:
+        raise search_error(exc, state.collections.scrub(str(exc), body.collection)) from exc
     return hits, pending
+
+
+def search_error(exc: Exception, message: str) -> ApiError:
+    """The 4xx for a library error of a search (the message already scrubbed of paths)."""
+    if isinstance(exc, InputTooLongError):
+        return ApiError(400, message, param="query", code=exc.code)
+    if isinstance(exc, DocumentNotFoundError):
+        return ApiError(404, message, param="documents", code="document_not_found")
+    if isinstance(exc, ModelMismatchError):
+        return ApiError(409, message, param="collection", code="model_mismatch")
+    if isinstance(exc, QueryError):
+        return ApiError(400, message, code="invalid_query")
+    return ApiError(400, message)
 
 
 def image_url(page_id: int, collection: str | None) -> str:
@@ -93,9 +104,12 @@ def page_image(
     """The stored PNG of one page, only from inside the collection's folder."""
     store = state.collections.get(collection)
     try:
+        if not 0 <= page_id <= MAX_ID:  # SQLite integers end at 2**63 - 1
+            raise DocumentNotFoundError(f"No page {page_id} in collection {store.path}.")
         page = store.page(page_id)
     except DocumentNotFoundError as exc:
-        raise ApiError(404, str(exc), param="page_id", code="page_not_found") from exc
+        message = state.collections.scrub(str(exc), collection)
+        raise ApiError(404, message, param="page_id", code="page_not_found") from exc
     path = store.image_path(page).resolve()
     if store.path.resolve() not in path.parents or not path.is_file():
         raise ApiError(404, f"The image of page {page_id} is missing.", code="page_not_found")

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class InputItem(BaseModel):
+def well_formed(value: Any) -> Any:
+    """Refuse strings that cannot be UTF-8 (JSON's ``"\\ud800"`` escapes decode to lone
+    surrogates, which the tokenizer and SQLite reject with a crash)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"the text holds a lone UTF-16 surrogate ({value[exc.start]!r} at character "
+                f"{exc.start}); send well-formed Unicode"
+            ) from None
+    elif isinstance(value, list):
+        for item in value:
+            well_formed(item)
+    return value
+
+
+class _Body(BaseModel):
+    """Every string field of every request body is checked by :func:`well_formed`."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _well_formed(cls, value: Any) -> Any:
+        return well_formed(value)
+
+
+class InputItem(_Body):
     """One multimodal input: a text, an image (data URL or URL), or both (fused)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -15,7 +41,7 @@ class InputItem(BaseModel):
     image: str | None = None
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(_Body):
     model: str = Field(description="The served model's id, its last path part, or an alias.")
     input: str | list[str | InputItem] = Field(
         description="A string, or a list of strings and {text, image} objects."
@@ -31,7 +57,7 @@ class EmbeddingRequest(BaseModel):
     instruction: str | None = Field(default=None, description="A custom instruction.")
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(_Body):
     query: str | None = None
     image: str | None = Field(default=None, description="data URL (or http(s) URL if allowed)")
     k: int = 5

@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from app.batching import BatchedEmbedder, DynamicBatcher
 from app.server.errors import ApiError
 from app.server.images import ImageLoader
-from app.server.limits import MAX_ITEMS
+from app.server.limits import MAX_ITEMS, MAX_REQUEST_PIXELS
 from app.server.named_collections import CollectionCache
 from indexer.config import DEFAULT_MODEL_ID
 from indexer.embedder import Embedder
@@ -58,6 +58,7 @@ class ServerState:
     max_items: int = MAX_ITEMS
     #: Where ``/v1/ask`` sends pages; None: read ``PAGELENS_LLM_*`` per request.
     llm: LLMSettings | None = None
+    max_request_pixels: int = MAX_REQUEST_PIXELS
 
     def check_model(self, name: str) -> None:
         """404 unless ``name`` is one of the served model's names."""
