@@ -77,6 +77,14 @@ def root(
         help="Opt-in: torch.compile the model's blocks (~1.4x faster pages on CPU after a "
         "one-off compilation of tens of seconds; for long indexing jobs).",
     ),
+    embedder: str = typer.Option(
+        None,
+        "--embedder",
+        envvar="PAGELENS_EMBEDDER_URL",
+        help="Embed on a remote OpenAI-compatible endpoint (e.g. 'pagelens serve' on a GPU "
+        "machine: http(s)://HOST:PORT) instead of loading GME here; key from "
+        "PAGELENS_API_KEY. --model then picks the endpoint's model.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
 ) -> None:
     configure_logging(verbose)
@@ -88,6 +96,7 @@ def root(
         image_tokens=image_tokens,
         quantize=quantize,
         compile=compile_model,
+        embedder_url=embedder or None,
     )
 
 
@@ -250,9 +259,21 @@ def _print_index_report(report, store, as_json: bool) -> None:
             f"collection {store.path}: {stats.documents} documents, {stats.pages} pages"
             + (f", {stats.pending} waiting for vectors" if stats.pending else "")
         )
+    failed = getattr(report, "failed", None) or []
+    stopped = getattr(report, "stopped", None)
+    for failure in failed:
+        say(f"not embedded  {failure['document']} p.{failure['page']}: {failure['reason']}")
+    if stopped:
+        say(f"embedding stopped early: {stopped}")
     if report.refused:
         say(f"{len(report.refused)} file(s) refused")
         raise SystemExit(EXIT_REFUSED)
+    if failed or stopped:
+        fail(
+            f"{report.pending} page(s) are still waiting for vectors"
+            + (f" ({len(failed)} named above)" if failed else "")
+            + "; run the same command again to fill them in."
+        )
 
 
 def _file_line(result) -> str:
@@ -464,6 +485,8 @@ def app_cmd(ctx: typer.Context) -> None:
         env["PAGELENS_QUANTIZE"] = opts.quantize
     if opts.compile:
         env["PAGELENS_COMPILE"] = "1"
+    if opts.embedder_url:
+        env["PAGELENS_EMBEDDER_URL"] = opts.embedder_url
     if env.get("PAGELENS_MAX_UPLOAD_MB") and not any("maxUploadSize" in a for a in ctx.args):
         # Streamlit's own upload cap must be at least PageLens's limit.
         env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", env["PAGELENS_MAX_UPLOAD_MB"])

@@ -38,6 +38,7 @@ class Options:
     image_tokens: int | None = None
     quantize: str | None = None
     compile: bool = False
+    embedder_url: str | None = None
     _store: Collection | None = field(default=None, repr=False)
     _embedder: Embedder | None = field(default=None, repr=False)
 
@@ -57,6 +58,14 @@ class Options:
             options = embedder_options(
                 image_tokens=self.image_tokens, quantize=self.quantize, compile=self.compile
             )
+            if self.embedder_url:
+                from indexer.remote import redact_url
+
+                say(f"connecting to the embedder at {redact_url(self.embedder_url)} ...")
+                self._embedder = load_embedder(
+                    self.model, embedder_url=self.embedder_url, **options
+                )
+                return self._embedder
             model = self.model or default_model()
             say(f"loading model {model} ...")
             self._embedder = load_embedder(model, device=self.device, dtype=self.dtype, **options)

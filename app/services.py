@@ -42,7 +42,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 @dataclass(frozen=True)
 class AppSettings:
-    """The environment of the app: ``PAGELENS_COLLECTION``, ``PAGELENS_MODEL``,
+    """The environment of the app: ``PAGELENS_COLLECTION``, ``PAGELENS_MODEL`` (or
+    ``PAGELENS_EMBEDDER_URL``, which wins: the model runs at that endpoint),
     ``PAGELENS_DEVICE``, ``PAGELENS_DTYPE``, ``PAGELENS_IMAGE_TOKENS``, ``PAGELENS_QUANTIZE``
     (the same settings as the CLI's global options)."""
 
@@ -65,7 +66,8 @@ class AppSettings:
             ) from exc
         return cls(
             collection=os.environ.get("PAGELENS_COLLECTION") or None,
-            model=default_model(),
+            # A remote embedder (PAGELENS_EMBEDDER_URL) stands in for the local model.
+            model=os.environ.get("PAGELENS_EMBEDDER_URL") or default_model(),
             device=os.environ.get("PAGELENS_DEVICE") or None,
             dtype=os.environ.get("PAGELENS_DTYPE") or None,
             image_tokens=image_tokens,

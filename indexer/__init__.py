@@ -5,8 +5,9 @@ The public names live here; each submodule holds one layer and can be used on it
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, Embedder, FakeEmbedder
 from indexer.errors import (
@@ -17,27 +18,60 @@ from indexer.errors import (
     PageLensError,
 )
 
-if TYPE_CHECKING:
-    import os
-
 
 def load_embedder(
     model: str | os.PathLike[str] | None = None,
     *,
     device: str | None = None,
     dtype: Any = None,
+    embedder_url: str | None = None,
     **options: Any,
 ) -> Embedder:
     """Load GME (hub id or local folder; ``$PAGELENS_MODEL`` by default) behind :class:`Embedder`.
+
+    With an endpoint (``embedder_url``, a ``model`` that is an ``http(s)://`` URL, or
+    ``$PAGELENS_EMBEDDER_URL`` when no model is named) the model runs there instead:
+    :class:`~indexer.remote.RemoteEmbedder`, key from ``$PAGELENS_API_KEY``, and ``model``
+    (when given with ``embedder_url``) picks the endpoint's model. Remote options:
+    ``api_key``, ``batch_size``, ``concurrency``, ``timeout``, ``retries``,
+    ``max_image_tokens``.
 
     Imported lazily so that code which only reads a collection never imports torch.
     Loads are serialised: transformers' ``from_pretrained`` is not thread-safe (two threads
     loading at once can leave "meta" tensors), and the web app loads in a thread.
     """
+    url = remote_url(model, embedder_url)
+    if url is not None:
+        from indexer.remote import load_remote_embedder
+
+        local_only = sorted(k for k in ("quantize", "compile") if options.get(k))
+        if local_only:
+            raise PageLensError(
+                f"{', '.join(local_only)} applies to a model run on this computer, not to a "
+                "remote embedder (--embedder); the server chooses its own settings."
+            )
+        options.pop("quantize", None)
+        options.pop("compile", None)
+        name = None if model is None or str(model) == url else os.fspath(model)
+        return load_remote_embedder(url, model=name, **options)
+
     from indexer.gme import load_embedder as _load
 
     with _LOAD_LOCK:
         return _load(model, device=device, dtype=dtype, **options)
+
+
+def remote_url(
+    model: str | os.PathLike[str] | None = None, embedder_url: str | None = None
+) -> str | None:
+    """The embedder endpoint a load means, if any (see :func:`load_embedder`)."""
+    if embedder_url:
+        return str(embedder_url)
+    if isinstance(model, str) and model.strip().lower().startswith(("http://", "https://")):
+        return model.strip()
+    if model is None:
+        return os.environ.get("PAGELENS_EMBEDDER_URL") or None
+    return None
 
 
 _LOAD_LOCK = threading.Lock()
@@ -70,4 +104,5 @@ __all__ = [
     "PageLensError",
     "embedder_options",
     "load_embedder",
+    "remote_url",
 ]

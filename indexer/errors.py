@@ -48,3 +48,38 @@ class DocumentError(PageLensError):
 
 class QueryError(PageLensError):
     """A search request that cannot be answered as asked (empty question, bad image...)."""
+
+
+class EndpointError(PageLensError):
+    """A remote embedder endpoint cannot be used as configured (bad URL, key, model, answer).
+
+    ``status`` is the HTTP status when the endpoint answered one. Messages never contain the
+    API key.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class EmbeddingError(PageLensError):
+    """Some inputs of one embedding call got no vector, after every retry.
+
+    ``failed`` maps input positions to the reason; ``vectors`` holds the rows of the inputs
+    that did succeed (the failed rows are zeros and must not be used); ``retryable`` is True
+    when the cause may pass by itself (the endpoint was unreachable or overloaded), so a
+    caller stops for now instead of sending more work, and a later run fills the gaps in.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failed: dict[int, str],
+        vectors: object = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.failed = dict(failed)
+        self.vectors = vectors
+        self.retryable = retryable

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.embedder import Embedder
-from indexer.errors import DocumentError, PageLensError
+from indexer.errors import DocumentError, EmbeddingError, PageLensError
 from indexer.pages import (
     RenderSettings,
     inspect_document,
@@ -83,6 +83,11 @@ class IndexReport:
     pages_reused: int = 0
     pending: int = 0
     seconds: float = 0.0
+    #: Pages whose embedding failed after every retry: ``{"page_id", "document", "page",
+    #: "reason"}``; they stay pending (no vector is stored) and the next run retries them.
+    failed: list[dict] = field(default_factory=list)
+    #: Why the vectors phase stopped early (the embedder became unreachable), if it did.
+    stopped: str | None = None
 
     @property
     def refused(self) -> list[FileResult]:
@@ -96,6 +101,8 @@ class IndexReport:
             "pages_reused": self.pages_reused,
             "pending": self.pending,
             "refused": len(self.refused),
+            "failed": list(self.failed),
+            "stopped": self.stopped,
             "seconds": round(self.seconds, 3),
         }
 
@@ -144,6 +151,10 @@ class Indexer:
         self.store = store
         self.embedder = embedder
         self.batch_size = max(1, int(batch_size))
+        # A remote embedder says how many pages per call keep all its requests busy.
+        hint = getattr(embedder, "batch_hint", None)
+        if isinstance(hint, int) and hint > self.batch_size:
+            self.batch_size = hint
         self.commit_every = max(1, int(commit_every))
         stored = store.render_settings()
         if settings is None and stored:
@@ -322,7 +333,13 @@ class Indexer:
                     images = future.result()
                     if i + 1 < len(batches):
                         future = pool.submit(self._load_batch, batches[i + 1])
-                    done += self._embed_batch(batch, images, report)
+                    try:
+                        done += self._embed_batch(batch, images, report)
+                    except _StopEmbedding as stop:
+                        done += stop.stored
+                        report.stopped = stop.reason
+                        log.warning("embedding stopped: %s", stop.reason)
+                        break
                     meter.step(len(batch), file=None)
                     if should_stop and should_stop():
                         break
@@ -347,15 +364,55 @@ class Indexer:
                 seen[page.image_sha256] = len(todo_images)
                 todo.append((page.id, len(todo_images)))
                 todo_images.append(image)
+        stop: _StopEmbedding | None = None
         if todo_images:
-            fresh = self.embedder.embed_documents(todo_images)
+            failed: dict[int, str] = {}
+            try:
+                fresh = self.embedder.embed_documents(todo_images)
+            except EmbeddingError as exc:
+                # Keep what did come back; the failed pages stay pending (never stored
+                # without a vector) and are named, so a later run fills them in.
+                failed = exc.failed
+                fresh = exc.vectors if exc.vectors is not None else np.zeros((0, 0))
+                if exc.retryable:  # the endpoint is gone: stop sending it more work
+                    stop = _StopEmbedding(str(exc))
+            by_id = {p.id: p for p in pages}
             for page_id, row in todo:
+                if row in failed:
+                    page = by_id[page_id]
+                    report.failed.append(
+                        {
+                            "page_id": page_id,
+                            "document": self._document_name(page.document_id),
+                            "page": page.number,
+                            "reason": failed[row],
+                        }
+                    )
+                    continue
                 ids.append(page_id)
                 vectors.append(fresh[row])
-            report.pages_embedded += len(todo_images)
+            report.pages_embedded += len(todo_images) - len(failed)
         if ids:
             self.store.set_vectors(ids, np.stack(vectors))
+        if stop is not None:
+            stop.stored = len(ids)
+            raise stop
         return len(ids)
+
+    def _document_name(self, document_id: int) -> str:
+        try:
+            return self.store.document(document_id).name
+        except PageLensError:
+            return f"document {document_id}"
+
+
+class _StopEmbedding(Exception):
+    """The embedder is unreachable: end the vectors phase; what was stored stays."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.stored = 0
 
 
 def format_duration(seconds: float | None) -> str:

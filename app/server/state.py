@@ -71,7 +71,14 @@ class ServerState:
             )
 
     def model_card(self) -> dict:
-        return {"id": self.served_id, "object": "model", "created": 0, "owned_by": "pagelens"}
+        """OpenAI's model object, plus what a remote PageLens client needs to produce vectors
+        identical to local ones: the model's dimension and visual-token budget."""
+        card = {"id": self.served_id, "object": "model", "created": 0, "owned_by": "pagelens"}
+        card["dim"] = self.embedder.dim
+        tokens = getattr(self.embedder, "max_image_tokens", None)
+        if tokens:
+            card["max_image_tokens"] = int(tokens)
+        return card
 
 
 def get_state(request: Request) -> ServerState:
