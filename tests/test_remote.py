@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 
 from app.server import create_app
 from indexer import load_embedder
-from indexer.embedder import QUERY_INSTRUCTION, FakeEmbedder
+from indexer.embedder import FakeEmbedder
 from indexer.errors import (
     EmbeddingError,
     EndpointError,
@@ -91,8 +91,11 @@ def test_vectors_and_identity_equal_the_served_model(fake_server):
         texts = [f"quarterly revenue {i} in region {i % 3}" for i in range(7)]
         images = [picture(i) for i in range(10)]
         assert cosines(remote.embed_texts(texts), local.embed_texts(texts)).min() >= 0.9999
-        q = remote.embed_texts(texts[:2], instruction=QUERY_INSTRUCTION)
+        q = remote.embed_queries(texts[:2])
         assert q.shape == (2, 32) and q.dtype == np.float32
+        assert cosines(q, local.embed_queries(texts[:2])).min() >= 0.9999
+        pages = remote.embed_documents([picture(1)], texts=["a caption"])
+        assert cosines(pages, local.embed_documents([picture(1)], texts=["a caption"]))[0] > 0.9999
         before = remote.stats["requests"]
         got = remote.embed_images(images)
         # 10 images, 3 per request: 4 requests, answered in input order.

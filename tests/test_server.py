@@ -208,6 +208,9 @@ def test_models_health_and_openapi(client):
                 "object": "model",
                 "created": 0,
                 "owned_by": "pagelens",
+                # What a remote PageLens client needs for identical vectors.
+                "dim": 64,
+                "max_image_tokens": 1280,
             }
         ],
     }
