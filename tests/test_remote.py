@@ -123,6 +123,12 @@ def test_library_and_env_select_the_endpoint(fake_server, monkeypatch):
     by_url.close()
     with pytest.raises(Exception, match="remote embedder"):
         load_embedder(fake_server, quantize="int8")
+    from pagelens import PageLens
+
+    monkeypatch.delenv("PAGELENS_EMBEDDER_URL")
+    lens = PageLens("lib", embedder_url=fake_server)  # the library's front door
+    assert isinstance(lens.embedder, RemoteEmbedder)
+    lens.embedder.close()
 
 
 def test_wrong_model_id_is_a_clear_error(fake_server):
