@@ -7,8 +7,6 @@ a read-only one).
 
 from __future__ import annotations
 
-import contextlib
-
 import typer
 
 from app.cli import cli
@@ -47,7 +45,6 @@ def check_cmd(
         # The model the user named, identified by its weights when they are on this machine.
         fingerprint = identify(opts.model).fingerprint if opts.model else None
         if store is not None:
-            opts._store = store
             if repair:
 
                 def load():
@@ -64,7 +61,7 @@ def check_cmd(
                         fingerprint=fingerprint,
                     )
             else:
-                with _lock_if_free(store) as free:
+                with store.lock_if_free() as free:
                     # With the lock (when free) the view is consistent; a running indexer
                     # would show its work in progress as problems.
                     report = check(store, model_id=opts.model, fingerprint=fingerprint)
@@ -82,33 +79,6 @@ def check_cmd(
     code = run_guarded(body)
     if code:
         raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def _lock_if_free(store):
-    """Hold the write lock if no one else does (True), without waiting and without any of
-    ``Collection.writing``'s side effects: a plain check writes nothing."""
-    from filelock import FileLock, Timeout
-
-    from indexer.store import LOCK
-
-    if store.read_only:
-        yield True  # nobody can write there
-        return
-    lock = FileLock(str(store.path / LOCK))
-    held = free = False
-    try:
-        lock.acquire(timeout=0)
-        held = free = True
-    except Timeout:
-        pass
-    except OSError:  # cannot even create the lock file: check without it
-        free = True
-    try:
-        yield free
-    finally:
-        if held:
-            lock.release()
 
 
 def _print(report) -> None:

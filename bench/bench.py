@@ -389,16 +389,11 @@ def _set_budget(emb: Any, tokens: int) -> None:
     emb.min_image_tokens = min(MIN_IMAGE_TOKENS, int(tokens))
 
 
-def _grid(emb: Any, image: Any) -> tuple[int, int]:
-    fh, fw = emb._final_size(*emb._padded_size(*image.size))
-    return fh // emb._patch_size, fw // emb._patch_size
-
-
 def _page_flops(emb: Any, images: list) -> float:
     total = 0.0
     for img in images:
         n = emb.count_tokens(None, img)
-        total += flops_per_input(emb.model.config, grid_hw=_grid(emb, img), seq_len=n)["total"]
+        total += flops_per_input(emb.model.config, grid_hw=emb.patch_grid(img), seq_len=n)["total"]
     return total
 
 
@@ -407,7 +402,7 @@ def embed_pages(emb: Any, images: list, tokens: int, *, one_at_a_time: bool, pea
     _set_budget(emb, min(64, tokens))
     emb.embed_images(images[:1])  # cheap warm-up at 64 tokens (first-call allocations)
     _set_budget(emb, tokens)
-    timer = ModuleTimer({"vision": emb._visual, "decoder": emb._text_model})
+    timer = ModuleTimer({"vision": emb.vision_model, "decoder": emb.text_model})
     timer.seconds = {k: 0.0 for k in timer.seconds}
     with RssSampler() as rss:
         t = time.perf_counter()

@@ -368,9 +368,33 @@ class GmeEmbedder(EmbedderBase):
 
     def image_token_count(self, image: Image.Image | tuple[int, int]) -> int:
         """Visual tokens (``<|image_pad|>`` count) an image costs; accepts an image or (w, h)."""
+        rows, columns = self.patch_grid(image)
+        return rows * columns // self._merge_size**2
+
+    def patch_grid(self, image: Image.Image | tuple[int, int]) -> tuple[int, int]:
+        """(rows, columns) of vision patches the model sees for an image (or a (w, h) size),
+        after padding and resizing as the recipe does: what the vision tower's cost scales
+        with (the benchmark counts FLOPs from it)."""
         width, height = image if isinstance(image, tuple) else image.size
         fh, fw = self._final_size(*self._padded_size(int(width), int(height)))
-        return (fh // self._patch_size) * (fw // self._patch_size) // self._merge_size**2
+        return fh // self._patch_size, fw // self._patch_size
+
+    # ----------------------------------------------------------------- for profilers
+
+    @property
+    def vision_model(self) -> torch.nn.Module:
+        """The vision tower (Qwen2-VL's ViT); the benchmark times it apart from the decoder."""
+        return self._visual
+
+    @property
+    def text_model(self) -> torch.nn.Module:
+        """The decoder (``Qwen2VLTextModel``) whose last token is the embedding."""
+        return self._text_model
+
+    @property
+    def cached_prefixes(self) -> list[str]:
+        """Instructions whose prompt prefix is held as a key/value cache (see embed_texts)."""
+        return list(self._prefix_kv)
 
     def _token_ids(
         self, texts: Sequence[str | None], image_tokens: Sequence[int], instruction: str | None

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.catalog import Document, Page, page_from_row
+from indexer.catalog import Document, Page
 from indexer.embedder import Embedder
 from indexer.errors import PageLensError
 from indexer.store import PAGES_DIR, VECTORS, Collection
@@ -181,13 +181,13 @@ def _scan(
     }
     add = report.problems.append
 
-    rows = store._query("PRAGMA quick_check")
-    if [r[0] for r in rows] != ["ok"]:
+    rows = store.quick_check()
+    if rows != ["ok"]:
         add(
             Problem(
                 "catalog-corrupt",
                 "SQLite integrity check failed: "
-                + "; ".join(str(r[0]) for r in rows[:_SAMPLE])
+                + "; ".join(rows[:_SAMPLE])
                 + ". Restore the collection from a backup, or index the files again "
                 "into a new collection.",
             )
@@ -200,13 +200,7 @@ def _scan(
 
     docs = {d.id: d for d in store.documents()}
     # Page rows without their text (a big collection's text would not fit in memory).
-    pages = [
-        page_from_row(r)
-        for r in store._query(
-            "SELECT p.id, p.document_id, p.number, '', p.image, p.image_sha256, p.width, "
-            "p.height, p.vector IS NOT NULL FROM pages p ORDER BY p.document_id, p.number"
-        )
-    ]
+    pages = store.pages(with_text=False)
     embedded = np.array(sorted(p.id for p in pages if p.embedded), dtype=np.int64)
     report.stats = {
         "documents": len(docs),
@@ -217,13 +211,7 @@ def _scan(
     # -- vectors in the catalog ----------------------------------------------------------
     bad_vectors: list[int] = []
     if stored_dim:
-        bad_vectors = [
-            r[0]
-            for r in store._query(
-                "SELECT id FROM pages WHERE vector IS NOT NULL AND length(vector) != ?",
-                (stored_dim * 4,),
-            )
-        ]
+        bad_vectors = store.pages_with_vector_not_of_dim(stored_dim)
         if bad_vectors:
             add(
                 Problem(
@@ -397,9 +385,7 @@ def _check_faiss(store: Collection, want: np.ndarray, dim: int | None, add) -> N
     stale = []
     for start in range(0, len(both), 1024):
         chunk = [int(i) for i in both[start : start + 1024]]
-        marks = ",".join("?" * len(chunk))
-        for pid, blob in store._query(f"SELECT id, vector FROM pages WHERE id IN ({marks})", chunk):
-            ours = np.frombuffer(blob, np.float32)
+        for pid, ours in store.vectors(chunk).items():
             if ours.shape != (index.dim,) or not np.allclose(
                 index.reconstruct(int(pid)), ours, atol=1e-5
             ):

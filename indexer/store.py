@@ -333,6 +333,35 @@ class Collection:
                 else:
                     self._lock_depth -= 1
 
+    @contextlib.contextmanager
+    def lock_if_free(self) -> Iterator[bool]:
+        """Hold the write lock if no other process does, without waiting; yields whether the
+        view is now free of concurrent writers.
+
+        For readers that want a consistent view but write nothing (``pagelens check``): none
+        of :meth:`writing`'s side effects (no flush, no write-failure mapping). A read-only
+        folder, or one where the lock file cannot be created, has no writers: True.
+        """
+        from filelock import FileLock, Timeout
+
+        if self.read_only or self._lock_depth:  # no one can write / we already hold it
+            yield True
+            return
+        lock = FileLock(str(self.path / LOCK))
+        held = free = False
+        try:
+            lock.acquire(timeout=0)
+            held = free = True
+        except Timeout:
+            pass
+        except OSError:  # cannot even create the lock file, so nobody writes here either
+            free = True
+        try:
+            yield free
+        finally:
+            if held:
+                lock.release()
+
     def _require_lock(self) -> None:
         if self._lock_depth == 0:
             raise RuntimeError("write outside Collection.writing()")
@@ -490,8 +519,11 @@ class Collection:
             for r in self._query("SELECT number FROM pages WHERE document_id=?", (document_id,))
         }
 
-    def pages(self, document_id: int | None = None) -> list[Page]:
-        sql = f"SELECT {PAGE_COLUMNS} FROM pages p"
+    def pages(self, document_id: int | None = None, *, with_text: bool = True) -> list[Page]:
+        """Pages in document and page order. ``with_text=False`` leaves ``text`` empty: a
+        whole collection's text layer need not fit in memory to walk its pages."""
+        columns = PAGE_COLUMNS if with_text else PAGE_COLUMNS.replace("p.text", "''", 1)
+        sql = f"SELECT {columns} FROM pages p"
         args: tuple = ()
         if document_id is not None:
             sql += " WHERE p.document_id=?"
@@ -660,6 +692,35 @@ class Collection:
         if row is None or row[0] is None:
             return None
         return np.frombuffer(row[0], dtype=np.float32).copy()
+
+    def vectors(self, page_ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """The stored vectors of these pages (those that have one), as the catalog holds them
+        (whatever their length: checks compare them with the FAISS file and the dim)."""
+        ids = [int(i) for i in page_ids]
+        out: dict[int, np.ndarray] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for pid, blob in self._query(
+                f"SELECT id, vector FROM pages WHERE id IN ({marks}) AND vector IS NOT NULL",
+                chunk,
+            ):
+                out[int(pid)] = np.frombuffer(blob, dtype=np.float32).copy()
+        return out
+
+    def pages_with_vector_not_of_dim(self, dim: int) -> list[int]:
+        """Ids of pages whose stored vector does not have ``dim`` float32 values."""
+        return [
+            r[0]
+            for r in self._query(
+                "SELECT id FROM pages WHERE vector IS NOT NULL AND length(vector) != ? ORDER BY id",
+                (int(dim) * 4,),
+            )
+        ]
+
+    def quick_check(self) -> list[str]:
+        """SQLite's ``PRAGMA quick_check`` of the catalog: ``["ok"]`` when it is sound."""
+        return [str(r[0]) for r in self._query("PRAGMA quick_check")]
 
     def _version(self) -> int:
         value = self.meta("vectors_version")

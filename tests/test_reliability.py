@@ -26,6 +26,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app.cli import cli
+from indexer import catalog
 from indexer import store as store_mod
 from indexer.embedder import FakeEmbedder
 from indexer.errors import CollectionError
@@ -345,11 +346,18 @@ def test_disk_full_while_writing_pages_leaves_the_collection_unchanged(
     assert report.files[0].status == "added" and store.stats().pages == 9
 
 
-def test_disk_full_in_sqlite_is_a_clear_error(indexed, tmp_path):
+def test_disk_full_in_sqlite_is_a_clear_error(indexed, tmp_path, monkeypatch):
     before = _snapshot(indexed)
+    connect = catalog.connect
+
+    def small_disk(path, **kwargs):
+        conn = connect(path, **kwargs)
+        used = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {used + 2}")  # real SQLITE_FULL soon
+        return conn
+
+    monkeypatch.setattr(catalog, "connect", small_disk)
     store = Collection(indexed)
-    used = store._db.execute("PRAGMA page_count").fetchone()[0]
-    store._db.execute(f"PRAGMA max_page_count = {used + 2}")  # real SQLITE_FULL soon
     many = make_text_pdf(tmp_path / "long.pdf", [t * 40 for t in TOPICS] * 3)
     with pytest.raises(CollectionError) as exc:
         Indexer(store, FakeEmbedder(), settings=SMALL).add([many])

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.errors import CollectionError, DocumentNotFoundError, ModelMismatchError
-from indexer.store import VECTORS, Collection, fts_query
+from indexer.errors import (
+    CollectionError,
+    CollectionLockedError,
+    DocumentNotFoundError,
+    ModelMismatchError,
+)
+from indexer.store import CATALOG, VECTORS, Collection, fts_query
 
 
 def _unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -182,12 +189,12 @@ def test_large_collection_switches_to_ivf_and_stays_exact_enough(tmp_path, monke
     with store.writing():
         doc = store.add_document(name="big", path="/x", sha256="s", kind="pdf", page_count=3000)
         # rows without images are enough for the vector side
-        store._db.executemany(
-            "INSERT INTO pages(document_id, number, image, image_sha256, width, height) "
-            "VALUES(?,?,?,?,1,1)",
-            [(doc.id, n, f"p{n}", f"h{n}") for n in range(1, 3001)],
-        )
-        store._db.commit()
+        with sqlite3.connect(tmp_path / "c" / CATALOG) as db:  # as another writer would
+            db.executemany(
+                "INSERT INTO pages(document_id, number, image, image_sha256, width, height) "
+                "VALUES(?,?,?,?,1,1)",
+                [(doc.id, n, f"p{n}", f"h{n}") for n in range(1, 3001)],
+            )
         ids = store.page_ids()
         store.set_vectors(ids, vecs)
     index = store.index()
@@ -219,3 +226,37 @@ def test_text_search_matches_word_forms(tmp_path):
         )
     assert [pid for pid, _ in store.search_text("churn of customer", 2)] == [ids[1]]
     assert [pid for pid, _ in store.search_text("résumé or revenues", 2)] == [ids[0]]
+
+
+def test_read_views_for_checks(tmp_path):
+    """The public views integrity checks use instead of reaching into the catalog."""
+    store = Collection(tmp_path / "c", model_id="m", dim=8)
+    vecs = _unit(3, 8)
+    with store.writing():
+        ids = _add_doc(store, "a.pdf", 4)
+        store.set_vectors(ids[:3], vecs)
+    assert store.quick_check() == ["ok"]
+    lean = store.pages(with_text=False)
+    assert [p.id for p in lean] == ids and {p.text for p in lean} == {""}
+    assert [p.text for p in store.pages()][0] == "a.pdf page 1 text"
+    got = store.vectors(ids)  # the pending page has none
+    assert sorted(got) == ids[:3] and np.array_equal(got[ids[1]], vecs[1])
+    assert store.pages_with_vector_not_of_dim(8) == []
+    assert store.pages_with_vector_not_of_dim(4) == ids[:3]
+
+
+def test_lock_if_free_never_waits_and_says_whether_it_holds(tmp_path):
+    path = tmp_path / "c"
+    writer, checker = Collection(path), Collection(path)
+    with checker.lock_if_free() as free:
+        assert free
+        with pytest.raises(CollectionLockedError):  # held for real while the check runs
+            with writer.writing(timeout=0):
+                pass
+    with writer.writing():
+        with checker.lock_if_free() as free:
+            assert not free  # another writer is at work: no wait, just the answer
+        with writer.lock_if_free() as free:
+            assert free  # this object holds it already
+    with writer.writing(timeout=0):  # released after the check
+        pass
