@@ -56,7 +56,8 @@ def test_readme_library_snippets_run_as_written(make_pdf, tiny_model_dir, tmp_pa
     make_pdf("bees.pdf", ["Honey bees dance.", "What changed in 2023?"], tmp_path / "papers")
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
-    monkeypatch.delenv("PAGELENS_HOME")  # the default, ./data, as a reader would have it
+    monkeypatch.delenv("PAGELENS_HOME")  # the default home, as a reader would have it
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     monkeypatch.chdir(tmp_path)
 
     first = _python_blocks("from pagelens import PageLens")
@@ -65,7 +66,12 @@ def test_readme_library_snippets_run_as_written(make_pdf, tiny_model_dir, tmp_pa
     exec(compile(first, "README.md", "exec"), scope)
     assert sorted((h.document, h.page) for h in scope["hits"]) == [("bees.pdf", 1), ("bees.pdf", 2)]
     assert scope["lens"].store.stats().pending == 0  # the tiny GME really embedded both pages
-    assert (tmp_path / "data" / "research" / "catalog.sqlite").is_file()
+    from indexer.config import user_data_dir
+
+    home = user_data_dir()  # under the temporary HOME
+    assert home.is_relative_to(tmp_path)
+    assert scope["lens"].store.path == home / "research"
+    assert (home / "research" / "catalog.sqlite").is_file()
     scope["lens"].close()
 
     scope = {}
