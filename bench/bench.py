@@ -14,6 +14,9 @@ C. the exact path in the chosen dtype (``--dtype``, default: the app's auto choi
    batched and length-bucketed, text queries with the prompt-prefix KV cache.
 D. vector search on clustered synthetic unit vectors: flat (exact), HNSW, IVF-SQ8.
 E. (optional) RSS while indexing a long PDF with a fake embedder.
+F. (optional, ``--remote-pages N``) per-page overhead of embedding through ``pagelens serve``
+   (a subprocess on loopback, RemoteEmbedder's defaults) over in-process, same weights (the
+   tiny random model unless ``--model``): bench/remote_overhead.py.
 """
 
 from __future__ import annotations
@@ -363,6 +366,8 @@ class BenchConfig:
     corpus: int = 24
     query_collection: int = 10_000
     rss_pages: int = 0
+    remote_pages: int = 0
+    remote_tokens: int = 1280
     threads: int | None = None
     peak_n: int = 4096
     label: str | None = None
@@ -959,12 +964,38 @@ def summary(report: dict) -> str:
             f"  indexing {r['pages']} pages: RSS +{r['rss_growth_mib']} MiB "
             f"(one batch of images ~{r['one_batch_of_images_mib']} MiB)"
         )
+    if "remote" in report:
+        r = report["remote"]
+        lines.append(
+            f"  remote (pagelens serve, loopback, {r['render_tokens']}-token pages): "
+            f"+{r['overhead_s_per_page'] * 1000:.1f} ms/page over in-process "
+            f"({r['in_process_s_per_page']} -> {r['remote_s_per_page']} s/page; "
+            f"PNG {r['png_encode_ms_per_page']} ms, {r['png_kb_per_page']} KiB; "
+            f"cos min {r['cosine_min']})"
+        )
     for name, t in report.get("targets", {}).items():
         lines.append(f"  target {name}: {'MET' if t['met'] else 'not met'} ({t['value']})")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
+
+
+def run_remote_section(cfg: BenchConfig, report: dict) -> None:
+    """Phase F: the remote embedder's per-page overhead (see bench/remote_overhead.py)."""
+    from bench.remote_overhead import run_remote
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = cfg.model
+        if not model_dir:  # the overhead does not depend on the model: the tiny one is enough
+            from indexer.random_model import build_random_gme
+
+            model_dir = str(build_random_gme(Path(tmp) / "tiny-gme", size="tiny"))
+        pdf = Path(cfg.pdf) if cfg.pdf else _default_pdf(cfg.remote_pages, Path(tmp))
+        images, _texts, _info = render(pdf, cfg.remote_pages, cfg.remote_tokens)
+        report["remote"] = run_remote(
+            images, model_dir=model_dir, tokens=cfg.remote_tokens, threads=cfg.threads
+        )
 
 
 def run(cfg: BenchConfig) -> tuple[dict, Path]:
@@ -996,6 +1027,8 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
         run_vectors(cfg, report)
     if cfg.rss_pages:
         run_rss_index(cfg, report)
+    if cfg.remote_pages:
+        run_remote_section(cfg, report)
     report["targets"] = targets(report)
     report["wall_s"] = _r(time.time() - started, 1)
     out = (
@@ -1043,6 +1076,13 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--corpus", type=int, default=24)
     p.add_argument("--query-collection", type=int, default=10_000)
     p.add_argument("--rss-pages", type=int, default=0, help="index an N-page PDF, sample RSS")
+    p.add_argument(
+        "--remote-pages",
+        type=int,
+        default=0,
+        help="measure the per-page overhead of pagelens serve + --embedder over in-process",
+    )
+    p.add_argument("--remote-tokens", type=int, default=1280, help="page budget for that")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--peak-n", type=int, default=4096)
     p.add_argument("--pdf", default=None)
@@ -1073,6 +1113,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         corpus=a.corpus,
         query_collection=a.query_collection,
         rss_pages=a.rss_pages,
+        remote_pages=a.remote_pages,
+        remote_tokens=a.remote_tokens,
         threads=a.threads,
         peak_n=a.peak_n,
         pdf=a.pdf,

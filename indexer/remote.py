@@ -28,9 +28,11 @@ without a vector), so a later run fills them in. An input the server refuses on 
 (``400`` naming ``input[i]``) fails alone; the rest of its request is sent again.
 
 Identity: the endpoint's model id and dimension (from ``/v1/models``, or from the first
-response) are this embedder's :attr:`model_id` and :attr:`dim`, so a collection records the
-same identity whether its model ran here or there, and a collection built with another model
-refuses it before anything is written.
+response) are this embedder's :attr:`model_id` and :attr:`dim`, and the weights'
+``fingerprint`` (see :mod:`indexer.identity`; ``pagelens serve`` puts it in its model card)
+is its :attr:`fingerprint`, so a collection records the same identity whether its model ran
+here or there, and a collection built with another model refuses it before anything is
+written. An endpoint that gives no fingerprint is matched by name, like any such model.
 
 Security: ``https://`` works (system certificates; ``verify=`` for a private CA); the API key
 goes only into the ``Authorization`` header and never into a message, log line, ``repr`` or
@@ -263,6 +265,8 @@ class RemoteEmbedder(EmbedderBase):
         self.model_id: str = model or ""
         self.dim: int = 0
         self.max_image_tokens: int = self._requested_tokens or 1280
+        self.fingerprint: str | None = None
+        self.revision: str | None = None
         #: What the endpoint's model card said (id, dim, budget, fingerprint...).
         self.card: dict[str, Any] = {}
         #: Requests sent, retried, and inputs embedded (for the benchmark and tests).
@@ -274,6 +278,10 @@ class RemoteEmbedder(EmbedderBase):
         card = self._model_card()
         self.card = card
         self.model_id = str(card["id"])
+        # The served weights' identity (pagelens serve gives it): the same weights here or
+        # there make the same collection identity; without it, models match by name.
+        self.fingerprint = str(card["fingerprint"]) if card.get("fingerprint") else None
+        self.revision = str(card["revision"]) if card.get("revision") else None
         served_tokens = _positive_int(card.get("max_image_tokens"))
         if served_tokens and self._requested_tokens and served_tokens != self._requested_tokens:
             raise EndpointError(
@@ -330,12 +338,6 @@ class RemoteEmbedder(EmbedderBase):
     def batch_hint(self) -> int:
         """Pages per call that keep every request slot busy (the indexer reads this)."""
         return self.batch_size * self.concurrency
-
-    @property
-    def fingerprint(self) -> str | None:
-        """The served weights' fingerprint, when the endpoint's model card gives one."""
-        value = self.card.get("fingerprint")
-        return str(value) if value else None
 
     def close(self) -> None:
         with self._pool_lock:

@@ -156,6 +156,28 @@ def test_other_model_than_the_collection_fails_before_writing(fake_server, tmp_p
         store.close()
 
 
+def test_identity_follows_the_served_weights(tmp_path):
+    """Same name, other weights: refused before writing; same weights, any name: accepted."""
+    served = FakeEmbedder(dim=8, model_id="gme-2b")
+    served.fingerprint = "w1:" + "a" * 32
+    with live_server(create_app(served, max_wait_ms=1)) as url:
+        remote = load_remote_embedder(url)
+        assert (remote.model_id, remote.fingerprint) == ("gme-2b", served.fingerprint)
+        other = Collection(tmp_path / "other")
+        other.bind_model("gme-2b", 8, fingerprint="w1:" + "b" * 32)
+        with pytest.raises(ModelMismatchError):
+            other.bind_embedder(remote)
+        same = Collection(tmp_path / "same")
+        same.bind_model("/models/renamed-folder", 8, fingerprint=served.fingerprint)
+        same.bind_embedder(remote)  # no error: the same weights
+        fresh = Collection(tmp_path / "fresh")
+        fresh.bind_embedder(remote)
+        assert fresh.model_fingerprint == served.fingerprint
+        for store in (other, same, fresh):
+            store.close()
+        remote.close()
+
+
 def test_api_key_right_wrong_and_missing(caplog):
     secret = "sk-right-key-123"
     app = create_app(FakeEmbedder(dim=16), api_key=secret, max_wait_ms=1)
@@ -546,8 +568,12 @@ def test_cli_index_and_search_through_pagelens_serve_equal_in_process(
     assert set(got) == set(want) and len(got) == 5
     keys = sorted(want)
     assert cosines([got[k] for k in keys], [want[k] for k in keys]).min() >= 0.9999
-    # The same identity: the local model's collection accepts the remote model.
-    assert remote_store.same_model(local_store.model_id, local_store.dim)
+    # The same identity: the served weights' fingerprint is the local model's.
+    assert local16.fingerprint and remote_store.model_fingerprint == local16.fingerprint
+    assert remote_store.model_fingerprint == local_store.model_fingerprint
+    assert remote_store.same_model(
+        local_store.model_id, local_store.dim, fingerprint=local_store.model_fingerprint
+    )
     remote_store.close()
 
     local_retriever = Retriever(local16, local_store)

@@ -72,12 +72,19 @@ class ServerState:
 
     def model_card(self) -> dict:
         """OpenAI's model object, plus what a remote PageLens client needs to produce vectors
-        identical to local ones: the model's dimension and visual-token budget."""
+        identical to local ones and the same identity: dimension, visual-token budget, and
+        the weights' fingerprint and revision when known."""
         card = {"id": self.served_id, "object": "model", "created": 0, "owned_by": "pagelens"}
         card["dim"] = self.embedder.dim
         tokens = getattr(self.embedder, "max_image_tokens", None)
         if tokens:
             card["max_image_tokens"] = int(tokens)
+        # The weights' identity (indexer.identity), so that a collection embedded through
+        # this server and one embedded in-process by the same weights are the same model.
+        for key in ("fingerprint", "revision"):
+            value = getattr(self.embedder, key, None)
+            if value:
+                card[key] = str(value)
         return card
 
 
