@@ -19,7 +19,7 @@ from app import ui_helpers as ui
 from app.services import AppSettings, ModelLoader, Workspace, validate_collection_name
 from app.ui_ask import ask_panel
 from indexer.config import collection_path, home, list_collections
-from indexer.errors import PageLensError, QueryError
+from indexer.errors import PageLensError
 from indexer.pages import IMAGE_SUFFIXES, SUPPORTED_SUFFIXES
 from indexer.pipeline import format_duration
 from indexer.uploads import discard_upload, max_upload_mb, save_upload
@@ -489,14 +489,11 @@ def run_search(ws, model, question, image_file, mode, k, only, page_range) -> No
 
 
 def _open_query_image(upload):
-    from PIL import Image
+    """The uploaded query image, decoded as every user image is (format allow-list, pixel
+    cap): a QueryError with the file's name otherwise."""
+    from retriever.search import load_query_image
 
-    try:
-        with Image.open(upload) as im:
-            im.load()
-            return im.convert("RGB")
-    except Exception as exc:
-        raise QueryError(f"The query image {upload.name} cannot be read ({exc}).") from exc
+    return load_query_image(upload)
 
 
 def open_page(hit, query: str) -> None:

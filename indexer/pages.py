@@ -53,6 +53,7 @@ import pymupdf
 from PIL import Image
 
 from indexer.errors import DocumentError, PageLensError
+from indexer.imageio import ImageRefusedError, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -530,9 +531,10 @@ def _open_image(path: Path, settings: RenderSettings) -> tuple[Image.Image, int]
     """Open (lazily) an image file; return it and its page count (TIFF frames)."""
     try:
         with _pillow_pixel_limit(settings.max_image_pixels):
-            image = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise DocumentError(path, "too-large", f"{path}: {exc}") from None
+            image = open_image(path)  # PNG, JPEG, WebP, TIFF, BMP, GIF only
+    except ImageRefusedError as exc:
+        reason = "too-large" if exc.reason == "too-large" else "bad-image"
+        raise DocumentError(path, reason, f"{path}: {exc}") from None
     except Exception as exc:  # UnidentifiedImageError, OSError, SyntaxError, ...
         raise _bad_image(path, exc) from None
     if image.width * image.height > settings.max_image_pixels:

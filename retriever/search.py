@@ -19,12 +19,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
 
 from indexer.embedder import Embedder
 from indexer.errors import QueryError
+from indexer.imageio import ImageRefusedError, decode_image
 from indexer.pages import RenderSettings, fit_image
 from indexer.store import Collection
 
@@ -261,20 +263,21 @@ def snippet(text: str, query: str, *, width: int = 240) -> str:
     return ("…" if start else "") + flat[start:end] + ("…" if end < len(flat) else "")
 
 
-def load_query_image(path: str | Path) -> Image.Image:
-    """Open an image given as a query, with a clear error when it is not one.
+def load_query_image(path: str | Path | IO[bytes]) -> Image.Image:
+    """Open an image given as a query (a path or an upload), with a clear error when it is
+    not one. Decoded by :func:`indexer.imageio.decode_image`: only PNG, JPEG, WebP, TIFF,
+    BMP and GIF, never more than a few million pixels kept.
 
     Orientation, transparency and size are left to :func:`indexer.pages.fit_image`, which
     :meth:`Retriever.search` applies to every query image.
     """
+    name = getattr(path, "name", None) or str(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
+        return decode_image(path)
     except FileNotFoundError as exc:
-        raise QueryError(f"Query image {path} does not exist.") from exc
-    except Exception as exc:
-        raise QueryError(f"Query image {path} cannot be read as an image ({exc}).") from exc
+        raise QueryError(f"Query image {name} does not exist.") from exc
+    except ImageRefusedError as exc:
+        raise QueryError(f"Query image {name} cannot be read ({exc}).") from exc
 
 
 def search_many(
