@@ -7,9 +7,13 @@ that holds named collections. Exit codes: 0 ok, 1 error, 2 usage, 3 some files r
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -24,7 +28,30 @@ from app.cli_common import (
     say,
 )
 from app.progress import TerminalProgress
-from indexer.errors import ModelNotAvailableError
+from indexer.config import HOME_RULE
+from indexer.errors import ModelNotAvailableError, UsageError
+from indexer.settings import ModelSettings
+
+
+def _plain_flags() -> None:
+    """Typer's rich help labels on/off flags ``<bool>`` as if they took a value (``--json
+    <bool>``); a flag takes none, so show no type for it (options with values keep theirs)."""
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "_pagelens", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return original(self, ctx)
+
+    display_type_rich._pagelens = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_plain_flags()
 
 cli = typer.Typer(
     name="pagelens",
@@ -36,68 +63,63 @@ cli = typer.Typer(
 )
 
 
-@cli.callback()
-def root(
-    ctx: typer.Context,
-    collection: str = typer.Option(
-        None,
-        "--collection",
-        "-c",
-        envvar="PAGELENS_COLLECTION",
-        help="Collection name (under PAGELENS_HOME, default ./data) or folder path.",
-    ),
-    model: str = typer.Option(
-        None,
-        "--model",
-        "-m",
-        envvar="PAGELENS_MODEL",
-        help="GME model: hub id or local folder (default Alibaba-NLP/gme-Qwen2-VL-2B-Instruct).",
-    ),
-    device: str = typer.Option(None, "--device", help="cuda, mps or cpu (default: auto)."),
-    dtype: str = typer.Option(
-        None, "--dtype", help="bfloat16, float16 or float32 (default: auto)."
-    ),
-    image_tokens: int = typer.Option(
-        None,
-        "--image-tokens",
-        envvar="PAGELENS_IMAGE_TOKENS",
-        help="Visual-token budget per page (1280 as published; 768, 512, 256 are faster).",
-    ),
-    quantize: str = typer.Option(
-        None,
-        "--quantize",
-        envvar="PAGELENS_QUANTIZE",
-        help="Opt-in CPU fast path: 'int8' (dynamic int8 linear layers; vectors close to, "
-        "not equal to, the exact ones). Default: off.",
-    ),
-    compile_model: bool = typer.Option(
-        False,
-        "--compile",
-        envvar="PAGELENS_COMPILE",
-        help="Opt-in: torch.compile the model's blocks (~1.4x faster pages on CPU after a "
-        "one-off compilation of tens of seconds; for long indexing jobs).",
-    ),
-    embedder: str = typer.Option(
-        None,
-        "--embedder",
-        envvar="PAGELENS_EMBEDDER_URL",
-        help="Embed on a remote OpenAI-compatible endpoint (e.g. 'pagelens serve' on a GPU "
-        "machine: http(s)://HOST:PORT) instead of loading GME here; key from "
-        "PAGELENS_API_KEY. --model then picks the endpoint's model.",
-    ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
-) -> None:
-    configure_logging(verbose)
-    ctx.obj = Options(
-        collection=collection,
-        model=model,
-        device=device,
-        dtype=dtype,
-        image_tokens=image_tokens,
-        quantize=quantize,
-        compile=compile_model,
-        embedder_url=embedder or None,
+def root(ctx: typer.Context, **values: Any) -> None:
+    """Read the global options once (the model settings' flags come from ModelSettings)."""
+    configure_logging(values.pop("verbose"))
+    collection = values.pop("collection")
+    try:
+        settings = ModelSettings(**values)
+    except UsageError as exc:
+        fail(str(exc), 2)
+    ctx.obj = Options(collection=collection, settings=settings)
+
+
+def _root_signature() -> None:
+    """Give :func:`root` one Typer option per :class:`ModelSettings` field, so that a new
+    setting is one edit (in indexer/settings.py) and reaches the CLI, app and server."""
+    hints = typing.get_type_hints(ModelSettings)
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        inspect.Parameter(
+            "collection",
+            kw,
+            annotation=str | None,
+            default=typer.Option(
+                None,
+                "--collection",
+                "-c",
+                envvar="PAGELENS_COLLECTION",
+                help=f"Collection name or folder path (default 'default'). {HOME_RULE}.",
+            ),
+        ),
+    ]
+    for f in dataclasses.fields(ModelSettings):
+        meta = f.metadata
+        params.append(
+            inspect.Parameter(
+                f.name,
+                kw,
+                annotation=hints[f.name],
+                default=typer.Option(
+                    f.default, *meta["flags"], envvar=meta["env"], help=meta["help"]
+                ),
+            )
+        )
+    params.append(
+        inspect.Parameter(
+            "verbose",
+            kw,
+            annotation=bool,
+            default=typer.Option(False, "--verbose", "-v", help="Log details."),
+        )
     )
+    root.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    root.__annotations__ = {p.name: p.annotation for p in params}
+
+
+_root_signature()
+cli.callback()(root)
 
 
 @cli.command()
@@ -174,7 +196,7 @@ def index(
             embedder = None if text_only else opts.embedder()
         except ModelNotAvailableError as exc:
             fail(f"{exc} Meanwhile 'pagelens index --text-only PATH' makes the text searchable.")
-        indexer = Indexer(store, embedder, batch_size=batch_size)
+        indexer = Indexer(store, embedder, settings=opts.render_settings(), batch_size=batch_size)
         if ocr is not None or ocr_language:
             indexer.settings = dataclasses.replace(
                 indexer.settings,
@@ -215,19 +237,19 @@ def _index_on_ray(
     """``index --ray``: the same job on a Ray cluster (indexer/ray_job.py)."""
     import dataclasses
 
-    from indexer import embedder_options
-    from indexer.config import default_model
     from indexer.ray_job import RayIndexer, RayOptions, check_address
 
     ray_options = RayOptions(address=check_address(address), actors=actors, actor_cpus=actor_cpus)
-    load = embedder_options(
-        image_tokens=opts.image_tokens, quantize=opts.quantize, compile=opts.compile
-    )
-    load.update(device=opts.device, dtype=opts.dtype)
-    model = opts.model or default_model()
+    load = opts.settings.load_options()
+    model = opts.settings.model_source
     say(f"indexing on Ray ({address}); each actor loads {model} ...")
     with RayIndexer(
-        store, model=model, load=load, ray_options=ray_options, batch_size=batch_size
+        store,
+        model=model,
+        load=load,
+        ray_options=ray_options,
+        settings=opts.render_settings(),
+        batch_size=batch_size,
     ) as job:
         if ocr is not None or ocr_language:
             job.settings = dataclasses.replace(
@@ -473,20 +495,7 @@ def app_cmd(ctx: typer.Context) -> None:
     env = os.environ.copy()
     if opts.collection:
         env["PAGELENS_COLLECTION"] = opts.collection
-    if opts.model:
-        env["PAGELENS_MODEL"] = opts.model
-    if opts.device:
-        env["PAGELENS_DEVICE"] = opts.device
-    if opts.image_tokens:
-        env["PAGELENS_IMAGE_TOKENS"] = str(opts.image_tokens)
-    if opts.dtype:
-        env["PAGELENS_DTYPE"] = opts.dtype
-    if opts.quantize:
-        env["PAGELENS_QUANTIZE"] = opts.quantize
-    if opts.compile:
-        env["PAGELENS_COMPILE"] = "1"
-    if opts.embedder_url:
-        env["PAGELENS_EMBEDDER_URL"] = opts.embedder_url
+    env.update(opts.settings.to_env())
     if env.get("PAGELENS_MAX_UPLOAD_MB") and not any("maxUploadSize" in a for a in ctx.args):
         # Streamlit's own upload cap must be at least PageLens's limit.
         env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", env["PAGELENS_MAX_UPLOAD_MB"])

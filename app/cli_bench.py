@@ -6,6 +6,20 @@ import typer
 
 from app.cli import cli
 from app.cli_common import options, run_guarded, say
+from indexer.settings import ModelSettings
+
+
+def bench_args(settings: ModelSettings, given: list[str]) -> list[str]:
+    """The bench flags that carry the global model settings (unless given explicitly):
+    ``--model``, ``--dtype`` and ``--image-tokens`` (as the one budget measured)."""
+    extra: list[str] = []
+    if settings.model and "--model" not in given:
+        extra += ["--model", settings.model]
+    if settings.dtype and "--dtype" not in given:
+        extra += ["--dtype", settings.dtype]
+    if settings.image_tokens and "--budgets" not in given:
+        extra += ["--budgets", str(settings.image_tokens)]
+    return extra
 
 
 @cli.command(
@@ -17,8 +31,8 @@ def bench_cmd(ctx: typer.Context) -> None:
 
     Options are those of ``python -m bench.bench`` (``--pages``, ``--budgets``, ``--vectors``,
     ``--skip-baseline``, ``--size tiny`` ...; see ``pagelens bench --help-bench``). The
-    global ``--model`` and ``--dtype`` apply; without a model it benchmarks the full-size
-    GME-2B architecture with random weights.
+    global ``--model``, ``--dtype`` and ``--image-tokens`` (the budget measured) apply;
+    without a model it benchmarks the full-size GME-2B architecture with random weights.
     """
     import importlib.util
     import sys
@@ -39,10 +53,7 @@ def bench_cmd(ctx: typer.Context) -> None:
     args = list(ctx.args)
     if "--help-bench" in args:
         args = ["--help"]
-    if opts.model and "--model" not in args:
-        args += ["--model", opts.model]
-    if opts.dtype and "--dtype" not in args:
-        args += ["--dtype", opts.dtype]
+    args += bench_args(opts.settings, args)
     say("benchmarking (this takes long on CPU with the full-size model) ...")
 
     def body() -> None:

@@ -49,7 +49,8 @@ def check_cmd(
 
                 def load():
                     if opts.model is None and store.model_id:
-                        opts.model = store.model_id  # the model that built the collection
+                        # the model that built the collection
+                        opts.settings = opts.settings.replace(model=store.model_id)
                     return opts.embedder()
 
                 with store.writing(on_wait=say):

@@ -13,14 +13,18 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from indexer.config import collection_path, default_model
+from indexer.config import collection_path
 from indexer.embedder import Embedder
-from indexer.errors import PageLensError
+from indexer.errors import PageLensError, UsageError
+from indexer.settings import ModelSettings
 from indexer.store import Collection
+
+if TYPE_CHECKING:
+    from indexer.pages import RenderSettings
 
 #: Exit codes (documented in the README): 0 ok, 1 error, 2 usage, 3 some inputs refused.
 EXIT_ERROR = 1
@@ -29,18 +33,22 @@ EXIT_REFUSED = 3
 
 @dataclass
 class Options:
-    """Global options, read once by the root callback."""
+    """Global options, read once by the root callback.
+
+    ``settings`` holds everything that shapes a collection (model, device, dtype, visual-token
+    budget, ...); ``opts.model``, ``opts.image_tokens`` etc. read through to it.
+    """
 
     collection: str | None = None
-    model: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    image_tokens: int | None = None
-    quantize: str | None = None
-    compile: bool = False
-    embedder_url: str | None = None
+    settings: ModelSettings = field(default_factory=ModelSettings)
     _store: Collection | None = field(default=None, repr=False)
     _embedder: Embedder | None = field(default=None, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: the settings' fields, read-only.
+        if name in ModelSettings.__dataclass_fields__ and "settings" in self.__dict__:
+            return getattr(self.__dict__["settings"], name)
+        raise AttributeError(name)
 
     @property
     def collection_dir(self) -> Path:
@@ -51,24 +59,24 @@ class Options:
             self._store = Collection(self.collection_dir, create=create)
         return self._store
 
+    def render_settings(self) -> RenderSettings:
+        """How new pages are rendered: the collection's recorded settings, else the
+        ``--image-tokens`` budget (so ``index --text-only`` renders for it too)."""
+        from indexer.pages import RenderSettings
+
+        stored = self.store().render_settings()
+        if stored:
+            fields = RenderSettings.__dataclass_fields__
+            return RenderSettings(**{k: v for k, v in stored.items() if k in fields})
+        return self.settings.render_settings()
+
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            from indexer import embedder_options, load_embedder
-
-            options = embedder_options(
-                image_tokens=self.image_tokens, quantize=self.quantize, compile=self.compile
+            verb = (
+                "connecting to the embedder at" if self.settings.embedder_url else "loading model"
             )
-            if self.embedder_url:
-                from indexer.remote import redact_url
-
-                say(f"connecting to the embedder at {redact_url(self.embedder_url)} ...")
-                self._embedder = load_embedder(
-                    self.model, embedder_url=self.embedder_url, **options
-                )
-                return self._embedder
-            model = self.model or default_model()
-            say(f"loading model {model} ...")
-            self._embedder = load_embedder(model, device=self.device, dtype=self.dtype, **options)
+            say(f"{verb} {self.settings.display} ...")
+            self._embedder = self.settings.load()
         return self._embedder
 
 
@@ -98,6 +106,8 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
     """Run a command body, turning domain errors into a clean one-line failure."""
     try:
         return fn()
+    except UsageError as exc:
+        fail(str(exc), 2)
     except PageLensError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

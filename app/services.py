@@ -24,13 +24,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer import embedder_options
 from indexer.catalog import Document, Page
-from indexer.config import collection_path, default_model
+from indexer.config import collection_path
 from indexer.embedder import Embedder
 from indexer.errors import CollectionError, PageLensError
-from indexer.pages import RenderSettings
 from indexer.pipeline import FileResult, Indexer, IndexReport, Progress
+from indexer.settings import ModelSettings
 from indexer.store import Collection
 from indexer.uploads import discard_upload
 
@@ -42,37 +41,18 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 @dataclass(frozen=True)
 class AppSettings:
-    """The environment of the app: ``PAGELENS_COLLECTION``, ``PAGELENS_MODEL`` (or
-    ``PAGELENS_EMBEDDER_URL``, which wins: the model runs at that endpoint),
-    ``PAGELENS_DEVICE``, ``PAGELENS_DTYPE``, ``PAGELENS_IMAGE_TOKENS``, ``PAGELENS_QUANTIZE``
-    (the same settings as the CLI's global options)."""
+    """The environment of the app: ``PAGELENS_COLLECTION`` and the model settings
+    (:class:`~indexer.settings.ModelSettings`, the same ones as the CLI's global options,
+    which ``pagelens app`` passes on as ``PAGELENS_*`` variables)."""
 
     collection: str | None = None
-    model: str = field(default_factory=default_model)
-    device: str | None = None
-    dtype: str | None = None
-    image_tokens: int | None = None
-    quantize: str | None = None
-    compile: bool = False
+    model: ModelSettings = field(default_factory=ModelSettings)
 
     @classmethod
     def from_env(cls) -> AppSettings:
-        tokens = os.environ.get("PAGELENS_IMAGE_TOKENS") or None
-        try:
-            image_tokens = int(tokens) if tokens else None
-        except ValueError as exc:
-            raise PageLensError(
-                f"PAGELENS_IMAGE_TOKENS must be a whole number, not '{tokens}'."
-            ) from exc
         return cls(
             collection=os.environ.get("PAGELENS_COLLECTION") or None,
-            # A remote embedder (PAGELENS_EMBEDDER_URL) stands in for the local model.
-            model=os.environ.get("PAGELENS_EMBEDDER_URL") or default_model(),
-            device=os.environ.get("PAGELENS_DEVICE") or None,
-            dtype=os.environ.get("PAGELENS_DTYPE") or None,
-            image_tokens=image_tokens,
-            quantize=os.environ.get("PAGELENS_QUANTIZE") or None,
-            compile=(os.environ.get("PAGELENS_COMPILE") or "").lower() in ("1", "true", "yes"),
+            model=ModelSettings.from_env(),
         )
 
     @property
@@ -96,21 +76,14 @@ class ModelLoader:
 
     def __init__(
         self,
-        model: str,
+        settings: ModelSettings | str | None = None,
         *,
-        device: str | None = None,
-        dtype: str | None = None,
-        image_tokens: int | None = None,
-        quantize: str | None = None,
-        compile: bool = False,
         loader: Callable[..., Embedder] | None = None,
     ) -> None:
-        self.model = model
-        self.quantize = quantize
-        self.compile = compile
-        self.device = device
-        self.dtype = dtype
-        self.image_tokens = image_tokens
+        if not isinstance(settings, ModelSettings):
+            settings = ModelSettings(model=settings)
+        self.settings = settings
+        self.model = settings.display
         self._loader = loader
         self._lock = threading.Lock()
         self._done = threading.Event()
@@ -143,10 +116,7 @@ class ModelLoader:
             loader = self._loader
             if loader is None:
                 from indexer import load_embedder as loader
-            options = embedder_options(
-                image_tokens=self.image_tokens, quantize=self.quantize, compile=self.compile
-            )
-            self.embedder = loader(self.model, device=self.device, dtype=self.dtype, **options)
+            self.embedder = loader(self.settings.load_target, **self.settings.load_options())
         except PageLensError as exc:
             self.error = str(exc)
         except Exception as exc:  # a bug or an environment problem: say it, do not crash
@@ -174,10 +144,12 @@ class ModelLoader:
         e = self.embedder
         return {
             "model_id": getattr(e, "model_id", None) or self.model,
-            "device": str(getattr(e, "device", None) or self.device or "auto"),
-            "dtype": str(getattr(e, "dtype", None) or self.dtype or "auto").replace("torch.", ""),
+            "device": str(getattr(e, "device", None) or self.settings.device or "auto"),
+            "dtype": str(getattr(e, "dtype", None) or self.settings.dtype or "auto").replace(
+                "torch.", ""
+            ),
             "dim": getattr(e, "dim", None),
-            "max_image_tokens": getattr(e, "max_image_tokens", None) or self.image_tokens,
+            "max_image_tokens": getattr(e, "max_image_tokens", None) or self.settings.tokens,
             "state": self.state,
             "error": self.error,
             "seconds": self.seconds,
@@ -308,12 +280,9 @@ class Workspace:
         self,
         path: str | os.PathLike[str],
         model: ModelLoader,
-        *,
-        image_tokens: int | None = None,
     ) -> None:
         self.store = Collection(path)
         self.model = model
-        self.image_tokens = image_tokens
         self.job = EmbedJob(self.store, model)
         self._write = threading.Lock()
 
@@ -331,8 +300,8 @@ class Workspace:
     def indexer(self, embedder: Embedder | None = None) -> Indexer:
         """An indexer that renders pages for the configured visual-token budget."""
         settings = None
-        if self.store.render_settings() is None and self.image_tokens:
-            settings = RenderSettings.for_tokens(int(self.image_tokens))
+        if self.store.render_settings() is None:
+            settings = self.model.settings.render_settings()
         return Indexer(self.store, embedder, settings=settings)
 
     def add_files(

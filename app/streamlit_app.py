@@ -22,6 +22,7 @@ from indexer.config import collection_path, home, list_collections
 from indexer.errors import PageLensError
 from indexer.pages import IMAGE_SUFFIXES, SUPPORTED_SUFFIXES
 from indexer.pipeline import format_duration
+from indexer.settings import ModelSettings
 from indexer.uploads import discard_upload, max_upload_mb, save_upload
 from retriever.export import ExportSettings, to_markdown, to_openai_messages, zip_bytes
 from retriever.search import MODES, PageRange, Retriever
@@ -37,28 +38,13 @@ MODE_HELP = {
 
 # -- long-lived objects (one per process) ----------------------------------------------
 @st.cache_resource(show_spinner=False)
-def get_model(
-    model: str,
-    device: str | None,
-    dtype: str | None,
-    image_tokens: int | None,
-    quantize: str | None,
-    compile: bool = False,
-) -> ModelLoader:
-    loader = ModelLoader(
-        model,
-        device=device,
-        dtype=dtype,
-        image_tokens=image_tokens,
-        quantize=quantize,
-        compile=compile,
-    )
-    return loader.start()
+def get_model(settings: ModelSettings) -> ModelLoader:
+    return ModelLoader(settings).start()
 
 
 @st.cache_resource(show_spinner=False)
-def get_workspace(path: str, model_key: tuple) -> Workspace:
-    return Workspace(path, get_model(*model_key), image_tokens=model_key[3])
+def get_workspace(path: str, settings: ModelSettings) -> Workspace:
+    return Workspace(path, get_model(settings))
 
 
 @st.cache_data(show_spinner=False, max_entries=4000)
@@ -620,9 +606,8 @@ def export_section(res: dict, hits: list) -> None:
 
 
 # -- page --------------------------------------------------------------------------------
-def model_key() -> tuple:
-    s = st.session_state.settings
-    return (s.model, s.device, s.dtype, s.image_tokens, s.quantize, s.compile)
+def model_key() -> ModelSettings:
+    return st.session_state.settings.model
 
 
 def current_workspace() -> Workspace:
@@ -648,7 +633,7 @@ def main() -> None:
         return
     st.session_state.settings = settings
     _state_defaults(settings)
-    model = get_model(*model_key())
+    model = get_model(model_key())
     try:
         ws = current_workspace()
     except PageLensError as exc:

@@ -12,6 +12,10 @@ class PageLensError(Exception):
     """Base class: the message is meant to be shown to the user as is."""
 
 
+class UsageError(PageLensError):
+    """The command or setting itself is wrong (a bad option value): exit code 2, not 1."""
+
+
 class ModelNotAvailableError(PageLensError):
     """The model's weights could not be found locally nor downloaded."""
 
