@@ -196,7 +196,9 @@ def index(
             embedder = None if text_only else opts.embedder()
         except ModelNotAvailableError as exc:
             fail(f"{exc} Meanwhile 'pagelens index --text-only PATH' makes the text searchable.")
-        indexer = Indexer(store, embedder, settings=opts.render_settings(), batch_size=batch_size)
+        indexer = Indexer(
+            store, embedder, settings=opts.render_settings(embedder), batch_size=batch_size
+        )
         if ocr is not None or ocr_language:
             indexer.settings = dataclasses.replace(
                 indexer.settings,

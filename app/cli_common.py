@@ -59,15 +59,19 @@ class Options:
             self._store = Collection(self.collection_dir, create=create)
         return self._store
 
-    def render_settings(self) -> RenderSettings:
+    def render_settings(self, embedder: Embedder | None = None) -> RenderSettings:
         """How new pages are rendered: the collection's recorded settings, else the
-        ``--image-tokens`` budget (so ``index --text-only`` renders for it too)."""
+        ``--image-tokens`` budget (so ``index --text-only`` renders for it too), else the
+        budget of the model in use (a remote endpoint's own), else GME's 1280."""
         from indexer.pages import RenderSettings
 
         stored = self.store().render_settings()
         if stored:
             fields = RenderSettings.__dataclass_fields__
             return RenderSettings(**{k: v for k, v in stored.items() if k in fields})
+        budget = getattr(embedder, "max_image_tokens", None)
+        if self.settings.image_tokens is None and budget:
+            return RenderSettings.for_tokens(int(budget))
         return self.settings.render_settings()
 
     def embedder(self) -> Embedder:
