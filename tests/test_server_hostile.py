@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import urllib.parse
 
 import pytest
@@ -250,3 +251,71 @@ def test_serve_guards_loopback_and_refuses_empty_key(monkeypatch):
         assert "empty" in result.output and not calls
     with pytest.raises(ValueError, match="empty"):
         create_app(FakeEmbedder(), api_key="")
+
+
+# --------------------------------------------------------------------------- peak memory
+
+#: The figure README.md (Security and limits) states for the worst request the default limits allow.
+PEAK_LIMIT_MB = 1024
+
+
+def worst_allowed_request() -> bytes:
+    """A body at every default limit at once: 64 MB, 256 inputs, 64 M decoded pixels.
+
+    15 small PNGs that claim 4000 x 4000 pixels (the most a non-JPEG may have), each kept
+    at 2000 x 2000 after decoding, one incompressible 2000 x 2000 PNG (~12 MB), 240 texts
+    of the longest allowed length, and whitespace up to the body limit.
+    """
+    import base64
+
+    from app.server.limits import MAX_ITEMS, MAX_REQUEST_BYTES, MAX_TEXT_CHARS
+
+    solid = data_url(encoded((4000, 4000)))
+    noise = io.BytesIO()
+    pixels = Image.frombytes("RGB", (2000, 2000), os.urandom(2000 * 2000 * 3))
+    pixels.save(noise, format="PNG", compress_level=1)
+    noisy = "data:image/png;base64," + base64.b64encode(noise.getvalue()).decode()
+    items = [{"image": solid}] * 15 + [{"image": noisy}]
+    items += ["word " * (MAX_TEXT_CHARS // 5)] * (MAX_ITEMS - len(items))
+    body = json.dumps({"model": "pagelens", "input": items}).encode()
+    assert len(body) < MAX_REQUEST_BYTES
+    return body[:-1] + b" " * (MAX_REQUEST_BYTES - len(body) - 1) + b"}"
+
+
+@pytest.mark.slow
+def test_worst_allowed_request_peak_memory(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "PAGELENS_HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "tests" / "server_peak.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        started = json.loads(proc.stdout.readline())
+        url = f"http://127.0.0.1:{started['port']}"
+        body = worst_allowed_request()
+        r = httpx.post(
+            url + "/v1/embeddings",
+            content=body,
+            headers={"Content-Type": "application/json"},
+            timeout=300,
+        )
+        assert r.status_code == 200, r.text[:500]
+        assert len(r.json()["data"]) == 256
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        peak = json.loads(proc.stdout.readline())["peak_mb"]
+    finally:
+        proc.kill()
+        proc.wait(10)
+    print(f"server idle {started['idle_mb']:.0f} MB, peak {peak:.0f} MB")
+    assert peak < PEAK_LIMIT_MB, (started, peak)
