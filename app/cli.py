@@ -8,118 +8,25 @@ that holds named collections. Exit codes: 0 ok, 1 error, 2 usage, 3 some files r
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import sys
-import typing
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from app.cli_common import (
     EXIT_REFUSED,
     Options,
-    configure_logging,
     fail,
+    open_retriever,
     options,
     print_json,
     run_guarded,
     say,
 )
+from app.cli_root import cli
 from app.progress import TerminalProgress
-from indexer.config import HOME_RULE
-from indexer.errors import ModelNotAvailableError, UsageError
-from indexer.settings import ModelSettings
-
-
-def _plain_flags() -> None:
-    """Typer's rich help labels on/off flags ``<bool>`` as if they took a value (``--json
-    <bool>``); a flag takes none, so show no type for it (options with values keep theirs)."""
-    from typer.core import TyperOption
-
-    original = TyperOption.display_type_rich
-    if getattr(original, "_pagelens", False):
-        return
-
-    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
-        if getattr(self, "is_flag", False) and self.metavar is None:
-            return None
-        return original(self, ctx)
-
-    display_type_rich._pagelens = True  # type: ignore[attr-defined]
-    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
-
-
-_plain_flags()
-
-cli = typer.Typer(
-    name="pagelens",
-    help="Ask questions of your PDFs and get back the pages that answer. Built with GME.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def root(ctx: typer.Context, **values: Any) -> None:
-    """Read the global options once (the model settings' flags come from ModelSettings)."""
-    configure_logging(values.pop("verbose"))
-    collection = values.pop("collection")
-    try:
-        settings = ModelSettings(**values)
-    except UsageError as exc:
-        fail(str(exc), 2)
-    ctx.obj = Options(collection=collection, settings=settings)
-
-
-def _root_signature() -> None:
-    """Give :func:`root` one Typer option per :class:`ModelSettings` field, so that a new
-    setting is one edit (in indexer/settings.py) and reaches the CLI, app and server."""
-    hints = typing.get_type_hints(ModelSettings)
-    kw = inspect.Parameter.KEYWORD_ONLY
-    params = [
-        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-        inspect.Parameter(
-            "collection",
-            kw,
-            annotation=str | None,
-            default=typer.Option(
-                None,
-                "--collection",
-                "-c",
-                envvar="PAGELENS_COLLECTION",
-                help=f"Collection name or folder path (default 'default'). {HOME_RULE}.",
-            ),
-        ),
-    ]
-    for f in dataclasses.fields(ModelSettings):
-        meta = f.metadata
-        params.append(
-            inspect.Parameter(
-                f.name,
-                kw,
-                annotation=hints[f.name],
-                default=typer.Option(
-                    f.default, *meta["flags"], envvar=meta["env"], help=meta["help"]
-                ),
-            )
-        )
-    params.append(
-        inspect.Parameter(
-            "verbose",
-            kw,
-            annotation=bool,
-            default=typer.Option(False, "--verbose", "-v", help="Log details."),
-        )
-    )
-    root.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    root.__annotations__ = {p.name: p.annotation for p in params}
-
-
-_root_signature()
-cli.callback()(root)
+from indexer.errors import ModelNotAvailableError
 
 
 @cli.command()
@@ -169,7 +76,6 @@ def index(
         fail("--ray-actors and --ray-actor-cpus go with --ray ADDRESS", 2)
 
     def body() -> None:
-        import dataclasses
 
         from indexer.pages import ocr_tessdata
 
@@ -237,7 +143,6 @@ def _index_on_ray(
     ocr_language: str | None,
 ):
     """``index --ray``: the same job on a Ray cluster (indexer/ray_job.py)."""
-    import dataclasses
 
     from indexer.ray_job import RayIndexer, RayOptions, check_address
 
@@ -323,7 +228,7 @@ def search(
     opts = options(ctx)
 
     def body() -> None:
-        retriever = _retriever(opts, mode)
+        retriever = open_retriever(opts, mode)
         hits = retriever.search(
             question, k, image=image, documents=documents or None, pages=pages, mode=mode
         )
@@ -356,23 +261,6 @@ def search(
             say(f"note: {pending} page(s) still wait for vectors; run 'pagelens index' to finish")
 
     run_guarded(body)
-
-
-def _retriever(opts: Options, mode: str | None):
-    from retriever.search import Retriever
-
-    store = opts.store(create=False)
-    embedder = None
-    if mode != "text":
-        try:
-            embedder = opts.embedder()
-        except ModelNotAvailableError as exc:
-            if mode is not None or not store.stats().pages:
-                raise
-            # No mode asked for: the text layer still answers, so say why and use it.
-            say(f"note: {exc}")
-            say("note: the model is not available, so this searches the text layer (--mode text)")
-    return Retriever(embedder, store)
 
 
 @cli.command()
@@ -449,7 +337,7 @@ def export(
             settings = ExportSettings(max_side=max_side, image_format=image_format, quality=quality)
         except ValueError as exc:
             fail(str(exc), 2)
-        hits = _retriever(opts, mode).search(
+        hits = open_retriever(opts, mode).search(
             question, k, documents=documents or None, pages=pages, mode=mode
         )
         if not hits:
@@ -521,12 +409,16 @@ def make_model(
     say(f"wrote a random-weight {size} GME checkpoint to {path}; use it with PAGELENS_MODEL={path}")
 
 
+# The other command modules register on app.cli_root.cli when imported (they import
+# cli_root, never this module: no import cycle). Imported after the core commands so that
+# --help lists those first.
+from app import cli_ask, cli_bench, cli_check, cli_eval, cli_mcp, cli_serve  # noqa: E402,F401,I001
+
+
 def main() -> None:
     """Console-script entry point."""
     cli()
 
-
-from app import commands  # noqa: E402,F401  (registers the commands of other modules)
 
 if __name__ == "__main__":
     main()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import _retriever, cli
-from app.cli_common import fail, options, print_json, run_guarded, say
+from app.cli_common import fail, open_retriever, options, print_json, run_guarded, say
+from app.cli_root import cli
 
 
 @cli.command("ask")
@@ -49,7 +49,7 @@ def ask_cmd(
         if not settings.configured:
             raise LLMNotConfiguredError()
         check_page_count(k, settings)  # before loading the model or searching
-        hits = _retriever(opts, mode).search(
+        hits = open_retriever(opts, mode).search(
             question, k, documents=documents or None, pages=pages, mode=mode
         )
         if not hits:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import cli
 from app.cli_common import options, run_guarded, say
+from app.cli_root import cli
 from indexer.settings import ModelSettings
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import cli
 from app.cli_common import fail, options, print_json, run_guarded, say
+from app.cli_root import cli
 
 #: Exit code when the check finds problems that remain (documented in the README).
 EXIT_PROBLEMS = 4

@@ -19,12 +19,13 @@ import typer
 
 from indexer.config import collection_path
 from indexer.embedder import Embedder
-from indexer.errors import PageLensError, UsageError
+from indexer.errors import ModelNotAvailableError, PageLensError, UsageError
 from indexer.settings import ModelSettings
 from indexer.store import Collection
 
 if TYPE_CHECKING:
     from indexer.pages import RenderSettings
+    from retriever.search import Retriever
 
 #: Exit codes (documented in the README): 0 ok, 1 error, 2 usage, 3 some inputs refused.
 EXIT_ERROR = 1
@@ -129,3 +130,22 @@ def configure_logging(verbose: bool) -> None:
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def open_retriever(opts: Options, mode: str | None) -> Retriever:
+    """The retriever a searching command uses. Without a model and without ``--mode``, the
+    text layer still answers, so it says why and falls back to text search."""
+    from retriever.search import Retriever
+
+    store = opts.store(create=False)
+    embedder = None
+    if mode != "text":
+        try:
+            embedder = opts.embedder()
+        except ModelNotAvailableError as exc:
+            if mode is not None or not store.stats().pages:
+                raise
+            # No mode asked for: the text layer still answers, so say why and use it.
+            say(f"note: {exc}")
+            say("note: the model is not available, so this searches the text layer (--mode text)")
+    return Retriever(embedder, store)

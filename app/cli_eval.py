@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from app.cli import cli
 from app.cli_common import options, print_json, run_guarded, say
+from app.cli_root import cli
 
 
 @cli.command("eval")

@@ -10,8 +10,8 @@ import hmac
 
 import typer
 
-from app.cli import cli
 from app.cli_common import fail, options, run_guarded, say
+from app.cli_root import cli
 from app.cli_serve import _is_loopback
 
 

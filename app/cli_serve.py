@@ -6,8 +6,8 @@ import ipaddress
 
 import typer
 
-from app.cli import cli
 from app.cli_common import fail, options, run_guarded, say
+from app.cli_root import cli
 
 
 def _is_loopback(host: str) -> bool:
