@@ -17,6 +17,8 @@ E. (optional) RSS while indexing a long PDF with a fake embedder.
 F. (optional, ``--remote-pages N``) per-page overhead of embedding through ``pagelens serve``
    (a subprocess on loopback, RemoteEmbedder's defaults) over in-process, same weights (the
    tiny random model unless ``--model``): bench/remote_overhead.py.
+G. ``index --ray`` throughput with 1 and 2 embedding actors on a local Ray instance, and the
+   same pages in-process (bench/ray_bench.py; ``--ray-actors ''`` skips it).
 """
 
 from __future__ import annotations
@@ -374,6 +376,10 @@ class BenchConfig:
     out: str | None = None
     pdf: str | None = None
     seed: int = 0
+    ray_actors: list[int] = field(default_factory=lambda: [1, 2])
+    ray_pages: int = 16
+    ray_tokens: int = 256
+    ray_size: str = "tiny"
 
 
 def _build(cfg: BenchConfig, dtype: str, **options: Any):
@@ -973,6 +979,9 @@ def summary(report: dict) -> str:
             f"PNG {r['png_encode_ms_per_page']} ms, {r['png_kb_per_page']} KiB; "
             f"cos min {r['cosine_min']})"
         )
+    from bench.ray_bench import summary_lines
+
+    lines.extend("  " + line for line in summary_lines(report))
     for name, t in report.get("targets", {}).items():
         lines.append(f"  target {name}: {'MET' if t['met'] else 'not met'} ({t['value']})")
     return "\n".join(lines)
@@ -1023,6 +1032,10 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
             images, texts, rendering = render(pdf, cfg.pages, max(cfg.budgets))
             report["rendering"] = rendering
             run_model(cfg, report, report["matmul_peak"], images, texts)
+        if cfg.ray_actors:
+            from bench.ray_bench import run_ray
+
+            run_ray(cfg, report, Path(tmp), make_text_pdf)
     if not cfg.skip_vectors and cfg.vectors:
         run_vectors(cfg, report)
     if cfg.rss_pages:
@@ -1087,6 +1100,17 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--peak-n", type=int, default=4096)
     p.add_argument("--pdf", default=None)
     p.add_argument("--label", default=None)
+    p.add_argument(
+        "--ray-actors", default="1,2", help="index --ray runs with these actor counts ('' skips)"
+    )
+    p.add_argument("--ray-pages", type=int, default=16)
+    p.add_argument("--ray-tokens", type=int, default=256)
+    p.add_argument(
+        "--ray-size",
+        default="tiny",
+        choices=["full", "tiny"],
+        help="random checkpoint the Ray actors load without --model (tiny: Ray's own cost)",
+    )
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     return BenchConfig(
@@ -1118,6 +1142,10 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         threads=a.threads,
         peak_n=a.peak_n,
         pdf=a.pdf,
+        ray_actors=_ints(a.ray_actors),
+        ray_pages=a.ray_pages,
+        ray_tokens=a.ray_tokens,
+        ray_size=a.ray_size,
         label=a.label,
         out=a.out,
     )

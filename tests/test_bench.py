@@ -78,6 +78,8 @@ def test_bench_tiny_report(tmp_path):
             "256",
             "--rss-pages",
             "6",
+            "--ray-actors",
+            "",  # the Ray phase has its own test (tests/test_ray.py)
             "--out",
             str(out),
         ]

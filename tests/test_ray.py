@@ -123,6 +123,35 @@ def test_cli_index_ray_on_the_cluster_address(ray_local, tiny_model_dir, inputs,
     assert len(json.loads(found.stdout)["hits"]) == 3
 
 
+def test_bench_ray_phase_reports_pages_per_second(ray_local, tiny_model_dir, tmp_path):
+    """The bench's Ray phase (bench/ray_bench.py) on the running instance; before the shared
+    pool exists, for the same reason as the CLI test."""
+    from types import SimpleNamespace
+
+    from bench.bench import make_text_pdf
+    from bench.ray_bench import run_ray, summary_lines
+
+    cfg = SimpleNamespace(
+        model=str(tiny_model_dir),
+        ray_size="tiny",
+        ray_tokens=TOKENS,
+        ray_pages=4,
+        ray_actors=[1],
+        batch_size=2,
+        dtype=None,
+        seed=0,
+    )
+    report: dict = {}
+    run_ray(cfg, report, tmp_path, make_text_pdf)
+    section = report["ray"]
+    assert section["cluster"]["CPU"] == 2 and section["image_tokens"] == TOKENS
+    (run,) = section["runs"]
+    assert run["actors"] == 1 and run["pages_embedded"] == 4
+    assert run["pages_per_s"] > 0 and run["pool_start_s"] > 0
+    assert section["in_process"]["pages_per_s"] > 0
+    assert "1 actor(s)" in summary_lines(report)[0]
+
+
 def test_same_vectors_as_in_process_and_rerun_adds_nothing(pool, reference, inputs, tmp_path):
     ray_store = Collection(tmp_path / "ray")
     events = []
@@ -154,32 +183,6 @@ def test_same_vectors_as_in_process_and_rerun_adds_nothing(pool, reference, inpu
     _assert_clean(ray_store, 14)
 
 
-def test_actor_killed_mid_job_loses_and_duplicates_nothing(pool, reference, tmp_path):
-    folder = tmp_path / "many"
-    make_text_pdf(folder / "one.pdf", [f"One {i}: {TOPICS[i % 12]}" for i in range(10)])
-    make_text_pdf(folder / "two.pdf", [f"Two {i}: {TOPICS[(i + 4) % 12]}" for i in range(8)])
-    store = Collection(tmp_path / "ray")
-    killed: list[int] = []
-
-    def kill_one(job: RayIndexer) -> None:
-        if not killed:  # after the first committed batch, with others in flight
-            victim = job.actors[0]
-            pid = ray.get(victim.pid.remote())
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
-    failures = pool.failures
-    with RayIndexer(store, pool=pool, settings=SETTINGS, batch_size=2) as job:
-        report = job.add([folder], on_batch=kill_one)
-    assert killed and pool.failures == failures + 1
-    assert len(pool.actors) == 2  # the dead one was replaced
-    assert report.pending == 0 and report.pages_stored == 18
-    _assert_clean(store, 18)
-    local = Collection(tmp_path / "local")
-    Indexer(local, reference, settings=SETTINGS).add([folder])
-    _assert_same_vectors(store, local)
-
-
 def test_driver_crash_mid_job_resumes_without_duplicates(pool, reference, tmp_path):
     folder = tmp_path / "docs"
     make_text_pdf(folder / "long.pdf", [f"Long {i}: {TOPICS[i % 12]}" for i in range(12)])
@@ -202,6 +205,33 @@ def test_driver_crash_mid_job_resumes_without_duplicates(pool, reference, tmp_pa
     assert report.pages_embedded + report.pages_reused == 12 - stats.embedded
     assert report.pages_stored == 12 - stats.pages
     _assert_clean(store, 12)
+    local = Collection(tmp_path / "local")
+    Indexer(local, reference, settings=SETTINGS).add([folder])
+    _assert_same_vectors(store, local)
+
+
+def test_actor_killed_mid_job_loses_and_duplicates_nothing(pool, reference, tmp_path):
+    # After the driver-crash test: the replacement actor loads while later tests run.
+    folder = tmp_path / "many"
+    make_text_pdf(folder / "one.pdf", [f"One {i}: {TOPICS[i % 12]}" for i in range(10)])
+    make_text_pdf(folder / "two.pdf", [f"Two {i}: {TOPICS[(i + 4) % 12]}" for i in range(8)])
+    store = Collection(tmp_path / "ray")
+    killed: list[int] = []
+
+    def kill_one(job: RayIndexer) -> None:
+        if not killed:  # after the first committed batch, with others in flight
+            victim = job.actors[0]
+            pid = ray.get(victim.pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    failures = pool.failures
+    with RayIndexer(store, pool=pool, settings=SETTINGS, batch_size=2) as job:
+        report = job.add([folder], on_batch=kill_one)
+    assert killed and pool.failures == failures + 1
+    assert len(pool.actors) == 2  # the dead one was replaced
+    assert report.pending == 0 and report.pages_stored == 18
+    _assert_clean(store, 18)
     local = Collection(tmp_path / "local")
     Indexer(local, reference, settings=SETTINGS).add([folder])
     _assert_same_vectors(store, local)
