@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import DocumentError, PageLensError
+from indexer.identity import ModelIdentity
 from indexer.pages import RenderSettings, inspect_document, iter_input_files, render_pages
 from indexer.pipeline import FileResult, IndexReport, Progress, ProgressFn
 from indexer.store import Collection, EncodedImage
@@ -239,9 +240,9 @@ class EmbedActor:
             model, device=load.get("device"), dtype=load.get("dtype"), **options
         )
 
-    def identity(self) -> tuple[str, int, int | None]:
-        e = self.embedder
-        return (e.model_id, int(e.dim), getattr(e, "max_image_tokens", None))
+    def identity(self) -> ModelIdentity:
+        """What the collection records of this model (name, dim, weights fingerprint)."""
+        return ModelIdentity.of(self.embedder)
 
     def pid(self) -> int:
         return os.getpid()
@@ -303,10 +304,10 @@ class EmbedPool:
         self.actors: list[Any] = []  # live actor handles (tests kill one)
         self.resources: Resources | None = None
         self.failures = 0
-        self._identity: tuple[str, int, int | None] | None = None
+        self._identity: ModelIdentity | None = None
 
-    def start(self) -> tuple[str, int, int | None]:
-        """Start the actors (once) and return the model they loaded: (id, dim, image tokens).
+    def start(self) -> ModelIdentity:
+        """Start the actors (once) and return the identity of the model they loaded.
 
         All actors must agree; a model that cannot load surfaces here as its own error.
         """
@@ -325,8 +326,12 @@ class EmbedPool:
             except ray.exceptions.RayActorError as exc:
                 self.close()
                 raise PageLensError(f"A Ray embedding actor could not start: {exc}") from exc
-            if len({(i[0], i[1]) for i in ids}) != 1:
-                raise PageLensError(f"Ray actors loaded different models: {sorted(set(ids))}")
+            if len({(i.name, i.dim, i.fingerprint) for i in ids}) != 1:
+                self.close()
+                raise PageLensError(
+                    "Ray actors loaded different models (is the model folder the same on "
+                    f"every node?): {sorted({i.display for i in ids})}"
+                )
             self._identity = ids[0]
         return self._identity
 
@@ -457,7 +462,12 @@ class RayIndexer:
         report = IndexReport()
         with self.store.writing(on_wait=on_wait):
             if identity is not None:
-                self.store.bind_model(identity[0], identity[1])
+                self.store.bind_model(
+                    identity.name,
+                    identity.dim,
+                    fingerprint=identity.fingerprint,
+                    revision=identity.revision,
+                )
             if self.store.render_settings() is None:
                 self.store.set_render_settings(self.settings.as_dict())
             try:

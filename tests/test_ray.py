@@ -171,6 +171,8 @@ def test_same_vectors_as_in_process_and_rerun_adds_nothing(pool, reference, inpu
     assert report.pending == 0
     _assert_same_vectors(ray_store, local_store)
     _assert_clean(ray_store, 14)
+    identity = ray_store.model_identity()
+    assert identity == local_store.model_identity() and identity.fingerprint
 
     vectors = [e for e in events if e.phase == "vectors"]
     assert (vectors[-1].done, vectors[-1].total) == (14, 14) and vectors[-1].rate > 0
