@@ -74,6 +74,12 @@ def index(
     opts = options(ctx)
     if ray_address is None and (ray_actors is not None or ray_actor_cpus is not None):
         fail("--ray-actors and --ray-actor-cpus go with --ray ADDRESS", 2)
+    if ray_address is not None and opts.embedder_url:
+        fail(
+            "--ray embeds on the Ray cluster's actors and --embedder on an endpoint: "
+            "use one or the other",
+            2,
+        )
 
     def body() -> None:
 

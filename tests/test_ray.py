@@ -118,6 +118,8 @@ def test_cli_index_ray_on_the_cluster_address(ray_local, tiny_model_dir, inputs,
     assert "refused  " in result.output and "broken.pdf" in result.output
     assert "14 pages stored, 13 embedded (1 reused)" in result.output
     assert "pages/s" in result.output
+    both = runner.invoke(cli, ["--embedder", "http://127.0.0.1:9/v1", *args, str(inputs[0])])
+    assert both.exit_code == 2 and "one or the other" in both.output
     found = runner.invoke(cli, ["search", "hydraulic pump", "--json", "-k", "3"])
     assert found.exit_code == 0, found.output
     assert len(json.loads(found.stdout)["hits"]) == 3
