@@ -7,6 +7,7 @@ streamable HTTP on loopback (``/mcp``). Listening beyond loopback needs ``--api-
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 import typer
 
@@ -50,7 +51,7 @@ def mcp_cmd(
             return
         import uvicorn
 
-        app = server.streamable_http_app(host=host)
+        app: Any = server.streamable_http_app(host=host)
         if api_key:
             app = _BearerGuard(app, api_key)
         say(f"PageLens MCP server on http://{host}:{port}/mcp, collection {store.path}")

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import MCPServer
-from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
 
 from indexer.embedder import Embedder
@@ -166,7 +166,7 @@ def build_server(
                 content=[_text(" ".join(["No pages found.", *notes]))],
                 structured_content={"hits": []},
             )
-        content = [
+        content: list[ContentBlock] = [
             _text(
                 f"{len(hits)} page(s) for: {question}\n"
                 + "\n".join(f"[{i}] {citation(h)}" for i, h in enumerate(hits, 1))

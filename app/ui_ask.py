@@ -91,7 +91,9 @@ def _stream_answer(question: str, chosen: Sequence[Hit], settings: LLMSettings) 
 
 
 def _citations(answer: Answer, res: dict, open_page: Callable[[Hit, str], None]) -> None:
-    by_page = {(h.document, h.page): h for h in answer.hits}
+    by_page: dict[tuple[str | None, int | None], Hit] = {
+        (h.document, h.page): h for h in answer.hits
+    }
     sent = [c for c in answer.citations if c.sent]
     if not answer.citations:
         st.caption("The answer cites no page.")

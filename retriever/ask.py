@@ -21,6 +21,7 @@ is a clear :class:`AskLimitError` instead of a provider's 400.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -190,6 +191,19 @@ class LLMSettings:
         parts = urllib.parse.urlsplit(self.url.strip())
         return parts.netloc.rpartition("@")[2]  # never show credentials in a URL
 
+    @property
+    def is_local(self) -> bool:
+        """Whether the endpoint is on this machine (localhost or a loopback address)."""
+        if self.url is None:
+            return False
+        host = urllib.parse.urlsplit(self.url.strip()).hostname or ""
+        if host == "localhost" or host.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
     def destination(self) -> str:
         """One line saying where pages go: ``http://host:port (model M)``."""
         if self.url is None:
@@ -328,9 +342,9 @@ def _one_citation(
     if not m:
         return None
     doc, page = m.group("doc").strip().strip("\"'“”"), int(m.group("page"))
-    hit = by_page.get((doc, page)) or by_lower.get((doc.lower(), page))
-    if hit is not None:
-        return Citation(hit.document, hit.page, hit.image, True, part.strip())
+    found = by_page.get((doc, page)) or by_lower.get((doc.lower(), page))
+    if found is not None:
+        return Citation(found.document, found.page, found.image, True, part.strip())
     return Citation(doc, page, None, False, part.strip())
 
 
@@ -429,6 +443,9 @@ class ChatClient:
         return httpx.Client(
             timeout=httpx.Timeout(self.settings.timeout_s, connect=10.0),
             transport=self.transport,
+            # A local LLM is reached directly, never through an HTTP(S)_PROXY from the
+            # environment (that would hand the pages to the proxy); hosted ones may need it.
+            trust_env=not self.settings.is_local,
         )
 
     def complete(self, messages: list[dict]) -> str:

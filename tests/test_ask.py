@@ -163,6 +163,14 @@ def test_errors_after_retries_are_clear(store, llm_stub):
     assert len(llm_stub.requests) == 4  # 401 is not retried
 
 
+def test_local_llm_ignores_proxy_variables(store, llm_stub, monkeypatch):
+    """A proxy from the environment must not see pages meant for a local LLM."""
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    llm_stub.answer = ANSWER
+    assert ask(QUESTION, hits_for(store)).text == ANSWER
+
+
 def test_unreachable_endpoint_is_a_clear_error(store, llm_stub):
     settings = LLMSettings.from_env(url="http://127.0.0.1:9/v1", retries=0)
     with pytest.raises(LLMError, match=r"Cannot reach the LLM at http://127.0.0.1:9/v1"):
@@ -189,6 +197,9 @@ def test_settings_from_env(monkeypatch):
     assert s.endpoint == "http://user:pw@localhost:11434/v1/chat/completions"
     assert s.destination() == "http://localhost:11434 (model qwen2.5vl)"
     assert s.max_images == 3 and s.image.max_side == 800
+    assert s.is_local  # reached without any proxy from the environment
+    assert not LLMSettings(url="https://api.example.com/v1").is_local
+    assert LLMSettings(url="http://[::1]:8000/v1").is_local
     monkeypatch.setenv("PAGELENS_LLM_MAX_IMAGES", "many")
     with pytest.raises(Exception, match="PAGELENS_LLM_MAX_IMAGES must be a whole number"):
         LLMSettings.from_env()

@@ -43,6 +43,7 @@ from retriever.ask import (
     ask_stream,
     check_page_count,
 )
+from retriever.search import Hit
 
 router = APIRouter()
 
@@ -58,7 +59,9 @@ class AskRequest(BaseModel):
 
 
 def answer_json(answer: Answer, collection: str | None) -> dict:
-    by_page = {(h.document, h.page): h for h in answer.hits}
+    by_page: dict[tuple[str | None, int | None], Hit] = {
+        (h.document, h.page): h for h in answer.hits
+    }
     citations = []
     for c in answer.citations:
         hit = by_page.get((c.document, c.page)) if c.sent else None
