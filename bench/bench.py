@@ -972,12 +972,14 @@ def summary(report: dict) -> str:
         )
     if "remote" in report:
         r = report["remote"]
+        t, g = r["transport"], r["tiny_gme"]
         lines.append(
-            f"  remote (pagelens serve, loopback, {r['render_tokens']}-token pages): "
-            f"+{r['overhead_s_per_page'] * 1000:.1f} ms/page over in-process "
-            f"({r['in_process_s_per_page']} -> {r['remote_s_per_page']} s/page; "
-            f"PNG {r['png_encode_ms_per_page']} ms, {r['png_kb_per_page']} KiB; "
-            f"cos min {r['cosine_min']})"
+            f"  remote embedder, {r['render_tokens']}-token pages ({r['page_sizes'][0]}): "
+            f"+{r['overhead_ms_per_page']} ms/page over in-process "
+            f"(PNG encode {r['png_encode_ms_per_page']} ms, {r['png_kib_per_page']} KiB/page; "
+            f"transport {t['in_process_ms_per_page']} -> {t['remote_ms_per_page']} ms/page); "
+            f"tiny GME via pagelens serve {g['in_process_s_per_page']} -> "
+            f"{g['remote_s_per_page']} s/page, cos min {g['cosine_min']}"
         )
     from bench.ray_bench import summary_lines
 

@@ -137,3 +137,20 @@ def test_flops_count_full_model_is_plausible():
     f = flops_per_input(make_config("full"), grid_hw=(64, 64), seq_len=1050)
     assert 5e12 < f["vision"] < 1.2e13
     assert 2.5e12 < f["decoder"] < 4.5e12
+
+
+def test_remote_overhead_section(tiny_model_dir):
+    """Phase F runs a real server (model-free, then pagelens serve) and reports per-page
+    overhead; vectors through the server equal in-process ones."""
+    from bench.bench import BenchConfig, run_remote_section
+
+    report: dict = {}
+    cfg = BenchConfig(model=str(tiny_model_dir), remote_pages=2, remote_tokens=16)
+    run_remote_section(cfg, report)
+    r = report["remote"]
+    assert r["pages"] == 2 and r["render_tokens"] == 16
+    assert r["transport"]["cosine_min"] >= 0.9999
+    assert r["tiny_gme"]["cosine_min"] >= 0.9999
+    assert r["overhead_ms_per_page"] == r["transport"]["overhead_ms_per_page"]
+    assert r["png_kib_per_page"] > 0 and r["transport"]["remote_ms_per_page"] > 0
+    json.dumps(report)  # the report is JSON as written
