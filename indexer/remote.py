@@ -34,7 +34,8 @@ is its :attr:`fingerprint`, so a collection records the same identity whether it
 here or there, and a collection built with another model refuses it before anything is
 written. An endpoint that gives no fingerprint is matched by name, like any such model.
 
-Security: ``https://`` works (system certificates; ``verify=`` for a private CA); the API key
+Security: ``https://`` works (system certificates; ``verify=`` or ``$PAGELENS_EMBEDDER_CA``
+for a private CA; a refused certificate is an error at once, not retried); the API key
 goes only into the ``Authorization`` header and never into a message, log line, ``repr`` or
 the collection's metadata; credentials written into the URL itself are refused.
 """
@@ -47,6 +48,7 @@ import io
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 import urllib.parse
@@ -74,6 +76,8 @@ ENV_BATCH = "PAGELENS_EMBEDDER_BATCH"
 ENV_CONCURRENCY = "PAGELENS_EMBEDDER_CONCURRENCY"
 ENV_TIMEOUT = "PAGELENS_EMBEDDER_TIMEOUT"
 ENV_RETRIES = "PAGELENS_EMBEDDER_RETRIES"
+#: A CA bundle (PEM) to trust for an https endpoint with a private certificate authority.
+ENV_CA = "PAGELENS_EMBEDDER_CA"
 
 #: Inputs per request: 8 budget-sized pages are ~10 MB of PNG, well under servers' limits.
 DEFAULT_BATCH_SIZE = 8
@@ -224,7 +228,7 @@ class RemoteEmbedder(EmbedderBase):
         retries: int = DEFAULT_RETRIES,
         backoff: float = DEFAULT_BACKOFF,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
         transport: Any = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -249,6 +253,11 @@ class RemoteEmbedder(EmbedderBase):
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._has_key = bool(api_key)
+        if isinstance(verify, str):  # a CA bundle: httpx wants an SSL context
+            try:
+                verify = ssl.create_default_context(cafile=verify)
+            except (OSError, ssl.SSLError) as exc:
+                raise EndpointError(f"Cannot read the CA bundle {verify!r} ({exc}).") from None
         self._client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
@@ -516,6 +525,12 @@ class RemoteEmbedder(EmbedderBase):
                     f"no answer from {self.url} within {self.timeout:g} s (timeout)"
                 )
             except httpx.TransportError as exc:
+                if _tls_refused(exc):  # retrying cannot fix a certificate
+                    raise EndpointError(
+                        f"The TLS certificate of {self.url} was not accepted "
+                        f"({_transport_reason(exc)}). Use a certificate this computer trusts, "
+                        f"or point {ENV_CA} at the CA bundle that signed it."
+                    ) from None
                 failure = _Retryable(f"cannot reach {self.url} ({_transport_reason(exc)})")
             else:
                 status = response.status_code
@@ -662,6 +677,20 @@ def _error_code(response: Any) -> str | None:
     return str(code) if code else None
 
 
+def _tls_refused(exc: BaseException) -> bool:
+    """Whether a transport error is a refused certificate or TLS handshake (not transient)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        if isinstance(seen, ssl.SSLError) and "CERTIFICATE" in str(seen).upper():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
 def _transport_reason(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
@@ -679,7 +708,8 @@ def load_remote_embedder(
 
     ``url`` defaults to ``$PAGELENS_EMBEDDER_URL``, ``api_key`` to ``$PAGELENS_API_KEY``;
     ``batch_size``, ``concurrency``, ``timeout`` and ``retries`` default to
-    ``$PAGELENS_EMBEDDER_BATCH``, ``_CONCURRENCY``, ``_TIMEOUT`` and ``_RETRIES``.
+    ``$PAGELENS_EMBEDDER_BATCH``, ``_CONCURRENCY``, ``_TIMEOUT`` and ``_RETRIES``; ``verify``
+    (True, False, a CA bundle path or an SSL context) to ``$PAGELENS_EMBEDDER_CA`` or True.
     """
     url = url or os.environ.get(ENV_URL)
     if not url:
@@ -697,6 +727,8 @@ def load_remote_embedder(
                 options[key] = kind(os.environ[env])
             except ValueError as exc:
                 raise EndpointError(f"{env} must be a number, not {os.environ[env]!r}.") from exc
+    if "verify" not in options and os.environ.get(ENV_CA):
+        options["verify"] = os.environ[ENV_CA]
     embedder = RemoteEmbedder(
         url, api_key=api_key, model=model, max_image_tokens=max_image_tokens, **options
     )

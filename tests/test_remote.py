@@ -123,6 +123,12 @@ def test_library_and_env_select_the_endpoint(fake_server, monkeypatch):
     by_url.close()
     with pytest.raises(Exception, match="remote embedder"):
         load_embedder(fake_server, quantize="int8")
+    from app.services import AppSettings, ModelLoader
+
+    settings = AppSettings.from_env()  # the web app: the endpoint stands in for the model
+    app_model = ModelLoader(settings.model).wait(timeout=30)
+    assert isinstance(app_model, RemoteEmbedder) and app_model.dim == 32
+    app_model.close()
     from pagelens import PageLens
 
     monkeypatch.delenv("PAGELENS_EMBEDDER_URL")
@@ -178,7 +184,7 @@ def test_identity_follows_the_served_weights(tmp_path):
         remote.close()
 
 
-def test_api_key_right_wrong_and_missing(caplog):
+def test_api_key_right_wrong_and_missing(caplog, tmp_path, make_pdf):
     secret = "sk-right-key-123"
     app = create_app(FakeEmbedder(dim=16), api_key=secret, max_wait_ms=1)
     caplog.set_level("DEBUG")
@@ -186,6 +192,16 @@ def test_api_key_right_wrong_and_missing(caplog):
         ok = fast(url, api_key=secret)
         assert ok.embed_texts(["hello"]).shape == (1, 16)
         assert secret not in repr(ok)
+        store = Collection(tmp_path / "c")
+        pdf = make_pdf("k.pdf", ["a page"])
+        settings = RenderSettings(max_pixels=TOKENS * 784)
+        assert Indexer(store, ok, settings=settings).add([pdf]).pages_embedded == 1
+        # The key is nowhere in the collection: not in its metadata, not in any file.
+        assert secret not in json.dumps(store.all_meta())
+        store.close()
+        for path in (tmp_path / "c").rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
         ok.close()
         for key, says in (("sk-wrong-key-456", "was refused"), ("", "needs a key")):
             with pytest.raises(EndpointError) as info:
@@ -193,6 +209,91 @@ def test_api_key_right_wrong_and_missing(caplog):
             assert says in str(info.value) and "401" in str(info.value)
             assert "sk-" not in str(info.value)
     assert secret not in caplog.text and "sk-wrong" not in caplog.text
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself (a private CA), and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@contextlib.contextmanager
+def live_tls_server(app, cert: Path, key: Path) -> Iterator[str]:
+    import uvicorn
+
+    port = _free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "TLS server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_https_endpoint(tmp_path, monkeypatch):
+    cert, key = _self_signed(tmp_path)
+    secret = "sk-tls-key-789"
+    app = create_app(FakeEmbedder(dim=8), api_key=secret, max_wait_ms=1)
+    with live_tls_server(app, cert, key) as url:
+        # A certificate this computer does not trust: a clear error at once, no retries.
+        started = time.monotonic()
+        with pytest.raises(EndpointError, match="TLS certificate") as info:
+            load_remote_embedder(url, api_key=secret)
+        assert time.monotonic() - started < 5 and secret not in str(info.value)
+        monkeypatch.setenv("PAGELENS_EMBEDDER_CA", str(cert))  # trust the private CA
+        remote = load_remote_embedder(url, api_key=secret)
+        local = FakeEmbedder(dim=8)
+        images = [picture(3), picture(4)]
+        assert cosines(remote.embed_documents(images), local.embed_documents(images)).min() > 0.9999
+        remote.close()
 
 
 def test_urls_and_retry_after_parsing():
