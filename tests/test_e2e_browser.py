@@ -248,3 +248,67 @@ def test_upload_search_export_remove(app_url, tmp_path: Path) -> None:
             raise
         finally:
             browser.close()
+
+
+def test_ask_streams_a_cited_answer(llm_stub, app_url, tmp_path: Path) -> None:
+    """The "Ask" action in a real browser: the destination line shows before anything is
+    sent, the stub LLM's answer streams in, and its citation opens the cited page.
+
+    ``llm_stub`` comes first so the app starts with PAGELENS_LLM_* pointing at it. The
+    collection is stored text-only through the library (no waiting for vectors)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from indexer.pipeline import Indexer
+    from indexer.store import Collection
+
+    url, home = app_url
+    llm_stub.answer = (
+        "The treaty was the Peace of Westphalia [history.pdf, p. 2] [elsewhere.pdf, p. 7]."
+    )
+    pdf = make_text_pdf(tmp_path / "docs" / "history.pdf", TOPICS[:3])
+    with Collection(home / "default") as store:
+        Indexer(store, None).add([pdf], embed=False)
+    expect.set_options(timeout=TIMEOUT_MS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1500, "height": 1400})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            page.goto(url)
+            main = page.locator('[data-testid="stMain"]')
+            page.get_by_test_id("stRadioGroup").get_by_text("text", exact=True).click()
+            page.get_by_label("Question").fill("Which treaty ended the Thirty Years War?")
+            page.get_by_label("Question").press("Enter")
+            expect(main.get_by_text("#1 · history.pdf")).to_be_visible()
+            expect(
+                main.get_by_text(re.compile(r"will be sent to .*stub-vision-model"))
+            ).to_be_visible()
+            assert llm_stub.requests == []
+
+            main.get_by_role("button", name="Ask", exact=True).click()
+            expect(main.get_by_text("The treaty was the Peace of Westphalia")).to_be_visible()
+            expect(
+                main.get_by_text(re.compile(r"elsewhere\.pdf, p\. 7.*not verified"))
+            ).to_be_visible()
+            assert len(llm_stub.requests) == 1
+            assert "Question: Which treaty ended the Thirty Years War?" in llm_stub.last.texts
+            assert len(llm_stub.last.images) >= 1
+            page.screenshot(path=str(ARTIFACTS / "ask-answer.png"))
+
+            main.get_by_role("button", name="history.pdf · p. 2").click()
+            dialog = page.get_by_role("dialog")
+            expect(dialog.get_by_text("history.pdf · page 2")).to_be_visible()
+            expect(dialog.get_by_text(re.compile("Thirty Years War in 1648"))).to_be_visible()
+            page.keyboard.press("Escape")
+            expect(dialog).to_have_count(0)
+            expect(main.get_by_text("The treaty was the Peace of Westphalia")).to_be_visible()
+            assert len(llm_stub.requests) == 1  # reruns show the answer; never ask again
+            expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "ask-failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
