@@ -337,6 +337,17 @@ class RemoteEmbedder(EmbedderBase):
         for m in models:
             if _same_name(str(m["id"]), wanted):
                 return m
+        # The server may know the name as an alias (pagelens serve answers to "gme-2b" and
+        # GME-2B's other names): ask it about that one model.
+        try:
+            card = self._call("GET", "/models/" + urllib.parse.quote(_short_name(wanted)), None)
+        except EndpointError as exc:
+            if exc.status not in (400, 404, 405):
+                raise
+            card = None
+        if isinstance(card, dict) and card.get("id"):
+            known = next((m for m in models if str(m["id"]) == str(card["id"])), {})
+            return {**known, **card}
         served = ", ".join(repr(str(m["id"])) for m in models)
         raise ModelNotAvailableError(
             f"The endpoint {self.url} does not serve the model '{_short_name(wanted)}'; it "
@@ -413,9 +424,9 @@ class RemoteEmbedder(EmbedderBase):
             unreachable = unreachable or gone
         dim = next((len(v) for v in results if v is not None), self.dim)
         out = np.zeros((len(items), dim), dtype=np.float32)
-        for i, vec in enumerate(results):
-            if vec is not None:
-                out[i] = vec
+        for i, row in enumerate(results):
+            if row is not None:
+                out[i] = row
         if failed:
             first = failed[min(failed)]
             raise EmbeddingError(
@@ -481,15 +492,19 @@ class RemoteEmbedder(EmbedderBase):
                 f"The endpoint {self.url} answered {len(data) if isinstance(data, list) else 0} "
                 f"embeddings for {len(inputs)} inputs."
             )
-        rows = [None] * len(inputs)
+        rows: list[np.ndarray | None] = [None] * len(inputs)
         for pos, entry in enumerate(data):
             index = entry.get("index", pos) if isinstance(entry, dict) else pos
             if not isinstance(index, int) or not 0 <= index < len(inputs):
                 raise EndpointError(f"The endpoint {self.url} answered a bad embedding index.")
             rows[index] = _vector(entry.get("embedding") if isinstance(entry, dict) else None)
-        if any(r is None for r in rows):
-            raise EndpointError(f"The endpoint {self.url} left inputs without an embedding.")
-        out = np.stack(rows).astype(np.float32)
+        vectors = [r for r in rows if r is not None]
+        if len(vectors) != len(inputs) or len({len(v) for v in vectors}) != 1:
+            raise EndpointError(
+                f"The endpoint {self.url} left inputs without an embedding, or answered "
+                "vectors of different lengths."
+            )
+        out = np.stack(vectors).astype(np.float32)
         if self.dim and out.shape[1] != self.dim:
             raise EndpointError(
                 f"The endpoint {self.url} answered {out.shape[1]}-d vectors, not {self.dim}-d: "
@@ -602,6 +617,7 @@ def _input(item: tuple[str, str | None, Image.Image | None]) -> Any:
     kind, text, image = item
     if kind == "text":
         return text
+    assert image is not None
     if kind == "image":
         return {"image": image_data_url(image)}
     return {"text": text, "image": image_data_url(image)}

@@ -146,6 +146,10 @@ def test_wrong_model_id_is_a_clear_error(fake_server):
     same = load_remote_embedder(fake_server, model="/models/fake-embedder")
     assert same.model_id == "pagelens/fake-embedder"
     same.close()
+    # A name the server knows as an alias of its model (asked with GET /v1/models/NAME).
+    alias = load_remote_embedder(fake_server, model="/home/me/models/gme")
+    assert (alias.model_id, alias.dim) == ("pagelens/fake-embedder", 32)
+    alias.close()
 
 
 def test_other_model_than_the_collection_fails_before_writing(fake_server, tmp_path, make_pdf):
