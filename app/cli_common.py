@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,16 +120,23 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
 
 
 def configure_logging(verbose: bool) -> None:
+    """Process-wide output settings, made here because the CLI owns its process (the
+    library modules leave logging and warnings as they find them)."""
+    from PIL import Image
+
+    # Pillow warns about images past ~89 M pixels; PageLens checks every image against its
+    # own explicit pixel limits (RenderSettings.max_image_pixels, indexer.imageio), so the
+    # warning would only alarm someone indexing a large scan.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    # --quantize int8 uses torch.ao.quantization, which announces its own deprecation.
+    warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
+    warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor")
     level = logging.DEBUG if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         for noisy in ("transformers", "httpx", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()
 
 
 def open_retriever(opts: Options, mode: str | None) -> Retriever:

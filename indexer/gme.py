@@ -57,6 +57,7 @@ Loading: the hub checkpoint was saved with transformers 4.4x key names (``model.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -524,6 +525,16 @@ class GmeEmbedder(EmbedderBase):
         pooled = hidden[torch.arange(hidden.shape[0], device=dev), last]
         return F.normalize(pooled.float(), p=2, dim=-1)
 
+    def _eager_fallback(self) -> contextlib.AbstractContextManager:
+        """Around model calls of a compiled embedder: if compilation fails (no C++ compiler,
+        an unsupported op), run eagerly instead of crashing. Dynamo's switch for that is
+        process-wide, so it is set only while this embedder runs its model."""
+        if not self.compiled:
+            return contextlib.nullcontext()
+        import torch._dynamo
+
+        return torch._dynamo.config.patch(suppress_errors=True)
+
     def _embed(
         self,
         texts: Sequence[str | None],
@@ -543,7 +554,8 @@ class GmeEmbedder(EmbedderBase):
             batch = self.encode(
                 [texts[i] for i in idx], [images[i] for i in idx], instruction=instruction
             )
-            out[idx] = self.forward(**batch).cpu().numpy()
+            with self._eager_fallback():
+                out[idx] = self.forward(**batch).cpu().numpy()
         return out
 
     # ----------------------------------------------------------------- Embedder API
@@ -561,7 +573,8 @@ class GmeEmbedder(EmbedderBase):
         texts = [str(t) for t in texts]
         if not self.prefix_cache or not texts:
             return self._embed(texts, [None] * len(texts), instruction)
-        prefix_ids, kv = self._prefix(instruction)
+        with self._eager_fallback():
+            prefix_ids, kv = self._prefix(instruction)
         ids = self._token_ids(texts, [0] * len(texts), instruction)
         p = len(prefix_ids)
         cached = [
@@ -576,7 +589,8 @@ class GmeEmbedder(EmbedderBase):
         cached.sort(key=lambda i: (-len(ids[i]), i))  # length bucketing
         for start in range(0, len(cached), self.batch_size):
             idx = cached[start : start + self.batch_size]
-            out[idx] = self._forward_suffix([ids[i][p:] for i in idx], kv).cpu().numpy()
+            with self._eager_fallback():
+                out[idx] = self._forward_suffix([ids[i][p:] for i in idx], kv).cpu().numpy()
         return out
 
     def _prefix(self, instruction: str | None) -> tuple[list[int], list]:
@@ -684,7 +698,6 @@ def quantize_embedder(embedder: GmeEmbedder, mode: str = "int8") -> GmeEmbedder:
         raise ValueError("int8 quantisation is for CPU inference (use bf16/fp16 on GPUs)")
     if embedder.dtype != "float32":
         embedder.model.to(torch.float32)
-    import warnings
 
     from torch.ao.quantization import quantize_dynamic
 
@@ -693,9 +706,10 @@ def quantize_embedder(embedder: GmeEmbedder, mode: str = "int8") -> GmeEmbedder:
         if engine in engines:
             torch.backends.quantized.engine = engine
             break
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-        quantize_dynamic(embedder.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    # torch.ao.quantization warns that it is deprecated; not silenced here, because
+    # warnings.catch_warnings() is not thread-safe (the app loads models in a thread) and a
+    # library must not change the process's filters. The CLI filters it (cli_common).
+    quantize_dynamic(embedder.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     embedder.dtype = "int8"
     embedder._prefix_kv.clear()
     return embedder
@@ -710,9 +724,6 @@ def compile_embedder(embedder: GmeEmbedder) -> GmeEmbedder:
     seconds, needs a C++ compiler), so it only pays off for long indexing jobs. Vectors equal
     the eager ones up to float rounding. If compilation fails, PyTorch falls back to eager.
     """
-    import torch._dynamo
-
-    torch._dynamo.config.suppress_errors = True  # no compiler: run eagerly, do not crash
     inner = embedder.model.model
     for block in [*inner.visual.blocks, *inner.language_model.layers]:
         block.compile(dynamic=True)

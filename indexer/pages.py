@@ -44,10 +44,11 @@ import os
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pymupdf
 from PIL import Image
@@ -57,10 +58,40 @@ from indexer.imageio import ImageRefusedError, open_image
 
 logger = logging.getLogger(__name__)
 
-# MuPDF prints warnings and errors to stderr by default; we keep them in its buffer and
-# forward them to logging instead (see _drain_mupdf_warnings).
-pymupdf.TOOLS.mupdf_display_errors(False)
-pymupdf.TOOLS.mupdf_display_warnings(False)
+_MUPDF_QUIET_LOCK = threading.Lock()
+_mupdf_quiet_depth = 0
+_mupdf_saved: tuple[bool, bool] = (True, False)
+
+
+@contextmanager
+def _quiet_mupdf() -> Iterator[None]:
+    """While our code calls MuPDF, keep its messages in its buffer, not on stderr.
+
+    MuPDF prints warnings and errors to stderr by default; we forward them to logging
+    instead (see :func:`_drain_mupdf_warnings`). The switch is process-wide, so it is
+    flipped only while PageLens works with MuPDF (nested and concurrent uses share one
+    count) and then put back as it was: importing this module changes nothing for the
+    rest of the process. Also usable as a decorator.
+    """
+    global _mupdf_quiet_depth, _mupdf_saved
+    with _MUPDF_QUIET_LOCK:
+        if _mupdf_quiet_depth == 0:
+            _mupdf_saved = (
+                bool(pymupdf.TOOLS.mupdf_display_errors()),
+                bool(pymupdf.TOOLS.mupdf_display_warnings()),
+            )
+            pymupdf.TOOLS.mupdf_display_errors(False)
+            pymupdf.TOOLS.mupdf_display_warnings(False)
+        _mupdf_quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _MUPDF_QUIET_LOCK:
+            _mupdf_quiet_depth -= 1
+            if _mupdf_quiet_depth == 0:
+                pymupdf.TOOLS.mupdf_display_errors(_mupdf_saved[0])
+                pymupdf.TOOLS.mupdf_display_warnings(_mupdf_saved[1])
+
 
 #: Pixel side Qwen2-VL works in (patch 14 x merge 2).
 PATCH = 28
@@ -387,6 +418,7 @@ def _drain_mupdf_warnings(path: Path) -> None:
         logger.debug("MuPDF warnings for %s:\n%s", path, text)
 
 
+@_quiet_mupdf()
 def _open_pdf(path: Path, password: str | None) -> pymupdf.Document:
     """Open, repair if needed, and authenticate a PDF; refuse it with a reason otherwise."""
     try:
@@ -444,6 +476,7 @@ def _page_zoom(page: pymupdf.Page, settings: RenderSettings) -> float:
     return zoom
 
 
+@_quiet_mupdf()
 def _render_pdf_page(
     doc: pymupdf.Document, number: int, path: Path, settings: RenderSettings
 ) -> PageImage:
@@ -482,6 +515,7 @@ def _render_pdf_page(
 # Images
 
 _PIL_LIMIT_LOCK = threading.Lock()
+_T = TypeVar("_T")
 
 # What ImageOps.exif_transpose does, applied after downscaling so that the (possibly huge)
 # original is never copied just to be rotated.
@@ -496,20 +530,30 @@ _EXIF_TRANSPOSE = {
 }
 
 
-@contextmanager
-def _pillow_pixel_limit(limit: int) -> Iterator[None]:
-    """Run Pillow header parsing with our own decompression-bomb limit.
+def _within_our_limit(call: Callable[[], _T], limit: int) -> _T:
+    """Run a Pillow call under our own pixel limit rather than Pillow's.
 
-    Pillow's default (about 179 M pixels) would refuse a legitimate 20,000 x 20,000 scan;
-    switching the check off would let a 10-gigapixel bomb through. Pillow only offers a
-    global, so it is swapped under a lock and restored; our own explicit size check against
-    ``max_image_pixels`` follows anyway.
+    Pillow refuses images past ``2 * Image.MAX_IMAGE_PIXELS`` (about 179 M pixels) as
+    decompression bombs, which would refuse a legitimate 20,000 x 20,000 scan; we apply our
+    own explicit limit (``max_image_pixels``) anyway. Pillow offers only a process-wide
+    global, so the call first runs as it is (almost every image: the global is untouched),
+    and only when Pillow refuses it and our limit is higher does it run once more with the
+    global raised to our limit, under a lock, restored at once.
     """
+    try:
+        return call()
+    except (Image.DecompressionBombError, ImageRefusedError) as exc:
+        bomb = exc if isinstance(exc, Image.DecompressionBombError) else exc.__cause__
+        pillow = Image.MAX_IMAGE_PIXELS
+        if not isinstance(bomb, Image.DecompressionBombError) or not pillow:
+            raise
+        if limit <= 2 * pillow:
+            raise
     with _PIL_LIMIT_LOCK:
         old = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = limit
         try:
-            yield
+            return call()
         finally:
             Image.MAX_IMAGE_PIXELS = old
 
@@ -530,8 +574,8 @@ def _too_many_pixels(path: Path, size: tuple[int, int], settings: RenderSettings
 def _open_image(path: Path, settings: RenderSettings) -> tuple[Image.Image, int]:
     """Open (lazily) an image file; return it and its page count (TIFF frames)."""
     try:
-        with _pillow_pixel_limit(settings.max_image_pixels):
-            image = open_image(path)  # PNG, JPEG, WebP, TIFF, BMP, GIF only
+        # PNG, JPEG, WebP, TIFF, BMP, GIF only
+        image = _within_our_limit(lambda: open_image(path), settings.max_image_pixels)
     except ImageRefusedError as exc:
         reason = "too-large" if exc.reason == "too-large" else "bad-image"
         raise DocumentError(path, reason, f"{path}: {exc}") from None
@@ -606,8 +650,7 @@ def _render_image_frame(
     """Decode one frame at (or near) the budget, orient it, pad it."""
     try:
         if image.tell() != number - 1:  # pages may be asked in any order
-            with _pillow_pixel_limit(settings.max_image_pixels):
-                image.seek(number - 1)
+            _within_our_limit(lambda: image.seek(number - 1), settings.max_image_pixels)
         if image.width * image.height > settings.max_image_pixels:
             raise _too_many_pixels(path, image.size, settings)
         orientation = image.getexif().get(0x0112, 1)
@@ -620,7 +663,7 @@ def _render_image_frame(
             # directly, so a 20k x 20k photo never exists in memory at full size; draft
             # keeps the result >= target. A no-op for other formats.
             image.draft("RGB", target)
-        image.load()
+        _within_our_limit(image.load, settings.max_image_pixels)
         if scale < 1:
             # Shrink in the stored mode first: converting a 20k x 20k greyscale scan to RGB
             # at full size would triple its memory for nothing.
@@ -670,14 +713,8 @@ def inspect_document(
     path = Path(path)
     kind = _classify(path, settings)
     if kind == "pdf":
-        doc = _open_pdf(path, password)
-        try:
-            count = doc.page_count
-            metadata = doc.metadata or {}
-            title = (metadata.get("title") or "").strip() or None
-            encrypted = bool(metadata.get("encryption")) or bool(doc.is_encrypted)
-        finally:
-            doc.close()
+        with _quiet_mupdf():
+            count, title, encrypted = _pdf_info(path, password)
     else:
         image, count = _open_image(path, settings)
         image.close()
@@ -690,6 +727,17 @@ def inspect_document(
         title=title,
         encrypted=encrypted,
     )
+
+
+def _pdf_info(path: Path, password: str | None) -> tuple[int, str | None, bool]:
+    """Page count, title and whether it is encrypted, of a PDF."""
+    doc = _open_pdf(path, password)
+    try:
+        metadata = doc.metadata or {}
+        title = (metadata.get("title") or "").strip() or None
+        return doc.page_count, title, bool(metadata.get("encryption")) or bool(doc.is_encrypted)
+    finally:
+        doc.close()
 
 
 def _check_numbers(path: Path, wanted: Iterable[int] | None, count: int) -> Iterator[int]:
@@ -767,6 +815,11 @@ def extract_text(
         image.close()
         _check_numbers_now(path, number, count)
         return render_page(path, number, settings=settings).text if settings.ocr else ""
+    with _quiet_mupdf():
+        return _pdf_page_text(path, number, password, settings)
+
+
+def _pdf_page_text(path: Path, number: int, password: str | None, settings: RenderSettings) -> str:
     doc = _open_pdf(path, password)
     try:
         _check_numbers_now(path, number, doc.page_count)
@@ -859,6 +912,7 @@ def ocr_tessdata(language: str = "eng") -> str:
     return tessdata
 
 
+@_quiet_mupdf()
 def _ocr_pdf_page(page: pymupdf.Page, settings: RenderSettings) -> str:
     """OCR text of a PDF page with no text layer; "" (and a warning) if Tesseract fails."""
     try:
@@ -877,6 +931,7 @@ def _ocr_pdf_page(page: pymupdf.Page, settings: RenderSettings) -> str:
         return ""
 
 
+@_quiet_mupdf()
 def _ocr_image(image: Image.Image, settings: RenderSettings) -> str:
     """OCR text of a bitmap page (image files, TIFF frames); "" if Tesseract fails."""
     import io

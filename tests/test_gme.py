@@ -356,6 +356,33 @@ def test_cpu_auto_dtype_keeps_small_models_in_float32(tiny_embedder):
     assert cpu_auto_dtype(big) is resolve_dtype(None, "cpu")
 
 
+def test_eager_fallback_is_scoped_to_a_compiled_embedders_model_calls(fresh, monkeypatch):
+    """Dynamo's suppress_errors is process-wide: on only while a compiled embedder runs."""
+    import torch._dynamo
+
+    seen: list[bool] = []
+    forward, suffix = fresh.forward, fresh._forward_suffix
+
+    def spy(real):
+        def call(*args, **kwargs):
+            seen.append(torch._dynamo.config.suppress_errors)
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(fresh, "forward", spy(forward))
+    monkeypatch.setattr(fresh, "_forward_suffix", spy(suffix))
+    fresh.embed_texts(["eager text"])
+    fresh.embed_images([_image(64, 64)])
+    assert seen == [False, False]
+    monkeypatch.setattr(fresh, "compiled", True)  # as compile_embedder marks it
+    fresh.embed_texts(["compiled text"])
+    fresh.embed_images([_image(64, 64)])
+    assert seen[2:] == [True, True]
+    assert torch._dynamo.config.suppress_errors is False
+
+
+@pytest.mark.slow
 def test_compiled_model_gives_the_same_vectors(tiny_model_dir):
     """``--compile`` (torch.compile of the blocks) is a speed option, not another model."""
     eager = load_embedder(tiny_model_dir, device="cpu", dtype="float32")
@@ -371,3 +398,6 @@ def test_compiled_model_gives_the_same_vectors(tiny_model_dir):
     from torch._dynamo.utils import counters
 
     assert counters["stats"]["unique_graphs"] > 0  # really compiled, not silently eager
+    import torch._dynamo
+
+    assert torch._dynamo.config.suppress_errors is False  # left as the process had it

@@ -575,3 +575,49 @@ def test_jpeg_draft_bounds_memory(tmp_path: Path) -> None:
     page = render_page(path, 1)
     assert time.perf_counter() - start < 3
     assert BUDGET <= area(page.image) <= 1.1 * BUDGET
+
+
+def test_process_wide_switches_are_left_as_found(tmp_path: Path, monkeypatch) -> None:
+    """MuPDF's stderr switches and Pillow's bomb limit are process-wide: PageLens flips them
+    only while it needs them (and Pillow's only for images past Pillow's own limit)."""
+    import pymupdf
+
+    from indexer import pages as pages_mod
+
+    tools = pymupdf.TOOLS
+    before = (tools.mupdf_display_errors(), tools.mupdf_display_warnings())
+    tools.mupdf_display_errors(True)
+    tools.mupdf_display_warnings(True)
+    try:
+        seen: list[tuple[bool, bool]] = []
+        real_open = pages_mod.pymupdf.open
+
+        def spy_open(*args, **kwargs):
+            seen.append((tools.mupdf_display_errors(), tools.mupdf_display_warnings()))
+            return real_open(*args, **kwargs)
+
+        pdf = make_text_pdf(tmp_path / "a.pdf", ["one", "two"])
+        monkeypatch.setattr(pages_mod.pymupdf, "open", spy_open)
+        assert inspect_document(pdf).page_count == 2
+        assert [p.number for p in render_pages(pdf)] == [1, 2]
+        assert extract_text(pdf, 2) == "two"
+        assert seen and set(seen) == {(False, False)}  # quiet while MuPDF works...
+        assert (tools.mupdf_display_errors(), tools.mupdf_display_warnings()) == (True, True)
+    finally:  # ...and as the process had it afterwards
+        tools.mupdf_display_errors(before[0])
+        tools.mupdf_display_warnings(before[1])
+
+    writes: list[object] = []
+
+    class Watched(type(Image)):  # record every assignment to Image.MAX_IMAGE_PIXELS
+        def __setattr__(cls, name, value):
+            if name == "MAX_IMAGE_PIXELS":
+                writes.append(value)
+            super().__setattr__(name, value)
+
+    limit = Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(Image, "__class__", Watched)
+    render_page(make_png(tmp_path / "small.png"), 1)
+    assert writes == []  # an ordinary image never touches Pillow's global
+    assert inspect_document(make_png_bomb(tmp_path / "big.png", side=20_000)).page_count == 1
+    assert writes == [RenderSettings().max_image_pixels, limit]  # raised, then put back
