@@ -246,6 +246,27 @@ def test_cli_ask_streams_and_lists_cited_pages(store, llm_stub):
     assert "nowhere.pdf" in tail and "not among the pages sent" in tail
 
 
+def test_cli_ask_visual_default_with_the_model(llm_stub, monkeypatch, tmp_path, tiny_model_dir):
+    """The default mode: GME (the tiny checkpoint) ranks the pages that are sent."""
+    from indexer import load_embedder
+
+    monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    pdf = make_text_pdf(tmp_path / "in" / "v.pdf", TOPICS[5:8])
+    with Collection(collection_path("visual")) as store:
+        Indexer(store, load_embedder(tiny_model_dir, device="cpu")).add([pdf])
+    llm_stub.answer = "Deepest: [v.pdf, p. 1]."
+    result = cli_run(
+        "--collection", "visual", "--device", "cpu", "ask", "deepest", "-k", "3", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["hits"]) == 3 and len(llm_stub.last.images) == 3
+    assert data["citations"] == [
+        {"document": "v.pdf", "page": 1, "image": data["citations"][0]["image"], "sent": True}
+    ]
+    assert data["citations"][0]["image"] == next(h["image"] for h in data["hits"] if h["page"] == 1)
+
+
 def test_cli_ask_without_llm_is_a_clear_error_and_sends_nothing(store):
     result = cli_run("ask", QUESTION, "--mode", "text")
     assert result.exit_code == 1
