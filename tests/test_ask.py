@@ -281,3 +281,49 @@ def test_cli_ask_reports_provider_errors(store, llm_stub, monkeypatch):
     assert "server error (500: stub says 500)" in result.stderr
     assert "tried 2 times" in result.stderr
     assert len(llm_stub.requests) == 2
+
+
+AUDIT = """
+import sys
+def hook(event, args):
+    if event == "socket.connect":
+        sys.stderr.write(f"CONNECT {args[1]!r}\\n")
+sys.addaudithook(hook)
+from app.cli import main
+sys.argv = ["pagelens", *sys.argv[1:]]
+main()
+"""
+
+
+def _audited_ask(env: dict) -> tuple[int, list[str], str]:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-c", AUDIT, "ask", QUESTION, "-k", "2", "--mode", "text", "--json"],
+        env={**os.environ, **env, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    connects = [line for line in run.stderr.splitlines() if line.startswith("CONNECT ")]
+    return run.returncode, connects, run.stdout + run.stderr
+
+
+def test_ask_connects_nowhere_unless_configured(store, llm_stub, monkeypatch):
+    """Every outbound connection attempt of a real ``pagelens ask`` process, recorded by an
+    audit hook: none without PAGELENS_LLM_URL; only the configured LLM's address with it."""
+    monkeypatch.delenv("PAGELENS_LLM_URL")
+    code, connects, output = _audited_ask({})
+    assert code == 1 and "PAGELENS_LLM_URL" in output
+    assert connects == [] and llm_stub.requests == []
+
+    llm_stub.answer = ANSWER
+    port = int(llm_stub.url.rsplit(":", 1)[1].split("/")[0])
+    code, connects, output = _audited_ask({"PAGELENS_LLM_URL": llm_stub.url})
+    assert code == 0, output
+    assert connects and all(c == f"CONNECT ('127.0.0.1', {port})" for c in connects), connects
+    assert len(llm_stub.requests) == 1
