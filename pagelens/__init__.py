@@ -31,6 +31,7 @@ from indexer.config import collection_path
 from indexer.embedder import Embedder
 from indexer.pipeline import Indexer, IndexReport, ProgressFn
 from indexer.store import Collection
+from retriever.ask import Answer, AnswerStream, LLMSettings, ask, ask_stream, check_page_count
 from retriever.export import to_markdown, to_openai_messages
 from retriever.search import Hit, PageRange, Retriever
 
@@ -133,6 +134,43 @@ class PageLens:
         if format == "markdown":
             return to_markdown(query, list(hits))
         raise ValueError(f"unknown prompt format {format!r}; use 'openai' or 'markdown'")
+
+    def ask(
+        self,
+        question: str,
+        hits: Sequence[Hit] | None = None,
+        *,
+        k: int = 5,
+        mode: str = "visual",
+        settings: LLMSettings | None = None,
+    ) -> Answer:
+        """A cited answer from the configured vision LLM (see :mod:`retriever.ask`).
+
+        The pages are ``hits``, or the ``k`` best for the question in ``mode``. Where they
+        go is ``settings`` or ``PAGELENS_LLM_URL``/``_MODEL``/``_API_KEY``; without a URL
+        nothing is sent (:class:`~retriever.llm.LLMNotConfiguredError`).
+        """
+        settings = settings or LLMSettings.from_env()
+        check_page_count(len(hits) if hits is not None else k, settings)
+        if hits is None:
+            hits = self.search(question, k, mode=mode)
+        return ask(question, hits, settings=settings)
+
+    def ask_stream(
+        self,
+        question: str,
+        hits: Sequence[Hit] | None = None,
+        *,
+        k: int = 5,
+        mode: str = "visual",
+        settings: LLMSettings | None = None,
+    ) -> AnswerStream:
+        """:meth:`ask`, streamed: iterate for the text; ``.answer`` once it ends."""
+        settings = settings or LLMSettings.from_env()
+        check_page_count(len(hits) if hits is not None else k, settings)
+        if hits is None:
+            hits = self.search(question, k, mode=mode)
+        return ask_stream(question, hits, settings=settings)
 
     def documents(self) -> list[Document]:
         """The documents in the collection, oldest first, with stored/embedded page counts."""

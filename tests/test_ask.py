@@ -110,6 +110,19 @@ def test_answer_and_checked_citations(store, llm_stub, stream):
     assert [h["page_id"] for h in data["hits"]] == [h.page_id for h in hits]
 
 
+def test_library_front_asks(store, llm_stub):
+    from pagelens import PageLens
+
+    llm_stub.answer = ANSWER
+    lens = PageLens(store=store)
+    answer = lens.ask(QUESTION, k=2, mode="text")
+    assert answer.text == ANSWER and len(answer.hits) == 2
+    assert len(llm_stub.last.images) == 2
+    stream = lens.ask_stream(QUESTION, answer.hits[:1])
+    assert "".join(stream) == ANSWER and stream.answer.citations[0].sent
+    assert len(llm_stub.last.images) == 1
+
+
 def test_citation_forms(store):
     hits = hits_for(store)
     text = (
