@@ -20,7 +20,6 @@ class TerminalProgress:
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.interval = interval
         self._last = 0.0
-        self._phase: str | None = None
 
     def __call__(self, p: Progress) -> None:
         now = time.monotonic()

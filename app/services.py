@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.uploads import discard_upload
 from indexer.catalog import Document, Page
 from indexer.config import collection_path
 from indexer.embedder import Embedder
@@ -31,7 +32,6 @@ from indexer.errors import CollectionError, PageLensError
 from indexer.pipeline import FileResult, Indexer, IndexReport, Progress
 from indexer.settings import ModelSettings
 from indexer.store import Collection
-from indexer.uploads import discard_upload
 
 #: Rough pages/s of GME-2B at 1280 visual tokens per page, used for an estimate before the
 #: first batch has been timed (then the measured rate replaces it).

@@ -18,12 +18,12 @@ import streamlit as st
 from app import ui_helpers as ui
 from app.services import AppSettings, ModelLoader, Workspace, validate_collection_name
 from app.ui_ask import ask_panel
+from app.uploads import discard_upload, max_upload_mb, save_upload
 from indexer.config import collection_path, home, list_collections
 from indexer.errors import PageLensError
 from indexer.pages import IMAGE_SUFFIXES, SUPPORTED_SUFFIXES
 from indexer.pipeline import format_duration
 from indexer.settings import ModelSettings
-from indexer.uploads import discard_upload, max_upload_mb, save_upload
 from retriever.export import ExportSettings, to_markdown, to_openai_messages, zip_bytes
 from retriever.search import MODES, PageRange, Retriever
 

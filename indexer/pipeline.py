@@ -53,11 +53,6 @@ class Progress:
     file: str | None = None
     message: str | None = None
 
-    def describe(self) -> str:
-        eta = f", ETA {format_duration(self.eta_s)}" if self.eta_s is not None else ""
-        rate = f", {self.rate:.2f} pages/s" if self.rate else ""
-        return f"{self.phase}: {self.done}/{self.total}{rate}{eta}"
-
 
 @dataclass
 class FileResult:

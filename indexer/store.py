@@ -56,7 +56,8 @@ PAGES_DIR = "pages"
 LOCK = "write.lock"
 UPLOADS_DIR = "uploads"
 
-#: Collections up to this many vectors use exact search; larger ones an HNSW graph.
+#: Collections up to this many vectors use exact search; larger ones IVF-SQ8 with an exact
+#: re-rank from the catalog (see indexer/vectors.py).
 #: Chosen from the benchmark (bench/): exact flat search stays under ~20 ms to here on 2 cores.
 APPROX_THRESHOLD = 50_000
 
@@ -766,11 +767,6 @@ class Collection:
                 log.warning("cannot read %s (%s): rebuilding from the catalog", path, exc)
         # A fresh cache starts exact; a writer turns it approximate once it is large enough.
         return VectorIndex(dim or 1, kind="flat")
-
-    def _wanted_kind(self) -> str:
-        """Exact search until the collection outgrows it, then IVF-SQ8 (see vectors.py)."""
-        n = self._one("SELECT COUNT(vector) FROM pages")[0]
-        return "ivf" if n > APPROX_THRESHOLD else "flat"
 
     def _sync_index(self) -> None:
         """Add vectors the index lacks and drop ids the catalog no longer has."""

@@ -7,15 +7,18 @@ in step with the catalog (missing ids added, stale ids removed). Ids are the cat
 ids (``IndexIDMap2``, or the IVF index's own ids), so removal and re-adding are exact. Scores
 are inner products of unit vectors, i.e. cosine similarities.
 
-Kinds (measured in ``bench/``, 2-core CPU, clustered 1536-d vectors):
+Two kinds; the store picks one by collection size (``store.APPROX_THRESHOLD``). Numbers are
+from ``bench/results/xeon-amx-2core-index-2026-11-26.json`` (2-core Xeon, clustered 1536-d
+unit vectors, one query at a time), as in the README's Performance section:
 
-* ``flat``: exact. ~3 ms at 10k vectors, ~180 ms at 100k, ~900 ms at 1M. 6 KB/page.
-* ``ivf``: IVF1024 with 8-bit scalar quantisation (IVF-SQ8), nprobe 24. ~5-8 ms at 1M with
-  recall@10 ~0.97 before re-ranking (the store re-ranks candidates with the exact vectors
-  from the catalog). 1.5 KB/page. Trained once, when a collection outgrows exact search;
-  adds and removals after that are incremental and cheap.
-* ``hnsw``: HNSW32; fast and accurate but slow to build at 1M on 2 cores (~25 min) and it
-  cannot delete in place, so it is offered for benchmarks rather than used by the store.
+* ``flat``: exact. 4.1 ms at 10k vectors, 51 ms at 100k, 550 ms at 1M. 6 KB/page.
+* ``ivf``: IVF1024 with 8-bit scalar quantisation (IVF-SQ8), nprobe 24; the store re-ranks
+  its candidates exactly with the catalog's vectors: 7.1 ms at 1M with recall@10 1.00 after
+  the re-rank (110 s to build). 1.5 KB/page. Trained once, when a collection outgrows exact
+  search; adds and removals after that are incremental and cheap.
+
+(HNSW was measured too, by the benchmark on its own: it builds slowly and cannot delete in
+place, so the store does not offer it.)
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: Index kinds offered. "flat" is exact; "hnsw" is approximate (used past a size threshold).
-INDEX_KINDS = ("flat", "ivf", "hnsw")
+#: Index kinds offered: "flat" is exact; "ivf" (IVF-SQ8) approximate, for large collections.
+INDEX_KINDS = ("flat", "ivf")
 IVF_NLIST = 1024
 IVF_NPROBE = 24
 
@@ -51,7 +54,6 @@ class VectorIndex:
         dim: int,
         *,
         kind: str = "flat",
-        hnsw_m: int = 32,
         nlist: int = IVF_NLIST,
         nprobe: int = IVF_NPROBE,
     ) -> None:
@@ -73,13 +75,7 @@ class VectorIndex:
             ivf.nprobe = int(nprobe)
             self._index = ivf
             return
-        if kind == "flat":
-            base = faiss.IndexFlatIP(self.dim)
-        else:
-            base = faiss.IndexHNSWFlat(self.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            base.hnsw.efConstruction = 80
-            base.hnsw.efSearch = 128
-        self._index = faiss.IndexIDMap2(base)
+        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
 
     # -- persistence -------------------------------------------------------------------
     @classmethod
@@ -99,7 +95,9 @@ class VectorIndex:
             self.kind = "ivf"
             return self
         base = faiss.downcast_index(index.index)
-        self.kind = "hnsw" if isinstance(base, faiss.IndexHNSW) else "flat"
+        if not isinstance(base, faiss.IndexFlatIP):
+            raise RuntimeError(f"{path}: not a PageLens vector index ({type(base).__name__})")
+        self.kind = "flat"
         return self
 
     @property
@@ -159,20 +157,6 @@ class VectorIndex:
         ids_arr = np.fromiter(ids, dtype=np.int64)
         if not len(ids_arr):
             return 0
-        if self.kind == "hnsw":
-            # HNSW cannot delete in place: rebuild from the vectors we keep.
-            keep = ~np.isin(self.ids(), ids_arr)
-            kept_ids = self.ids()[keep]
-            kept = (
-                np.stack([self._index.reconstruct(int(i)) for i in kept_ids])
-                if len(kept_ids)
-                else np.zeros((0, self.dim), np.float32)
-            )
-            fresh = VectorIndex(self.dim, kind="hnsw")
-            fresh.add(kept_ids, kept)
-            removed = len(self) - len(fresh)
-            self._index = fresh._index
-            return removed
         if self.kind == "ivf":  # the hash-table direct map removes only by explicit array
             ids_arr = np.ascontiguousarray(ids_arr)
             selector = faiss.IDSelectorArray(len(ids_arr), faiss.swig_ptr(ids_arr))
@@ -201,17 +185,15 @@ class VectorIndex:
         if not len(allowed):
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         if len(allowed) <= 4096:
-            # Exact over the subset: reconstructing a few thousand vectors beats a selector
-            # on HNSW, whose graph walk can starve under a selective filter.
+            # Score a small subset directly: reconstructing a few thousand vectors is cheap
+            # and needs no probing (an IVF selector only sees the lists it probes).
             vecs = np.stack([self._index.reconstruct(int(i)) for i in allowed])
             sims = q @ vecs.T
             kk = min(k, len(allowed))
             order = np.argsort(-sims, axis=1)[:, :kk]
             return np.take_along_axis(sims, order, axis=1), allowed[order]
         selector = faiss.IDSelectorBatch(allowed)
-        if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=256)
-        elif self.kind == "ivf":
+        if self.kind == "ivf":
             params = faiss.SearchParametersIVF(sel=selector, nprobe=self._index.nprobe)
         else:
             params = faiss.SearchParameters(sel=selector)

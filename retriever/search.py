@@ -16,7 +16,7 @@ Visual and hybrid search use the pages embedded so far; ``pending()`` says how m
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -278,10 +278,3 @@ def load_query_image(path: str | Path | IO[bytes]) -> Image.Image:
         raise QueryError(f"Query image {name} does not exist.") from exc
     except ImageRefusedError as exc:
         raise QueryError(f"Query image {name} cannot be read ({exc}).") from exc
-
-
-def search_many(
-    retriever: Retriever, queries: Iterable[str], k: int = 10, *, mode: str | None = None
-) -> list[list[Hit]]:
-    """Convenience for evaluation: one ranking per query."""
-    return [retriever.search(q, k, mode=mode) for q in queries]

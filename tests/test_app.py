@@ -226,7 +226,7 @@ def test_model_loader_reports_failure_as_a_message() -> None:
 
 def test_workspace_two_phase_add_and_cleanup(tmp_path: Path) -> None:
     from app.services import ModelLoader, Workspace
-    from indexer.uploads import save_upload
+    from app.uploads import save_upload
     from tests.pdfs import make_encrypted_pdf
 
     ws = Workspace(tmp_path / "c", ModelLoader("fake", loader=_fake_loader))

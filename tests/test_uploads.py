@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.errors import DocumentError, PageLensError
-from indexer.uploads import (
+from app.uploads import (
     discard_upload,
     is_upload,
     max_upload_bytes,
@@ -17,6 +16,7 @@ from indexer.uploads import (
     safe_filename,
     save_upload,
 )
+from indexer.errors import DocumentError, PageLensError
 
 
 @pytest.mark.parametrize(
