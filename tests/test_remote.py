@@ -337,7 +337,8 @@ class ScriptedEndpoint:
 
     ``script(n, inputs)`` is called for the n-th (1-based) POST and returns ``"ok"``,
     ``"drop"`` (close the connection without answering), ``("status", code, headers)``, or
-    ``("refuse", i)`` (400 naming ``input[i]``). Vectors are the fake embedder's.
+    ``("refuse", i)`` (400 naming ``input[i]``), ``("slow", s)`` (answer after s seconds).
+    Vectors are the fake embedder's.
     """
 
     def __init__(self, script, *, model="gme-test", dim=24, key: str | None = None) -> None:
@@ -401,6 +402,9 @@ class ScriptedEndpoint:
                     endpoint.posts.append((time.monotonic(), len(body["input"])))
                     n = len(endpoint.posts)
                 action = endpoint.script(n, body["input"])
+                if isinstance(action, tuple) and action[0] == "slow":
+                    time.sleep(action[1])  # longer than the client's timeout
+                    action = "ok"
                 if action == "drop":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -460,6 +464,16 @@ def test_dropped_connections_are_retried():
         remote.close()
     assert remote.stats["retries"] == 3
     assert cosines(got, endpoint.embedder.embed_texts(["revenue", "pump"])).min() >= 0.9999
+
+
+def test_timeouts_are_retried():
+    endpoint = ScriptedEndpoint(lambda n, inputs: ("slow", 1.5) if n == 2 else "ok")
+    with endpoint.serve() as url:
+        remote = fast(url, timeout=0.5)
+        got = remote.embed_texts(["revenue"])
+        remote.close()
+    assert remote.stats["retries"] == 1 and len(endpoint.posts) == 3
+    assert cosines(got, endpoint.embedder.embed_texts(["revenue"]))[0] >= 0.9999
 
 
 def test_retries_run_out_with_a_named_error():
@@ -556,6 +570,43 @@ def test_cli_names_failed_pages_and_exits_1(tmp_path, make_pdf, monkeypatch):
     assert result.exit_code == 1, result.output
     assert "not embedded  doc.pdf p.1" in result.output
     assert "2 page(s) are still waiting for vectors" in result.output
+
+
+def test_cli_wrong_key_is_one_clean_line(tmp_path, make_pdf, monkeypatch):
+    from app.cli import cli
+
+    endpoint = ScriptedEndpoint(lambda n, inputs: "ok", key="sk-server-side")
+    monkeypatch.setenv("PAGELENS_API_KEY", "sk-client-wrong")
+    pdf = make_pdf("doc.pdf", ["alpha"])
+    with endpoint.serve() as url:
+        result = CliRunner().invoke(
+            cli, ["--embedder", url, "-c", str(tmp_path / "c"), "index", str(pdf)]
+        )
+    assert result.exit_code == 1, result.output
+    assert "refused the request (HTTP 401)" in result.output
+    assert "sk-" not in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "c" / "pages").exists() or not any((tmp_path / "c" / "pages").iterdir())
+
+
+def test_serve_can_front_a_remote_embedder(fake_server, monkeypatch):
+    """``pagelens --embedder URL serve``: a gateway whose vectors are the endpoint's."""
+    from fastapi.testclient import TestClient
+
+    from app.cli import cli
+
+    calls: dict = {}
+    monkeypatch.setattr("uvicorn.run", lambda a, **kw: calls.update(app=a, **kw))
+    result = CliRunner().invoke(cli, ["--embedder", fake_server, "serve", "--port", "8125"])
+    assert result.exit_code == 0, result.output
+    gateway = calls["app"]
+    assert isinstance(gateway.state.embedder, RemoteEmbedder)
+    with TestClient(gateway, base_url="http://127.0.0.1:8125") as client:
+        card = client.get("/v1/models").json()["data"][0]
+        assert (card["id"], card["dim"]) == ("pagelens/fake-embedder", 32)
+        body = {"model": card["id"], "input": ["pump seal"], "encoding_format": "float"}
+        got = client.post("/v1/embeddings", json=body).json()["data"][0]["embedding"]
+    assert cosines([got], FakeEmbedder(dim=32).embed_texts(["pump seal"]))[0] >= 0.9999
+    gateway.state.embedder.close()
 
 
 # --------------------------------------------------------------------------- pagelens serve
