@@ -323,6 +323,8 @@ class RemoteEmbedder(EmbedderBase):
             if exc.status not in (404, 405):
                 raise
             body = None  # no /v1/models: trust the name given
+        if not isinstance(body, dict):
+            body = None
         models = [m for m in (body or {}).get("data", []) if isinstance(m, dict) and m.get("id")]
         wanted = self._requested_model
         if not models:
@@ -589,6 +591,13 @@ class RemoteEmbedder(EmbedderBase):
             )
             return EndpointError(
                 f"The endpoint {self.url} refused the request (HTTP {status}): {how}.",
+                status=status,
+            )
+        if status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
+            target = redact_url(urllib.parse.urljoin(self.base_url, response.headers["Location"]))
+            return EndpointError(
+                f"The endpoint {self.url} redirects to {target}; give that address as the "
+                "embedder URL (pages and keys are not sent through redirects).",
                 status=status,
             )
         param = _error_param(response)

@@ -476,6 +476,15 @@ def test_timeouts_are_retried():
     assert cosines(got, endpoint.embedder.embed_texts(["revenue"]))[0] >= 0.9999
 
 
+def test_a_redirect_is_named_not_followed():
+    moved = ("status", 308, {"Location": "https://gpu.example/v1/embeddings"})
+    endpoint = ScriptedEndpoint(lambda n, inputs: moved)
+    with endpoint.serve() as url:
+        with pytest.raises(EndpointError, match="redirects to https://gpu.example/v1"):
+            fast(url)
+    assert len(endpoint.posts) == 1  # not retried, not followed
+
+
 def test_retries_run_out_with_a_named_error():
     endpoint = ScriptedEndpoint(lambda n, inputs: "ok" if n == 1 else ("status", 502, {}))
     with endpoint.serve() as url:
