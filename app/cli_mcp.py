@@ -30,21 +30,31 @@ def mcp_cmd(
         envvar="PAGELENS_API_KEY",
         help="With --http: require 'Authorization: Bearer KEY' (needed beyond loopback).",
     ),
+    max_side: int = typer.Option(
+        1568,
+        "--max-side",
+        help="Longest side of the page images returned, in pixels (smaller: lighter results).",
+    ),
 ) -> None:
     """Run PageLens as an MCP server: agents search pages, read page images and text."""
     try:
         import mcp  # noqa: F401
     except ImportError:
         fail("the MCP SDK is not installed: pip install 'pagelens[mcp]'")
+    if max_side < 64:
+        fail("--max-side must be at least 64 pixels", 2)
     if http and not _is_loopback(host) and not api_key:
         fail(f"--host {host} is not loopback: set --api-key (or PAGELENS_API_KEY) too", 2)
     opts = options(ctx)
 
     def body() -> None:
         from app.mcp_server import build_server
+        from retriever.export import ExportSettings
 
         store = opts.store(create=False)
-        server = build_server(store, opts.embedder)
+        server = build_server(
+            store, opts.embedder, image_settings=ExportSettings(max_side=max_side)
+        )
         if not http:
             say(f"PageLens MCP server on stdio, collection {store.path}")
             server.run("stdio")

@@ -47,7 +47,7 @@ def ask_panel(
         else:
             st.caption(
                 f"The question and {len(chosen)} ticked page image(s) will be sent to "
-                f"**{settings.destination()}**."
+                f"`{settings.destination()}`."
             )
         disabled = not settings.configured or not question or not chosen
         clicked = st.button(

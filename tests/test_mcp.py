@@ -38,7 +38,15 @@ def server_params(collection: Path, model_dir: Path, home: Path):
 
     return StdioServerParameters(
         command=sys.executable,
-        args=["-c", "from app.cli import main; main()", "-c", str(collection), "mcp"],
+        args=[
+            "-c",
+            "from app.cli import main; main()",
+            "-c",
+            str(collection),
+            "mcp",
+            "--max-side",
+            "900",
+        ],
         env={
             "PYTHONPATH": str(ROOT),
             "PAGELENS_HOME": str(home),
@@ -86,7 +94,7 @@ def test_mcp_over_stdio(built, tiny_model_dir, tiny_embedder, tmp_path):
     for content in images:
         assert content.mime_type == "image/jpeg"
         with Image.open(io.BytesIO(base64.b64decode(content.data))) as im:
-            assert im.width > 100 and im.height > 100
+            assert im.width > 100 and max(im.size) == 900  # --max-side
     hits = visual.structured_content["hits"]
     assert [(h["document"], h["page"]) for h in hits] == [(h.document, h.page) for h in expected]
     lines = [c.text for c in visual.content if c.type == "text"]
