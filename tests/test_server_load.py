@@ -1,13 +1,14 @@
 """A bounded load test of the live server: 8 concurrent clients x 50 requests.
 
 Every request must get the right vectors or a 503; batching must happen (batches of more
-than one input); requests/s are printed for dynamic batching and for ``max_batch=1``
-(timing is reported, not asserted tightly). The model is FakeEmbedder plus a fixed cost per
-call, which is what makes batching pay on a real accelerator (per-call overhead dominates
-small batches; ~15 ms per call is GME-2B on a GPU for a short text); the tiny GME variant
-prints the same comparison on the real code path (on CPU, where compute grows with the batch,
-batching gains little). Clients and server share one process (and its GIL) here, so the HTTP
-overhead (~3 ms per request on 2 cores) caps what the numbers can show.
+than one input); requests/s are printed for dynamic batching and for ``max_batch=1``, and
+batching must beat one-input-per-call by a (deliberately low) floor. The model is
+FakeEmbedder plus a fixed cost per call, which is what makes batching pay on a real
+accelerator (per-call overhead dominates small batches; ~15 ms per call is GME-2B on a GPU
+for a short text); the tiny GME variant runs the same comparison on the real code path (on
+CPU, where compute grows with the batch, batching gains less). Clients and server share one
+process (and its GIL) here, so the HTTP overhead (~3 ms per request on 2 cores) caps what
+the numbers can show.
 """
 
 from __future__ import annotations
@@ -125,7 +126,10 @@ def test_concurrent_clients_are_batched_and_answered():
         assert result["ok"] + result["busy"] == CLIENTS * REQUESTS
     assert batched["stats"]["max_batch_seen"] > 1 and batched["stats"]["mean_batch"] > 1.5
     assert single["stats"]["max_batch_seen"] == 1
-    assert batched["rps"] > single["rps"]  # loose: batching should win by several times
+    assert batched["stats"]["batches"] * 2 <= single["stats"]["batches"]  # the mechanism
+    # The floor is far below what batching gives the model (~6x fewer calls here) because
+    # clients, server and other jobs share 2 cores: measured 1.6x on a loaded machine.
+    assert batched["rps"] >= 1.3 * single["rps"], "dynamic batching gave no real speed-up"
 
 
 def test_small_queue_sheds_load_with_503_and_stays_correct():
@@ -175,3 +179,6 @@ def test_tiny_gme_throughput(tiny_embedder):
             f"mean batch {stats['mean_batch']}, max {stats['max_batch_seen']}"
         )
     print(f"tiny GME speed-up: {results[16] / results[1]:.1f}x")
+    # On CPU compute grows with the batch, so the gain is per-call overhead only (measured
+    # 1.5x on a loaded 2-core machine); the floor says batching at least pays for itself.
+    assert results[16] >= 1.1 * results[1], "batching made the tiny model slower"
