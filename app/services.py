@@ -156,6 +156,20 @@ class ModelLoader:
         }
 
 
+def describe_embedding_failures(report: IndexReport) -> str:
+    """One message naming the pages that got no vector (they stay pending) and why."""
+    named = [f"{f['document']} p.{f['page']}" for f in report.failed]
+    shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+    parts = []
+    if named:
+        parts.append(
+            f"{len(named)} page(s) could not be embedded ({shown}): {report.failed[0]['reason']}"
+        )
+    if report.stopped:
+        parts.append(f"embedding stopped: {report.stopped}")
+    return "; ".join(parts) + ". They stay pending; embedding again fills them in."
+
+
 class EmbedJob:
     """Embeds a collection's pending pages in a background thread.
 
@@ -218,9 +232,12 @@ class EmbedJob:
                 return
             embedder = self.model.wait()
             indexer = Indexer(self.store, embedder, batch_size=self.batch_size)
+            report = IndexReport()
             self.embedded += indexer.embed_pending(
-                progress=self._on_progress, should_stop=self._stop.is_set
+                progress=self._on_progress, should_stop=self._stop.is_set, report=report
             )
+            if report.failed or report.stopped:  # e.g. a remote embedder gave up
+                self.error = describe_embedding_failures(report)
         except PageLensError as exc:
             self.error = str(exc)
         except Exception as exc:  # keep the app alive; show what happened

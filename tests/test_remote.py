@@ -566,6 +566,26 @@ def test_failed_pages_stay_pending_are_named_and_filled_in_later(tmp_path, make_
     store.close()
 
 
+def test_app_job_names_failed_pages(tmp_path, make_pdf):
+    """The web app's background embedding says which pages got no vector, and why."""
+    from app.services import EmbedJob, ModelLoader
+
+    endpoint = ScriptedEndpoint(lambda n, inputs: "ok" if n == 1 else ("status", 503, {}))
+    store = Collection(tmp_path / "c")
+    pdf = make_pdf("app.pdf", ["alpha", "beta"])
+    Indexer(store, None, settings=RenderSettings(max_pixels=TOKENS * 784)).add([pdf], embed=False)
+    with endpoint.serve() as url:
+        remote = fast(url, retries=0)
+        job = EmbedJob(store, ModelLoader(loader=lambda *a, **k: remote))
+        assert job.start()
+        job._thread.join(30)
+        remote.close()
+    assert job.state == "failed"
+    assert "app.pdf p.1" in job.error and "stay pending" in job.error
+    assert store.stats().pending == 2
+    store.close()
+
+
 def test_cli_names_failed_pages_and_exits_1(tmp_path, make_pdf, monkeypatch):
     from app.cli import cli
 
