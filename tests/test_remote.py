@@ -316,6 +316,13 @@ def test_urls_and_retry_after_parsing():
     assert parse_retry_after("soon") is None
     later = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
     assert 25 <= parse_retry_after(later) <= 31
+    from indexer.remote import MAX_RETRY_AFTER, RetryPolicy
+
+    policy = RetryPolicy()  # the defaults: 0.5 s doubling to 30 s, with +-25% jitter
+    assert 0.375 <= policy.delay(0) <= 0.625 and 0.75 <= policy.delay(1) <= 1.25
+    assert 22.5 <= policy.delay(12) <= 37.5
+    assert policy.delay(0, retry_after=3.0) == 3.0  # the server's word wins
+    assert policy.delay(0, retry_after=1e9) == MAX_RETRY_AFTER
 
 
 def test_image_budget_must_match_the_server():
