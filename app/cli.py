@@ -26,7 +26,7 @@ from app.cli_common import (
 )
 from app.cli_root import cli
 from app.progress import TerminalProgress
-from indexer.errors import ModelNotAvailableError
+from indexer.errors import ModelNotAvailableError, UsageError
 
 
 @cli.command()
@@ -384,8 +384,19 @@ def collections_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
     "app",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
-def app_cmd(ctx: typer.Context) -> None:
-    """Start the web app (Streamlit options pass through, e.g. --server.port 8601)."""
+def app_cmd(
+    ctx: typer.Context,
+    host: str = typer.Option(
+        None,
+        "--host",
+        help="Address to listen on (default 127.0.0.1: this computer only). Any other "
+        "address exposes the app and requires PAGELENS_APP_PASSWORD.",
+    ),
+) -> None:
+    """Start the web app on this computer (Streamlit options pass through, e.g.
+    --server.port 8601). Private by default: loopback only, no usage statistics."""
+    from app import app_launch
+
     opts = options(ctx)
     script = Path(__file__).with_name("streamlit_app.py")
     env = os.environ.copy()
@@ -395,7 +406,13 @@ def app_cmd(ctx: typer.Context) -> None:
     if env.get("PAGELENS_MAX_UPLOAD_MB") and not any("maxUploadSize" in a for a in ctx.args):
         # Streamlit's own upload cap must be at least PageLens's limit.
         env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", env["PAGELENS_MAX_UPLOAD_MB"])
-    argv = [sys.executable, "-m", "streamlit", "run", str(script), *ctx.args]
+    try:
+        launch = app_launch.plan(str(script), ctx.args, host=host, environ=env)
+    except UsageError as exc:
+        fail(str(exc), 2)
+    if launch.warning:
+        typer.secho(launch.warning, err=True, fg=typer.colors.RED, bold=True)
+    argv = [sys.executable, "-m", "app.app_launch", *launch.args]
     os.execvpe(argv[0], argv, env)
 
 
@@ -427,4 +444,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # ``python -m app.cli``: this file runs as __main__, a second copy of the module whose
+    # ``cli`` lacks the commands other modules register on ``app.cli.cli``; use the real one.
+    from app.cli import main as _main
+
+    _main()

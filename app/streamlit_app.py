@@ -19,6 +19,7 @@ from app import ui_helpers as ui
 from app.services import AppSettings, ModelLoader, Workspace, validate_collection_name
 from app.ui_ask import ask_panel
 from app.uploads import discard_upload, max_upload_mb, save_upload
+from app.ui_auth import require_password
 from indexer.config import collection_path, home, list_collections
 from indexer.errors import PageLensError
 from indexer.pages import IMAGE_SUFFIXES, SUPPORTED_SUFFIXES
@@ -623,8 +624,10 @@ def footer() -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="PageLens", page_icon=":material/search:", layout="wide")
-    st.set_option("client.toolbarMode", "minimal")
+    st.set_page_config(page_title="PageLens", page_icon=ui.page_icon(), layout="wide")
+    st.set_option("client.toolbarMode", "minimal")  # also for a bare 'streamlit run'
+    if not require_password():  # exposed beyond this computer: nothing shows before it
+        return
     try:
         settings = AppSettings.from_env()
     except PageLensError as exc:

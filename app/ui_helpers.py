@@ -132,3 +132,15 @@ def thumbnail_bytes(path: str | Path, max_side: int) -> bytes:
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
+
+
+def page_icon() -> Image.Image:
+    """The browser-tab icon, drawn here: Streamlit fetches ``:material/...:`` page icons from
+    fonts.gstatic.com, and nothing the page shows may come from the internet."""
+    from PIL import ImageDraw
+
+    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    draw.ellipse((6, 6, 42, 42), outline=(255, 75, 75, 255), width=7)
+    draw.line((37, 37, 58, 58), fill=(255, 75, 75, 255), width=9)
+    return icon
