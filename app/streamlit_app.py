@@ -18,8 +18,8 @@ import streamlit as st
 from app import ui_helpers as ui
 from app.services import AppSettings, ModelLoader, Workspace, validate_collection_name
 from app.ui_ask import ask_panel
-from app.uploads import discard_upload, max_upload_mb, save_upload
 from app.ui_auth import require_password
+from app.uploads import discard_upload, max_upload_mb, save_upload
 from indexer.config import collection_path, home, list_collections
 from indexer.errors import PageLensError
 from indexer.pages import IMAGE_SUFFIXES, SUPPORTED_SUFFIXES
