@@ -27,6 +27,7 @@ from app.cli_common import (
 from app.cli_root import cli
 from app.progress import TerminalProgress
 from indexer.errors import ModelNotAvailableError, UsageError
+from retriever.escaping import for_terminal
 
 
 @cli.command()
@@ -216,7 +217,7 @@ def _file_line(result) -> str:
         return f"refused  {result.path}: {result.message}"
     if result.status == "skipped":
         return f"skipped  {result.message}"
-    return f"{result.status:8} {result.name} ({result.pages} pages)"
+    return f"{result.status:8} {for_terminal(result.name)} ({result.pages} pages)"
 
 
 @cli.command()
@@ -259,7 +260,7 @@ def search(
                 )
             )
         for rank, hit in enumerate(hits, start=1):
-            typer.echo(f"{rank:>2}. {hit.score:7.4f}  {hit.document}  p.{hit.page}")
+            typer.echo(f"{rank:>2}. {hit.score:7.4f}  {for_terminal(hit.document)}  p.{hit.page}")
             typer.echo(f"    {hit.image}")
             if hit.snippet:
                 typer.echo(f"    {hit.snippet[:160]}")
@@ -275,19 +276,18 @@ def docs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> N
     opts = options(ctx)
 
     def body() -> None:
-        store = opts.store()
-        documents = store.documents()
+        store = opts.read_store()  # read-only: creates nothing
+        documents = store.documents() if store is not None else []
+        path = store.path if store is not None else opts.collection_dir
         if as_json:
-            print_json(
-                {"collection": str(store.path), "documents": [d.as_dict() for d in documents]}
-            )
+            print_json({"collection": str(path), "documents": [d.as_dict() for d in documents]})
             return
         if not documents:
-            say(f"collection {store.path} is empty")
+            say(f"collection {path} is empty")
         for d in documents:
             state = "" if d.ready else "  (incomplete: run index again)"
             typer.echo(
-                f"{d.id:>4}  {d.name}  {d.page_count} pages  "
+                f"{d.id:>4}  {for_terminal(d.name)}  {d.page_count} pages  "
                 f"{d.pages_embedded}/{d.pages_stored} embedded  {d.added_at}{state}"
             )
 
@@ -310,7 +310,7 @@ def remove(
         if as_json:
             print_json({"removed": doc.as_dict()})
         else:
-            say(f"removed {doc.name} ({doc.page_count} pages)")
+            say(f"removed {for_terminal(doc.name)} ({doc.page_count} pages)")
 
     run_guarded(body)
 

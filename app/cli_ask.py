@@ -11,6 +11,7 @@ import typer
 
 from app.cli_common import fail, open_retriever, options, print_json, run_guarded, say
 from app.cli_root import cli
+from retriever.escaping import for_terminal
 
 
 @cli.command("ask")
@@ -68,7 +69,7 @@ def ask_cmd(
             typer.echo("Cited pages: none (the answer cites no page)")
             typer.echo("Pages sent:")
             for i, hit in enumerate(hits, start=1):
-                typer.echo(f"  [{i}] {hit.document}, p. {hit.page}  {hit.image}")
+                typer.echo(f"  [{i}] {for_terminal(hit.document)}, p. {hit.page}  {hit.image}")
             return
         typer.echo("Cited pages:")
         for c in answer.citations:

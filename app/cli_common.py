@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from indexer.config import collection_path
+from indexer.config import collection_path, is_collection_name
 from indexer.embedder import Embedder
 from indexer.errors import ModelNotAvailableError, PageLensError, UsageError
 from indexer.settings import ModelSettings
@@ -54,6 +54,14 @@ class Options:
     @property
     def collection_dir(self) -> Path:
         return collection_path(self.collection)
+
+    def read_store(self) -> Collection | None:
+        """The collection for a read-only command (docs, search, check), creating nothing:
+        None while a *named* collection does not exist yet; a CollectionError for a path
+        that is not a collection."""
+        if is_collection_name(self.collection) and not self.collection_dir.exists():
+            return None
+        return self.store(create=False)
 
     def store(self, *, create: bool = True) -> Collection:
         if self._store is None:

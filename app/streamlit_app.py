@@ -25,6 +25,7 @@ from indexer.errors import PageLensError
 from indexer.pages import IMAGE_SUFFIXES, SUPPORTED_SUFFIXES
 from indexer.pipeline import format_duration
 from indexer.settings import ModelSettings
+from retriever.escaping import for_markdown
 from retriever.export import ExportSettings, to_markdown, to_openai_messages, zip_bytes
 from retriever.search import MODES, PageRange, Retriever
 
@@ -201,7 +202,7 @@ def documents_panel(ws: Workspace) -> None:
             image = thumb(ws.store.image_path(page), 200) if page else None
             if image:
                 left.image(image, width="stretch")
-            right.markdown(f"**{d.name}**")
+            right.markdown(f"**{for_markdown(d.name)}**")
             state = "" if d.ready else " · incomplete"
             right.caption(
                 f"{d.page_count} pages · {d.pages_embedded}/{d.pages_stored} embedded · "
@@ -209,16 +210,16 @@ def documents_panel(ws: Workspace) -> None:
             )
             if st.session_state.confirm_remove == d.id:
                 st.warning(
-                    f"Remove **{d.name}**? Its {d.page_count} pages, vectors and "
+                    f"Remove **{for_markdown(d.name)}**? Its {d.page_count} pages, vectors and "
                     "images are deleted from the collection."
                 )
                 yes, no = st.columns(2)
                 if yes.button("Yes, remove", key=f"rm-yes-{d.id}", type="primary"):
                     st.session_state.confirm_remove = None
                     try:
-                        with st.spinner(f"Removing {d.name}…"):
+                        with st.spinner(f"Removing {for_markdown(d.name)}…"):
                             ws.remove(d.id)
-                        _flash("success", f"Removed {d.name} ({d.page_count} pages).")
+                        _flash("success", f"Removed {for_markdown(d.name)} ({d.page_count} pages).")
                     except PageLensError as exc:
                         _flash("error", str(exc))
                     st.rerun()
@@ -342,7 +343,8 @@ def _run_indexing(
 
 
 def show_entry(entry: dict, *, interactive: bool = True, index: int = 0) -> None:
-    name, status = entry.get("name") or "file", entry["status"]
+    name, status = for_markdown(entry.get("name") or "file"), entry["status"]
+    message = for_markdown(entry.get("message") or "")
     if status in ("added", "resumed"):
         verb = "added" if status == "added" else "completed"
         st.success(
@@ -354,15 +356,15 @@ def show_entry(entry: dict, *, interactive: bool = True, index: int = 0) -> None
         same = entry.get("existing")
         st.info(
             f"**{name}** is already in the collection"
-            + (f" (same content as '{same}')." if same else "."),
+            + (f" (same content as '{for_markdown(same)}')." if same else "."),
             icon=":material/info:",
         )
     elif entry.get("reason") in ("needs-password", "wrong-password"):
-        st.warning(f"**{name}**: {entry['message']}", icon=":material/lock:")
+        st.warning(f"**{name}**: {message}", icon=":material/lock:")
         if interactive and entry.get("path"):
             password_retry(entry, index)
     else:
-        st.error(f"**{name}**: {entry['message']}", icon=":material/error:")
+        st.error(f"**{name}**: {message}", icon=":material/error:")
 
 
 def password_retry(entry: dict, index: int) -> None:
@@ -484,7 +486,7 @@ def _open_query_image(upload):
 
 
 def open_page(hit, query: str) -> None:
-    @st.dialog(f"{hit.document} · page {hit.page}", width="large")
+    @st.dialog(f"{for_markdown(hit.document)} · page {hit.page}", width="large")
     def body() -> None:
         st.caption(f"score {hit.score:.4f}")
         left, right = st.columns([3, 2])
@@ -530,7 +532,7 @@ def results_section(ws: Workspace) -> None:
                 image = thumb(hit.image, 640)
                 if image:
                     st.image(image, width="stretch")
-                st.markdown(f"**#{rank} · {hit.document}**")
+                st.markdown(f"**#{rank} · {for_markdown(hit.document)}**")
                 st.caption(f"page {hit.page} · {ui.score_text(hit, mode)}")
                 left, right = st.columns(2, vertical_alignment="center")
                 left.checkbox("Export", value=True, key=_tick_key(res, hit))
@@ -660,7 +662,7 @@ def main() -> None:
     stats = ws.store.stats()
     st.caption(
         f"Ask questions of your PDFs and get back the pages that answer · collection "
-        f"**{ws.path.name}** · {stats.documents} document(s) · {stats.pages} page(s)"
+        f"**{for_markdown(ws.path.name)}** · {stats.documents} document(s) · {stats.pages} page(s)"
     )
     _show_flash()
     try:

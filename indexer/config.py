@@ -68,17 +68,39 @@ def home() -> Path:
     return user_data_dir()
 
 
+def is_collection_name(collection: str | os.PathLike[str] | None) -> bool:
+    """True for a bare name (or None: the default), False for anything written as a path.
+
+    A value with a path separator, or starting with ``.`` or ``~``, is a path; everything
+    else is a name, even when a folder of that name happens to exist in the current folder
+    (``./odd`` means that folder).
+    """
+    if collection is None or str(collection) == "":
+        return True
+    text = str(collection)
+    return not (os.sep in text or "/" in text or text.startswith((".", "~")))
+
+
 def collection_path(collection: str | os.PathLike[str] | None = None) -> Path:
     """Resolve a collection given as a name (a folder under :func:`home`) or as a path.
 
-    A value containing a path separator, starting with ``.`` or ``~``, or naming an existing
-    folder is taken as a path; a bare word is a collection name under the home folder.
+    See :func:`is_collection_name`: bare names always mean named collections under the home
+    folder; paths are paths. A ``~user`` that cannot be expanded is a
+    :class:`~indexer.errors.UsageError` (one line, not a traceback).
     """
     if collection is None or str(collection) == "":
         return home() / DEFAULT_COLLECTION
     text = str(collection)
-    if os.sep in text or "/" in text or text.startswith((".", "~")) or Path(text).is_dir():
-        return Path(text).expanduser()
+    if not is_collection_name(text):
+        try:
+            return Path(text).expanduser()
+        except RuntimeError as exc:  # "Could not determine home directory."
+            from indexer.errors import UsageError
+
+            user = text.split("/", 1)[0].split(os.sep, 1)[0]
+            raise UsageError(
+                f"Cannot expand {user!r} in collection path {text!r} (no such user?)."
+            ) from exc
     return home() / text
 
 

@@ -241,11 +241,15 @@ def iter_input_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             if fresh(root):
                 yield root
             continue
+        if _is_collection(root):
+            continue
         found: list[Path] = []
         for dirpath, dirnames, filenames in os.walk(
             root, onerror=lambda e: logger.warning("cannot read folder: %s", e)
         ):
-            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+            dirnames[:] = sorted(
+                d for d in dirnames if not _is_hidden(d) and not _is_collection(Path(dirpath, d))
+            )
             for name in filenames:
                 if _is_hidden(name) or Path(name).suffix.lower() not in SUPPORTED_SUFFIXES:
                     continue
@@ -255,6 +259,14 @@ def iter_input_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
         for path in sorted(found, key=lambda p: p.relative_to(root).parts):
             if fresh(path):
                 yield path
+
+
+def _is_collection(folder: Path) -> bool:
+    """A PageLens collection (its page images are not documents to index again)."""
+    if (folder / "catalog.sqlite").is_file():
+        logger.warning("skipping %s: it is a PageLens collection, not documents", folder)
+        return True
+    return False
 
 
 def _sniff(head: bytes) -> str | None:

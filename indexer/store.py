@@ -124,6 +124,13 @@ class Collection:
         dim: int | None = None,
     ) -> None:
         self.path = Path(path).expanduser()
+        if not create and self.path.is_dir() and not (self.path / CATALOG).is_file():
+            # A read-only use (docs, search, check) of a folder that is not a collection:
+            # say so, and create nothing in it.
+            raise CollectionError(
+                f"{self.path} is not a PageLens collection (it has no {CATALOG}); "
+                "nothing was created."
+            )
         if not self.path.exists():
             if not create:
                 raise CollectionError(f"No collection at {self.path}.")

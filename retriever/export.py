@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from retriever.escaping import for_markdown
 from retriever.search import Hit
 
 SYSTEM_PROMPT = (
@@ -48,6 +49,11 @@ class ExportSettings:
 
 def citation(hit: Hit) -> str:
     return f"{hit.document}, p. {hit.page}"
+
+
+def md_citation(hit: Hit) -> str:
+    """:func:`citation` with the document name escaped for Markdown."""
+    return f"{for_markdown(hit.document)}, p. {hit.page}"
 
 
 def encode_page(hit: Hit, settings: ExportSettings = ExportSettings()) -> tuple[bytes, str]:
@@ -81,14 +87,19 @@ def to_openai_messages(
 def to_markdown(
     question: str, hits: Sequence[Hit], *, image_links: Sequence[str] | None = None
 ) -> str:
-    """A Markdown prompt: instructions, question, citations, and each page's text."""
+    """A Markdown prompt: instructions, question, citations, and each page's text.
+
+    Document names are escaped for Markdown (a name is user data: it may hold HTML or a
+    newline); page text stays inside a fenced block.
+    """
     lines = [SYSTEM_PROMPT, "", "## Question", "", question, "", "## Sources", ""]
     for i, hit in enumerate(hits, start=1):
-        lines.append(f"{i}. {citation(hit)} (score {hit.score:.3f})")
+        lines.append(f"{i}. {md_citation(hit)} (score {hit.score:.3f})")
     lines += ["", "## Pages", ""]
     for i, hit in enumerate(hits, start=1):
         link = image_links[i - 1] if image_links else Path(hit.image).as_uri()
-        lines += [f"### [{i}] {citation(hit)}", "", f"![{citation(hit)}]({link})", ""]
+        link = link.replace("(", "%28").replace(")", "%29").replace(" ", "%20")
+        lines += [f"### [{i}] {md_citation(hit)}", "", f"![{md_citation(hit)}]({link})", ""]
         text = hit.text.strip() or "(this page has no text layer; see the image)"
         lines += ["```text", text.replace("```", "'''"), "```", ""]
     return "\n".join(lines).rstrip() + "\n"
