@@ -2,7 +2,8 @@
 
 Global options (``--collection``, ``--model``, ``--device``) come before the command and
 also read ``PAGELENS_COLLECTION`` / ``PAGELENS_MODEL``; ``PAGELENS_HOME`` moves the folder
-that holds named collections. Exit codes: 0 ok, 1 error, 2 usage, 3 some files refused.
+that holds named collections. Exit codes: 0 ok, 1 error, 2 usage, 3 some files refused
+(or some of their pages).
 """
 
 from __future__ import annotations
@@ -201,8 +202,18 @@ def _print_index_report(report, store, as_json: bool) -> None:
         say(f"not embedded  {failure['document']} p.{failure['page']}: {failure['reason']}")
     if stopped:
         say(f"embedding stopped early: {stopped}")
-    if report.refused:
-        say(f"{len(report.refused)} file(s) refused")
+    partial = getattr(report, "partial", None) or []
+    for result in partial:
+        for number in result.failed_pages or []:
+            say(f"page failed  {for_terminal(result.name or result.path)} p.{number}")
+    if report.refused or partial:
+        if report.refused:
+            say(f"{len(report.refused)} file(s) refused")
+        if partial:
+            say(
+                f"{len(partial)} file(s) indexed without some pages; "
+                "'pagelens check --repair' retries them"
+            )
         raise SystemExit(EXIT_REFUSED)
     if failed or stopped:
         fail(
@@ -213,8 +224,8 @@ def _print_index_report(report, store, as_json: bool) -> None:
 
 
 def _file_line(result) -> str:
-    if result.status == "refused":
-        return f"refused  {result.path}: {result.message}"
+    if result.status in ("refused", "partial"):
+        return f"{result.status:8} {for_terminal(result.path)}: {for_terminal(result.message)}"
     if result.status == "skipped":
         return f"skipped  {result.message}"
     return f"{result.status:8} {for_terminal(result.name)} ({result.pages} pages)"

@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: list[str] = [
     # 1: documents, pages (vector NULL = not embedded yet), meta, full-text index
@@ -58,6 +58,17 @@ MIGRATIONS: list[str] = [
         INSERT INTO pages_fts(pages_fts, rowid, text) VALUES ('delete', old.id, old.text);
         INSERT INTO pages_fts(rowid, text) VALUES (new.id, new.text);
     END;
+    """,
+    # 2: placeholders of pages that failed to render (no image, no vector; the reason kept),
+    # so one bad page does not refuse a whole document and 'check --repair' can retry it
+    """
+    CREATE TABLE IF NOT EXISTS failed_pages (
+        document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        failed_at TEXT NOT NULL,
+        PRIMARY KEY(document_id, number)
+    );
     """,
 ]
 

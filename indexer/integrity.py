@@ -23,6 +23,8 @@ Problem kinds (stable, used in ``--json`` output):
                          from the source file when it still exists unchanged)
 ``page-count``           a document whose stored pages differ from its page count (pages
                          beyond the count dropped, missing ones rendered from the source)
+``page-failed``          pages that failed to render when indexed (placeholders with the
+                         reason; rendered again, and stored if they now render)
 
 Nothing here deletes a document: when a document cannot be completed the problem stays,
 with the command that would fix it.
@@ -110,6 +112,8 @@ class _Scan:
     bad_vectors: list[int]
     stuck: list[Document]
     count_mismatch: list[Document]
+    #: Placeholders of pages that failed to render (``Collection.failed_pages``).
+    failed: list[dict] = field(default_factory=list)
 
 
 def check(
@@ -296,11 +300,26 @@ def _scan(
                 {"documents": [d.name for d in stuck[:_SAMPLE]], "count": len(stuck)},
             )
         )
+    failed = [f for f in store.failed_pages() if f["document_id"] in docs]
+    failed_numbers: dict[int, set[int]] = defaultdict(set)
+    for f in failed:
+        failed_numbers[f["document_id"]].add(f["page"])
+    if failed:
+        add(
+            Problem(
+                "page-failed",
+                f"{len(failed)} page(s) could not be rendered when indexed (placeholders, not "
+                "searchable): "
+                + ", ".join(f"{f['document']} p.{f['page']}" for f in failed[:_SAMPLE])
+                + "; 'pagelens check --repair' tries them again",
+                {"pages": failed[:_SAMPLE], "count": len(failed)},
+            )
+        )
     count_mismatch = []
     for d in docs.values():
         if d.status != "ready":
             continue
-        numbers = {p.number for p in by_doc[d.id]}
+        numbers = {p.number for p in by_doc[d.id]} | failed_numbers[d.id]
         if numbers != set(range(1, d.page_count + 1)):
             count_mismatch.append(d)
     if count_mismatch:
@@ -328,6 +347,7 @@ def _scan(
         bad_vectors,
         stuck,
         count_mismatch,
+        failed,
     )
 
 
@@ -492,7 +512,7 @@ def repair(
 
 def _repair_pages(store: Collection, scan: _Scan, password: str | None, note) -> None:
     """Re-render missing images; finish stuck documents; fix page counts."""
-    from indexer.pages import RenderSettings, file_sha256, render_pages
+    from indexer.pages import RenderSettings, file_sha256
 
     stored = store.render_settings() or {}
     settings = RenderSettings(
@@ -503,6 +523,7 @@ def _repair_pages(store: Collection, scan: _Scan, password: str | None, note) ->
         if page.document_id in scan.docs:
             missing_by_doc[page.document_id].append(page)
     todo = set(missing_by_doc) | {d.id for d in scan.stuck} | {d.id for d in scan.count_mismatch}
+    todo |= {f["document_id"] for f in scan.failed}
     for doc_id in sorted(todo):
         doc = scan.docs[doc_id]
         current = {p.number: p for p in store.pages(doc_id)}
@@ -521,26 +542,33 @@ def _repair_pages(store: Collection, scan: _Scan, password: str | None, note) ->
         why = _source_problem(doc, file_sha256)
         if wanted and why is None:
             try:
-                batch = []
-                for page in render_pages(
-                    doc.path, settings=settings, password=password, pages=wanted
-                ):
-                    batch.append((page.number, page.text, page.image))
-                    if len(batch) >= 16:
-                        _store_rendered(store, doc_id, batch, broken)
-                        batch = []
-                if batch:
-                    _store_rendered(store, doc_id, batch, broken)
+                failures = _render_wanted(
+                    store, doc_id, doc.path, wanted, settings, password, broken
+                )
             except PageLensError as exc:
                 why = str(exc)
             else:
-                note(
-                    "image-missing" if broken else "page-count",
-                    f"{doc.name}: rendered {len(wanted)} page(s) again from {doc.path}",
-                    document=doc.name,
-                    count=len(wanted),
-                )
-                broken, absent = {}, []
+                done = len(wanted) - len(failures)
+                if done:
+                    note(
+                        "image-missing" if broken else "page-count",
+                        f"{doc.name}: rendered {done} page(s) again from {doc.path}",
+                        document=doc.name,
+                        count=done,
+                    )
+                for number, reason in failures.items():
+                    store.add_failed_page(doc_id, number, reason)
+                if failures:
+                    why = next(iter(failures.values()))
+                    note(
+                        "page-failed",
+                        f"{doc.name}: page(s) {', '.join(map(str, failures))} still cannot be "
+                        f"rendered ({why})",
+                        document=doc.name,
+                        count=len(failures),
+                    )
+                broken = {n: p for n, p in broken.items() if n in failures}
+                absent = [n for n in absent if n in failures]
         if broken:
             # The image cannot be made again: a row naming no image would break every hit
             # and export that reaches it, so the page goes (the document is then incomplete).
@@ -553,7 +581,9 @@ def _repair_pages(store: Collection, scan: _Scan, password: str | None, note) ->
                 document=doc.name,
                 count=len(broken),
             )
-        complete = store.stored_page_numbers(doc_id) == set(range(1, doc.page_count + 1))
+        placeholders = {f["page"] for f in store.failed_pages(doc_id)}
+        covered = store.stored_page_numbers(doc_id) | placeholders
+        complete = covered == set(range(1, doc.page_count + 1))
         if doc.status != "ready" and complete:
             store.mark_ready(doc_id)
             note(
@@ -570,6 +600,44 @@ def _repair_pages(store: Collection, scan: _Scan, password: str | None, note) ->
                 f"'pagelens remove {doc.id}'",
                 document=doc.name,
             )
+
+
+def _render_wanted(
+    store: Collection,
+    doc_id: int,
+    path: str,
+    wanted: list[int],
+    settings,
+    password: str | None,
+    old: dict[int, Page],
+) -> dict[int, str]:
+    """Render and store ``wanted`` pages; a page that fails is skipped (rendering goes on
+    after it) and returned as ``{number: reason}``. A page stored clears its placeholder."""
+    from indexer.pages import PageRenderError, render_pages
+
+    failures: dict[int, str] = {}
+    todo = list(wanted)
+
+    def commit(batch: list) -> None:
+        _store_rendered(store, doc_id, batch, old)
+        for number, _text, _image in batch:
+            store.clear_failed_page(doc_id, number)
+
+    while todo:
+        batch: list = []
+        try:
+            for page in render_pages(path, settings=settings, password=password, pages=todo):
+                batch.append((page.number, page.text, page.image))
+                if len(batch) >= 16:
+                    commit(batch)
+                    batch = []
+            todo = []
+        except PageRenderError as exc:
+            failures[exc.page] = str(exc)
+            todo = [n for n in todo if n > exc.page]  # rendered in the order asked
+        if batch:
+            commit(batch)
+    return failures
 
 
 def _source_problem(doc: Document, file_sha256) -> str | None:

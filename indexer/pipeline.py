@@ -31,6 +31,7 @@ import numpy as np
 from indexer.embedder import Embedder
 from indexer.errors import DocumentError, EmbeddingError, PageLensError
 from indexer.pages import (
+    PageRenderError,
     RenderSettings,
     inspect_document,
     iter_input_files,
@@ -56,7 +57,8 @@ class Progress:
 
 @dataclass
 class FileResult:
-    """What happened to one input file. ``status``: added, resumed, skipped or refused."""
+    """What happened to one input file. ``status``: added, resumed, skipped, refused, or
+    partial (indexed, but the pages in ``failed_pages`` could not be rendered)."""
 
     path: str
     status: str
@@ -65,6 +67,7 @@ class FileResult:
     pages: int = 0
     reason: str | None = None
     message: str | None = None
+    failed_pages: list[int] | None = None
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -88,6 +91,11 @@ class IndexReport:
     def refused(self) -> list[FileResult]:
         return [f for f in self.files if f.status == "refused"]
 
+    @property
+    def partial(self) -> list[FileResult]:
+        """Files indexed without some pages (failed to render; placeholders recorded)."""
+        return [f for f in self.files if f.status == "partial"]
+
     def as_dict(self) -> dict:
         return {
             "files": [f.as_dict() for f in self.files],
@@ -96,6 +104,7 @@ class IndexReport:
             "pages_reused": self.pages_reused,
             "pending": self.pending,
             "refused": len(self.refused),
+            "partial": len(self.partial),
             "failed": list(self.failed),
             "stopped": self.stopped,
             "seconds": round(self.seconds, 3),
@@ -267,24 +276,10 @@ class Indexer:
             size=Path(path).stat().st_size,
         )
         wanted = [n for n in range(1, info.page_count + 1) if n not in plan["stored"]]
-        batch: list = []
         try:
-            for page in render_pages(
-                path, settings=self.settings, password=plan["password"], pages=wanted
-            ):
-                batch.append((page.number, page.text, page.image))
-                if len(batch) >= self.commit_every:
-                    self.store.add_pages(doc.id, batch)
-                    report.pages_stored += len(batch)
-                    meter.step(len(batch), file=doc.name)
-                    batch = []
-            if batch:
-                self.store.add_pages(doc.id, batch)
-                report.pages_stored += len(batch)
-                meter.step(len(batch), file=doc.name)
+            failed = self._render_into(doc, path, wanted, plan["password"], meter, report)
         except DocumentError as exc:
-            # Keep what was stored of a file that breaks half-way? No: a document is either
-            # complete or absent, so remove it and report the file.
+            # The file itself cannot be read (not one page of it): it is absent, not partial.
             self.store.remove_document(doc.id)
             return FileResult(str(path), "refused", reason=exc.reason, message=str(exc))
         except (OSError, sqlite3.OperationalError):
@@ -294,10 +289,71 @@ class Indexer:
                 with contextlib.suppress(Exception):
                     self.store.remove_document(doc.id)
             raise
+        if failed and not self.store.stored_page_numbers(doc.id):
+            # Not one page renders: the file is refused as a whole, as before.
+            self.store.remove_document(doc.id)
+            return FileResult(str(path), "refused", reason="damaged", message=str(failed[0]))
         self.store.mark_ready(doc.id)
+        status = "resumed" if existing else "added"
+        if not failed:
+            return FileResult(str(path), status, doc.id, doc.name, info.page_count)
+        pages = ", ".join(str(f.page) for f in failed)
         return FileResult(
-            str(path), "resumed" if existing else "added", doc.id, doc.name, info.page_count
+            str(path),
+            "partial",
+            doc.id,
+            doc.name,
+            info.page_count,
+            reason="damaged",
+            message=f"{doc.name}: {len(failed)} of {info.page_count} page(s) could not be "
+            f"rendered (page {pages}: {failed[0]}); the other pages are indexed, and "
+            "'pagelens check --repair' retries the failed ones.",
+            failed_pages=[f.page for f in failed],
         )
+
+    def _render_into(
+        self,
+        doc,
+        path: Path,
+        wanted: list[int],
+        password: str | None,
+        meter: _Meter,
+        report: IndexReport,
+    ) -> list[PageRenderError]:
+        """Render and store ``wanted`` pages in batches; a page that fails to render becomes
+        a placeholder (reason recorded) and rendering goes on after it. Returns the failures.
+
+        A DocumentError that is not about one page (the file cannot be opened) propagates.
+        """
+        failed: list[PageRenderError] = []
+        todo = list(wanted)
+        while todo:
+            batch: list = []
+            try:
+                for page in render_pages(
+                    path, settings=self.settings, password=password, pages=todo
+                ):
+                    batch.append((page.number, page.text, page.image))
+                    if len(batch) >= self.commit_every:
+                        self._commit(doc, batch, meter, report)
+                        batch = []
+                todo = []
+            except PageRenderError as exc:
+                failed.append(exc)
+                self.store.add_failed_page(doc.id, exc.page, str(exc))
+                # Pages are rendered in the order asked: those before it are done.
+                todo = [n for n in todo if n > exc.page]
+                meter.step(1, file=doc.name, message=f"page {exc.page} failed")
+            if batch:
+                self._commit(doc, batch, meter, report)
+        return failed
+
+    def _commit(self, doc, batch: list, meter: _Meter, report: IndexReport) -> None:
+        self.store.add_pages(doc.id, batch)
+        for number, _text, _image in batch:
+            self.store.clear_failed_page(doc.id, number)
+        report.pages_stored += len(batch)
+        meter.step(len(batch), file=doc.name)
 
     # -- phase 2 -----------------------------------------------------------------------
     def embed_pending(

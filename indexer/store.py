@@ -445,6 +445,40 @@ class Collection:
     def mark_ready(self, document_id: int) -> None:
         self._set_status(document_id, "ready")
 
+    def add_failed_page(self, document_id: int, number: int, reason: str) -> None:
+        """Record page ``number`` as a placeholder that failed to render (no image, no
+        vector): the rest of the document stays searchable, and a repair can retry it."""
+        self._require_lock()
+        with self._mutex, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO failed_pages(document_id, number, reason, failed_at) "
+                "VALUES (?, ?, ?, ?)",
+                (document_id, number, reason, utcnow()),
+            )
+
+    def clear_failed_page(self, document_id: int, number: int) -> None:
+        self._require_lock()
+        with self._mutex, self._db:
+            self._db.execute(
+                "DELETE FROM failed_pages WHERE document_id=? AND number=?", (document_id, number)
+            )
+
+    def failed_pages(self, document_id: int | None = None) -> list[dict]:
+        """Placeholders of pages that failed to render: ``{document_id, document, page,
+        reason, failed_at}``, by document and page."""
+        where, args = ("WHERE f.document_id=?", (document_id,)) if document_id else ("", ())
+        try:
+            rows = self._query(
+                "SELECT f.document_id, d.name, f.number, f.reason, f.failed_at FROM failed_pages f "
+                f"JOIN documents d ON d.id = f.document_id {where} "
+                "ORDER BY f.document_id, f.number",
+                args,
+            )
+        except sqlite3.OperationalError:  # a read-only catalog from before schema 2
+            return []
+        keys = ("document_id", "document", "page", "reason", "failed_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
     def mark_incomplete(self, document_id: int) -> None:
         """Mark a document as still indexing (some pages missing); a re-run completes it."""
         self._set_status(document_id, "indexing")

@@ -6,8 +6,9 @@ sequences, bidirectional overrides, Markdown (``[x](y)``, ``**``) or HTML
 
 * :func:`for_terminal`: control and invisible format characters become ``\\xNN`` /
   ``\\uNNNN`` escapes, so one name is always one visible line.
-* :func:`for_markdown`: that, then HTML's ``<>&`` as entities and Markdown's punctuation
-  backslash-escaped (exported ``prompt.md``, the app's ``st.markdown``).
+* :func:`for_markdown`: that, then HTML's ``<>&`` as entities and the Markdown punctuation
+  that acts inside a line (links, emphasis, code, tables) backslash-escaped (exported
+  ``prompt.md``, the app's ``st.markdown``); names never start a line there.
 * :func:`for_html`: that, then ``html.escape`` (quotes included).
 """
 
@@ -17,7 +18,7 @@ import html
 import re
 import unicodedata
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()|~])")
 
 
 def _escape_char(ch: str) -> str:
