@@ -149,6 +149,7 @@ class Collection:
         self._lock_depth = 0
         self._filelock = None
         self._swept: set[int] = set()  # documents whose crash leftovers were deleted
+        self._snapshot_dir: str | None = None  # see _open_read_only_snapshot
         self.read_only = not os.access(self.path, os.W_OK)
         try:
             if self.read_only:
@@ -160,14 +161,8 @@ class Collection:
                 try:
                     self._db.execute("SELECT COUNT(*) FROM meta").fetchone()
                 except sqlite3.OperationalError:
-                    # A WAL catalog in a truly read-only folder: SQLite cannot create its
-                    # shared-memory file, so read the file as immutable (no one can write it).
                     self._db.close()
-                    self._db = sqlite3.connect(
-                        f"file:{self.path / CATALOG}?mode=ro&immutable=1",
-                        uri=True,
-                        check_same_thread=False,
-                    )
+                    self._db = self._open_read_only_snapshot()
             else:
                 self._db = catalog.connect(self.path / CATALOG)
                 catalog.migrate(self._db)
@@ -938,11 +933,36 @@ class Collection:
             return []
 
     # -- housekeeping ------------------------------------------------------------------
+    def _open_read_only_snapshot(self) -> sqlite3.Connection:
+        """The catalog of a truly read-only folder, where SQLite cannot create the WAL's
+        shared-memory file. Without a WAL (closing a collection checkpoints it) the file is
+        read as immutable; with one (a writer that never closed), catalog and WAL are copied
+        to a private temporary folder and read there, so the last commits are seen too."""
+        wal = self.path / (CATALOG + "-wal")
+        if not (wal.is_file() and wal.stat().st_size > 0):
+            return sqlite3.connect(
+                f"file:{self.path / CATALOG}?mode=ro&immutable=1",
+                uri=True,
+                check_same_thread=False,
+            )
+        self._snapshot_dir = tempfile.mkdtemp(prefix="pagelens-ro-")
+        for name in (CATALOG, CATALOG + "-wal"):
+            shutil.copyfile(self.path / name, Path(self._snapshot_dir) / name)
+        return catalog.connect(Path(self._snapshot_dir) / CATALOG, read_only=True)
+
     def close(self) -> None:
         with self._mutex:
             if self._lock_depth:
                 self.flush()
+            if not self.read_only:
+                # Fold the WAL into the catalog, so that a read-only copy of the folder
+                # (or a read-only mount) sees every commit even without the WAL.
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
+            if self._snapshot_dir is not None:
+                shutil.rmtree(self._snapshot_dir, ignore_errors=True)
+                self._snapshot_dir = None
 
     def __enter__(self) -> Collection:
         return self
