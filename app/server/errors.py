@@ -94,10 +94,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return validation_response(exc.errors())
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = (
+                f"This server has no endpoint {request.url.path!r}: see /docs for "
+                "/v1/embeddings, /v1/search, /v1/pages/{id}/image, /v1/models and /health."
+            )
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path!r}."
         return error_response(
-            exc.status_code, str(exc.detail), code=code, headers=getattr(exc, "headers", None)
+            exc.status_code, message, code=code, headers=getattr(exc, "headers", None)
         )
 
     @app.exception_handler(Exception)
