@@ -441,6 +441,32 @@ class ScriptedEndpoint:
             server.server_close()
 
 
+def test_several_requests_are_in_flight_at_once():
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def script(n, inputs):
+        if n == 1:
+            return "ok"  # the dimension probe
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.3)  # a slow model: requests overlap if the client sends them together
+        with lock:
+            state["now"] -= 1
+        return "ok"
+
+    endpoint = ScriptedEndpoint(script)
+    with endpoint.serve() as url:
+        remote = fast(url, batch_size=2, concurrency=3)
+        images = [picture(i) for i in range(6)]
+        got = remote.embed_documents(images)
+        remote.close()
+    assert [n for _, n in endpoint.posts[1:]] == [2, 2, 2]  # several pages per request
+    assert state["most"] == 3  # all three requests in flight together
+    assert cosines(got, endpoint.embedder.embed_documents(images)).min() >= 0.9999
+
+
 def test_503_with_retry_after_is_honoured_then_succeeds():
     # The probe of the dimension is POST 1; POSTs 2 and 3 answer 503 asking for 1 s.
     def script(n, inputs):
