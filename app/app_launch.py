@@ -26,6 +26,8 @@ from indexer.errors import UsageError
 
 LOOPBACK = "127.0.0.1"
 PASSWORD_ENV = "PAGELENS_APP_PASSWORD"
+#: Host names a loopback app answers to (``server.allowedHosts``; ports are ignored).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 #: Streamlit settings PageLens always sets (a user's explicit command-line option wins).
 PRIVATE_DEFAULTS = {
     "browser.gatherUsageStats": "false",
@@ -89,6 +91,12 @@ def plan(
         if _given(args, name) is None:
             args += [f"--{name}", value]
     exposed = not is_loopback(address)
+    if not exposed and _given(args, "server.allowedHosts") is None:
+        if not environ.get("STREAMLIT_SERVER_ALLOWED_HOSTS"):
+            # Against DNS rebinding: a web page that points its own name at 127.0.0.1 must
+            # not reach the app's WebSocket (Streamlit checks Host against this list).
+            for name in LOOPBACK_NAMES:
+                args += ["--server.allowedHosts", name]
     launch = AppLaunch(args=["run", script, *args], host=address, exposed=exposed)
     if exposed:
         if not environ.get(PASSWORD_ENV):

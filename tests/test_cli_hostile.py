@@ -122,3 +122,29 @@ def test_names_are_escaped_in_docs_and_exports(cwd, make_pdf, tmp_path):
     assert "<img" not in prompt and "&lt;img" in prompt
     sources = prompt.split("## Sources", 1)[1].split("## Pages", 1)[0]
     assert len([line for line in sources.splitlines() if line.strip()]) == 1
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def test_loopback_app_accepts_only_loopback_host_names():
+    from streamlit import config as st_config
+    from streamlit.web.server.starlette.starlette_websocket import is_host_allowed
+
+    from app.app_launch import LOOPBACK_NAMES, plan
+
+    launch = plan("app.py", [], environ={})
+    given = [launch.args[i + 1] for i, a in enumerate(launch.args) if a == "--server.allowedHosts"]
+    assert tuple(given) == LOOPBACK_NAMES
+    exposed = plan("app.py", [], host="0.0.0.0", environ={"PAGELENS_APP_PASSWORD": "pw"})
+    assert "--server.allowedHosts" not in exposed.args  # names unknown; the password guards it
+    mine = plan("app.py", ["--server.allowedHosts", "box.lan"], environ={})
+    assert mine.args.count("--server.allowedHosts") == 1
+    # What Streamlit does with the list: the WebSocket refuses other Host headers.
+    old = st_config.get_option("server.allowedHosts")
+    st_config.set_option("server.allowedHosts", list(given))
+    try:
+        assert is_host_allowed("localhost:8501") and is_host_allowed("[::1]:8501")
+        assert not is_host_allowed("rebound.example:8501")
+    finally:
+        st_config.set_option("server.allowedHosts", old)
