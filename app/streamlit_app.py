@@ -352,6 +352,8 @@ def show_entry(entry: dict, *, interactive: bool = True, index: int = 0) -> None
             "visual search as pages get embedded.",
             icon=":material/check_circle:",
         )
+    elif status == "partial":
+        st.warning(f"**{name}**: {message}", icon=":material/warning:")
     elif status == "skipped":
         same = entry.get("existing")
         st.info(
