@@ -18,9 +18,11 @@ import typer
 from app.cli_common import (
     EXIT_REFUSED,
     Options,
+    check_search_usage,
     fail,
     open_retriever,
     options,
+    plural,
     print_json,
     run_guarded,
     say,
@@ -193,7 +195,8 @@ def _print_index_report(report, store, as_json: bool) -> None:
         say(
             f"done in {report.seconds:.1f}s: {report.pages_stored} pages stored, "
             f"{report.pages_embedded} embedded ({report.pages_reused} reused); "
-            f"collection {store.path}: {stats.documents} documents, {stats.pages} pages"
+            f"collection {store.path}: {plural(stats.documents, 'document')}, "
+            f"{plural(stats.pages, 'page')}"
             + (f", {stats.pending} waiting for vectors" if stats.pending else "")
         )
     failed = getattr(report, "failed", None) or []
@@ -243,6 +246,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print hits as JSON."),
 ) -> None:
     """Find the pages that answer a question."""
+    check_search_usage(question, image=image, mode=mode, k=k, pages=pages)
     opts = options(ctx)
 
     def body() -> None:
@@ -347,6 +351,7 @@ def export(
 
     if fmt not in ("openai", "markdown", "zip"):
         fail(f"unknown format '{fmt}': use openai, markdown or zip", 2)
+    check_search_usage(question, mode=mode, k=k, pages=pages)
     opts = options(ctx)
 
     def body() -> None:

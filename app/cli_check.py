@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli_common import fail, options, print_json, run_guarded, say
+from app.cli_common import fail, options, plural, print_json, run_guarded, say
 from app.cli_root import cli
 
 #: Exit code when the check finds problems that remain (documented in the README).
@@ -89,7 +89,7 @@ def _print(report) -> None:
         f"collection {report.collection}: model {meta.get('model_id', '(none yet)')}"
         + (f" (dim {meta['dim']})" if meta.get("dim") else "")
         + (
-            f", {stats['documents']} documents, {stats['pages']} pages, "
+            f", {plural(stats['documents'], 'document')}, {plural(stats['pages'], 'page')}, "
             f"{stats['embedded']} embedded"
             if stats
             else ""

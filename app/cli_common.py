@@ -19,7 +19,7 @@ import typer
 
 from indexer.config import collection_path, is_collection_name
 from indexer.embedder import Embedder
-from indexer.errors import ModelNotAvailableError, PageLensError, UsageError
+from indexer.errors import CollectionError, ModelNotAvailableError, PageLensError, UsageError
 from indexer.settings import ModelSettings
 from indexer.store import Collection
 
@@ -147,12 +147,47 @@ def configure_logging(verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+def check_search_usage(
+    question: str | None,
+    *,
+    image: Path | None = None,
+    mode: str | None = None,
+    k: int = 5,
+    pages: str | None = None,
+) -> None:
+    """Usage errors of a searching command, found before anything loads (exit code 2)."""
+    from retriever.search import MODES, PageRange
+
+    if not (question or "").strip() and image is None:
+        fail("give a question, --image FILE, or both", 2)
+    if mode is not None and mode not in MODES:
+        fail(f"unknown --mode '{mode}': use {', '.join(MODES)}", 2)
+    if k < 1:
+        fail(f"-k must be at least 1, not {k}", 2)
+    if image is not None and not image.is_file():
+        fail(f"the image file {image} does not exist", 2)
+    if pages:
+        try:
+            PageRange.parse(pages)
+        except PageLensError as exc:
+            fail(str(exc), 2)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 document``, ``2 documents`` (``many`` for irregular plurals)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 def open_retriever(opts: Options, mode: str | None) -> Retriever:
     """The retriever a searching command uses. Without a model and without ``--mode``, the
     text layer still answers, so it says why and falls back to text search."""
     from retriever.search import Retriever
 
     store = opts.store(create=False)
+    if not store.stats().pages:  # say so, instead of loading (or failing to load) a model
+        raise CollectionError(
+            f"The collection {store.path} is empty: add files with 'pagelens index PATH' first."
+        )
     embedder = None
     if mode != "text":
         try:

@@ -76,8 +76,8 @@ def test_refused_files_exit_3_and_errors_are_one_line(env, make_pdf):
 
     result = run("remove", "nope.pdf")
     assert result.exit_code == 1 and result.output.strip().startswith("error:")
-    result = run("search", "")
-    assert result.exit_code == 1 and "question" in result.output.lower()
+    result = run("search", "")  # a usage error: exit 2, before any model loads
+    assert result.exit_code == 2 and "question" in result.output.lower()
 
 
 def test_missing_model_is_a_clear_paragraph(monkeypatch, make_pdf, tmp_path):

@@ -351,14 +351,14 @@ def test_cli_image_queries_and_filters(cli_env, tmp_path):
         ("shapes.pdf", 3),
     ]
 
-    result = run("search", "--image", str(tmp_path / "missing.png"))
-    assert result.exit_code == 1 and "does not exist" in result.output
+    result = run("search", "--image", str(tmp_path / "missing.png"))  # usage: exit 2
+    assert result.exit_code == 2 and "does not exist" in result.output
     (tmp_path / "bad.png").write_text("not an image")
     result = run("search", "--image", str(tmp_path / "bad.png"))
     assert result.exit_code == 1 and "cannot be read" in result.output
     result = run("search", "x", "--image", str(shot), "--mode", "text")
     assert result.exit_code == 1 and "image" in result.output
     result = run("search", "x", "--pages", "7-2")
-    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
     result = run("search", "x", "--doc", "nope.pdf")
     assert result.exit_code == 1 and "nope.pdf" in result.output
