@@ -259,14 +259,14 @@ def test_cli_ask_streams_and_lists_cited_pages(store, llm_stub):
     assert "nowhere.pdf" in tail and "not among the pages sent" in tail
 
 
-def test_cli_ask_visual_default_with_the_model(llm_stub, monkeypatch, tmp_path, tiny_model_dir):
+def test_cli_ask_visual_default_with_the_model(
+    llm_stub, monkeypatch, tmp_path, tiny_model_dir, tiny_embedder
+):
     """The default mode: GME (the tiny checkpoint) ranks the pages that are sent."""
-    from indexer import load_embedder
-
     monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
     pdf = make_text_pdf(tmp_path / "in" / "v.pdf", TOPICS[5:8])
     with Collection(collection_path("visual")) as store:
-        Indexer(store, load_embedder(tiny_model_dir, device="cpu")).add([pdf])
+        Indexer(store, tiny_embedder).add([pdf])
     llm_stub.answer = "Deepest: [v.pdf, p. 1]."
     result = cli_run(
         "--collection", "visual", "--device", "cpu", "ask", "deepest", "-k", "3", "--json"
