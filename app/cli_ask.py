@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import typer
 
-from app.cli_common import fail, open_retriever, options, print_json, run_guarded, say
+from app.cli_common import (
+    check_search_usage,
+    fail,
+    open_retriever,
+    options,
+    print_json,
+    run_guarded,
+    say,
+)
 from app.cli_root import cli
 from retriever.escaping import for_terminal
 
@@ -41,8 +49,7 @@ def ask_cmd(
         check_page_count,
     )
 
-    if k < 1:
-        fail("-k must be at least 1", 2)
+    check_search_usage(question, mode=mode, k=k, pages=pages)  # exit 2 before anything loads
     opts = options(ctx)
 
     def body() -> None:

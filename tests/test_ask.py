@@ -286,6 +286,15 @@ def test_cli_ask_without_llm_is_a_clear_error_and_sends_nothing(store):
     assert "PAGELENS_LLM_URL" in result.stderr
 
 
+def test_cli_ask_usage_errors_exit_2(store, llm_stub):
+    for args in (["   "], [QUESTION, "-k", "0"], [QUESTION, "--mode", "fuzzy"]):
+        result = cli_run("ask", *args)
+        assert result.exit_code == 2, (args, result.output)
+    result = cli_run("ask", QUESTION, "-k", "11")  # more than PAGELENS_LLM_MAX_IMAGES (10)
+    assert result.exit_code == 1 and "PAGELENS_LLM_MAX_IMAGES" in result.stderr
+    assert llm_stub.requests == []
+
+
 def test_cli_ask_reports_provider_errors(store, llm_stub, monkeypatch):
     monkeypatch.setenv("PAGELENS_LLM_RETRIES", "1")
     llm_stub.fail_next(500, times=2)
