@@ -236,13 +236,18 @@ class EmbedActor:
         if load.get("device") in (None, "cpu"):
             torch.set_num_threads(max(1, int(threads)))
         options = {k: v for k, v in load.items() if k not in ("device", "dtype")}
-        self.embedder = load_embedder(
-            model, device=load.get("device"), dtype=load.get("dtype"), **options
-        )
+        self.error: PageLensError | None = None
+        try:
+            self.embedder = load_embedder(
+                model, device=load.get("device"), dtype=load.get("dtype"), **options
+            )
+        except PageLensError as exc:  # the model is missing: say so in one line, not a trace
+            self.error = exc
 
-    def identity(self) -> ModelIdentity:
-        """What the collection records of this model (name, dim, weights fingerprint)."""
-        return ModelIdentity.of(self.embedder)
+    def identity(self) -> ModelIdentity | PageLensError:
+        """What the collection records of this model (name, dim, weights fingerprint), or
+        the reason the model could not load."""
+        return self.error or ModelIdentity.of(self.embedder)
 
     def pid(self) -> int:
         return os.getpid()
@@ -326,6 +331,10 @@ class EmbedPool:
             except ray.exceptions.RayActorError as exc:
                 self.close()
                 raise PageLensError(f"A Ray embedding actor could not start: {exc}") from exc
+            failed = [i for i in ids if isinstance(i, PageLensError)]
+            if failed:
+                self.close()
+                raise failed[0]
             if len({(i.name, i.dim, i.fingerprint) for i in ids}) != 1:
                 self.close()
                 raise PageLensError(

@@ -241,6 +241,23 @@ def test_actor_killed_mid_job_loses_and_duplicates_nothing(pool, reference, tmp_
     _assert_same_vectors(store, local)
 
 
+def test_missing_model_is_one_clear_error(tmp_path):
+    """An actor whose model cannot load reports the reason (the pool raises it as is, one
+    line for the CLI) instead of dying with a traceback. Run in-process: the same code."""
+    import torch
+
+    from indexer.errors import ModelNotAvailableError
+    from indexer.ray_job import EmbedActor
+
+    threads = torch.get_num_threads()
+    try:
+        actor = EmbedActor(str(tmp_path / "no-model"), LOAD, 1)
+    finally:
+        torch.set_num_threads(threads)
+    error = actor.identity()
+    assert isinstance(error, ModelNotAvailableError) and "does not exist" in str(error)
+
+
 def test_resources_leave_rendering_a_cpu():
     two = {"CPU": 2.0}
     one = plan_resources(two, RayOptions())
