@@ -483,6 +483,7 @@ class RayIndexer:
                 inspected = ray.get(inspections)
             except ray.exceptions.RayTaskError as exc:
                 raise _cause(exc) from exc
+            self._check_render_room(ray)
             docs = self._plan(files, inspected, passwords, password, names)
             self._run(
                 docs, report, embed=embed, progress=progress, on_file=on_file, on_batch=on_batch
@@ -490,6 +491,25 @@ class RayIndexer:
             report.pending = self.store.stats().pending
         report.seconds = time.perf_counter() - started
         return report
+
+    def _check_render_room(self, ray: Any, wait_s: float = 15.0) -> None:
+        """Refuse to start when no CPU is free for a render task (other jobs or actors hold
+        them): the job would otherwise wait for ever. Waits a little first, since CPUs of
+        actors just stopped come back asynchronously."""
+        need = self.resources.render_cpus if self.resources else 1.0
+        deadline = time.monotonic() + wait_s
+        while True:
+            free = float(ray.available_resources().get("CPU", 0.0))
+            if free + 1e-9 >= need or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        if free + 1e-9 < need:
+            total = float(ray.cluster_resources().get("CPU", 0.0))
+            raise PageLensError(
+                f"The Ray cluster has {free:g} of {total:g} CPUs free, and rendering needs "
+                f"{need:g} per task: other jobs or actors hold the rest, so this job would "
+                "stall. Wait for them, or lower --ray-actors / --ray-actor-cpus."
+            )
 
     @property
     def actors(self) -> list[Any]:

@@ -1,6 +1,6 @@
 """Bulk indexing on Ray (indexer/ray_job.py) on a real local Ray instance with the tiny GME.
 
-One small Ray instance (2 logical CPUs, 128 MiB object store) serves the whole module, and
+One small Ray instance (3 logical CPUs, 128 MiB object store) serves the whole module, and
 one pool of two embedding actors (each loads the tiny model once) serves every job that
 does not test the CLI. Pages are small (16 visual tokens, as in tests/crash_worker.py).
 """
@@ -41,7 +41,9 @@ LOAD = {"device": "cpu", "max_image_tokens": TOKENS}
 @pytest.fixture(scope="module")
 def ray_local():
     """A private local Ray instance for this module (shut down after it)."""
-    started = connect("local", options=RayOptions(num_cpus=2, object_store_mb=128))
+    # 3 logical CPUs (on any machine): the shared pool (1), one render task (1) and the
+    # killed driver's own actor (0.5) fit at once.
+    started = connect("local", options=RayOptions(num_cpus=3, object_store_mb=128))
     yield
     if started:
         ray.shutdown()
@@ -49,7 +51,7 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def pool(ray_local, tiny_model_dir):
-    pool = EmbedPool(str(tiny_model_dir), LOAD, RayOptions(actors=2))
+    pool = EmbedPool(str(tiny_model_dir), LOAD, RayOptions(actors=2, actor_cpus=0.5))
     pool.start()
     yield pool
     pool.close()
@@ -146,7 +148,7 @@ def test_bench_ray_phase_reports_pages_per_second(ray_local, tiny_model_dir, tmp
     report: dict = {}
     run_ray(cfg, report, tmp_path, make_text_pdf)
     section = report["ray"]
-    assert section["cluster"]["CPU"] == 2 and section["image_tokens"] == TOKENS
+    assert section["cluster"]["CPU"] == 3 and section["image_tokens"] == TOKENS
     (run,) = section["runs"]
     assert run["actors"] == 1 and run["pages_embedded"] == 4
     assert run["pages_per_s"] > 0 and run["pool_start_s"] > 0
@@ -212,6 +214,55 @@ def test_driver_crash_mid_job_resumes_without_duplicates(pool, reference, tmp_pa
     local = Collection(tmp_path / "local")
     Indexer(local, reference, settings=SETTINGS).add([folder])
     _assert_same_vectors(store, local)
+
+
+def test_driver_killed_mid_job_resumes_without_duplicates(
+    pool, reference, tiny_model_dir, tmp_path
+):
+    """SIGKILL a real ``pagelens index --ray HOST:PORT`` process once pages are stored and
+    not all embedded; the same job then finishes with nothing lost or duplicated."""
+    import contextlib
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "docs"
+    make_text_pdf(folder / "big.pdf", [f"Big {i}: {TOPICS[i % 12]}" for i in range(40)])
+    coll = tmp_path / "ray"
+    address = ray.get_runtime_context().gcs_address
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "app.cli", "-c", str(coll), "--model", str(tiny_model_dir)]
+    cmd += ["--image-tokens", str(TOKENS), "--device", "cpu", "index", "--ray", address]
+    cmd += ["--ray-actors", "1", "--ray-actor-cpus", "0.5", "--batch-size", "1", str(folder)]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
+    at_kill = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (coll / "catalog.sqlite").exists():
+                with contextlib.suppress(sqlite3.OperationalError):  # schema not there yet
+                    uri = f"file:{coll / 'catalog.sqlite'}?mode=ro"
+                    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                        at_kill = db.execute("SELECT COUNT(*) FROM pages").fetchone()[0] or None
+                if at_kill:
+                    break
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    assert at_kill is not None, err[-2000:]
+    with Collection(coll) as store:
+        stats = store.stats()
+        assert stats.embedded < 40  # killed mid-job
+        with RayIndexer(store, pool=pool, settings=SETTINGS, batch_size=2) as job:
+            report = job.add([folder])
+        assert report.pages_stored == 40 - stats.pages
+        _assert_clean(store, 40)
+        local = Collection(tmp_path / "local")
+        Indexer(local, reference, settings=SETTINGS).add([folder])
+        _assert_same_vectors(store, local)
 
 
 def test_actor_killed_mid_job_loses_and_duplicates_nothing(pool, reference, tmp_path):
