@@ -46,7 +46,13 @@ import numpy as np
 
 from indexer.errors import DocumentError, PageLensError
 from indexer.identity import ModelIdentity
-from indexer.pages import RenderSettings, inspect_document, iter_input_files, render_pages
+from indexer.pages import (
+    PageRenderError,
+    RenderSettings,
+    inspect_document,
+    iter_input_files,
+    render_pages,
+)
 from indexer.pipeline import FileResult, IndexReport, Progress, ProgressFn
 from indexer.store import Collection, EncodedImage
 
@@ -210,19 +216,27 @@ def _inspect_task(path: str, password: str | None, settings: RenderSettings) -> 
 def _render_task(
     path: str, password: str | None, settings: RenderSettings, numbers: Sequence[int]
 ) -> tuple:
-    """Ray task: ``("ok", [(number, text, EncodedImage)])`` or ``("refused", reason, msg)``.
+    """Ray task: ``("ok", [(number, text, EncodedImage)], [(number, why)])`` or
+    ``("refused", reason, msg)`` when the file itself cannot be read.
 
     Pages travel as PNG (lossless, the bytes the collection stores), so the writer only
-    writes them and the actors decode exactly the pixels an in-process run would.
+    writes them and the actors decode exactly the pixels an in-process run would. A page
+    that fails to render is reported and rendering goes on after it, as in-process.
     """
-    try:
-        out = [
-            (page.number, page.text, EncodedImage.of(page.image))
-            for page in render_pages(path, settings=settings, password=password, pages=numbers)
-        ]
-    except DocumentError as exc:
-        return ("refused", exc.reason, str(exc))
-    return ("ok", out)
+    out: list[tuple[int, str, EncodedImage]] = []
+    failed: list[tuple[int, str]] = []
+    todo = list(numbers)
+    while todo:
+        try:
+            for page in render_pages(path, settings=settings, password=password, pages=todo):
+                out.append((page.number, page.text, EncodedImage.of(page.image)))
+            todo = []
+        except PageRenderError as exc:
+            failed.append((exc.page, str(exc)))
+            todo = [n for n in todo if n > exc.page]  # pages come in the order asked
+        except DocumentError as exc:
+            return ("refused", exc.reason, str(exc))
+    return ("ok", out, failed)
 
 
 class EmbedActor:
@@ -279,6 +293,7 @@ class _Doc:
     todo: int = 0  # pages this run renders
     rendered: int = 0
     dead: bool = False
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (page, why) not rendered
 
 
 @dataclass
@@ -695,8 +710,13 @@ class RayIndexer:
             if on_file:
                 on_file(file)
             return
-        pages = result[1]
-        ids = self.store.add_pages(doc.id, pages)
+        pages, failed = result[1], result[2]
+        ids = self.store.add_pages(doc.id, pages) if pages else []
+        for number, _text, _image in pages:
+            self.store.clear_failed_page(doc.id, number)
+        for number, why in failed:  # a placeholder; 'pagelens check --repair' retries it
+            self.store.add_failed_page(doc.id, number, why)
+            doc.failed.append((number, why))
         report.pages_stored += len(ids)
         doc.rendered += len(ids)
         meter.rendered(len(ids), doc.name)
@@ -717,10 +737,32 @@ class RayIndexer:
             self._finish_doc(doc, report, on_file)
 
     def _finish_doc(self, doc: _Doc, report: IndexReport, on_file) -> None:
-        self.store.mark_ready(doc.id)
-        file = FileResult(
-            str(doc.path), "resumed" if doc.resumed else "added", doc.id, doc.name, doc.page_count
-        )
+        """Mark a document complete and report it, as the in-process pipeline does: added or
+        resumed, partial when some pages failed to render, refused when none rendered."""
+        failed = sorted(doc.failed)
+        if failed and not self.store.stored_page_numbers(doc.id):
+            doc.dead = True
+            self.store.remove_document(doc.id)
+            file = FileResult(str(doc.path), "refused", reason="damaged", message=failed[0][1])
+        elif failed:
+            self.store.mark_ready(doc.id)
+            pages = ", ".join(str(n) for n, _ in failed)
+            file = FileResult(
+                str(doc.path),
+                "partial",
+                doc.id,
+                doc.name,
+                doc.page_count,
+                reason="damaged",
+                message=f"{doc.name}: {len(failed)} of {doc.page_count} page(s) could not be "
+                f"rendered (page {pages}: {failed[0][1]}); the other pages are indexed, and "
+                "'pagelens check --repair' retries the failed ones.",
+                failed_pages=[n for n, _ in failed],
+            )
+        else:
+            self.store.mark_ready(doc.id)
+            status = "resumed" if doc.resumed else "added"
+            file = FileResult(str(doc.path), status, doc.id, doc.name, doc.page_count)
         report.files.append(file)
         if on_file:
             on_file(file)

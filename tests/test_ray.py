@@ -265,6 +265,47 @@ def test_driver_killed_mid_job_resumes_without_duplicates(
         _assert_same_vectors(store, local)
 
 
+def _render_with_page_3_broken(path, password, settings, numbers):
+    """The real render task, in a Ray worker where page 3 of any PDF fails to render."""
+    import pymupdf
+
+    from indexer.ray_job import _render_task
+
+    real = pymupdf.Page.get_pixmap
+
+    def flaky(self, *args, **kwargs):
+        if self.number == 2:
+            raise RuntimeError("code=2: broken content stream")
+        return real(self, *args, **kwargs)
+
+    pymupdf.Page.get_pixmap = flaky
+    try:
+        return _render_task(path, password, settings, numbers)
+    finally:
+        pymupdf.Page.get_pixmap = real
+
+
+class _BrokenPage3(RayIndexer):
+    @property
+    def _render(self):
+        return ray.remote(_render_with_page_3_broken).options(num_cpus=1)
+
+
+def test_a_page_that_fails_to_render_is_a_placeholder_as_in_process(pool, tmp_path):
+    pdf = make_text_pdf(tmp_path / "manual.pdf", [f"{i}: {TOPICS[i]}" for i in range(10)])
+    store = Collection(tmp_path / "ray")
+    with _BrokenPage3(store, pool=pool, settings=SETTINGS, batch_size=2) as job:
+        job.options = RayOptions(pages_per_task=4)
+        report = job.add([pdf])
+    (result,) = report.files
+    assert result.status == "partial" and result.failed_pages == [3], result
+    assert "page 3" in result.message and "check --repair" in result.message
+    assert store.stored_page_numbers(result.document_id) == set(range(1, 11)) - {3}
+    (placeholder,) = store.failed_pages()
+    assert placeholder["page"] == 3 and "broken content stream" in placeholder["reason"]
+    assert store.stats().pending == 0 and store.documents()[0].ready
+
+
 def test_actor_killed_mid_job_loses_and_duplicates_nothing(pool, reference, tmp_path):
     # After the driver-crash test: the replacement actor loads while later tests run.
     folder = tmp_path / "many"
