@@ -208,7 +208,7 @@ class DynamicBatcher:
                     tokens[id(item)] = self.check(self.embedder, item)
                 except Exception as exc:
                     with _suppress():
-                        exc.work_item = item  # lets the caller name the offending input
+                        exc.work_item = item  # type: ignore[attr-defined]  # names the input
                     item.job.failed = exc
         live = []
         for item in batch:
@@ -241,14 +241,17 @@ class DynamicBatcher:
 
     def _embed(self, kind: str, instruction: str | None, items: list[WorkItem]) -> np.ndarray:
         e = self.embedder
+        texts = [i.text for i in items if i.text is not None]
+        images = [i.image for i in items if i.image is not None]
+        wanted = {"text": (len(items), 0), "image": (0, len(items))}.get(kind)
+        if (len(texts), len(images)) != (wanted or (len(items), len(items))):
+            raise ValueError(f"{kind} items need exactly the inputs their kind names")
         if kind == "text":
-            out = e.embed_texts([i.text for i in items], instruction=instruction)
+            out = e.embed_texts(texts, instruction=instruction)
         elif kind == "image":
-            out = e.embed_images([i.image for i in items], instruction=instruction)
+            out = e.embed_images(images, instruction=instruction)
         else:
-            out = e.embed_fused(
-                [i.text for i in items], [i.image for i in items], instruction=instruction
-            )
+            out = e.embed_fused(texts, images, instruction=instruction)
         out = np.asarray(out, dtype=np.float32)
         if out.shape != (len(items), e.dim):
             raise RuntimeError(f"embedder returned shape {out.shape} for {len(items)} items")

@@ -71,6 +71,7 @@ def check_cmd(
                         f"note: another process is writing to {store.path}; "
                         "its work in progress may show as problems"
                     )
+        assert report is not None  # open_for_check gives a store or a report
         if as_json:
             print_json(report.as_dict())
         else:

@@ -115,7 +115,9 @@ class ModelLoader:
         try:
             loader = self._loader
             if loader is None:
-                from indexer import load_embedder as loader
+                from indexer import load_embedder
+
+                loader = load_embedder
             self.embedder = loader(self.settings.load_target, **self.settings.load_options())
         except PageLensError as exc:
             self.error = str(exc)

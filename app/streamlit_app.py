@@ -328,7 +328,7 @@ def _run_indexing(
                 passwords=passwords,
                 progress=on_progress,
                 on_file=on_file,
-                on_wait=lambda m: lines.info(m),
+                on_wait=lambda m: _say(lines, m),
             )
         except PageLensError as exc:
             status.update(label=str(exc), state="error")
@@ -563,7 +563,9 @@ def export_section(res: dict, hits: list) -> None:
         fmt = c2.selectbox("Format", ["jpeg", "png", "webp"], key="x_fmt")
         quality = c3.slider("Quality", 30, 100, 85, key="x_q", disabled=fmt == "png")
     try:
-        settings = ExportSettings(max_side=int(max_side), image_format=fmt, quality=int(quality))
+        settings = ExportSettings(
+            max_side=int(max_side), image_format=str(fmt), quality=int(quality)
+        )
     except ValueError as exc:
         st.error(str(exc))
         return
@@ -680,6 +682,11 @@ def main() -> None:
     except PageLensError as exc:
         st.error(str(exc))
     footer()
+
+
+def _say(where, message: str) -> None:
+    """Show a note (e.g. "waiting for another process") in a Streamlit container."""
+    where.info(message)
 
 
 main()

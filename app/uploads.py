@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -160,6 +161,7 @@ def save_upload(
     size = 0
     try:
         with os.fdopen(fd, "wb") as out:
+            chunks: Iterable[bytes]
             if isinstance(data, bytes | bytearray | memoryview):
                 chunks = (bytes(data),)
             else:

@@ -135,7 +135,8 @@ PAGE_COLUMNS = (
 
 
 def page_from_row(row: tuple) -> Page:
-    return Page(*row[:8], embedded=bool(row[8]))
+    id_, document_id, number, text, image, sha256, width, height, embedded = row[:9]
+    return Page(id_, document_id, number, text, image, sha256, width, height, bool(embedded))
 
 
 def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:

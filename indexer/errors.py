@@ -7,6 +7,8 @@ message and never a traceback. Anything else escaping is a bug.
 
 from __future__ import annotations
 
+import os
+
 
 class PageLensError(Exception):
     """Base class: the message is meant to be shown to the user as is."""
@@ -44,7 +46,7 @@ class DocumentError(PageLensError):
     ``too-large``, ``bad-image``.
     """
 
-    def __init__(self, path: str, reason: str, message: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str, message: str) -> None:
         super().__init__(message)
         self.path = str(path)
         self.reason = reason

@@ -458,7 +458,8 @@ class GmeEmbedder(EmbedderBase):
             raise ValueError("need as many texts as images (use None for a missing one)")
         prepared = [self._prepare_image(i) if i is not None else None for i in images]
         present = [p for p in prepared if p is not None]
-        pixel_values = grid = None
+        pixel_values: torch.Tensor | None = None
+        grid: torch.Tensor | None = None
         counts = [0] * len(texts)
         if present:
             processed = self.image_processor(
@@ -479,7 +480,7 @@ class GmeEmbedder(EmbedderBase):
             input_ids[row, start : start + len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, start : start + len(seq)] = 1
         batch = {"input_ids": input_ids, "attention_mask": mask}
-        if pixel_values is not None:
+        if pixel_values is not None and grid is not None:
             batch["pixel_values"] = pixel_values
             batch["image_grid_thw"] = grid
         return batch
@@ -498,6 +499,8 @@ class GmeEmbedder(EmbedderBase):
         attention_mask = attention_mask.to(dev)
         inputs_embeds = self._text_model.embed_tokens(input_ids)
         if pixel_values is not None:
+            if image_grid_thw is None:
+                raise ValueError("pixel_values need their image_grid_thw")
             # patch_embed's dtype (get_dtype() reads a Linear weight, which int8 quantisation
             # turns into a method)
             pixel_values = pixel_values.to(dev, dtype=self._visual.patch_embed.proj.weight.dtype)
@@ -616,7 +619,8 @@ class GmeEmbedder(EmbedderBase):
                 cache=cache,
                 use_cache=True,
             )
-            kv = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+            layers: list[Any] = list(cache.layers)  # full-attention layers: keys and values
+            kv = [(layer.keys.clone(), layer.values.clone()) for layer in layers]
         if len(self._prefix_kv) >= 8:
             self._prefix_kv.pop(next(iter(self._prefix_kv)))
         self._prefix_kv[instruction] = (ids, kv)
@@ -837,7 +841,7 @@ def load_embedder(
         torch_dtype = torch.float32
     # huggingface_hub reads HF_HUB_OFFLINE once, at import; honour it when set later too.
     offline = _offline()
-    hub = {"local_files_only": True} if offline else {}
+    hub: dict[str, Any] = {"local_files_only": True} if offline else {}
     # transformers' per-load chatter (progress bars, load reports about the unused lm_head)
     # means nothing to a PageLens user; errors still surface as ModelNotAvailableError.
     quiet = _quiet_transformers()
@@ -863,7 +867,7 @@ def load_embedder(
         if tokenizer.convert_tokens_to_ids(IMAGE_PAD) != config.image_token_id:
             raise _not_available(source, f"its tokenizer has no {IMAGE_PAD} at the model's id")
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(where, **hub)
-        net = Qwen2VLForConditionalGeneration.from_pretrained(
+        net: Any = Qwen2VLForConditionalGeneration.from_pretrained(
             where, config=config, dtype=torch_dtype, attn_implementation="sdpa", **hub
         )
     except ModelNotAvailableError:

@@ -673,7 +673,7 @@ def _repair_pending(store: Collection, embedder: EmbedderSource, note) -> None:
         return
     try:
         model = embedder
-        if model is not None and not hasattr(model, "embed_images"):
+        if model is not None and not isinstance(model, Embedder):
             model = model()  # a loader: called only now that vectors are needed
         if model is None:
             raise PageLensError("no model was given (--model or PAGELENS_MODEL)")

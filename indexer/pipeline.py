@@ -199,7 +199,7 @@ class Indexer:
                 self.store.bind_embedder(self.embedder)
             if self.store.render_settings() is None:
                 self.store.set_render_settings(self.settings.as_dict())
-            plans = []
+            plans: list[dict] = []
             for path in iter_input_files(paths):
                 pw = (passwords or {}).get(str(path), password)
                 name = (names or {}).get(str(path))
@@ -365,11 +365,12 @@ class Indexer:
         should_stop: Callable[[], bool] | None = None,
     ) -> int:
         """Embed pages that have no vector yet; returns how many got one."""
-        if self.embedder is None:
+        embedder = self.embedder
+        if embedder is None:
             raise PageLensError("No model loaded: cannot compute page vectors.")
         report = report or IndexReport()
         with self.store.writing():
-            self.store.bind_embedder(self.embedder)
+            self.store.bind_embedder(embedder)
             pending = self.store.pending_pages(limit)
             meter = _Meter("vectors", len(pending), progress)
             meter.report()
@@ -381,11 +382,12 @@ class Indexer:
             with ThreadPoolExecutor(max_workers=1) as pool:
                 future = pool.submit(self._load_batch, batches[0]) if batches else None
                 for i, batch in enumerate(batches):
+                    assert future is not None  # submitted for every batch, ahead of it
                     images = future.result()
                     if i + 1 < len(batches):
                         future = pool.submit(self._load_batch, batches[i + 1])
                     try:
-                        done += self._embed_batch(batch, images, report)
+                        done += self._embed_batch(embedder, batch, images, report)
                     except _StopEmbedding as stop:
                         done += stop.stored
                         report.stopped = stop.reason
@@ -399,12 +401,17 @@ class Indexer:
     def _load_batch(self, pages: Sequence) -> list:
         return [self.store.load_image(p) for p in pages]
 
-    def _embed_batch(self, pages: Sequence, images: list, report: IndexReport) -> int:
-        ids, vectors, todo, todo_images = [], [], [], []
+    def _embed_batch(
+        self, embedder: Embedder, pages: Sequence, images: list, report: IndexReport
+    ) -> int:
+        ids: list[int] = []
+        vectors: list[np.ndarray] = []
+        todo: list[tuple[int, int]] = []
+        todo_images: list = []
         seen: dict[str, int] = {}
         for page, image in zip(pages, images, strict=True):
             reused = self.store.vector_for_image_sha(page.image_sha256)
-            if reused is not None and len(reused) == self.embedder.dim:
+            if reused is not None and len(reused) == embedder.dim:
                 ids.append(page.id)
                 vectors.append(reused)
                 report.pages_reused += 1
@@ -419,12 +426,12 @@ class Indexer:
         if todo_images:
             failed: dict[int, str] = {}
             try:
-                fresh = self.embedder.embed_documents(todo_images)
+                fresh = embedder.embed_documents(todo_images)
             except EmbeddingError as exc:
                 # Keep what did come back; the failed pages stay pending (never stored
                 # without a vector) and are named, so a later run fills them in.
                 failed = exc.failed
-                fresh = exc.vectors if exc.vectors is not None else np.zeros((0, 0))
+                fresh = np.asarray(exc.vectors if exc.vectors is not None else np.zeros((0, 0)))
                 if exc.retryable:  # the endpoint is gone: stop sending it more work
                     stop = _StopEmbedding(str(exc))
             by_id = {p.id: p for p in pages}

@@ -207,8 +207,8 @@ def _vocab_and_merges_from_tiktoken(path: Path) -> tuple[dict[str, int], list[tu
     ranks: dict[bytes, int] = {}
     for line in path.read_bytes().splitlines():
         if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
+            encoded, number = line.split()
+            ranks[base64.b64decode(encoded)] = int(number)
     byte_encoder = _bytes_to_unicode()
 
     def as_str(b: bytes) -> str:
@@ -251,7 +251,8 @@ def _build_qwen2_tokenizer():
     src = _qwen_tiktoken_file()
     if src is not None:
         vocab, merges = _vocab_and_merges_from_tiktoken(src)
-        tok = Qwen2Tokenizer(vocab=vocab, merges=merges)
+        # transformers annotates merges as strings; it takes (left, right) pairs as well
+        tok = Qwen2Tokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]
     else:  # fallback: train a small byte-level BPE with the same pre-tokenisation
         tok = _train_fallback_tokenizer()
     tok.add_special_tokens({"additional_special_tokens": list(QWEN2_VL_SPECIAL_TOKENS[1:])})
@@ -291,7 +292,7 @@ def _train_fallback_tokenizer():  # pragma: no cover - only without qwen-tokeniz
     merges = [
         tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in data["model"]["merges"]
     ]
-    return Qwen2Tokenizer(vocab=vocab, merges=merges)
+    return Qwen2Tokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]
 
 
 def _tokenizer_cache_key() -> str:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -147,7 +148,7 @@ class Collection:
         self._index_version = -1
         self._unsaved = 0
         self._lock_depth = 0
-        self._filelock = None
+        self._filelock: Any = None  # a filelock.FileLock while writing() holds it
         self._swept: set[int] = set()  # documents whose crash leftovers were deleted
         self._snapshot_dir: str | None = None  # see _open_read_only_snapshot
         self.read_only = not os.access(self.path, os.W_OK)
@@ -435,6 +436,7 @@ class Collection:
                 (name, path, sha256, kind, page_count, title, size, utcnow()),
             )
             doc_id = cur.lastrowid
+        assert doc_id is not None  # set by every successful INSERT
         return self.document(doc_id)
 
     def mark_ready(self, document_id: int) -> None:
@@ -637,9 +639,10 @@ class Collection:
         return np.frombuffer(row[0], dtype=np.float32).copy() if row else None
 
     def stats(self) -> CollectionStats:
-        docs = self._one("SELECT COUNT(*) FROM documents")[0]
-        pages, embedded = self._one("SELECT COUNT(*), COUNT(vector) FROM pages")
-        return CollectionStats(documents=docs, pages=pages, embedded=embedded)
+        docs = self._one("SELECT COUNT(*) FROM documents")
+        pages = self._one("SELECT COUNT(*), COUNT(vector) FROM pages")
+        assert docs is not None and pages is not None  # aggregates always return a row
+        return CollectionStats(documents=docs[0], pages=pages[0], embedded=pages[1])
 
     # -- vectors -----------------------------------------------------------------------
     def set_vectors(self, page_ids: Sequence[int], vectors: np.ndarray) -> None:
@@ -667,7 +670,7 @@ class Collection:
             if index is not None:
                 keep = [i for i, pid in enumerate(page_ids) if int(pid) in present]
                 ids = [int(page_ids[i]) for i in keep]
-                existing = np.isin(np.asarray(ids, np.int64), index.ids()) if ids else []
+                existing = np.isin(np.asarray(ids, np.int64), index.ids())
                 if len(ids) and np.any(existing):
                     index.remove([i for i, e in zip(ids, existing, strict=True) if e])
                 index.add(ids, vecs[keep])
@@ -808,8 +811,9 @@ class Collection:
         """Add vectors the index lacks and drop ids the catalog no longer has."""
         index = self._index
         assert index is not None
-        if index.dim != (self.dim or index.dim):
-            index = self._index = VectorIndex(self.dim, kind="flat")
+        dim = self.dim
+        if dim and index.dim != dim:
+            index = self._index = VectorIndex(dim, kind="flat")
         have = index.ids()
         want = np.array(
             [r[0] for r in self._query("SELECT id FROM pages WHERE vector IS NOT NULL")],
@@ -832,7 +836,7 @@ class Collection:
         if index.kind == "flat" and len(index) > APPROX_THRESHOLD and self._lock_depth > 0:
             self._rebuild_as("ivf")
 
-    def _catalog_vectors(self, ids: Sequence[int]) -> np.ndarray:
+    def _catalog_vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Exact vectors of pages, from the catalog (the source of truth), in ``ids`` order."""
         out = np.zeros((len(ids), self.dim or 1), np.float32)
         where = {int(pid): i for i, pid in enumerate(ids)}
@@ -848,8 +852,11 @@ class Collection:
 
     def _rebuild_as(self, kind: str) -> None:
         """Rebuild the cache as ``kind`` from the catalog's exact vectors."""
-        fresh = VectorIndex(self.dim, kind=kind)
-        ids = np.sort(self._index.ids())
+        dim, index = self.dim, self._index
+        if dim is None or index is None:  # vectors exist only once a model is bound
+            raise CollectionError(f"Collection {self.path} has no vector dimension yet.")
+        fresh = VectorIndex(dim, kind=kind)
+        ids = np.sort(index.ids())
         if kind == "ivf":
             rng = np.random.default_rng(0)
             sample = np.sort(rng.choice(ids, size=min(len(ids), 100_000), replace=False))

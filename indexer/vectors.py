@@ -28,9 +28,14 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-import faiss
+import faiss as _faiss
 import numpy as np
+
+#: faiss is a SWIG binding whose bundled type stubs reject calls it accepts (keyword search
+#: parameters, downcast indexes): typed as Any here, the one module that uses it.
+faiss: Any = _faiss
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,10 @@ def set_threads(n: int | None) -> None:
 
 class VectorIndex:
     """Inner-product search over unit vectors keyed by int64 page ids."""
+
+    #: The object faiss.read_index returned, kept alive while ``_index`` (a downcast view
+    #: of it) is in use.
+    _raw: Any = None
 
     def __init__(
         self,
