@@ -121,8 +121,8 @@ def _local_only_lookups() -> None:
     address PageLens binds is always known."""
     from streamlit import net_util
 
-    net_util.get_external_ip = lambda: None  # type: ignore[assignment]
-    net_util.get_internal_ip = lambda: None  # type: ignore[assignment]
+    net_util.get_external_ip = lambda: None
+    net_util.get_internal_ip = lambda: None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

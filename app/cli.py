@@ -460,8 +460,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # ``python -m app.cli``: this file runs as __main__, a second copy of the module whose
-    # ``cli`` lacks the commands other modules register on ``app.cli.cli``; use the real one.
-    from app.cli import main as _main
-
-    _main()
+    # ``python -m app.cli``: every command module registers on app.cli_root.cli, which this
+    # copy of the module (run as __main__) shares, so the commands are all there.
+    main()
