@@ -467,10 +467,12 @@ def test_several_requests_are_in_flight_at_once():
     assert cosines(got, endpoint.embedder.embed_documents(images)).min() >= 0.9999
 
 
-def test_503_with_retry_after_is_honoured_then_succeeds():
-    # The probe of the dimension is POST 1; POSTs 2 and 3 answer 503 asking for 1 s.
+def test_429_and_503_with_retry_after_are_honoured_then_succeed():
+    # The probe of the dimension is POST 1; POST 2 answers 429 and POST 3 503, both asking
+    # for 1 s.
     def script(n, inputs):
-        return ("status", 503, {"Retry-After": "1"}) if n in (2, 3) else "ok"
+        busy = {2: 429, 3: 503}
+        return ("status", busy[n], {"Retry-After": "1"}) if n in busy else "ok"
 
     endpoint = ScriptedEndpoint(script)
     with endpoint.serve() as url:
