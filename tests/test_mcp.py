@@ -169,3 +169,38 @@ def test_readme_mcp_block_is_valid_config():
     assert entry["args"][-1] == "mcp"
     result = CliRunner().invoke(cli, [*entry["args"], "--help"])
     assert result.exit_code == 0 and "MCP server" in result.output
+
+
+def test_mcp_http_command(monkeypatch, tmp_path):
+    """``pagelens mcp --http``: loopback by default, the key guard when a key is given, and
+    another address refused without a key (exit 2)."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    pdf = make_text_pdf(tmp_path / "in" / "a.pdf", TOPICS[:2])
+    with Collection(tmp_path / "collection") as store:
+        Indexer(store, None).add([pdf], embed=False)
+    calls: dict = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.update(app=app, **kw))
+    args = ["-c", str(tmp_path / "collection"), "mcp", "--http"]
+    result = CliRunner().invoke(cli, [*args, "--port", "8766", "--api-key", "k"])
+    assert result.exit_code == 0, result.output
+    assert (calls["host"], calls["port"]) == ("127.0.0.1", 8766)
+    assert "http://127.0.0.1:8766/mcp" in result.stderr
+
+    from tests.test_server import live_server
+
+    with live_server(calls["app"]) as url:
+        import httpx
+
+        assert httpx.post(f"{url}/mcp", json={}).status_code == 401
+        ok = httpx.post(
+            f"{url}/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            headers={"Authorization": "Bearer k", "Accept": "application/json, text/event-stream"},
+        )
+        assert ok.status_code != 401
+
+    refused = CliRunner().invoke(cli, [*args, "--host", "0.0.0.0"])
+    assert refused.exit_code == 2 and "--api-key" in refused.stderr
