@@ -111,7 +111,11 @@ def build_server(
     image_settings: ExportSettings | None = None,
     name: str = "pagelens",
 ) -> MCPServer:
-    """The MCP server over one collection; ``model_loader`` is called on first visual use."""
+    """The MCP server over one collection; ``model_loader`` is called on first visual use.
+
+    Long because the MCP SDK registers each tool as a decorated closure over the store, the
+    lazy model and the image settings; each tool itself is short.
+    """
     image_settings = image_settings or ExportSettings()
     model = LazyModel(model_loader)
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)

@@ -39,6 +39,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,6 +47,9 @@ from indexer.catalog import Document, Page
 from indexer.embedder import Embedder
 from indexer.errors import PageLensError
 from indexer.store import PAGES_DIR, VECTORS, Collection
+
+if TYPE_CHECKING:
+    from indexer.pages import RenderSettings
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +173,7 @@ def model_problem(
 def _scan(
     store: Collection, *, model_id: str | None, dim: int | None, fingerprint: str | None = None
 ) -> _Scan:
+    """Every check, in order: catalog file, model, vectors, FAISS cache, images, documents."""
     report = CheckReport(collection=str(store.path))
     meta = store.all_meta()
     report.meta = {
@@ -196,8 +201,6 @@ def _scan(
                 "into a new collection.",
             )
         )
-
-    stored_dim = store.dim
     mismatch = model_problem(store, model_id, dim, fingerprint)
     if mismatch is not None:
         add(mismatch)
@@ -211,8 +214,28 @@ def _scan(
         "pages": len(pages),
         "embedded": int(len(embedded)),
     }
+    bad_vectors = _check_catalog_vectors(store, pages, add)
+    good = np.setdiff1d(embedded, np.array(bad_vectors, dtype=np.int64))
+    _check_faiss(store, good, store.dim, add)
+    missing_images, orphan_files = _check_images(store, docs, pages, add)
+    orphan_rows, stuck, failed, count_mismatch = _check_documents(store, docs, pages, add)
+    return _Scan(
+        report,
+        docs,
+        pages,
+        missing_images,
+        orphan_files,
+        orphan_rows,
+        bad_vectors,
+        stuck,
+        count_mismatch,
+        failed,
+    )
 
-    # -- vectors in the catalog ----------------------------------------------------------
+
+def _check_catalog_vectors(store: Collection, pages: list[Page], add) -> list[int]:
+    """Vectors of the wrong length, and pages still waiting for one; returns the bad ids."""
+    stored_dim = store.dim
     bad_vectors: list[int] = []
     if stored_dim:
         bad_vectors = store.pages_with_vector_not_of_dim(stored_dim)
@@ -233,12 +256,13 @@ def _scan(
                 {"count": len(pending)},
             )
         )
+    return bad_vectors
 
-    # -- the FAISS cache -----------------------------------------------------------------
-    good = np.setdiff1d(embedded, np.array(bad_vectors, dtype=np.int64))
-    _check_faiss(store, good, stored_dim, add)
 
-    # -- image files ---------------------------------------------------------------------
+def _check_images(
+    store: Collection, docs: dict[int, Document], pages: list[Page], add
+) -> tuple[list[Page], list[Path]]:
+    """Page images missing or empty, and files no page names; returns both lists."""
     named = set()
     missing_images = []
     for page in pages:
@@ -272,8 +296,14 @@ def _scan(
                 },
             )
         )
+    return missing_images, orphan_files
 
-    # -- documents -----------------------------------------------------------------------
+
+def _check_documents(
+    store: Collection, docs: dict[int, Document], pages: list[Page], add
+) -> tuple[list[int], list[Document], list[dict], list[Document]]:
+    """Rows without a document, incomplete documents, pages that failed to render, and
+    documents whose stored pages differ from their page count."""
     orphan_rows = [p.id for p in pages if p.document_id not in docs]
     if orphan_rows:
         add(
@@ -337,18 +367,7 @@ def _scan(
                 },
             )
         )
-    return _Scan(
-        report,
-        docs,
-        pages,
-        missing_images,
-        orphan_files,
-        orphan_rows,
-        bad_vectors,
-        stuck,
-        count_mismatch,
-        failed,
-    )
+    return orphan_rows, stuck, failed, count_mismatch
 
 
 def _check_faiss(store: Collection, want: np.ndarray, dim: int | None, add) -> None:
@@ -512,7 +531,7 @@ def repair(
 
 def _repair_pages(store: Collection, scan: _Scan, password: str | None, note) -> None:
     """Re-render missing images; finish stuck documents; fix page counts."""
-    from indexer.pages import RenderSettings, file_sha256
+    from indexer.pages import RenderSettings
 
     stored = store.render_settings() or {}
     settings = RenderSettings(
@@ -525,81 +544,96 @@ def _repair_pages(store: Collection, scan: _Scan, password: str | None, note) ->
     todo = set(missing_by_doc) | {d.id for d in scan.stuck} | {d.id for d in scan.count_mismatch}
     todo |= {f["document_id"] for f in scan.failed}
     for doc_id in sorted(todo):
-        doc = scan.docs[doc_id]
-        current = {p.number: p for p in store.pages(doc_id)}
-        extra = [p.id for n, p in current.items() if not 1 <= n <= doc.page_count]
-        if extra:
-            store.remove_pages(extra)
-            note(
-                "page-count",
-                f"{doc.name}: dropped {len(extra)} page(s) beyond its {doc.page_count} pages",
-                document=doc.name,
-                count=len(extra),
-            )
-        broken = {p.number: p for p in missing_by_doc.get(doc_id, [])}
-        absent = [n for n in range(1, doc.page_count + 1) if n not in current]
-        wanted = sorted(set(broken) | set(absent))
-        why = _source_problem(doc, file_sha256)
-        if wanted and why is None:
-            try:
-                failures = _render_wanted(
-                    store, doc_id, doc.path, wanted, settings, password, broken
+        _repair_document(
+            store, scan.docs[doc_id], missing_by_doc.get(doc_id, []), settings, password, note
+        )
+
+
+def _repair_document(
+    store: Collection,
+    doc: Document,
+    missing: list[Page],
+    settings: RenderSettings,
+    password: str | None,
+    note,
+) -> None:
+    """One document: drop pages past its count, render missing or absent pages again from
+    the source file, drop those that cannot be, and mark it ready once complete."""
+    from indexer.pages import file_sha256
+
+    doc_id = doc.id
+    current = {p.number: p for p in store.pages(doc_id)}
+    extra = [p.id for n, p in current.items() if not 1 <= n <= doc.page_count]
+    if extra:
+        store.remove_pages(extra)
+        note(
+            "page-count",
+            f"{doc.name}: dropped {len(extra)} page(s) beyond its {doc.page_count} pages",
+            document=doc.name,
+            count=len(extra),
+        )
+    broken = {p.number: p for p in missing}
+    absent = [n for n in range(1, doc.page_count + 1) if n not in current]
+    wanted = sorted(set(broken) | set(absent))
+    why = _source_problem(doc, file_sha256)
+    if wanted and why is None:
+        try:
+            failures = _render_wanted(store, doc_id, doc.path, wanted, settings, password, broken)
+        except PageLensError as exc:
+            why = str(exc)
+        else:
+            done = len(wanted) - len(failures)
+            if done:
+                note(
+                    "image-missing" if broken else "page-count",
+                    f"{doc.name}: rendered {done} page(s) again from {doc.path}",
+                    document=doc.name,
+                    count=done,
                 )
-            except PageLensError as exc:
-                why = str(exc)
-            else:
-                done = len(wanted) - len(failures)
-                if done:
-                    note(
-                        "image-missing" if broken else "page-count",
-                        f"{doc.name}: rendered {done} page(s) again from {doc.path}",
-                        document=doc.name,
-                        count=done,
-                    )
-                for number, reason in failures.items():
-                    store.add_failed_page(doc_id, number, reason)
-                if failures:
-                    why = next(iter(failures.values()))
-                    note(
-                        "page-failed",
-                        f"{doc.name}: page(s) {', '.join(map(str, failures))} still cannot be "
-                        f"rendered ({why})",
-                        document=doc.name,
-                        count=len(failures),
-                    )
-                broken = {n: p for n, p in broken.items() if n in failures}
-                absent = [n for n in absent if n in failures]
-        if broken:
-            # The image cannot be made again: a row naming no image would break every hit
-            # and export that reaches it, so the page goes (the document is then incomplete).
-            store.remove_pages([p.id for p in broken.values()])
-            store.mark_incomplete(doc_id)  # so that indexing the file again resumes it
-            note(
-                "image-missing",
-                f"{doc.name}: dropped {len(broken)} page(s) whose image is "
-                f"gone ({why}); index {doc.path} again to restore them",
-                document=doc.name,
-                count=len(broken),
-            )
-        placeholders = {f["page"] for f in store.failed_pages(doc_id)}
-        covered = store.stored_page_numbers(doc_id) | placeholders
-        complete = covered == set(range(1, doc.page_count + 1))
-        if doc.status != "ready" and complete:
-            store.mark_ready(doc_id)
-            note(
-                "document-stuck",
-                f"{doc.name}: finished (all {doc.page_count} pages stored)",
-                document=doc.name,
-            )
-        elif not complete:
-            note(
-                "not-repaired",
-                f"{doc.name}: {len(store.stored_page_numbers(doc_id))} of "
-                f"{doc.page_count} pages stored and the rest cannot be rendered ({why}); "
-                f"index the file again, or remove the document with "
-                f"'pagelens remove {doc.id}'",
-                document=doc.name,
-            )
+            for number, reason in failures.items():
+                store.add_failed_page(doc_id, number, reason)
+            if failures:
+                why = next(iter(failures.values()))
+                note(
+                    "page-failed",
+                    f"{doc.name}: page(s) {', '.join(map(str, failures))} still cannot be "
+                    f"rendered ({why})",
+                    document=doc.name,
+                    count=len(failures),
+                )
+            broken = {n: p for n, p in broken.items() if n in failures}
+            absent = [n for n in absent if n in failures]
+    if broken:
+        # The image cannot be made again: a row naming no image would break every hit
+        # and export that reaches it, so the page goes (the document is then incomplete).
+        store.remove_pages([p.id for p in broken.values()])
+        store.mark_incomplete(doc_id)  # so that indexing the file again resumes it
+        note(
+            "image-missing",
+            f"{doc.name}: dropped {len(broken)} page(s) whose image is "
+            f"gone ({why}); index {doc.path} again to restore them",
+            document=doc.name,
+            count=len(broken),
+        )
+    placeholders = {f["page"] for f in store.failed_pages(doc_id)}
+    covered = store.stored_page_numbers(doc_id) | placeholders
+    complete = covered == set(range(1, doc.page_count + 1))
+    if doc.status != "ready" and complete:
+        store.mark_ready(doc_id)
+        note(
+            "document-stuck",
+            f"{doc.name}: finished (all {doc.page_count} pages stored)",
+            document=doc.name,
+        )
+    elif not complete:
+        note(
+            "not-repaired",
+            f"{doc.name}: {len(store.stored_page_numbers(doc_id))} of "
+            f"{doc.page_count} pages stored and the rest cannot be rendered ({why}); "
+            f"index the file again, or remove the document with "
+            f"'pagelens remove {doc.id}'",
+            document=doc.name,
+        )
 
 
 def _render_wanted(
