@@ -301,7 +301,7 @@ class _Item:
     """Pages whose image bytes are identical: one model input, one vector for all."""
 
     sha: str
-    pages: list[tuple[int, int, Path]] = field(default_factory=list)  # (page id, doc id, png)
+    pages: list[tuple[int, int, Any]] = field(default_factory=list)  # (page id, doc id, Page)
 
 
 class EmbedPool:
@@ -654,7 +654,7 @@ class RayIndexer:
                 inflight_sha,
                 page.id,
                 page.document_id,
-                store.image_path(page),
+                page,
                 page.image_sha256,
             )
         meter = _Meter(embed, render_total, len(earlier) + render_total, progress)
@@ -729,7 +729,7 @@ class RayIndexer:
                     inflight_sha,
                     pid,
                     doc.id,
-                    self.store.image_path(page),
+                    page,
                     page.image_sha256,
                 )
         doc.chunks_left -= 1
@@ -768,11 +768,11 @@ class RayIndexer:
             on_file(file)
 
     @staticmethod
-    def _queue(waiting, inflight_sha, page_id, doc_id, png, sha) -> None:
+    def _queue(waiting, inflight_sha, page_id, doc_id, page, sha) -> None:
         item = inflight_sha.get(sha) or waiting.get(sha)
         if item is None:
             item = waiting[sha] = _Item(sha)
-        item.pages.append((page_id, doc_id, png))
+        item.pages.append((page_id, doc_id, page))
 
     def _dispatch(self, waiting, inflight_sha, docs, embed_jobs, load, report, meter) -> None:
         """Send batches to actors with room; reuse stored vectors of identical images."""
@@ -794,7 +794,7 @@ class RayIndexer:
                         report.pages_reused += len(ids)
                         meter.embedded(len(ids))
                         continue
-                    pngs.append(Path(item.pages[0][2]).read_bytes())
+                    pngs.append(_image_bytes(store, item.pages[0][2]))
                     batch.append(item)
                     inflight_sha[sha] = item
                 if not batch:
@@ -832,6 +832,13 @@ class RayIndexer:
         report.pages_embedded += len(items)
         report.pages_reused += len(ids) - len(items)
         meter.embedded(len(ids))
+
+
+def _image_bytes(store: Any, page: Any) -> bytes:
+    """The stored PNG of a page: read by the store where it can (an image store that is not
+    a local folder), else from its file."""
+    read = getattr(store, "image_bytes", None)
+    return read(page) if read is not None else Path(store.image_path(page)).read_bytes()
 
 
 def _dead(docs: dict[int, _Doc], doc_id: int) -> bool:
