@@ -137,6 +137,38 @@ class _Meter:
         )
 
 
+def partial_result(
+    store: Collection,
+    doc_id: int,
+    path: str,
+    name: str,
+    page_count: int,
+    failed: Sequence[tuple[int, str]],
+) -> FileResult | None:
+    """The result of a file some of whose pages failed to render (placeholders already
+    recorded): ``partial`` (and the document marked ready) if any page rendered, else
+    ``refused`` with the document removed. None when no page failed."""
+    if not failed:
+        return None
+    if not store.stored_page_numbers(doc_id):  # not one page renders: refused as a whole
+        store.remove_document(doc_id)
+        return FileResult(path, "refused", reason="damaged", message=failed[0][1])
+    store.mark_ready(doc_id)
+    numbers = sorted(n for n, _why in failed)
+    return FileResult(
+        path,
+        "partial",
+        doc_id,
+        name,
+        page_count,
+        reason="damaged",
+        message=f"{name}: {len(numbers)} of {page_count} page(s) could not be rendered "
+        f"(page {', '.join(map(str, numbers))}: {failed[0][1]}); the other pages are "
+        "indexed, and 'pagelens check --repair' retries the failed ones.",
+        failed_pages=numbers,
+    )
+
+
 class Indexer:
     """Adds files to a collection with an injected embedder.
 
@@ -289,27 +321,12 @@ class Indexer:
                 with contextlib.suppress(Exception):
                     self.store.remove_document(doc.id)
             raise
-        if failed and not self.store.stored_page_numbers(doc.id):
-            # Not one page renders: the file is refused as a whole, as before.
-            self.store.remove_document(doc.id)
-            return FileResult(str(path), "refused", reason="damaged", message=str(failed[0]))
+        partial = partial_result(self.store, doc.id, str(path), doc.name, info.page_count, failed)
+        if partial is not None:
+            return partial
         self.store.mark_ready(doc.id)
         status = "resumed" if existing else "added"
-        if not failed:
-            return FileResult(str(path), status, doc.id, doc.name, info.page_count)
-        pages = ", ".join(str(f.page) for f in failed)
-        return FileResult(
-            str(path),
-            "partial",
-            doc.id,
-            doc.name,
-            info.page_count,
-            reason="damaged",
-            message=f"{doc.name}: {len(failed)} of {info.page_count} page(s) could not be "
-            f"rendered (page {pages}: {failed[0]}); the other pages are indexed, and "
-            "'pagelens check --repair' retries the failed ones.",
-            failed_pages=[f.page for f in failed],
-        )
+        return FileResult(str(path), status, doc.id, doc.name, info.page_count)
 
     def _render_into(
         self,
@@ -319,13 +336,14 @@ class Indexer:
         password: str | None,
         meter: _Meter,
         report: IndexReport,
-    ) -> list[PageRenderError]:
+    ) -> list[tuple[int, str]]:
         """Render and store ``wanted`` pages in batches; a page that fails to render becomes
-        a placeholder (reason recorded) and rendering goes on after it. Returns the failures.
+        a placeholder (reason recorded) and rendering goes on after it. Returns the failures
+        as ``(page number, reason)``.
 
         A DocumentError that is not about one page (the file cannot be opened) propagates.
         """
-        failed: list[PageRenderError] = []
+        failed: list[tuple[int, str]] = []
         todo = list(wanted)
         while todo:
             batch: list = []
@@ -339,7 +357,7 @@ class Indexer:
                         batch = []
                 todo = []
             except PageRenderError as exc:
-                failed.append(exc)
+                failed.append((exc.page, str(exc)))
                 self.store.add_failed_page(doc.id, exc.page, str(exc))
                 # Pages are rendered in the order asked: those before it are done.
                 todo = [n for n in todo if n > exc.page]

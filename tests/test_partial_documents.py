@@ -95,3 +95,15 @@ def test_a_file_whose_every_page_fails_is_refused(tmp_path, monkeypatch):
     assert result.status == "refused" and result.reason == "damaged"
     assert store.documents() == [] and store.failed_pages() == []
     store.close()
+
+
+def test_ray_render_task_keeps_the_pages_that_render(tmp_path, bad_page_3):
+    """The Ray path renders in tasks: a bad page there is a placeholder too."""
+    from indexer.pages import RenderSettings
+    from indexer.ray_job import _render_task
+
+    pdf = make_text_pdf(tmp_path / "manual.pdf", TOPICS[:5])
+    result = _render_task(str(pdf), None, RenderSettings(), [2, 3, 4, 5])
+    assert result[0] == "ok"
+    assert [page[0] for page in result[1]] == [2, 4, 5]
+    assert [(n, "broken content stream" in why) for n, why in result[2]] == [(3, True)]
