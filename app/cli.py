@@ -36,7 +36,11 @@ from retriever.escaping import for_terminal
 @cli.command()
 def index(
     ctx: typer.Context,
-    paths: list[Path] = typer.Argument(..., help="PDF or image files, or folders (recursive)."),
+    paths: list[Path] = typer.Argument(
+        None,
+        help="PDF or image files, or folders (recursive). None: embed the pages that wait "
+        "for vectors.",
+    ),
     password: str = typer.Option(None, "--password", help="Password for encrypted PDFs."),
     text_only: bool = typer.Option(
         False,
@@ -111,7 +115,18 @@ def index(
         try:
             embedder = None if text_only else opts.embedder()
         except ModelNotAvailableError as exc:
-            fail(f"{exc} Meanwhile 'pagelens index --text-only PATH' makes the text searchable.")
+            # Without weights the pages and their text are still worth storing now: text
+            # search works at once, and the next 'pagelens index' (or the app) embeds them.
+            say(f"note: {exc}")
+            say(
+                "note: storing pages and text now (text search works at once); visual search "
+                "fills in once the model is available: run 'pagelens index' again, or open "
+                "'pagelens app'."
+            )
+            embedder = None
+        if not paths:
+            _embed_pending_only(store, embedder, as_json)
+            return
         indexer = Indexer(
             store, embedder, settings=opts.render_settings(embedder), batch_size=batch_size
         )
@@ -129,7 +144,7 @@ def index(
         report = indexer.add(
             paths,
             password=password,
-            embed=not text_only,
+            embed=embedder is not None,
             progress=TerminalProgress(),
             on_wait=say,
             on_file=lambda r: say(_file_line(r)),
@@ -137,6 +152,17 @@ def index(
         _print_index_report(report, store, as_json)
 
     run_guarded(body)
+
+
+def _embed_pending_only(store, embedder, as_json: bool) -> None:
+    """``pagelens index`` without paths: embed the pages that wait for vectors."""
+    from indexer.pipeline import Indexer, IndexReport
+
+    report = IndexReport()
+    if embedder is not None:
+        Indexer(store, embedder).embed_pending(progress=TerminalProgress(), report=report)
+    report.pending = store.stats().pending
+    _print_index_report(report, store, as_json)
 
 
 def _index_on_ray(

@@ -93,10 +93,18 @@ _HELP = (
     "PageLens needs the GME-Qwen2-VL-2B weights (about 4.5 GB) on this computer. Download them "
     "once with `huggingface-cli download Alibaba-NLP/gme-Qwen2-VL-2B-Instruct --local-dir "
     "~/models/gme-2b` (or `hf download ...` with newer huggingface_hub), then point PageLens at "
-    "that folder with `PAGELENS_MODEL=~/models/gme-2b` (or pass the folder as the model). "
-    "On a computer that is online, unsetting HF_HUB_OFFLINE also lets PageLens download "
-    f"{DEFAULT_MODEL_ID} by itself."
+    "that folder with `PAGELENS_MODEL=~/models/gme-2b` (or pass the folder as the model)."
 )
+
+
+def _help() -> str:
+    """The how-to-get-the-weights advice; names HF_HUB_OFFLINE only when it is really set."""
+    if _offline_env():
+        return (
+            f"{_HELP} On a computer that is online, unsetting HF_HUB_OFFLINE also lets "
+            f"PageLens download {DEFAULT_MODEL_ID} by itself."
+        )
+    return f"{_HELP} Online, PageLens downloads {DEFAULT_MODEL_ID} by itself on first use."
 
 
 def build_prompt(
@@ -739,7 +747,8 @@ def compile_embedder(embedder: GmeEmbedder) -> GmeEmbedder:
 
 
 def _not_available(source: str, reason: str) -> ModelNotAvailableError:
-    return ModelNotAvailableError(f"Cannot load the GME model {source!r}: {reason}. {_HELP}")
+    reason = reason.strip().rstrip(".")  # library messages end with their own period
+    return ModelNotAvailableError(f"Cannot load the GME model {source!r}: {reason}. {_help()}")
 
 
 def _short(exc: BaseException) -> str:
@@ -748,11 +757,57 @@ def _short(exc: BaseException) -> str:
     return first if len(first) <= 300 else first[:297] + "..."
 
 
-def _offline() -> bool:
-    def true(name: str) -> bool:
-        return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+def _offline_env() -> str | None:
+    """The variable that declares offline mode (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE), if set."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return name
+    return None
 
-    if true("HF_HUB_OFFLINE") or true("TRANSFORMERS_OFFLINE"):
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached (one TCP connection attempt, to the hub or the proxy),
+    or None when it can. Detecting "offline" once, in seconds, replaces huggingface_hub's
+    ~40 s of retries and their two dozen warning lines."""
+    from urllib.parse import urlsplit
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    except ImportError:  # pragma: no cover - a transformers dependency
+        endpoint = "https://huggingface.co"
+    proxy = next(
+        (
+            os.environ[k]
+            for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+            if os.environ.get(k)
+        ),
+        None,
+    )
+    target = urlsplit(proxy or endpoint)
+    host = target.hostname or ""
+    port = target.port or (443 if target.scheme == "https" else 80)
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        via = f" (through the proxy {target.hostname}:{port})" if proxy else ""
+        return f"cannot reach {endpoint}{via}: {exc.strerror or exc}"
+    return None
+
+
+def _cached_locally(source: str) -> bool:
+    """Whether a hub model is completely in the local Hugging Face cache (config + weights)."""
+    from indexer.identity import hub_snapshot, weight_files
+
+    snapshot = hub_snapshot(source)
+    return snapshot is not None and bool(weight_files(snapshot))
+
+
+def _offline() -> bool:
+    if _offline_env():
         return True
     try:
         from huggingface_hub import constants
@@ -824,13 +879,27 @@ def load_embedder(
     :class:`~indexer.errors.ModelNotAvailableError` with instructions when the weights
     cannot be found or downloaded.
     """
+    source = os.fspath(model) if model is not None else default_model()
+    where = _locate(source)
+    from_hub = not Path(where).is_dir()  # a hub id, not a folder on this computer
+    # Offline? Say so before the slow transformers imports and without hub retries.
+    offline = _offline()
+    if from_hub and not offline:
+        if _cached_locally(source):
+            offline = True  # everything is here: load it without asking the network
+        else:
+            unreachable = _hub_unreachable()
+            if unreachable:
+                raise _not_available(
+                    source,
+                    f"this computer seems to be offline ({unreachable}) and the model is not "
+                    "in the local Hugging Face cache",
+                )
     from transformers import AutoConfig, AutoTokenizer, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil,
     )
 
-    source = os.fspath(model) if model is not None else default_model()
-    where = _locate(source)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     if quantize:
@@ -840,7 +909,6 @@ def load_embedder(
             )
         torch_dtype = torch.float32
     # huggingface_hub reads HF_HUB_OFFLINE once, at import; honour it when set later too.
-    offline = _offline()
     hub: dict[str, Any] = {"local_files_only": True} if offline else {}
     # transformers' per-load chatter (progress bars, load reports about the unused lm_head)
     # means nothing to a PageLens user; errors still surface as ModelNotAvailableError.
@@ -849,10 +917,12 @@ def load_embedder(
         try:
             config = AutoConfig.from_pretrained(where, **hub)
         except OSError as exc:
-            if offline and where == source:
+            if offline and from_hub:
+                declared = _offline_env()
                 raise _not_available(
                     source,
-                    "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache",
+                    (f"{declared} is set" if declared else "offline mode is on")
+                    + " and it is not in the local Hugging Face cache",
                 ) from exc
             raise
         if getattr(config, "model_type", None) != "qwen2_vl":

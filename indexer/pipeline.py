@@ -289,14 +289,23 @@ class Indexer:
     def _store_pages(self, plan: dict, meter: _Meter, report: IndexReport) -> FileResult:
         path, info, existing = plan["path"], plan["info"], plan["existing"]
         if existing is not None and existing.ready:
+            waiting = existing.pages_stored - existing.pages_embedded
+            if waiting > 0 and self.embedder is not None:
+                message = (
+                    f"{path.name} is already stored; embedding its {waiting} page(s) "
+                    "that wait for vectors."
+                )
+            else:
+                message = (
+                    f"{path.name} is already in the collection (same content as '{existing.name}')."
+                )
             return FileResult(
                 str(path),
                 "skipped",
                 existing.id,
                 existing.name,
                 existing.page_count,
-                message=f"{path.name} is already in the collection (same content as "
-                f"'{existing.name}').",
+                message=message,
             )
         doc = existing or self.store.add_document(
             name=plan["name"],

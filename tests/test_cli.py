@@ -83,7 +83,7 @@ def test_refused_files_exit_3_and_errors_are_one_line(env, make_pdf):
 def test_missing_model_is_a_clear_paragraph(monkeypatch, make_pdf, tmp_path):
     monkeypatch.setenv("PAGELENS_MODEL", str(tmp_path / "no-such-model"))
     result = run("index", str(make_pdf("a.pdf", ["x"])))
-    assert result.exit_code == 1
+    assert result.exit_code == 0  # pages and text are stored; vectors come later
     assert "Traceback" not in result.output
     assert "huggingface-cli download" in result.output and "PAGELENS_MODEL" in result.output
 
