@@ -285,8 +285,8 @@ class BatchedEmbedder(EmbedderBase):
         inner = batcher.embedder
         self.model_id = inner.model_id
         self.dim = inner.dim
-        self.fingerprint = getattr(inner, "fingerprint", None)
-        self.revision = getattr(inner, "revision", None)
+        self.fingerprint = inner.fingerprint
+        self.revision = inner.revision
         self.max_image_tokens = inner.max_image_tokens
         self.timeout = timeout
 

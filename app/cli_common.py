@@ -78,7 +78,7 @@ class Options:
         if stored:
             fields = RenderSettings.__dataclass_fields__
             return RenderSettings(**{k: v for k, v in stored.items() if k in fields})
-        budget = getattr(embedder, "max_image_tokens", None)
+        budget = embedder.max_image_tokens if embedder is not None else None
         if self.settings.image_tokens is None and budget:
             return RenderSettings.for_tokens(int(budget))
         return self.settings.render_settings()

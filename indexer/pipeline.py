@@ -198,7 +198,7 @@ class Indexer:
                 **{k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__}
             )
         if settings is None:
-            tokens = getattr(embedder, "max_image_tokens", None) or 1280
+            tokens = (embedder.max_image_tokens if embedder is not None else None) or 1280
             settings = RenderSettings.for_tokens(int(tokens))
         self.settings = settings
 

@@ -167,7 +167,7 @@ class Retriever:
         if stored:
             fields = RenderSettings.__dataclass_fields__
             return RenderSettings(**{k: v for k, v in stored.items() if k in fields})
-        tokens = getattr(self.embedder, "max_image_tokens", None) or 1280
+        tokens = (self.embedder.max_image_tokens if self.embedder is not None else None) or 1280
         return RenderSettings.for_tokens(int(tokens))
 
     def embed_query(self, query: str, image: Image.Image | None) -> np.ndarray:

@@ -76,15 +76,14 @@ class ServerState:
         the weights' fingerprint and revision when known."""
         card = {"id": self.served_id, "object": "model", "created": 0, "owned_by": "pagelens"}
         card["dim"] = self.embedder.dim
-        tokens = getattr(self.embedder, "max_image_tokens", None)
-        if tokens:
-            card["max_image_tokens"] = int(tokens)
+        if self.embedder.max_image_tokens:
+            card["max_image_tokens"] = int(self.embedder.max_image_tokens)
         # The weights' identity (indexer.identity), so that a collection embedded through
         # this server and one embedded in-process by the same weights are the same model.
-        for key in ("fingerprint", "revision"):
-            value = getattr(self.embedder, key, None)
-            if value:
-                card[key] = str(value)
+        if self.embedder.fingerprint:
+            card["fingerprint"] = str(self.embedder.fingerprint)
+        if self.embedder.revision:
+            card["revision"] = str(self.embedder.revision)
         return card
 
 
