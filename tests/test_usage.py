@@ -3,6 +3,8 @@ collection says so, help without ``<bool>``, singular counts, a clean install me
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
 from pathlib import Path
 
@@ -76,3 +78,32 @@ def test_package_metadata_has_no_deprecated_license_table():
         dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
     assert not [w for w in caught if "license" in str(w.message).lower()]
     assert dist.metadata.license_expression == "Apache-2.0"
+
+
+def test_collections_do_not_depend_on_the_current_folder(tmp_path, monkeypatch):
+    from indexer.config import home
+
+    monkeypatch.delenv("PAGELENS_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    seen = set()
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        r = CliRunner().invoke(cli, ["collections", "--json"])
+        assert r.exit_code == 0
+        seen.add(json.loads(r.stdout)["home"])
+        assert not (tmp_path / folder / "data").exists()  # no stray ./data
+    assert seen == {str(tmp_path / "xdg" / "pagelens")} == {str(home())}
+    # an explicit relative PAGELENS_HOME is pinned once, not re-read per folder
+    monkeypatch.setenv("PAGELENS_HOME", "rel")
+    assert home() == tmp_path / "two" / "rel"
+
+
+def test_the_location_rule_and_first_run_facts_are_written_down():
+    r = CliRunner().invoke(cli, ["--help"], terminal_width=200)
+    text = re.sub(r"[\s│]+", " ", r.output)  # rich wraps the help inside a box
+    assert "PAGELENS_HOME" in text and "user data folder" in text
+    readme = (ROOT / "README.md").read_text()
+    for fact in ("4.5 GB", "on first use", "-c trial", "PAGELENS_HOME", "Working offline"):
+        assert fact in readme, fact
+    assert "user data folder" in (ROOT / "data" / "README.md").read_text()
