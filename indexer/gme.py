@@ -878,6 +878,10 @@ def load_embedder(
     ``min_image_tokens``, ``batch_size``, ``max_length``). Raises
     :class:`~indexer.errors.ModelNotAvailableError` with instructions when the weights
     cannot be found or downloaded.
+
+    Long because every way a load can fail (offline, not a GME checkpoint, a tokenizer that
+    does not match, damaged weights, out of memory) is turned into its own message here, in
+    the order transformers meets them.
     """
     source = os.fspath(model) if model is not None else default_model()
     where = _locate(source)
