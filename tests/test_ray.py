@@ -189,6 +189,23 @@ def test_same_vectors_as_in_process_and_rerun_adds_nothing(pool, reference, inpu
     _assert_clean(ray_store, 14)
 
 
+def test_text_only_on_ray_then_vectors_later(pool, reference, inputs, tmp_path):
+    """``index --ray ... --text-only``: pages and text now (no actors), vectors on a later run."""
+    store = Collection(tmp_path / "ray")
+    with RayIndexer(store, settings=SETTINGS) as job:  # no pool is started for text only
+        first = job.add(inputs, embed=False)
+        assert job.pool.actors == []
+    assert first.pages_stored == 14 and first.pending == 14 and first.pages_embedded == 0
+    assert store.search_text("waggle dance", 3)  # text search works before any vector
+    with RayIndexer(store, pool=pool, settings=SETTINGS, batch_size=2) as job:
+        later = job.add(inputs)
+    assert later.pages_stored == 0 and later.pages_embedded + later.pages_reused == 14
+    _assert_clean(store, 14)
+    local = Collection(tmp_path / "local")
+    Indexer(local, reference, settings=SETTINGS).add(inputs)
+    _assert_same_vectors(store, local)
+
+
 def test_driver_crash_mid_job_resumes_without_duplicates(pool, reference, tmp_path):
     folder = tmp_path / "docs"
     make_text_pdf(folder / "long.pdf", [f"Long {i}: {TOPICS[i % 12]}" for i in range(12)])
