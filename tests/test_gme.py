@@ -145,7 +145,7 @@ def test_decoder_gets_plain_positions_on_all_three_axes(fresh):
     def hook(module, args, kwargs):
         seen.append((kwargs["position_ids"].clone(), kwargs["attention_mask"].clone()))
 
-    handle = fresh._text_model.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = fresh.text_model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for side in ("right", "left"):
             fresh.padding_side = side
@@ -361,24 +361,20 @@ def test_eager_fallback_is_scoped_to_a_compiled_embedders_model_calls(fresh, mon
     import torch._dynamo
 
     seen: list[bool] = []
-    forward, suffix = fresh.forward, fresh._forward_suffix
-
-    def spy(real):
-        def call(*args, **kwargs):
-            seen.append(torch._dynamo.config.suppress_errors)
-            return real(*args, **kwargs)
-
-        return call
-
-    monkeypatch.setattr(fresh, "forward", spy(forward))
-    monkeypatch.setattr(fresh, "_forward_suffix", spy(suffix))
-    fresh.embed_texts(["eager text"])
-    fresh.embed_images([_image(64, 64)])
-    assert seen == [False, False]
-    monkeypatch.setattr(fresh, "compiled", True)  # as compile_embedder marks it
-    fresh.embed_texts(["compiled text"])
-    fresh.embed_images([_image(64, 64)])
-    assert seen[2:] == [True, True]
+    handle = fresh.text_model.register_forward_pre_hook(
+        lambda module, args: seen.append(torch._dynamo.config.suppress_errors)
+    )
+    try:
+        fresh.embed_texts(["eager text"])
+        fresh.embed_images([_image(64, 64)])
+        eager, seen[:] = list(seen), []
+        monkeypatch.setattr(fresh, "compiled", True)  # as compile_embedder marks it
+        fresh.embed_texts(["compiled text"])
+        fresh.embed_images([_image(64, 64)])
+    finally:
+        handle.remove()
+    assert eager and set(eager) == {False}
+    assert seen and set(seen) == {True}
     assert torch._dynamo.config.suppress_errors is False
 
 
