@@ -301,7 +301,10 @@ def search(
                 )
             )
         for rank, hit in enumerate(hits, start=1):
-            typer.echo(f"{rank:>2}. {hit.score:7.4f}  {for_terminal(hit.document)}  p.{hit.page}")
+            mark = "  (text layer: not embedded yet)" if hit.pending else ""
+            typer.echo(
+                f"{rank:>2}. {hit.score:7.4f}  {for_terminal(hit.document)}  p.{hit.page}{mark}"
+            )
             typer.echo(f"    {hit.image}")
             if hit.snippet:
                 typer.echo(f"    {hit.snippet[:160]}")

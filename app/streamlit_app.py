@@ -476,6 +476,8 @@ def run_search(ws, model, question, image_file, mode, k, only, page_range) -> No
         "mode": mode,
         "hits": hits,
         "pending": pending,
+        # A text question can be asked again as more pages get their vectors.
+        "rerun": (question, None, mode, k, only, page_range) if image_file is None else None,
     }
 
 
@@ -502,6 +504,18 @@ def open_page(hit, query: str) -> None:
     body()
 
 
+def refresh_offer(ws: Workspace, res: dict) -> None:
+    """A "Refresh results" button once pages of this search's pending ones got vectors."""
+    done = res["pending"] - ws.store.stats().pending
+    if done > 0 and st.button(
+        f"Refresh results ({done} more page(s) embedded since this search)",
+        key=f"refresh-{res['id']}",
+        icon=":material/refresh:",
+    ):
+        run_search(ws, get_model(model_key()), *res["rerun"])
+        st.rerun(scope="app")
+
+
 def results_section(ws: Workspace) -> None:
     res = st.session_state.results
     if not res:
@@ -516,9 +530,21 @@ def results_section(ws: Workspace) -> None:
     st.caption(f"{mode} search · best first")
     if res["pending"]:
         st.info(
-            f"{res['pending']} page(s) still wait for vectors, so {mode} search has not "
-            "seen them yet. Text mode covers every page."
+            f"{res['pending']} page(s) still wait for vectors: until they have them, "
+            f"{mode} search finds them through their text layer (marked “not embedded yet”)."
         )
+        done = res["pending"] - ws.store.stats().pending
+        if (
+            done > 0
+            and res.get("rerun")
+            and st.button(
+                f"Refresh results ({done} more page(s) embedded since this search)",
+                key=f"refresh-{res['id']}",
+                icon=":material/refresh:",
+            )
+        ):
+            run_search(ws, get_model(model_key()), *res["rerun"])
+            st.rerun()
     if not hits and res["hits"]:
         st.info("These results came from a document that has since been removed; search again.")
         return

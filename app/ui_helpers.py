@@ -84,6 +84,8 @@ def score_text(hit, mode: str) -> str:
     parts = [f"score {hit.score:.4f}"]
     if mode == "hybrid" and hit.scores:
         parts += [f"{k} {v:.3f}" for k, v in sorted(hit.scores.items())]
+    if getattr(hit, "pending", False):
+        parts.append("found by its text (not embedded yet)")
     return " · ".join(parts)
 
 

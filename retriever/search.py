@@ -48,6 +48,8 @@ class Hit:
     page_id: int
     text: str = field(default="", repr=False)
     scores: dict[str, float] = field(default_factory=dict)
+    #: The page has no vector yet: it was found through its text layer only.
+    pending: bool = False
 
     def as_dict(self, *, with_text: bool = False) -> dict:
         out = {
@@ -62,6 +64,8 @@ class Hit:
         }
         if self.scores:
             out["scores"] = {k: round(float(v), 6) for k, v in self.scores.items()}
+        if self.pending:
+            out["pending"] = True  # found by its text layer; its vector is still being made
         if with_text:
             out["text"] = self.text
         return out
@@ -151,6 +155,14 @@ class Retriever:
         if mode == "visual":
             ranked = self._visual(query, image, k, allowed)
             scores = {pid: {"visual": s} for pid, s in ranked}
+            waiting = self._pending_ids(allowed) if query else []
+            if waiting:
+                # Pages still waiting for vectors are invisible to the model; their text
+                # layer still answers, so fuse them in (marked ``pending``) rather than
+                # returning few or no pages right after an upload.
+                txt = self.store.search_text(query, max(50, 4 * k), page_ids=waiting)
+                if txt:
+                    ranked, scores = reciprocal_rank_fusion({"visual": ranked, "text": txt}, k)
         elif mode == "text":
             ranked = self.store.search_text(query, k, page_ids=allowed)
             scores = {pid: {"text": s} for pid, s in ranked}
@@ -160,6 +172,16 @@ class Retriever:
             txt = self.store.search_text(query, depth, page_ids=allowed) if query else []
             ranked, scores = reciprocal_rank_fusion({"visual": vis, "text": txt}, k)
         return self._hits(ranked, scores, query)
+
+    def _pending_ids(self, allowed: list[int] | None) -> list[int]:
+        """Ids of the pages (within ``allowed``) that have no vector yet."""
+        if not self.store.stats().pending:
+            return []
+        ids = [p.id for p in self.store.pending_pages()]
+        if allowed is not None:
+            keep = set(allowed)
+            ids = [i for i in ids if i in keep]
+        return ids
 
     def render_settings(self) -> RenderSettings:
         """The collection's page settings (query images are prepared the same way)."""
@@ -229,6 +251,7 @@ class Retriever:
                     page_id=page.id,
                     text=page.text,
                     scores=scores.get(pid, {}),
+                    pending=not page.embedded,
                 )
             )
         return hits

@@ -106,3 +106,29 @@ def test_index_without_paths_embeds_pending_pages(tmp_path, make_pdf, tiny_model
     r = run(cli, ["-c", coll, "-m", str(tiny_model_dir), "--device", "cpu", "index"])
     assert r.exit_code == 0, r.output
     assert Collection(coll).stats().pending == 0
+
+
+def test_visual_and_hybrid_search_cover_pending_pages_by_their_text(tmp_path, make_pdf):
+    from app.ui_helpers import score_text
+    from indexer.embedder import FakeEmbedder
+    from indexer.pipeline import Indexer
+    from retriever.search import Retriever
+
+    embedder = FakeEmbedder()
+    store = Collection(tmp_path / "c")
+    Indexer(store, embedder).add([make_pdf("embedded.pdf", ["quarterly revenue grew"])])
+    Indexer(store, None).add(
+        [make_pdf("fresh.pdf", ["zeppelin maintenance log", "nothing here"])], embed=False
+    )
+    assert store.stats().pending == 2
+    retriever = Retriever(embedder, store)
+    for mode in ("visual", "hybrid"):
+        hits = retriever.search("zeppelin maintenance", 5, mode=mode)
+        fresh = [h for h in hits if h.document == "fresh.pdf"]
+        assert fresh and fresh[0].page == 1 and fresh[0].pending, mode
+        assert fresh[0].as_dict()["pending"] is True
+        assert "not embedded yet" in score_text(fresh[0], mode)
+        assert all(not h.pending for h in hits if h.document == "embedded.pdf")
+    # only pending pages come in through text: embedded ones rank by the model alone
+    only_text = retriever.search("quarterly revenue", 5, mode="visual")
+    assert {h.document for h in only_text if h.pending} <= {"fresh.pdf"}

@@ -316,11 +316,14 @@ def test_cli_text_only_then_search_and_pending(cli_env, tmp_path):
     result = run("search", "Westphalia", "--mode", "text", "--doc", "other.pdf", "--json")
     assert json.loads(result.stdout)["hits"] == []
 
-    # visual: nothing embedded yet -> no hits, and the pending pages are reported
+    # visual: nothing embedded yet -> the pending pages answer through their text layer,
+    # marked as such, and are reported
     result = run("search", "Westphalia", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["pending"] == 6 and data["hits"] == []
+    assert data["pending"] == 6
+    top = data["hits"][0]
+    assert (top["document"], top["page"], top["pending"]) == ("report.pdf", 2, True)
     result = run("search", "Westphalia", "--mode", "hybrid")
     assert result.exit_code == 0, result.output
     assert "6 page(s) still wait for vectors" in result.stderr
