@@ -369,6 +369,19 @@ class Workspace:
             discard_upload(self.path, doc.path)
         return doc
 
+    def model_mismatch(self) -> str | None:
+        """Why the loaded model cannot search this collection (the ``model-mismatch``
+        problem of ``pagelens check``, same rule: weights fingerprint, else name), or None."""
+        from indexer.identity import ModelIdentity
+        from indexer.integrity import model_problem
+
+        embedder = self.model.embedder
+        if embedder is None:
+            return None
+        ident = ModelIdentity.of(embedder)
+        problem = model_problem(self.store, ident.name, ident.dim, ident.fingerprint)
+        return None if problem is None else f"This collection cannot be searched: {problem.detail}."
+
     def first_page(self, document_id: int) -> Page | None:
         ids = self.store.page_ids(documents=[document_id], first=1, last=1)
         return self.store.page(ids[0]) if ids else None

@@ -695,6 +695,9 @@ def main() -> None:
         f"**{for_markdown(ws.path.name)}** · {stats.documents} document(s) · {stats.pages} page(s)"
     )
     _show_flash()
+    mismatch = ws.model_mismatch()
+    if mismatch:  # flagged as 'pagelens check' does, before anyone searches or uploads
+        st.error(mismatch, icon=":material/error:")
     try:
         upload_section(ws)
         if stats.pages == 0:

@@ -172,3 +172,30 @@ def test_check_flags_other_weights(two_models, tmp_path, monkeypatch):
     assert bad.exit_code == 4
     kinds = [p["kind"] for p in json.loads(bad.stdout)["problems"]]
     assert kinds == ["model-mismatch"]
+
+
+def test_app_flags_a_collection_of_other_weights(two_models, tmp_path):
+    from app.services import ModelLoader, Workspace
+    from indexer.embedder import FakeEmbedder
+
+    a, b = two_models
+    fa, fb = identify(a), identify(b)
+    store = Collection(tmp_path / "c")
+    store.bind_model(fa.name, 64, fingerprint=fa.fingerprint)
+    store.close()
+
+    def loader_for(ident):
+        def load(*args, **kwargs):
+            e = FakeEmbedder(dim=64, model_id=ident.name)
+            e.fingerprint = ident.fingerprint
+            return e
+
+        return load
+
+    same = Workspace(tmp_path / "c", ModelLoader("a", loader=loader_for(fa)))
+    same.model.wait(30)
+    assert same.model_mismatch() is None
+    other = Workspace(tmp_path / "c", ModelLoader("b", loader=loader_for(fb)))
+    other.model.wait(30)
+    message = other.model_mismatch()
+    assert message and "different weights" in message and "cannot be searched" in message
