@@ -48,7 +48,13 @@ def index(
         help="Store pages and text now (searchable with --mode text); "
         "embed later with 'pagelens index' again.",
     ),
-    batch_size: int = typer.Option(4, "--batch-size", help="Pages per model batch."),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Pages per model batch (default: the largest that fits the free memory, "
+        "GPU memory on CUDA; -v shows the choice).",
+    ),
     ocr: bool = typer.Option(
         None,
         "--ocr/--no-ocr",

@@ -232,6 +232,43 @@ def matmul_peak(n: int, dtypes: list[str], reps: int = 3) -> dict:
     return out
 
 
+def memory_bandwidth(mib: int = 512, reps: int = 5) -> dict:
+    """Measured read bandwidth (GB/s): summing a ``mib`` MiB float32 tensor, median of reps.
+
+    A single text query reads every decoder weight once, so weight bytes / this figure is
+    the floor of its latency (the "memory floor" the query rows report).
+    """
+    import torch
+
+    x = torch.ones(mib * 2**20 // 4)
+    x.sum()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        x.sum()
+        times.append(time.perf_counter() - t)
+    nbytes = x.numel() * 4
+    del x
+    return {
+        "mib": mib,
+        "gb_per_s": _r(nbytes / _median(times) / 1e9, 2),
+        "gb_per_s_best": _r(nbytes / min(times) / 1e9, 2),
+    }
+
+
+def decoder_weight_bytes(emb: Any) -> int:
+    """Bytes of the decoder's linear weights (what one query reads), in their current dtype."""
+    import torch
+
+    total = 0
+    for mod in emb._text_model.modules():
+        if isinstance(mod, torch.nn.Linear):
+            total += mod.weight.numel() * mod.weight.element_size()
+            if mod.bias is not None:
+                total += mod.bias.numel() * mod.bias.element_size()
+    return total
+
+
 # --------------------------------------------------------------------------- FLOPs
 
 
@@ -361,6 +398,8 @@ class BenchConfig:
     batch_size: int = 4
     skip_baseline: bool = False
     skip_int8: bool = False
+    query_candidates: list[str] = field(default_factory=lambda: ["int8-bf16", "int8-fp32"])
+    query_reps: int = 1
     compile: bool = False
     skip_model: bool = False
     skip_vectors: bool = False
@@ -486,6 +525,84 @@ def _query_index(page_vecs: np.ndarray, n: int, seed: int):
     return idx
 
 
+def query_weights_phase(
+    emb: Any,
+    queries: list[str],
+    rank_queries: list[str],
+    ref_text: dict[str, np.ndarray],
+    *,
+    candidates: list[str],
+    bandwidth: dict | None,
+    reps: int,
+) -> dict:
+    """Text queries with int8 weight-only decoder candidates vs the exact path, alternating.
+
+    Each query runs exact then with the candidate's int8 weights, in turn (ratios measured
+    in one run on a shared machine); agreement is the cosine of the candidate's query vectors
+    to the exact float32 ones and the top-10 overlap of their rankings of the exact corpus.
+    """
+    from indexer.quant import Int8Weights, act_dtype
+
+    emb.set_query_weights("exact")
+    emb.prefix_cache = True
+    emb.embed_queries(["warm-up query"])
+    gbs = (bandwidth or {}).get("gb_per_s")
+    fp32_bytes = decoder_weight_bytes(emb)
+    out: dict[str, Any] = {
+        "method": "prefix-cached text queries, one at a time; exact and candidate alternate "
+        "per query; floor = decoder weight bytes / measured read bandwidth",
+        "decoder_weight_bytes_exact": fp32_bytes,
+        "floor_s_exact": _r(fp32_bytes / gbs / 1e9) if gbs else None,
+        "candidates": {},
+    }
+    for name in candidates:
+        t = time.perf_counter()
+        w = Int8Weights(emb._text_model, act_dtype(name))
+        quant_s = time.perf_counter() - t
+        try:
+            with w.active():
+                emb.embed_queries(["warm-up query"])
+            exact_s, cand_s = [], []
+            for q in (queries * reps)[: max(1, len(queries) * reps)]:
+                t0 = time.perf_counter()
+                emb.embed_queries([q])
+                t1 = time.perf_counter()
+                with w.active():
+                    emb.embed_queries([q])
+                t2 = time.perf_counter()
+                exact_s.append(t1 - t0)
+                cand_s.append(t2 - t1)
+            with w.active():
+                qv = emb.embed_queries(rank_queries)
+            entry: dict[str, Any] = {
+                "weights": "int8 per-channel symmetric (decoder linears)",
+                "activations": str(act_dtype(name)).removeprefix("torch."),
+                "kernel": "aten._weight_int8pack_mm",
+                "quantise_s": _r(quant_s, 2),
+                "queries_timed": len(cand_s),
+                "p50_s": _r(_pct(cand_s, 50)),
+                "p95_s": _r(_pct(cand_s, 95)),
+                "exact_p50_s_same_run": _r(_pct(exact_s, 50)),
+                "speedup_vs_exact": _r(_pct(exact_s, 50) / _pct(cand_s, 50), 2),
+                "decoder_weight_bytes": w.bytes,
+                "floor_s": _r(w.bytes / gbs / 1e9) if gbs else None,
+            }
+            if ref_text:
+                entry["agreement_vs_float32"] = _agreement(qv, ref_text["queries"])
+                entry["top10_overlap_vs_float32"] = _r(
+                    _topk_overlap(
+                        qv, ref_text["corpus"], ref_text["queries"], ref_text["corpus"], 10
+                    ),
+                    3,
+                )
+            out["candidates"][name] = entry
+        finally:
+            w.remove()
+    emb.set_query_weights("auto")
+    out["auto_choice"] = emb.prepare_queries().as_dict()
+    return out
+
+
 def _corpus_texts(texts: list[str], n: int) -> list[str]:
     """Short passages (about 40 words) cut from the PDF's text layer."""
     words = " ".join(texts).split()
@@ -553,10 +670,30 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
         phase["query"] = query_latency(emb, idx, queries, cached=False)
         log(f"  A query p50 {phase['query']['p50_s']} s")
         emb.prefix_cache = False
+        emb.set_query_weights("exact")
         ref_text["corpus"] = emb.embed_documents(texts=corpus)
         ref_text["queries"] = emb.embed_queries(rank_queries)
         emb.prefix_cache = True
         section["phases"]["baseline_float32"] = phase
+
+        # A2: text queries with int8 weight-only decoder candidates (activations precise).
+        if cfg.query_candidates:
+            log(f"phase A2: int8 weight-only text queries {cfg.query_candidates}")
+            section["query_weights"] = query_weights_phase(
+                emb,
+                queries,
+                rank_queries,
+                ref_text,
+                candidates=cfg.query_candidates,
+                bandwidth=report.get("memory_bandwidth"),
+                reps=cfg.query_reps,
+            )
+            for name, c in section["query_weights"]["candidates"].items():
+                log(
+                    f"  A2 {name}: p50 {c['p50_s']} s vs exact {c['exact_p50_s_same_run']} s, "
+                    f"cos min {c.get('agreement_vs_float32', {}).get('cosine_min')}, "
+                    f"top-10 {c.get('top10_overlap_vs_float32')}"
+                )
 
         # B: int8 dynamic quantisation of the same weights.
         if not cfg.skip_int8:
@@ -1030,6 +1167,7 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
             if torch.backends.mkldnn.is_available():
                 dtypes.append("bfloat16")
             report["matmul_peak"] = matmul_peak(cfg.peak_n, dtypes)
+            report["memory_bandwidth"] = memory_bandwidth(64 if cfg.size == "tiny" else 512)
             pdf = Path(cfg.pdf) if cfg.pdf else _default_pdf(cfg.pages, Path(tmp))
             images, texts, rendering = render(pdf, cfg.pages, max(cfg.budgets))
             report["rendering"] = rendering
@@ -1083,6 +1221,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--skip-int8", action="store_true")
     p.add_argument(
+        "--query-candidates",
+        default="int8-bf16,int8-fp32",
+        help="int8 weight-only text-query candidates to measure against fp32 ('' for none)",
+    )
+    p.add_argument("--query-reps", type=int, default=1, help="passes over the queries (A2)")
+    p.add_argument(
         "--compile", action="store_true", help="also measure the torch.compile'd exact path"
     )
     p.add_argument("--skip-model", action="store_true")
@@ -1132,6 +1276,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         batch_size=a.batch_size,
         skip_baseline=a.skip_baseline,
         skip_int8=a.skip_int8,
+        query_candidates=[c.strip() for c in a.query_candidates.split(",") if c.strip()],
+        query_reps=a.query_reps,
         compile=a.compile,
         skip_model=a.skip_model,
         skip_vectors=a.skip_vectors,

@@ -61,7 +61,6 @@ import contextlib
 import math
 import os
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +69,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from indexer import quant
 from indexer.config import DEFAULT_MODEL_ID, default_model
-from indexer.embedder import DEFAULT_INSTRUCTION, EmbedderBase
+from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, EmbedderBase
 from indexer.errors import ModelNotAvailableError
 from indexer.identity import identify
 
@@ -148,18 +148,9 @@ def resolve_device(device: str | torch.device | None = None) -> str:
     return "cpu"
 
 
-@lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AMX-BF16 or AVX512-BF16, read on Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        pass
-    return False
+    return quant.has_native_bf16(quant.cpu_flags())
 
 
 _DTYPE_NAMES = {
@@ -251,6 +242,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 # --------------------------------------------------------------------------- the embedder
 
 
+def _nothing() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 class GmeEmbedder(EmbedderBase):
     """GME behind PageLens' :class:`~indexer.embedder.Embedder` interface.
 
@@ -273,6 +270,7 @@ class GmeEmbedder(EmbedderBase):
         min_image_tokens: int | None = None,
         batch_size: int = 8,
         max_length: int = MAX_LENGTH,
+        query_weights: str = "auto",
     ) -> None:
         if min_image_tokens is None:  # GME's 256, or less when the budget is below it
             min_image_tokens = min(MIN_IMAGE_TOKENS, int(max_image_tokens))
@@ -306,6 +304,18 @@ class GmeEmbedder(EmbedderBase):
         #: KV cache, so a query pays only for its own tokens (same vectors, see embed_texts).
         self.prefix_cache = True
         self._prefix_kv: dict[str, tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        if query_weights not in quant.QUERY_WEIGHTS:
+            raise ValueError(
+                f"unknown query_weights {query_weights!r}; expected one of {quant.QUERY_WEIGHTS}"
+            )
+        #: Text-query decoder weights: "auto" (int8 weight-only where it is faster and agrees,
+        #: see :meth:`prepare_queries`), "exact", or an int8 candidate of :mod:`indexer.quant`.
+        self.query_weights = query_weights
+        #: What :meth:`prepare_queries` decided (None until the first text query).
+        self.query_choice: quant.QueryChoice | None = None
+        self._query_int8: quant.Int8Weights | None = None
+        #: CPU flags the auto decision reads (None: this machine's); tests inject others.
+        self.cpu_flags: frozenset[str] | None = None
 
         self._text_model = model.model.language_model  # Qwen2VLTextModel
         self._visual = model.model.visual
@@ -582,10 +592,14 @@ class GmeEmbedder(EmbedderBase):
         that would be truncated, takes the plain path.
         """
         texts = [str(t) for t in texts]
-        if not self.prefix_cache or not texts:
-            return self._embed(texts, [None] * len(texts), instruction)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self.prepare_queries()
+        if not self.prefix_cache:
+            with self._query_path():
+                return self._embed(texts, [None] * len(texts), instruction)
         with self._eager_fallback():
-            prefix_ids, kv = self._prefix(instruction)
+            prefix_ids, kv = self._prefix(instruction)  # exact weights, computed once
         ids = self._token_ids(texts, [0] * len(texts), instruction)
         p = len(prefix_ids)
         cached = [
@@ -595,14 +609,102 @@ class GmeEmbedder(EmbedderBase):
         ]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         rest = sorted(set(range(len(texts))) - set(cached))
-        if rest:
-            out[rest] = self._embed([texts[i] for i in rest], [None] * len(rest), instruction)
-        cached.sort(key=lambda i: (-len(ids[i]), i))  # length bucketing
-        for start in range(0, len(cached), self.batch_size):
-            idx = cached[start : start + self.batch_size]
-            with self._eager_fallback():
-                out[idx] = self._forward_suffix([ids[i][p:] for i in idx], kv).cpu().numpy()
+        with self._query_path():
+            if rest:
+                out[rest] = self._embed([texts[i] for i in rest], [None] * len(rest), instruction)
+            cached.sort(key=lambda i: (-len(ids[i]), i))  # length bucketing
+            for start in range(0, len(cached), self.batch_size):
+                idx = cached[start : start + self.batch_size]
+                with self._eager_fallback():
+                    out[idx] = self._forward_suffix([ids[i][p:] for i in idx], kv).cpu().numpy()
         return out
+
+    # ----------------------------------------------------------------- int8 query weights
+
+    #: Fixed queries of a few lengths for the self-check of :meth:`prepare_queries`.
+    CALIBRATION_QUERIES = (
+        "how do I declare an interface",
+        "quarterly revenue by region, compared with the previous year",
+        "table of contents",
+        "a diagram that shows the network topology of the data centre and its firewalls",
+    )
+
+    def _query_path(self) -> Any:
+        """Context in which text inputs use the chosen query weights (a no-op when exact)."""
+        return self._query_int8.active() if self._query_int8 is not None else _nothing()
+
+    def prepare_queries(self) -> quant.QueryChoice:
+        """Decide, once, which decoder weights text queries use; returns the decision.
+
+        Why: a query is bound by reading the decoder's weights, so int8 weights (activations
+        kept in bf16/fp32, see :mod:`indexer.quant`) make it several times faster on CPUs
+        without native bf16. It is used only when, measured here on whole queries, it agrees
+        with the exact path (cosine >= 0.999 on every calibration query) and is faster; else
+        queries stay exact. Called by the first :meth:`embed_texts`; call it at start-up to
+        move that one-off cost (quantising ~1.3 B weights, a few seconds for GME-2B).
+        Pages never use it.
+        """
+        if self.query_choice is not None:
+            return self.query_choice
+        plan = quant.plan_query_weights(
+            self.query_weights,
+            device=self.device,
+            dtype=self.dtype,
+            hidden=self.dim,
+            min_hidden=CPU_BF16_MIN_HIDDEN,
+            flags=self.cpu_flags,
+        )
+        if plan.candidates and self.compiled and self.query_weights == "auto":
+            plan = quant.QueryPlan((), "model is torch.compile'd")
+        calib = list(self.CALIBRATION_QUERIES)
+
+        def run() -> torch.Tensor:
+            return torch.from_numpy(self._embed_texts_now(calib))
+
+        def run_with(weights: quant.Int8Weights) -> torch.Tensor:
+            with weights.active():
+                return run()
+
+        self.query_choice = quant.QueryChoice(reason=plan.reason)  # re-entrancy guard
+        choice, weights = quant.choose(
+            plan,
+            run_exact=run,
+            make=lambda name: quant.Int8Weights(self._text_model, quant.act_dtype(name)),
+            run_with=run_with,
+            forced=self.query_weights != "auto",
+        )
+        self.query_choice, self._query_int8 = choice, weights
+        import logging
+
+        logging.getLogger(__name__).info(
+            "text queries: %s (%s)%s",
+            choice.mode,
+            choice.reason,
+            f"; measured {choice.candidates}, exact {choice.exact_s} s"
+            if choice.candidates
+            else "",
+        )
+        return choice
+
+    def _embed_texts_now(self, texts: list[str]) -> np.ndarray:
+        """Query vectors of ``texts`` with whatever weights are active (no decision)."""
+        prefix_ids, kv = self._prefix(QUERY_INSTRUCTION)
+        ids = self._token_ids(texts, [0] * len(texts), QUERY_INSTRUCTION)
+        p = len(prefix_ids)
+        return self._forward_suffix([seq[p:] for seq in ids], kv).cpu().numpy()
+
+    def set_query_weights(self, setting: str) -> quant.QueryChoice:
+        """Change the query-weights setting and decide again (drops any int8 copy)."""
+        if setting not in quant.QUERY_WEIGHTS:
+            raise ValueError(
+                f"unknown query_weights {setting!r}; expected one of {quant.QUERY_WEIGHTS}"
+            )
+        if self._query_int8 is not None:
+            self._query_int8.remove()
+        self._query_int8 = None
+        self.query_choice = None
+        self.query_weights = setting
+        return self.prepare_queries()
 
     def _prefix(self, instruction: str | None) -> tuple[list[int], list]:
         """Token ids and per-layer (key, value) of the constant prompt prefix (cached)."""
@@ -708,6 +810,11 @@ def quantize_embedder(embedder: GmeEmbedder, mode: str = "int8") -> GmeEmbedder:
         raise ValueError(f"unknown quantize mode {mode!r}; expected one of {QUANTIZE_MODES}")
     if torch.device(embedder.device).type != "cpu":
         raise ValueError("int8 quantisation is for CPU inference (use bf16/fp16 on GPUs)")
+    if embedder._query_int8 is not None:  # dynamic int8 replaces the linears themselves
+        embedder._query_int8.remove()
+    embedder._query_int8 = None
+    embedder.query_weights = "exact"
+    embedder.query_choice = None
     if embedder.dtype != "float32":
         embedder.model.to(torch.float32)
 

@@ -181,16 +181,20 @@ class Indexer:
         embedder: Embedder | None = None,
         *,
         settings: RenderSettings | None = None,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         commit_every: int = 16,
     ) -> None:
         self.store = store
         self.embedder = embedder
-        self.batch_size = max(1, int(batch_size))
+        #: Pages per model batch; None: the largest that fits free memory, chosen when
+        #: embedding starts (:func:`indexer.memory.auto_batch_size`, logged at INFO).
+        self.batch_size = None if not batch_size else max(1, int(batch_size))
         # A remote embedder says how many pages per call keep all its requests busy.
         hint = getattr(embedder, "batch_hint", None)
-        if isinstance(hint, int) and hint > self.batch_size:
+        if isinstance(hint, int) and (self.batch_size is None or hint > self.batch_size):
             self.batch_size = hint
+        #: What the automatic choice decided in the last :meth:`embed_pending`, if it ran.
+        self.batch_choice = None
         self.commit_every = max(1, int(commit_every))
         stored = store.render_settings()
         if settings is None and stored:
@@ -401,9 +405,8 @@ class Indexer:
             pending = self.store.pending_pages(limit)
             meter = _Meter("vectors", len(pending), progress)
             meter.report()
-            batches = [
-                pending[i : i + self.batch_size] for i in range(0, len(pending), self.batch_size)
-            ]
+            size = self._batch_size() if pending else 1
+            batches = [pending[i : i + size] for i in range(0, len(pending), size)]
             done = 0
             # Decode the next batch's images while the model works on this one.
             with ThreadPoolExecutor(max_workers=1) as pool:
@@ -424,6 +427,46 @@ class Indexer:
                     if should_stop and should_stop():
                         break
         return done
+
+    def _batch_size(self) -> int:
+        """The fixed batch size, or the largest that fits the memory available now; the
+        embedder's own model batch follows it (it splits bigger calls otherwise)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        from indexer.memory import auto_batch_size
+
+        choice = auto_batch_size(self.embedder)
+        self.batch_choice = choice
+        log.info("indexing with %s", choice.describe())
+        if hasattr(self.embedder, "batch_size"):
+            setattr(self.embedder, "batch_size", choice.size)  # noqa: B010 - not on the protocol
+        return choice.size
+
+    def _embed_images(self, embedder: Embedder, images: list) -> np.ndarray:
+        """``embed_documents``, halving the batch on an allocation failure instead of dying."""
+        from indexer.memory import is_out_of_memory
+
+        try:
+            return embedder.embed_documents(images)
+        except Exception as exc:
+            if len(images) < 2 or not is_out_of_memory(exc):
+                raise
+        half = len(images) // 2
+        model_batch = getattr(embedder, "batch_size", None)
+        if isinstance(model_batch, int) and model_batch > half:
+            setattr(embedder, "batch_size", max(1, half))  # noqa: B010 - not on the protocol
+        log.warning("out of memory with %d pages in a batch; retrying with %d", len(images), half)
+        with contextlib.suppress(Exception):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return np.concatenate(
+            [
+                self._embed_images(embedder, images[:half]),
+                self._embed_images(embedder, images[half:]),
+            ]
+        )
 
     def _load_batch(self, pages: Sequence) -> list:
         return [self.store.load_image(p) for p in pages]
@@ -453,7 +496,7 @@ class Indexer:
         if todo_images:
             failed: dict[int, str] = {}
             try:
-                fresh = embedder.embed_documents(todo_images)
+                fresh = self._embed_images(embedder, todo_images)
             except EmbeddingError as exc:
                 # Keep what did come back; the failed pages stay pending (never stored
                 # without a vector) and are named, so a later run fills them in.

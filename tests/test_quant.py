@@ -1,0 +1,191 @@
+"""The weight-only int8 query path: CPU-feature decisions (injected flags), the selection
+rule, and agreement with the exact float32 recipe on the tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from indexer import quant
+from indexer.embedder import QUERY_INSTRUCTION
+
+AVX2_ONLY = frozenset({"fpu", "sse4_2", "avx", "avx2", "fma"})
+AVX512_BF16 = AVX2_ONLY | {"avx512f", "avx512_vnni", "avx512_bf16"}
+AMX = AVX2_ONLY | {"avx512f", "amx_tile", "amx_bf16", "amx_int8"}
+QUERIES = ["what is camlidl", "x", "a much longer query about interface definitions " * 3]
+
+
+def plan(**kw):
+    args = {"dtype": "float32", "hidden": 1536, "flags": AVX2_ONLY, "machine": "x86_64"}
+    return quant.plan_query_weights(kw.pop("setting", "auto"), **{**args, **kw})
+
+
+def test_auto_plan_follows_cpu_features():
+    assert plan().candidates == ("int8-bf16",)  # AVX2 without native bf16: try int8
+    assert plan(flags=AVX512_BF16).candidates == ()  # native bf16: the model runs bf16
+    assert plan(flags=AMX).candidates == ()
+    assert "native bf16" in plan(flags=AMX).reason
+    assert plan(flags=frozenset({"sse4_2"})).candidates == ()  # kernel not vectorised
+    assert plan(machine="aarch64", flags=frozenset({"asimd"})).candidates == ()
+    assert plan(dtype="bfloat16").candidates == ()
+    assert plan(hidden=64).candidates == ()  # too small to be bandwidth-bound
+    assert plan(device="cuda").candidates == ()
+    assert plan(setting="exact").candidates == ()
+    # asking for a candidate overrides the feature rule (but not the device)
+    assert plan(setting="int8", flags=AMX).candidates == ("int8-bf16",)
+    assert plan(setting="int8-fp32", hidden=64).candidates == ("int8-fp32",)
+    with pytest.raises(ValueError, match="CPU"):
+        plan(setting="int8", device="cuda")
+    with pytest.raises(ValueError, match="query_weights"):
+        plan(setting="int4")
+
+
+def test_native_bf16_reads_flags():
+    assert quant.has_native_bf16(AMX) and quant.has_native_bf16(AVX512_BF16)
+    assert not quant.has_native_bf16(AVX2_ONLY)
+    assert isinstance(quant.cpu_flags(), frozenset)
+
+
+class _FakeWeights:
+    removed = 0
+
+    def __init__(self, name):
+        self.name = name
+
+    def remove(self):
+        _FakeWeights.removed += 1
+
+
+@pytest.mark.parametrize(
+    ("cos", "secs", "forced", "mode"),
+    [
+        (0.9995, 0.1, False, "int8-bf16"),  # agrees and faster: used
+        (0.9995, 2.0, False, "exact"),  # agrees but slower: not worth it
+        (0.9995, 2.0, True, "int8-bf16"),  # asked for: used although slower
+        (0.99, 0.1, False, "exact"),  # faster but drifts: never
+        (0.99, 0.1, True, "exact"),  # not even when asked for
+    ],
+)
+def test_choose_keeps_only_a_candidate_that_holds(monkeypatch, cos, secs, forced, mode):
+    gen = torch.Generator().manual_seed(0)
+    exact = torch.nn.functional.normalize(torch.randn(4, 8, generator=gen), dim=-1)
+    other = exact.clone()
+    # the first row at the given cosine to the exact one, the others equal
+    r = torch.randn(8, generator=gen)
+    ortho = torch.nn.functional.normalize(r - (r @ exact[0]) * exact[0], dim=0)
+    other[0] = cos * exact[0] + (1 - cos**2) ** 0.5 * ortho
+    times = {"exact": 1.0, "cand": secs}
+    now = [0.0]
+
+    def fake_perf_counter():
+        return now[0]
+
+    def run_exact():
+        now[0] += times["exact"]
+        return exact
+
+    def run_with(_w):
+        now[0] += times["cand"]
+        return other
+
+    monkeypatch.setattr(quant.time, "perf_counter", fake_perf_counter)
+    choice, weights = quant.choose(
+        quant.QueryPlan(("int8-bf16",), "test"),
+        run_exact=run_exact,
+        make=_FakeWeights,
+        run_with=run_with,
+        forced=forced,
+    )
+    assert choice.mode == mode
+    assert (weights is not None) == (mode != "exact")
+    assert choice.candidates["int8-bf16"]["holds"] == (cos >= quant.MIN_QUERY_COSINE)
+
+
+def _dequantised_copy(tiny_model_dir):
+    """The tiny model in float32 with every decoder linear weight replaced by q * scale."""
+    from indexer import load_embedder
+
+    emb = load_embedder(tiny_model_dir, device="cpu", dtype="float32", query_weights="exact")
+    with torch.no_grad():
+        for mod in emb._text_model.modules():
+            if isinstance(mod, torch.nn.Linear):
+                q, scale = quant.quantize_weight(mod.weight)
+                mod.weight.copy_(q.float() * scale[:, None])
+    return emb
+
+
+def test_int8_weights_compute_the_dequantised_model(tiny_model_dir):
+    """The kernel path equals float32 math on the dequantised weights (fp32 activations
+    exactly, bf16 activations up to their rounding), and stays close to the exact recipe."""
+    from indexer import load_embedder
+
+    exact = load_embedder(tiny_model_dir, device="cpu", dtype="float32", query_weights="exact")
+    ref_exact = exact.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
+    deq_model = _dequantised_copy(tiny_model_dir)
+    deq_model.prefix_cache = False  # the whole prompt through the (dequantised) weights
+    deq = deq_model.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
+    got, whole = {}, {}
+    for mode in ("int8-fp32", "int8-bf16"):
+        emb = load_embedder(tiny_model_dir, device="cpu", dtype="float32", query_weights="exact")
+        emb.embed_texts(["warm"], instruction=QUERY_INSTRUCTION)  # exact prompt-prefix cache
+        weights = quant.Int8Weights(emb._text_model, quant.act_dtype(mode))
+        assert weights.bytes > 0 and len(weights.linears) == 2 * 7  # 2 layers x q,k,v,o,3 mlp
+        with weights.active():
+            got[mode] = emb.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
+            emb.prefix_cache = False
+            whole[mode] = emb.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
+            emb.prefix_cache = True
+        # outside the context the same module computes the exact vectors again
+        again = emb.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
+        assert np.sum(again * ref_exact, axis=1).min() > 0.99999
+        weights.remove()
+        assert not hasattr(emb._text_model.layers[0].mlp.up_proj, "_pl_int8")
+    assert np.sum(whole["int8-fp32"] * deq, axis=1).min() > 0.99999
+    assert np.sum(whole["int8-bf16"] * deq, axis=1).min() > 0.99
+    # the tiny model's weights (std 0.5) are far rougher than GME's; the full-size figure
+    # (cosine >= 0.999) is measured by `pagelens bench`
+    for vecs in got.values():
+        assert np.sum(vecs * ref_exact, axis=1).min() > 0.98
+        assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
+
+
+def test_no_native_bf16_cpu_takes_the_int8_path(tiny_model_dir, monkeypatch):
+    """An AVX2-only CPU (flags injected) with a GME-sized model (size gate lowered) measures
+    int8-bf16 against the exact path; pages never use it."""
+    from indexer import gme, load_embedder
+
+    monkeypatch.setattr(gme, "CPU_BF16_MIN_HIDDEN", 0)
+    monkeypatch.setattr(quant.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(quant, "MIN_QUERY_COSINE", 0.98)  # tiny model: see above
+    emb = load_embedder(tiny_model_dir, device="cpu", dtype="float32")
+    emb.cpu_flags = AVX2_ONLY
+    exact_pages = None
+    choice = emb.prepare_queries()
+    assert "int8-bf16" in choice.candidates and choice.exact_s is not None
+    measured = choice.candidates["int8-bf16"]
+    expect = "int8-bf16" if measured["holds"] and measured["s"] < choice.exact_s else "exact"
+    assert choice.mode == expect
+    # force it on, then check queries and pages
+    assert emb.set_query_weights("int8").mode == "int8-bf16"
+    vecs = emb.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
+    ref = load_embedder(tiny_model_dir, device="cpu", dtype="float32", query_weights="exact")
+    assert np.sum(vecs * ref.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION), 1).min() > 0.98
+    from PIL import Image
+
+    page = Image.new("RGB", (224, 280), "white")
+    exact_pages = ref.embed_images([page])
+    assert np.sum(emb.embed_images([page]) * exact_pages, axis=1).min() > 0.99999
+
+    # the same machine with native bf16 does not even try
+    emb2 = load_embedder(tiny_model_dir, device="cpu", dtype="float32")
+    emb2.cpu_flags = AVX512_BF16
+    assert emb2.prepare_queries().candidates == {}
+    assert emb2.prepare_queries().mode == "exact"
+
+
+def test_query_weights_option_is_checked(tiny_model_dir):
+    from indexer import load_embedder
+
+    with pytest.raises(ValueError, match="query_weights"):
+        load_embedder(tiny_model_dir, device="cpu", query_weights="int4")
