@@ -313,7 +313,7 @@ class GmeEmbedder(EmbedderBase):
         self.query_weights = query_weights
         #: What :meth:`prepare_queries` decided (None until the first text query).
         self.query_choice: quant.QueryChoice | None = None
-        self._query_int8: quant.Int8Weights | None = None
+        self._query_int8: quant.QueryWeights | None = None
         #: CPU flags the auto decision reads (None: this machine's); tests inject others.
         self.cpu_flags: frozenset[str] | None = None
 
@@ -661,7 +661,7 @@ class GmeEmbedder(EmbedderBase):
         def run() -> torch.Tensor:
             return torch.from_numpy(self._embed_texts_now(calib))
 
-        def run_with(weights: quant.Int8Weights) -> torch.Tensor:
+        def run_with(weights: quant.QueryWeights) -> torch.Tensor:
             with weights.active():
                 return run()
 
@@ -669,7 +669,7 @@ class GmeEmbedder(EmbedderBase):
         choice, weights = quant.choose(
             plan,
             run_exact=run,
-            make=lambda name: quant.Int8Weights(self._text_model, quant.act_dtype(name)),
+            make=lambda name: quant.QueryWeights(self._text_model, name),
             run_with=run_with,
             forced=self.query_weights != "auto",
         )

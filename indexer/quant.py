@@ -36,8 +36,16 @@ log = logging.getLogger(__name__)
 MIN_QUERY_COSINE = 0.999
 #: ``query_weights`` settings: "auto" (decide from the CPU and a self-check), "exact", or an
 #: explicit int8 candidate (weights int8, activations in the named dtype).
-QUERY_WEIGHTS = ("auto", "exact", "int8", "int8-bf16", "int8-fp32")
-_ACT_DTYPES = {"int8-bf16": torch.bfloat16, "int8-fp32": torch.float32}
+#: Candidates: weights int8 (one scale per output channel), two-level int8 (~15-bit), or
+#: bf16; activations in the named dtype.
+CANDIDATES = ("int8-bf16", "int8-fp32", "int8x2-bf16", "bf16")
+QUERY_WEIGHTS = ("auto", "exact", "int8", *CANDIDATES)
+_ACT_DTYPES = {
+    "int8-bf16": torch.bfloat16,
+    "int8-fp32": torch.float32,
+    "int8x2-bf16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 # --------------------------------------------------------------------------- CPU features
@@ -141,26 +149,49 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), scale
 
 
-class Int8Weights:
-    """int8 copies of the ``nn.Linear`` weights under ``root``, used while :meth:`active`.
+def quantize_weight_2level(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two int8 levels, stacked: rows ``[q1; q2]`` and scales ``[s1; s2]`` with
+    ``weight ~= q1 * s1 + q2 * s2`` (``q2`` quantises what ``q1`` missed), ~15-bit weights
+    that the same int8 kernel multiplies in one pass."""
+    w = weight.detach().float()
+    q1, s1 = quantize_weight(w)
+    q2, s2 = quantize_weight(w - q1.float() * s1[:, None])
+    return torch.cat([q1, q2]).contiguous(), torch.cat([s1, s2])
+
+
+class QueryWeights:
+    """Low-precision copies of the ``nn.Linear`` weights under ``root``, used while
+    :meth:`active`; ``mode`` is one of :data:`CANDIDATES`.
 
     Each linear keeps its float weight (and ``state_dict``); its ``forward`` is replaced by
-    one that, while active, computes ``x @ (q * scale).T`` with ``x`` in ``act_dtype`` and
-    float32 accumulation, and returns the input's dtype.
+    one that, while active, multiplies with the copy (float32 accumulation) and returns the
+    input's dtype; inactive, it is the plain ``F.linear``.
     """
 
-    def __init__(self, root: torch.nn.Module, act_dtype: torch.dtype) -> None:
-        self.act_dtype = act_dtype
+    def __init__(self, root: torch.nn.Module, mode: str) -> None:
+        if mode not in CANDIDATES:
+            raise ValueError(f"unknown query weights {mode!r}; expected one of {CANDIDATES}")
+        self.mode = mode
+        self.act_dtype = act_dtype(mode)
         self.on = False
         self.linears: list[torch.nn.Linear] = []
         self.bytes = 0
         for module in root.modules():
             if isinstance(module, torch.nn.Linear) and module.weight.dtype.is_floating_point:
-                q, scale = quantize_weight(module.weight)
-                module._pl_int8 = (q, scale.to(act_dtype))  # type: ignore[assignment]
-                module.forward = _int8_forward(module, self)  # type: ignore[method-assign]
+                if mode == "bf16":
+                    packed: tuple[torch.Tensor, ...] = (
+                        module.weight.detach().to(torch.bfloat16).contiguous(),
+                    )
+                elif mode.startswith("int8x2"):
+                    q, scale = quantize_weight_2level(module.weight)
+                    packed = (q, scale.to(self.act_dtype))
+                else:
+                    q, scale = quantize_weight(module.weight)
+                    packed = (q, scale.to(self.act_dtype))
+                module._pl_lowp = packed  # type: ignore[assignment]
+                module.forward = _lowp_forward(module, self)  # type: ignore[method-assign]
                 self.linears.append(module)
-                self.bytes += q.numel() + scale.numel() * scale.element_size()
+                self.bytes += sum(t.numel() * t.element_size() for t in packed)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -171,24 +202,35 @@ class Int8Weights:
             self.on = previous
 
     def remove(self) -> None:
-        """Drop the int8 copies; the linears are plain again."""
+        """Drop the copies; the linears are plain again."""
         for module in self.linears:
-            del module._pl_int8
+            del module._pl_lowp
             del module.forward
         self.linears.clear()
         self.bytes = 0
 
 
-def _int8_forward(module: torch.nn.Linear, owner: Int8Weights) -> Callable[[torch.Tensor], Any]:
+#: Earlier name, kept for callers written against it.
+Int8Weights = QueryWeights
+
+
+def _lowp_forward(module: torch.nn.Linear, owner: QueryWeights) -> Callable[[torch.Tensor], Any]:
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not owner.on:
             return F.linear(x, module.weight, module.bias)
-        q, scale = module._pl_int8  # type: ignore[attr-defined]
+        packed = module._pl_lowp  # type: ignore[attr-defined]
         rows = x.reshape(-1, x.shape[-1]).to(owner.act_dtype).contiguous()
-        out = torch.ops.aten._weight_int8pack_mm(rows, q, scale).to(x.dtype)
+        n = module.out_features
+        if owner.mode == "bf16":
+            out = F.linear(rows, packed[0]).to(x.dtype)
+        elif owner.mode.startswith("int8x2"):
+            both = torch.ops.aten._weight_int8pack_mm(rows, packed[0], packed[1])
+            out = both[:, :n].to(x.dtype) + both[:, n:].to(x.dtype)
+        else:
+            out = torch.ops.aten._weight_int8pack_mm(rows, packed[0], packed[1]).to(x.dtype)
         if module.bias is not None:
             out = out + module.bias
-        return out.reshape(*x.shape[:-1], q.shape[0])
+        return out.reshape(*x.shape[:-1], n)
 
     return forward
 
@@ -218,11 +260,11 @@ def choose(
     plan: QueryPlan,
     *,
     run_exact: Callable[[], torch.Tensor],
-    make: Callable[[str], Int8Weights],
-    run_with: Callable[[Int8Weights], torch.Tensor],
+    make: Callable[[str], QueryWeights],
+    run_with: Callable[[QueryWeights], torch.Tensor],
     forced: bool = False,
     min_cosine: float | None = None,
-) -> tuple[QueryChoice, Int8Weights | None]:
+) -> tuple[QueryChoice, QueryWeights | None]:
     """Measure each candidate on whole queries against the exact path; keep the fastest
     that agrees (cosine >= ``min_cosine`` on every query) and, unless ``forced``, is faster.
 
@@ -243,7 +285,7 @@ def choose(
 
     exact, exact_s = timed(run_exact)
     choice.exact_s = round(exact_s, 4)
-    best: tuple[float, str, Int8Weights] | None = None
+    best: tuple[float, str, QueryWeights] | None = None
     for name in plan.candidates:
         weights = make(name)
         vecs, secs = timed(lambda w=weights: run_with(w))
@@ -272,7 +314,9 @@ def act_dtype(mode: str) -> torch.dtype:
 __all__ = [
     "MIN_QUERY_COSINE",
     "QUERY_WEIGHTS",
+    "CANDIDATES",
     "Int8Weights",
+    "QueryWeights",
     "QueryChoice",
     "QueryPlan",
     "act_dtype",

@@ -126,11 +126,13 @@ def test_int8_weights_compute_the_dequantised_model(tiny_model_dir):
     deq_model.prefix_cache = False  # the whole prompt through the (dequantised) weights
     deq = deq_model.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
     got, whole = {}, {}
-    for mode in ("int8-fp32", "int8-bf16"):
+    for mode in quant.CANDIDATES:
         emb = load_embedder(tiny_model_dir, device="cpu", dtype="float32", query_weights="exact")
         emb.embed_texts(["warm"], instruction=QUERY_INSTRUCTION)  # exact prompt-prefix cache
-        weights = quant.Int8Weights(emb._text_model, quant.act_dtype(mode))
+        weights = quant.QueryWeights(emb._text_model, mode)
         assert weights.bytes > 0 and len(weights.linears) == 2 * 7  # 2 layers x q,k,v,o,3 mlp
+        fp32_bytes = sum(m.weight.numel() * 4 for m in weights.linears)
+        assert weights.bytes < fp32_bytes / (3 if mode.startswith("int8-") else 1.9)
         with weights.active():
             got[mode] = emb.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
             emb.prefix_cache = False
@@ -143,6 +145,9 @@ def test_int8_weights_compute_the_dequantised_model(tiny_model_dir):
         assert not hasattr(emb._text_model.layers[0].mlp.up_proj, "_pl_int8")
     assert np.sum(whole["int8-fp32"] * deq, axis=1).min() > 0.99999
     assert np.sum(whole["int8-bf16"] * deq, axis=1).min() > 0.99
+    # two int8 levels and bf16 weights are far closer to the exact weights than one level
+    err = {m: 1 - np.sum(got[m] * ref_exact, axis=1).min() for m in got}
+    assert err["int8x2-bf16"] < err["int8-bf16"] and err["bf16"] < err["int8-bf16"]
     # the tiny model's weights (std 0.5) are far rougher than GME's; the full-size figure
     # (cosine >= 0.999) is measured by `pagelens bench`
     for vecs in got.values():
