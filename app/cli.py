@@ -112,7 +112,7 @@ def index(
                 ray_actor_cpus,
                 password,
                 text_only,
-                batch_size,
+                batch_size or 4,  # Ray actors: pages per actor call (memory is theirs)
                 ocr,
                 ocr_language,
             )
