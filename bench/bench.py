@@ -435,6 +435,7 @@ class BenchConfig:
         default_factory=lambda: ["int8-bf16", "int8x2-bf16", "bf16", "int8-fp32"]
     )
     query_reps: int = 1
+    queries_only: bool = False
     compile: bool = False
     skip_model: bool = False
     skip_vectors: bool = False
@@ -465,6 +466,75 @@ def _build(cfg: BenchConfig, dtype: str, **options: Any):
     from indexer.random_model import random_embedder
 
     return random_embedder(cfg.size, seed=cfg.seed, device=cfg.device, dtype=dtype, **options)
+
+
+def _build_text_only(cfg: BenchConfig) -> Any:
+    """The full-size decoder (random weights, float32) with a one-block vision tower: the
+    text-query path at full size in ~6 GB instead of ~9 (``--queries-only``)."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+    from transformers.initialization import no_init_weights
+
+    from indexer import random_model as rm
+    from indexer.gme import GmeEmbedder
+
+    config = rm.make_config(cfg.size)
+    config.vision_config.depth = 1
+    with torch.device(cfg.device), no_init_weights():
+        model = Qwen2VLForConditionalGeneration(config)
+    rm._randomize_fast_(model, std=rm._INIT_STD[cfg.size], seed=cfg.seed)
+    model.tie_weights()
+    return GmeEmbedder(
+        model.eval(),
+        rm.build_tokenizer(),
+        rm._make_image_processor(),
+        model_id=f"pagelens/random-gme-{cfg.size}-text-only-seed{cfg.seed}",
+        device=cfg.device,
+        query_weights="exact",
+    )
+
+
+def run_queries_only(cfg: BenchConfig, report: dict, texts: list[str]) -> None:
+    """Text queries only (``--queries-only``): exact float32 latency (with and without the
+    prompt-prefix cache) and the query-weight candidates against it, no pages."""
+    queries = (QUERIES * (cfg.queries // len(QUERIES) + 1))[: cfg.queries]
+    corpus = _corpus_texts(texts, cfg.corpus)
+    rank_queries = QUERIES[:8]
+    t = time.perf_counter()
+    emb = _build_text_only(cfg)
+    section: dict[str, Any] = {
+        "dtype": "float32",
+        "model_id": emb.model_id,
+        "text_only": "decoder at full size, vision tower cut to one block (unused by queries)",
+        "build_s_float32": _r(time.perf_counter() - t, 1),
+        "phases": {},
+    }
+    report["model"] = section
+    emb.prefix_cache = False
+    ref_text = {
+        "corpus": emb.embed_documents(texts=corpus),
+        "queries": emb.embed_queries(rank_queries),
+    }
+    emb.prefix_cache = True
+    idx = _query_index(ref_text["corpus"], cfg.query_collection, cfg.seed + 1)
+    section["phases"]["exact_float32"] = {
+        "dtype": "float32",
+        "budgets": {},
+        "query_uncached": query_latency(emb, idx, queries, cached=False),
+        "query": query_latency(emb, idx, queries, cached=True),
+    }
+    section["query_weights"] = query_weights_phase(
+        emb,
+        queries,
+        rank_queries,
+        ref_text,
+        candidates=cfg.query_candidates,
+        bandwidth=report.get("memory_bandwidth"),
+        reps=cfg.query_reps,
+    )
+    section["corpus_passages"] = len(corpus)
+    del emb, idx
+    gc.collect()
 
 
 def _set_budget(emb: Any, tokens: int) -> None:
@@ -676,7 +746,7 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
     on_cpu = cfg.device == "cpu"
     queries = (QUERIES * (cfg.queries // len(QUERIES) + 1))[: cfg.queries]
     corpus = _corpus_texts(texts, cfg.corpus)
-    rank_queries = queries[: min(8, len(queries))]
+    rank_queries = QUERIES[:8]  # the retrieval check: 8 queries, whatever --queries is
     section: dict[str, Any] = {"dtype": dtype, "batch_size": cfg.batch_size, "phases": {}}
     report["model"] = section
     ref: dict[int, np.ndarray] = {}
@@ -1209,6 +1279,19 @@ def summary(report: dict) -> str:
                 lines.append(
                     f"  {name:17s} top-10 overlap vs fp32: {ph['top10_overlap_vs_float32']}"
                 )
+    qw = (model or {}).get("query_weights")
+    if qw:
+        lines.append(
+            f"  text-query weights (floor exact fp32: {qw.get('floor_s_exact')} s; "
+            f"auto here: {qw.get('auto_choice', {}).get('mode')})"
+        )
+        for name, c in qw["candidates"].items():
+            agree = c.get("agreement_vs_float32", {})
+            lines.append(
+                f"    {name:12s} p50 {c['p50_s']} s (exact {c['exact_p50_s_same_run']} s, "
+                f"x{c['speedup_vs_exact']}), floor {c['floor_s']} s, cos min "
+                f"{agree.get('cosine_min')}, top-10 {c.get('top10_overlap_vs_float32')}"
+            )
     vec = report.get("vectors")
     if vec:
         for n, row in vec["sizes"].items():
@@ -1294,7 +1377,10 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
             pdf = Path(cfg.pdf) if cfg.pdf else _default_pdf(cfg.pages, Path(tmp))
             images, texts, rendering = render(pdf, cfg.pages, max(cfg.budgets))
             report["rendering"] = rendering
-            run_model(cfg, report, report["matmul_peak"], images, texts)
+            if cfg.queries_only:
+                run_queries_only(cfg, report, texts)
+            else:
+                run_model(cfg, report, report["matmul_peak"], images, texts)
         if cfg.ray_actors:
             from bench.ray_bench import run_ray
 
@@ -1379,6 +1465,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     )
     p.add_argument("--query-reps", type=int, default=1, help="passes over the queries (A2)")
     p.add_argument(
+        "--queries-only",
+        action="store_true",
+        help="text queries only: exact fp32 vs the query-weight candidates, full-size decoder "
+        "with a one-block vision tower (~6 GB), no page phases",
+    )
+    p.add_argument(
         "--compile", action="store_true", help="also measure the torch.compile'd exact path"
     )
     p.add_argument("--skip-model", action="store_true")
@@ -1432,6 +1524,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         skip_int8=a.skip_int8,
         query_candidates=[c.strip() for c in a.query_candidates.split(",") if c.strip()],
         query_reps=a.query_reps,
+        queries_only=a.queries_only,
         compile=a.compile,
         skip_model=a.skip_model,
         skip_vectors=a.skip_vectors,

@@ -1,19 +1,33 @@
-"""CPU features and the weight-only int8 query path.
+"""CPU features and the low-precision text-query path.
 
 Why: a text query runs ~20 tokens through GME's 28-layer decoder, so on a CPU it is bound by
 memory bandwidth, not arithmetic: the ~1.3 B decoder weights are read once per query (5.2 GB
 in float32; ~0.6 s at 9 GB/s). Only smaller weights go faster. Dynamic int8 (``--quantize
 int8``) also rounds the *activations* to 8 bits, and its vectors drift enough to change
-rankings; here the weights alone are int8 (symmetric, one scale per output channel) and the
-activations stay in 16- or 32-bit floats, with float32 accumulation, through torch's
-``aten._weight_int8pack_mm`` (the kernel torchao's int8 weight-only config uses). The
-residual stream, norms, attention and pooling stay float32.
+rankings. Here only the weights shrink, activations stay in 16- or 32-bit floats with
+float32 accumulation, and the residual stream, norms, attention and pooling stay float32.
 
-Only text inputs take this path (queries); pages keep the exact weights, so the int8 copy
-is extra memory (~1.3 GB for GME-2B), made on the first text query. Which activation dtype
-is fast depends on the CPU: the kernel's bfloat16 path is vectorised on AVX2 and AVX-512,
-its float32 path is not (10-20x slower than a float32 matmul), so features are read at run
-time (:func:`cpu_flags`, injectable) and the candidates measured on whole queries.
+Candidates (:data:`CANDIDATES`), measured by ``pagelens bench`` (``model.query_weights``):
+
+* ``int8-bf16``: int8 weights, one scale per output channel, bf16 activations, through
+  ``aten._weight_int8pack_mm`` (torchao's int8 weight-only kernel). 1 byte per weight. On
+  the full-size random-weight model its query vectors reach cosine ~0.998 to float32
+  (top-10 overlap 0.98): the weight rounding alone (~0.75% of a weight's spread) is too
+  coarse for the 0.999 bar.
+* ``int8x2-bf16``: two int8 levels (the second quantises the first's error; ~15-bit
+  weights), the same kernel in one pass over stacked rows. 2 bytes per weight; cosine
+  ~0.9997, same top-10.
+* ``bf16``: bf16 weights and activations. 2 bytes per weight; cosine ~0.9998.
+* ``int8-fp32``: int8 weights, float32 activations; the kernel's float32 path is not
+  vectorised (10-20x slower than a float32 matmul on AVX2 and AVX-512), kept for the record.
+
+Only text inputs take this path (queries); pages keep the exact weights, so a copy is extra
+memory (1.3-2.6 GB for GME-2B), made on the first text query by
+:meth:`indexer.gme.GmeEmbedder.prepare_queries`, which keeps a candidate only if, measured
+there on whole queries, it agrees with the exact path (cosine >= :data:`MIN_QUERY_COSINE`)
+and is faster. CPU features are read at run time (:func:`cpu_flags`, injectable): ``auto``
+tries candidates only on x86 CPUs with AVX2/AVX-512 and **without** native bf16 (those run
+the whole model in bf16 already).
 """
 
 from __future__ import annotations
@@ -40,6 +54,9 @@ MIN_QUERY_COSINE = 0.999
 #: bf16; activations in the named dtype.
 CANDIDATES = ("int8-bf16", "int8-fp32", "int8x2-bf16", "bf16")
 QUERY_WEIGHTS = ("auto", "exact", "int8", *CANDIDATES)
+#: What ``auto`` tries, fewest bytes first; the first that agrees and is faster is kept
+#: (trying them all would hold two extra weight copies at once).
+AUTO_ORDER = ("int8-bf16", "int8x2-bf16", "bf16")
 _ACT_DTYPES = {
     "int8-bf16": torch.bfloat16,
     "int8-fp32": torch.float32,
@@ -135,7 +152,7 @@ def plan_query_weights(
         return QueryPlan((), "CPU has native bf16 (the model's auto dtype covers it)")
     if not int8_weight_kernel_vectorised(flags, machine):
         return QueryPlan((), "no AVX2/AVX-512: the int8 kernel is not vectorised here")
-    return QueryPlan(("int8-bf16",), "x86 CPU without native bf16")
+    return QueryPlan(AUTO_ORDER, "x86 CPU without native bf16")
 
 
 # --------------------------------------------------------------------------- int8 weights
@@ -265,8 +282,10 @@ def choose(
     forced: bool = False,
     min_cosine: float | None = None,
 ) -> tuple[QueryChoice, QueryWeights | None]:
-    """Measure each candidate on whole queries against the exact path; keep the fastest
-    that agrees (cosine >= ``min_cosine`` on every query) and, unless ``forced``, is faster.
+    """Measure the candidates, in order, on whole queries against the exact path; keep the
+    first that agrees (cosine >= ``min_cosine`` on every query) and, unless ``forced``, is
+    faster. Candidates come fewest weight bytes first, so the first that holds is also the
+    one that can go fastest; stopping there keeps at most one extra copy in memory.
 
     ``run_exact``/``run_with`` embed a fixed set of calibration queries (unit rows); each
     runs twice and the second run is timed (the first pays one-off allocations).
@@ -293,12 +312,10 @@ def choose(
         holds = cos >= min_cosine
         faster = secs < exact_s
         choice.candidates[name] = {"cosine_min": round(cos, 6), "s": round(secs, 4), "holds": holds}
-        if holds and (faster or forced) and (best is None or secs < best[0]):
-            if best is not None:
-                best[2].remove()
+        if holds and (faster or forced):
             best = (secs, name, weights)
-        else:
-            weights.remove()
+            break
+        weights.remove()
     if best is None:
         choice.reason += "; no candidate held (agreement or speed): exact"
         return choice, None
@@ -314,6 +331,7 @@ def act_dtype(mode: str) -> torch.dtype:
 __all__ = [
     "MIN_QUERY_COSINE",
     "QUERY_WEIGHTS",
+    "AUTO_ORDER",
     "CANDIDATES",
     "Int8Weights",
     "QueryWeights",
