@@ -30,6 +30,7 @@ import numpy as np
 
 from indexer.embedder import Embedder
 from indexer.errors import DocumentError, EmbeddingError, PageLensError
+from indexer.memory import BatchChoice
 from indexer.pages import (
     PageRenderError,
     RenderSettings,
@@ -194,7 +195,7 @@ class Indexer:
         if isinstance(hint, int) and (self.batch_size is None or hint > self.batch_size):
             self.batch_size = hint
         #: What the automatic choice decided in the last :meth:`embed_pending`, if it ran.
-        self.batch_choice = None
+        self.batch_choice: BatchChoice | None = None
         self.commit_every = max(1, int(commit_every))
         stored = store.render_settings()
         if settings is None and stored:

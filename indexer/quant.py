@@ -205,8 +205,8 @@ class QueryWeights:
                 else:
                     q, scale = quantize_weight(module.weight)
                     packed = (q, scale.to(self.act_dtype))
-                module._pl_lowp = packed  # type: ignore[assignment]
-                module.forward = _lowp_forward(module, self)  # type: ignore[method-assign]
+                # an instance attribute shadows the class's forward; state_dict is untouched
+                setattr(module, "forward", _lowp_forward(module, self, packed))  # noqa: B010
                 self.linears.append(module)
                 self.bytes += sum(t.numel() * t.element_size() for t in packed)
 
@@ -221,7 +221,6 @@ class QueryWeights:
     def remove(self) -> None:
         """Drop the copies; the linears are plain again."""
         for module in self.linears:
-            del module._pl_lowp
             del module.forward
         self.linears.clear()
         self.bytes = 0
@@ -231,11 +230,12 @@ class QueryWeights:
 Int8Weights = QueryWeights
 
 
-def _lowp_forward(module: torch.nn.Linear, owner: QueryWeights) -> Callable[[torch.Tensor], Any]:
+def _lowp_forward(
+    module: torch.nn.Linear, owner: QueryWeights, packed: tuple[torch.Tensor, ...]
+) -> Callable[[torch.Tensor], torch.Tensor]:
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not owner.on:
             return F.linear(x, module.weight, module.bias)
-        packed = module._pl_lowp  # type: ignore[attr-defined]
         rows = x.reshape(-1, x.shape[-1]).to(owner.act_dtype).contiguous()
         n = module.out_features
         if owner.mode == "bf16":
@@ -307,7 +307,11 @@ def choose(
     best: tuple[float, str, QueryWeights] | None = None
     for name in plan.candidates:
         weights = make(name)
-        vecs, secs = timed(lambda w=weights: run_with(w))
+
+        def candidate(w: QueryWeights = weights) -> torch.Tensor:
+            return run_with(w)
+
+        vecs, secs = timed(candidate)
         cos = float((vecs * exact).sum(-1).min())
         holds = cos >= min_cosine
         faster = secs < exact_s
