@@ -166,7 +166,7 @@ def embedding_status(ws: Workspace, model: ModelLoader) -> None:
         eta = f" · about {format_duration(est)} ({how})" if est is not None else ""
         st.info(
             f"{stats.pending} of {stats.pages} pages wait for vectors{eta}. "
-            "Text search already covers them; visual search once embedded."
+            "Until then every search finds them through their text layer."
         )
         if st.button(
             "Embed pending pages",
