@@ -56,7 +56,7 @@ def mcp_cmd(
             store, opts.embedder, image_settings=ExportSettings(max_side=max_side)
         )
         if not http:
-            say(f"PageLens MCP server on stdio, collection {store.path}")
+            say(f"PageLens MCP server on stdio, collection {store.location}")
             server.run("stdio")
             return
         import uvicorn
@@ -64,7 +64,7 @@ def mcp_cmd(
         app: Any = server.streamable_http_app(host=host)
         if api_key:
             app = _BearerGuard(app, api_key)
-        say(f"PageLens MCP server on http://{host}:{port}/mcp, collection {store.path}")
+        say(f"PageLens MCP server on http://{host}:{port}/mcp, collection {store.location}")
         uvicorn.run(app, host=host, port=port, log_level="warning")
 
     run_guarded(body)

@@ -71,7 +71,7 @@ def serve(
 
         llm = LLMSettings.from_env()  # bad PAGELENS_LLM_* values fail here, at start
         embedder = opts.embedder()
-        default_dir = opts.collection_dir
+        default_dir = opts.collection_spec
 
         def resolver(name: str | None):
             # The operator's --collection (a name or a path) is the default; requests may

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from indexer.embedder import Embedder
 from indexer.errors import ModelNotAvailableError, PageLensError
-from indexer.store import Collection
+from indexer.stores import Store
 from retriever.export import ExportSettings, citation, encode_page
 from retriever.search import Hit, Retriever, snippet
 
@@ -105,7 +105,7 @@ def _error(message: str) -> CallToolResult:
 
 
 def build_server(
-    store: Collection,
+    store: Store,
     model_loader: Callable[[], Embedder] | None,
     *,
     image_settings: ExportSettings | None = None,
@@ -235,7 +235,7 @@ def _hit_dict(hit: Hit) -> dict:
     return json.loads(json.dumps(out))
 
 
-def page_hit(store: Collection, document: str, page: int) -> Hit:
+def page_hit(store: Store, document: str, page: int) -> Hit:
     """One stored page as a :class:`Hit` (score 0), by document name or id and number."""
     doc = store.document(document)
     ids = store.page_ids(documents=[doc.id], first=page, last=page)

@@ -1,4 +1,4 @@
-"""Indexing: files -> pages -> vectors, into a :class:`~indexer.store.Collection`.
+"""Indexing: files -> pages -> vectors, into a store (:class:`~indexer.stores.base.Store`).
 
 Two phases, so that a person can search at once and nothing is lost on interruption:
 
@@ -38,7 +38,7 @@ from indexer.pages import (
     iter_input_files,
     render_pages,
 )
-from indexer.store import Collection
+from indexer.stores import Store
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class Indexer:
 
     def __init__(
         self,
-        store: Collection,
+        store: Store,
         embedder: Embedder | None = None,
         *,
         settings: RenderSettings | None = None,

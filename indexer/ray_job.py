@@ -54,7 +54,8 @@ from indexer.pages import (
     render_pages,
 )
 from indexer.pipeline import FileResult, IndexReport, Progress, ProgressFn
-from indexer.store import Collection, EncodedImage
+from indexer.store import EncodedImage
+from indexer.stores import Store
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +411,7 @@ class RayIndexer:
 
     def __init__(
         self,
-        store: Collection,
+        store: Store,
         *,
         model: str | None = None,
         load: dict[str, Any] | None = None,

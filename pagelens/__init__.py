@@ -27,10 +27,9 @@ from typing import Any
 from PIL import Image
 
 from indexer.catalog import Document
-from indexer.config import collection_path
 from indexer.embedder import Embedder
 from indexer.pipeline import Indexer, IndexReport, ProgressFn
-from indexer.store import Collection
+from indexer.stores import Store, open_collection
 from retriever.ask import Answer, AnswerStream, LLMSettings, ask, ask_stream, check_page_count
 from retriever.export import to_markdown, to_openai_messages
 from retriever.search import Hit, PageRange, Retriever
@@ -56,14 +55,14 @@ class PageLens:
         embedder: Embedder | None = None,
         device: str | None = None,
         dtype: Any = None,
-        store: Collection | None = None,
+        store: Store | None = None,
         **options: Any,
     ) -> None:
         if store is not None and collection is not None:
             raise ValueError("give a collection name/folder or an open store, not both")
         if embedder is not None and (model is not None or device or dtype or options):
             raise ValueError("give a loaded embedder or the options to load one, not both")
-        self.store = store if store is not None else Collection(collection_path(collection))
+        self.store = store if store is not None else open_collection(collection)
         self._embedder = embedder
         self._load = {"model": model, "device": device, "dtype": dtype, **options}
         self._retriever: Retriever | None = None
@@ -193,7 +192,7 @@ class PageLens:
 
     def __repr__(self) -> str:
         model = getattr(self._embedder, "model_id", None) or self._load.get("model") or "lazy"
-        return f"PageLens({str(self.store.path)!r}, model={str(model)!r})"
+        return f"PageLens({self.store.location!r}, model={str(model)!r})"
 
 
 __all__ = ["Hit", "IndexReport", "PageLens", "PageRange"]

@@ -28,10 +28,14 @@ from indexer.embedder import Embedder
 from indexer.errors import QueryError
 from indexer.imageio import ImageRefusedError, decode_image
 from indexer.pages import RenderSettings, fit_image
-from indexer.store import Collection
+from indexer.stores.base import (  # noqa: F401 (RRF_K, reciprocal_rank_fusion: re-exported)
+    RRF_K,
+    PageFilter,
+    Store,
+    reciprocal_rank_fusion,
+)
 
 MODES = ("visual", "text", "hybrid")
-RRF_K = 60
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class PageRange:
 class Retriever:
     """Searches one collection with an injected embedder (None: text search only)."""
 
-    def __init__(self, embedder: Embedder | None, store: Collection) -> None:
+    def __init__(self, embedder: Embedder | None, store: Store) -> None:
         self.embedder = embedder
         self.store = store
         if embedder is not None and store.model_id is not None:
@@ -149,11 +153,9 @@ class Retriever:
             raise QueryError("Text search needs words; an image query needs visual mode.")
         if image is not None:
             image = fit_image(image, self.render_settings())
-        allowed = self._allowed_ids(documents, pages)
-        if allowed is not None and not allowed:
-            return []
+        where = self._filter(documents, pages)
         if mode == "visual":
-            ranked = self._visual(query, image, k, allowed)
+            ranked = self._visual(query, image, k, where)
             scores = {pid: {"visual": s} for pid, s in ranked}
             waiting = self._pending_ids(allowed) if query else []
             if waiting:
@@ -164,13 +166,15 @@ class Retriever:
                 if txt:
                     ranked, scores = reciprocal_rank_fusion({"visual": ranked, "text": txt}, k)
         elif mode == "text":
-            ranked = self.store.search_text(query, k, page_ids=allowed)
+            ranked = self.store.search_text(query, k, where=where)
             scores = {pid: {"text": s} for pid, s in ranked}
         else:
-            depth = max(50, 4 * k)
-            vis = self._visual(query, image, depth, allowed)
-            txt = self.store.search_text(query, depth, page_ids=allowed) if query else []
-            ranked, scores = reciprocal_rank_fusion({"visual": vis, "text": txt}, k)
+            # Both rankings to the same depth, fused by RRF inside the store (Milvus:
+            # hybrid_search with RRFRanker(RRF_K); local: reciprocal_rank_fusion).
+            vector = self.embed_query(query, image) if self.store.dim is not None else None
+            ranked, scores = self.store.search_hybrid(
+                vector, query, k, depth=max(50, 4 * k), where=where
+            )
         return self._hits(ranked, scores, query)
 
     def _pending_ids(self, allowed: list[int] | None) -> list[int]:
@@ -207,22 +211,24 @@ class Retriever:
         return self.embedder.embed_queries([query])[0]
 
     def _visual(
-        self, query: str, image: Image.Image | None, k: int, allowed: list[int] | None
+        self, query: str, image: Image.Image | None, k: int, where: PageFilter | None
     ) -> list[tuple[int, float]]:
         if self.store.dim is None:
             return []  # nothing embedded yet (e.g. after 'index --text-only')
         vector = self.embed_query(query, image)
-        return self.store.search(vector, k, page_ids=allowed)
+        return self.store.search(vector, k, where=where)
 
-    def _allowed_ids(
+    def _filter(
         self, documents: Sequence[str | int] | None, pages: PageRange | str | None
-    ) -> list[int] | None:
+    ) -> PageFilter | None:
+        """Documents (by name or id) and a page range as a filter the store applies inside
+        its search (never to a top-k afterwards)."""
         if isinstance(pages, str):
             pages = PageRange.parse(pages)
         if not documents and pages is None:
             return None
-        doc_ids = [self.store.document(d).id for d in documents] if documents else None
-        return self.store.page_ids(
+        doc_ids = tuple(self.store.document(d).id for d in documents) if documents else None
+        return PageFilter(
             documents=doc_ids,
             first=pages.first if pages else None,
             last=pages.last if pages else None,
@@ -255,20 +261,6 @@ class Retriever:
                 )
             )
         return hits
-
-
-def reciprocal_rank_fusion(
-    rankings: dict[str, list[tuple[int, float]]], k: int, *, rrf_k: int = RRF_K
-) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
-    """Fuse rankings by RRF; returns the top ``k`` and each page's per-ranking scores."""
-    fused: dict[int, float] = {}
-    parts: dict[int, dict[str, float]] = {}
-    for name, ranking in rankings.items():
-        for rank, (pid, score) in enumerate(ranking, start=1):
-            fused[pid] = fused.get(pid, 0.0) + 1.0 / (rrf_k + rank)
-            parts.setdefault(pid, {})[name] = score
-    order = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
-    return order, parts
 
 
 def snippet(text: str, query: str, *, width: int = 240) -> str:

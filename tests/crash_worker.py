@@ -35,11 +35,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from indexer import pipeline, vectors  # noqa: E402
-from indexer import store as store_mod
 from indexer.embedder import FakeEmbedder  # noqa: E402
 from indexer.pages import RenderSettings  # noqa: E402
 from indexer.pipeline import Indexer  # noqa: E402
 from indexer.store import Collection  # noqa: E402
+from indexer.stores import local as store_mod
 
 #: Small pages (16 visual tokens) keep the subprocess tests fast; the logic is the same.
 SETTINGS = RenderSettings(max_pixels=16 * 28 * 28)

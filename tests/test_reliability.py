@@ -26,13 +26,13 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from indexer import catalog
-from indexer import store as store_mod
 from indexer.embedder import FakeEmbedder
 from indexer.errors import CollectionError
 from indexer.integrity import check
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.store import PAGES_DIR, Collection
+from indexer.stores import local as store_mod
 from tests.pdfs import (
     TOPICS,
     make_broken_xref_pdf,

@@ -176,7 +176,7 @@ def test_index_built_before_model_bound_is_rebuilt(tmp_path):
 
 
 def test_large_collection_switches_to_ivf_and_stays_exact_enough(tmp_path, monkeypatch):
-    import indexer.store as store_mod
+    import indexer.stores.local_vectors as store_mod
     from indexer.vectors import VectorIndex
 
     monkeypatch.setattr(store_mod, "APPROX_THRESHOLD", 2000)

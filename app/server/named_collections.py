@@ -11,7 +11,8 @@ from pathlib import Path
 from app.server.errors import ApiError
 from indexer.config import collection_path, home
 from indexer.errors import CollectionError
-from indexer.store import CATALOG, Collection
+from indexer.store import CATALOG
+from indexer.stores import Store, is_milvus_spec, open_collection
 
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -38,26 +39,28 @@ def resolve_collection_name(name: str | None) -> Path:
 class CollectionCache:
     """Opened collections by folder, shared by all requests (thread-safe)."""
 
-    def __init__(self, resolver: Callable[[str | None], Path]) -> None:
+    def __init__(self, resolver: Callable[[str | None], Path | str]) -> None:
         self.resolver = resolver
-        self._open: dict[Path, Collection] = {}
+        self._open: dict[Path | str, Store] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str | None) -> Collection:
-        path = Path(self.resolver(name))
+    def get(self, name: str | None) -> Store:
+        spec = self.resolver(name)
+        # A Milvus address (the operator's --collection) stays a string; folders are paths.
+        path: Path | str = spec if is_milvus_spec(spec) else Path(spec)
         with self._lock:
             store = self._open.get(path)
             if store is not None:
                 return store
-            if not (path / CATALOG).is_file():
+            if isinstance(path, Path) and not (path / CATALOG).is_file():
                 raise ApiError(
                     404,
-                    f"No collection {name or path.name!r} on this server.",
+                    f"No collection {name or Path(path).name!r} on this server.",
                     param="collection",
                     code="collection_not_found",
                 )
             try:
-                store = Collection(path, create=False)
+                store = open_collection(path, create=False)
             except CollectionError as exc:
                 raise ApiError(
                     404,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.parse
+from pathlib import Path
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
@@ -111,6 +112,8 @@ def page_image(
         message = state.collections.scrub(str(exc), collection)
         raise ApiError(404, message, param="page_id", code="page_not_found") from exc
     path = store.image_path(page).resolve()
-    if store.path.resolve() not in path.parents or not path.is_file():
+    root = getattr(store, "path", None)  # a local collection: only files inside its folder
+    inside = root is None or Path(root).resolve() in path.parents
+    if not inside or not path.is_file():
         raise ApiError(404, f"The image of page {page_id} is missing.", code="page_not_found")
     return FileResponse(path, media_type="image/png")
