@@ -66,3 +66,69 @@ def llm_stub(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PAGELENS_LLM_API_KEY", "sk-test-key")
     yield stub
     stub.stop()
+
+
+# -- store engines -------------------------------------------------------------------------
+# Behavioural store/retriever/CLI tests take ``store_spec`` (or ``open_store``) and run once
+# per engine: the local folder and Milvus (a real milvus-lite gRPC server on a loopback port,
+# shared by the session; each test gets its own collection name).
+
+ENGINES = ("local", "milvus")
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+    from tests.milvus_server import MilvusServer, milvus_lite_command
+
+    if milvus_lite_command() is None:
+        pytest.skip("milvus-lite is not installed (the milvus extra)")
+    server = MilvusServer(tmp_path_factory.mktemp("milvus") / "data").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store_spec(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh collection spec for the engine: a folder, or ``milvus://127.0.0.1:P/NAME``."""
+    if engine == "local":
+        yield str(tmp_path / "collection")
+        return
+    server = request.getfixturevalue("milvus_server")
+    import uuid
+
+    spec = f"milvus://{server.address}/t_{uuid.uuid4().hex[:12]}"
+    yield spec
+    from indexer.stores.milvus import MilvusCollection
+
+    try:
+        store = MilvusCollection.from_spec(spec, create=False)
+    except Exception:
+        return
+    store.drop()
+    store.close()
+
+
+@pytest.fixture
+def open_store(store_spec: str):
+    """``open_store(**kw)`` opens the test's collection (the same one on every call)."""
+    from indexer.stores import open_collection
+
+    opened = []
+
+    def make(**kwargs):
+        store = open_collection(store_spec, **kwargs)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        try:
+            store.close()
+        except Exception:
+            pass

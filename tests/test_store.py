@@ -14,7 +14,7 @@ from indexer.errors import (
     DocumentNotFoundError,
     ModelMismatchError,
 )
-from indexer.store import CATALOG, VECTORS, Collection, fts_query
+from indexer.store import CATALOG, VECTORS, Collection, PageFilter, fts_query
 
 
 def _unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -35,16 +35,15 @@ def _add_doc(store: Collection, name: str, n: int, sha: str | None = None) -> li
     return ids
 
 
-def test_round_trip_and_reopen_identical(tmp_path):
-    path = tmp_path / "c"
-    store = Collection(path, model_id="m", dim=8)
+def test_round_trip_and_reopen_identical(open_store):
+    store = open_store(model_id="m", dim=8)
     vecs = _unit(5, 8)
     with store.writing():
         ids = _add_doc(store, "a.pdf", 5)
         store.set_vectors(ids, vecs)
     before = store.search(vecs[2], 3)
     store.close()
-    again = Collection(path, model_id="m", dim=8)
+    again = open_store(model_id="m", dim=8)
     after = again.search(vecs[2], 3)
     assert before == after
     assert after[0][0] == ids[2] and after[0][1] == pytest.approx(1.0, abs=1e-5)
@@ -55,18 +54,18 @@ def test_round_trip_and_reopen_identical(tmp_path):
     assert again.image_path(page).is_file() and page.number == 1
 
 
-def test_model_mismatch_is_a_clear_error(tmp_path):
-    Collection(tmp_path / "c", model_id="org/model-a", dim=8).close()
+def test_model_mismatch_is_a_clear_error(open_store):
+    open_store(model_id="org/model-a", dim=8).close()
     with pytest.raises(ModelMismatchError, match="model-a"):
-        Collection(tmp_path / "c", model_id="org/model-b", dim=8)
+        open_store(model_id="org/model-b", dim=8)
     with pytest.raises(ModelMismatchError):
-        Collection(tmp_path / "c", model_id="org/model-a", dim=16)
+        open_store(model_id="org/model-a", dim=16)
     # a local folder with the model's name is the same model
-    Collection(tmp_path / "c", model_id="/models/model-a", dim=8).close()
+    open_store(model_id="/models/model-a", dim=8).close()
 
 
-def test_remove_document_removes_rows_vectors_images(tmp_path):
-    store = Collection(tmp_path / "c", model_id="m", dim=8)
+def test_remove_document_removes_rows_vectors_images(open_store):
+    store = open_store(model_id="m", dim=8)
     with store.writing():
         a = _add_doc(store, "a.pdf", 3)
         b = _add_doc(store, "b.pdf", 2)
@@ -82,7 +81,7 @@ def test_remove_document_removes_rows_vectors_images(tmp_path):
         store.document("a.pdf")
     # reopening agrees with the in-memory state
     store.close()
-    assert {pid for pid, _ in Collection(tmp_path / "c").search(_unit(1, 8)[0], 10)} == set(b)
+    assert {pid for pid, _ in open_store().search(_unit(1, 8)[0], 10)} == set(b)
 
 
 def test_faiss_file_lost_or_stale_is_rebuilt_from_catalog(tmp_path):
@@ -98,9 +97,9 @@ def test_faiss_file_lost_or_stale_is_rebuilt_from_catalog(tmp_path):
     assert len(again.index()) == 4
 
 
-def test_reader_sees_vectors_committed_by_a_writer(tmp_path):
-    writer = Collection(tmp_path / "c", model_id="m", dim=8)
-    reader = Collection(tmp_path / "c")
+def test_reader_sees_vectors_committed_by_a_writer(open_store):
+    writer = open_store(model_id="m", dim=8)
+    reader = open_store()
     vecs = _unit(3, 8)
     assert reader.search(vecs[0], 1) == []
     with writer.writing():
@@ -109,8 +108,8 @@ def test_reader_sees_vectors_committed_by_a_writer(tmp_path):
     assert reader.search(vecs[0], 1)[0][0] == ids[0]
 
 
-def test_filtered_search_and_text_search(tmp_path):
-    store = Collection(tmp_path / "c", model_id="m", dim=8)
+def test_filtered_search_and_text_search(open_store):
+    store = open_store(model_id="m", dim=8)
     with store.writing():
         a = _add_doc(store, "a.pdf", 3)
         b = _add_doc(store, "b.pdf", 3)
@@ -119,7 +118,10 @@ def test_filtered_search_and_text_search(tmp_path):
     assert set(only_b) == set(b)
     hits = store.search(_unit(1, 8, 9)[0], 10, page_ids=only_b)
     assert {pid for pid, _ in hits} == set(b)
-    assert store.page_ids(first=2, last=2) == [a[1], b[1]]
+    where = PageFilter(documents=(store.document("b.pdf").id,), first=2)
+    assert {pid for pid, _ in store.search(_unit(1, 8, 9)[0], 10, where=where)} == set(b[1:])
+    assert {pid for pid, _ in store.search_text("page", 10, where=where)} == set(b[1:])
+    assert sorted(store.page_ids(first=2, last=2)) == sorted([a[1], b[1]])
     text_hits = store.search_text('b.pdf "page" 3', 2)
     assert text_hits[0][0] == b[2]
     assert store.search_text("zzzz-nothing", 5) == []
@@ -152,14 +154,14 @@ def test_not_a_folder_is_refused(tmp_path):
         Collection(tmp_path / "missing", create=False)
 
 
-def test_set_vectors_twice_replaces(tmp_path):
-    store = Collection(tmp_path / "c", model_id="m", dim=8)
+def test_set_vectors_twice_replaces(open_store):
+    store = open_store(model_id="m", dim=8)
     v = _unit(2, 8)
     with store.writing():
         ids = _add_doc(store, "a.pdf", 1)
         store.set_vectors(ids, v[:1])
         store.set_vectors(ids, v[1:])
-    assert len(store.index()) == 1
+    assert store.stats().embedded == 1 and len(store.search(v[1], 5)) == 1
     assert store.search(v[1], 1)[0][1] == pytest.approx(1.0, abs=1e-5)
 
 
