@@ -486,7 +486,7 @@ def make_model(
 # The other command modules register on app.cli_root.cli when imported (they import
 # cli_root, never this module: no import cycle). Imported after the core commands so that
 # --help lists those first.
-from app import cli_ask, cli_bench, cli_check, cli_eval, cli_mcp, cli_serve  # noqa: E402,F401,I001
+from app import cli_ask, cli_bench, cli_check, cli_eval, cli_mcp, cli_migrate, cli_serve  # noqa: E402,F401,I001
 
 
 def main() -> None:

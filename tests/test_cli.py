@@ -14,8 +14,10 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def env(tiny_model_dir, monkeypatch, tmp_path):
+def env(tiny_model_dir, monkeypatch, tmp_path, store_spec):
+    """The tiny model, and the test's collection on each engine (folder, then Milvus)."""
     monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("PAGELENS_COLLECTION", store_spec)
     return tmp_path
 
 
