@@ -75,10 +75,13 @@ class CollectionCache:
         """``message`` with the collection's folder (and PAGELENS_HOME) replaced by its name:
         error bodies must not tell clients where the server keeps its files."""
         try:
-            path = Path(self.resolver(name))
+            spec = self.resolver(name)
         except ApiError:
             return message
+        path = Path(spec)
         label = repr(name or path.name)
+        if is_milvus_spec(spec):  # the server's Milvus address is not the client's business
+            return message.replace(str(spec), label)
         for folder in sorted({str(path / CATALOG), str(path.resolve() / CATALOG)}, key=len)[::-1]:
             message = message.replace(folder, f"the catalog of collection {label}")
         for folder in sorted({str(path), str(path.resolve())}, key=len, reverse=True):

@@ -106,7 +106,7 @@ def page_image(
     store = state.collections.get(collection)
     try:
         if not 0 <= page_id <= MAX_ID:  # SQLite integers end at 2**63 - 1
-            raise DocumentNotFoundError(f"No page {page_id} in collection {store.path}.")
+            raise DocumentNotFoundError(f"No page {page_id} in collection {store.location}.")
         page = store.page(page_id)
     except DocumentNotFoundError as exc:
         message = state.collections.scrub(str(exc), collection)
