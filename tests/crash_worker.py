@@ -39,7 +39,8 @@ from indexer.embedder import FakeEmbedder  # noqa: E402
 from indexer.pages import RenderSettings  # noqa: E402
 from indexer.pipeline import Indexer  # noqa: E402
 from indexer.store import Collection  # noqa: E402
-from indexer.stores import local as store_mod
+from indexer.stores import local as store_mod  # noqa: E402
+from indexer.stores import open_collection  # noqa: E402
 
 #: Small pages (16 visual tokens) keep the subprocess tests fast; the logic is the same.
 SETTINGS = RenderSettings(max_pixels=16 * 28 * 28)
@@ -118,7 +119,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.pause_at:
         point, n = args.pause_at.split(":")
         pause_at = (point, int(n))
-    collection = Collection(args.collection)
+    collection = open_collection(args.collection)  # a folder or a milvus:// address
     embedder = _instrument(collection, Path(args.log), pause_at, args.slow)
     indexer = Indexer(collection, embedder, settings=SETTINGS, batch_size=2, commit_every=4)
     print("STARTED", flush=True)

@@ -227,17 +227,21 @@ class MilvusCollection(ModelBinding):
             f"{name}_documents",
             f"{name}_meta",
         )
-        exists = self._call("listing collections", self.client.has_collection, self.meta_name)
-        if not exists:
-            if not create:
-                self.client.close()
-                raise CollectionError(f"No collection {address.spec}.")
-            self._create_meta()
+        has = self.client.has_collection
+        exists = self._call("listing collections", has, self.meta_name)
+        if not exists and not create:
+            self.client.close()
+            raise CollectionError(f"No collection {address.spec}.")
+        # Documents first, meta last: a meta collection means the rest exists (another
+        # process may be creating it this very moment; creation tolerates that race).
+        if not self._call("listing collections", has, self.docs_name):
             self._create_documents()
-            self._set_meta({"created_at": utcnow(), "engine": "milvus"})
-        else:
-            for coll in (self.meta_name, self.docs_name):
-                self._call("loading", self.client.load_collection, coll)
+        if not exists:
+            self._create_meta()
+            if self.meta("created_at") is None:
+                self._set_meta({"created_at": utcnow(), "engine": "milvus"})
+        for coll in (self.meta_name, self.docs_name):
+            self._call("loading", self.client.load_collection, coll)
         from indexer.config import home
 
         self.work_dir = home() / "milvus" / f"{address.host}_{address.port}" / name

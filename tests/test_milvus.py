@@ -1,0 +1,242 @@
+"""Milvus-only behaviour, against a real milvus-lite gRPC server over loopback: unreachable
+addresses, migration both ways, concurrent indexers, and the server dying mid-index.
+
+(Everything both engines must do alike lives in the parametrized store/CLI tests.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from indexer.embedder import FakeEmbedder
+from indexer.errors import CollectionError
+from indexer.pages import RenderSettings
+from indexer.pipeline import Indexer
+from indexer.stores import open_collection
+from retriever.search import Retriever
+from tests.milvus_server import MilvusServer, free_port
+from tests.pdfs import TOPICS, make_text_pdf
+
+pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("crash_worker.py")
+SMALL = RenderSettings(max_pixels=16 * 28 * 28)
+
+
+def _spec(server: MilvusServer) -> str:
+    return f"milvus://{server.address}/t_{uuid.uuid4().hex[:12]}"
+
+
+def _index(spec_or_dir: str, files: list[Path]) -> None:
+    store = open_collection(spec_or_dir)
+    Indexer(store, FakeEmbedder(), settings=SMALL).add(files)
+    store.close()
+
+
+def _results(spec: str, query: str) -> dict[str, list[tuple[str, int, float]]]:
+    store = open_collection(spec, create=False)
+    retriever = Retriever(FakeEmbedder(), store)
+    out = {}
+    for mode in ("visual", "text", "hybrid"):
+        hits = retriever.search(query, 6, mode=mode)
+        out[mode] = [(h.document, h.page, round(h.score, 5)) for h in hits]
+    store.close()
+    return out
+
+
+def test_unreachable_address_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("PAGELENS_MILVUS_TIMEOUT", "2")
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    result = runner.invoke(cli, ["--collection", f"milvus://127.0.0.1:{port}/docs", "docs"])
+    assert time.monotonic() - started < 30  # bounded, not a hang
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert f"Cannot reach Milvus at 127.0.0.1:{port}" in lines[0]
+
+
+def test_bad_addresses_are_clear_errors(milvus_server):
+    with pytest.raises(CollectionError, match="letters, digits and '_'"):
+        open_collection(f"milvus://{milvus_server.address}/has-dash")
+    with pytest.raises(CollectionError, match="No collection"):
+        open_collection(f"milvus://{milvus_server.address}/never_made", create=False)
+
+
+def test_migration_round_trip_gives_identical_results(milvus_server, tmp_path):
+    files = [
+        make_text_pdf(tmp_path / "a.pdf", TOPICS[:4]),
+        make_text_pdf(tmp_path / "b.pdf", TOPICS[4:7]),
+    ]
+    first, back = str(tmp_path / "first"), str(tmp_path / "back")
+    _index(first, files)
+    spec = _spec(milvus_server)
+    for src, dst in ((first, spec), (spec, back)):
+        result = runner.invoke(cli, ["migrate", src, dst, "--json"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["ok"] and report["counts"]["destination"]["pages"] == 7
+        assert report["sampled_vectors"] == 7 and report["vectors_copied"] == 7
+    query = TOPICS[5].split(".")[0]
+    local, there, again = _results(first, query), _results(spec, query), _results(back, query)
+    assert local == again  # local -> Milvus -> local: the same collection, same answers
+    assert there["visual"] == local["visual"]  # same vectors, exact neighbours
+    assert there["text"][0][:2] == local["text"][0][:2]
+    assert [h[:2] for h in there["hybrid"][:1]] == [h[:2] for h in local["hybrid"][:1]]
+    a, b = open_collection(first), open_collection(back)
+    assert a.model_identity() == b.model_identity()
+    for pa, pb in zip(a.pages(), b.pages(), strict=True):
+        assert pa.number == pb.number and pa.image_sha256 == pb.image_sha256
+        assert a.image_bytes(pa) == b.image_bytes(pb) and pa.text == pb.text
+    # re-running is a no-op
+    result = runner.invoke(cli, ["migrate", first, spec, "--json"], catch_exceptions=False)
+    assert json.loads(result.stdout)["documents_skipped"] == 2
+
+
+def test_interrupted_migration_resumes_without_duplicates(milvus_server, tmp_path, monkeypatch):
+    from indexer import migrate as migrate_mod
+    from indexer.stores.milvus import MilvusCollection
+
+    files = [make_text_pdf(tmp_path / f"{i}.pdf", TOPICS[i : i + 3]) for i in range(3)]
+    local = str(tmp_path / "local")
+    _index(local, files)
+    spec = _spec(milvus_server)
+    real = MilvusCollection.set_vectors
+    calls = {"n": 0}
+
+    def interrupted(self, ids, vecs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, ids, vecs)
+
+    monkeypatch.setattr(MilvusCollection, "set_vectors", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        migrate_mod.migrate(open_collection(local), open_collection(spec))
+    monkeypatch.setattr(MilvusCollection, "set_vectors", real)
+    report = migrate_mod.migrate(open_collection(local), open_collection(spec))
+    assert report.ok, report.problems
+    dst = open_collection(spec)
+    pages = dst.pages(with_text=False)
+    assert len(pages) == 9 == len({(p.document_id, p.number) for p in pages})
+    assert dst.stats().embedded == 9
+
+
+def test_two_indexers_and_a_searcher_share_one_collection(milvus_server, tmp_path):
+    from indexer.stores.milvus_check import check_milvus
+
+    spec = _spec(milvus_server)
+    shared = make_text_pdf(tmp_path / "shared.pdf", TOPICS[:3])
+    mine = [make_text_pdf(tmp_path / f"a{i}.pdf", TOPICS[i : i + 2]) for i in range(2)]
+    theirs = [make_text_pdf(tmp_path / f"b{i}.pdf", TOPICS[i + 3 : i + 5]) for i in range(2)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(WORKER),
+                "index",
+                spec,
+                str(tmp_path / f"log{n}"),
+                "--slow",
+                "0.05",
+                *map(str, files),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for n, files in enumerate(([*mine, shared], [shared, *theirs]))
+    ]
+    searches = 0
+    reader = None
+    while any(p.poll() is None for p in procs):
+        try:
+            reader = reader or open_collection(spec, create=False)
+        except CollectionError:
+            time.sleep(0.2)  # not created yet
+            continue
+        for pid, _ in reader.search(np.ones(64, np.float32) / 8.0, 5):
+            page = reader.page(pid)
+            assert page.embedded and reader.images.exists(page.image)  # never half-stored
+        searches += 1
+        time.sleep(0.1)
+    for p in procs:
+        assert p.wait() == 0, p.stdout.read()
+    store = open_collection(spec, create=False)
+    pages = store.pages(with_text=False)
+    assert len(pages) == 3 + 2 * 2 + 2 * 2  # the shared file stored once
+    assert len({p.id for p in pages}) == len({(p.document_id, p.number) for p in pages})
+    assert store.stats().documents == 5 and store.stats().pending == 0
+    assert check_milvus(store).ok
+    assert searches > 0
+
+
+def test_server_killed_mid_index_then_rerun_completes(tmp_path, tiny_model_dir):
+    server = MilvusServer(tmp_path / "milvus-data").start()
+    spec = f"milvus://{server.address}/killed"
+    pdf = make_text_pdf(tmp_path / "long.pdf", [TOPICS[i % len(TOPICS)] for i in range(12)])
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PAGELENS_MODEL": str(tiny_model_dir),
+        "PAGELENS_MILVUS_TIMEOUT": "3",
+    }
+    cmd = [sys.executable, "-m", "app.cli", "--collection", spec, "--image-tokens", "16",
+           "index", str(pdf)]  # fmt: skip
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env, cwd=ROOT)  # fmt: skip
+        deadline = time.monotonic() + 240
+        stored = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                probe = open_collection(spec, create=False)
+                stored = probe.stats().pages
+                probe.close()
+            except CollectionError:
+                stored = 0
+            if stored >= 2:
+                break
+            time.sleep(0.3)
+        assert stored >= 2 and proc.poll() is None, "the index run ended before the kill"
+        server.kill()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1
+        lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert "Milvus at" in lines[0]
+
+        server.start()  # same data folder and port
+        store = open_collection(spec, create=False)
+        stats = store.stats()
+        assert stats.pages < 12 or stats.pending > 0  # killed mid-run: work left to do
+        for page in store.pages(with_text=False):  # nothing half-stored
+            assert store.images.exists(page.image)
+        for pid, _ in store.search(np.ones(store.dim, np.float32), 50):
+            assert store.page(pid).embedded
+        store.close()
+
+        rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr
+        store = open_collection(spec, create=False)
+        pages = store.pages(with_text=False)
+        assert len(pages) == 12 == len({p.number for p in pages})
+        assert store.stats().pending == 0 and store.documents()[0].status == "ready"
+        store.close()
+    finally:
+        server.stop()
