@@ -445,6 +445,8 @@ class BenchConfig:
     rss_pages: int = 0
     remote_pages: int = 0
     remote_tokens: int = 1280
+    stores: int = 0
+    store_queries: int = 100
     threads: int | None = None
     peak_n: int = 4096
     label: str | None = None
@@ -1391,6 +1393,10 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
         run_rss_index(cfg, report)
     if cfg.remote_pages:
         run_remote_section(cfg, report)
+    if cfg.stores:
+        from bench.store_engines import run_stores
+
+        report["stores"] = run_stores(cfg.stores, queries=cfg.store_queries)
     report["targets"] = targets(report)
     report["wall_s"] = _r(time.time() - started, 1)
     out = (
@@ -1486,6 +1492,13 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         help="measure the per-page overhead of pagelens serve + --embedder over in-process",
     )
     p.add_argument("--remote-tokens", type=int, default=1280, help="page budget for that")
+    p.add_argument(
+        "--stores",
+        type=int,
+        default=0,
+        help="N pages into the local engine and Milvus (milvus-lite): insert/s, p50, recall@10",
+    )
+    p.add_argument("--store-queries", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--peak-n", type=int, default=4096)
     p.add_argument("--pdf", default=None)
@@ -1534,6 +1547,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         rss_pages=a.rss_pages,
         remote_pages=a.remote_pages,
         remote_tokens=a.remote_tokens,
+        stores=a.stores,
+        store_queries=a.store_queries,
         threads=a.threads,
         peak_n=a.peak_n,
         pdf=a.pdf,

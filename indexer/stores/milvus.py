@@ -456,7 +456,11 @@ class MilvusCollection(ModelBinding):
         yield self
 
     def flush(self) -> None:
-        """Nothing to do: every write is committed by Milvus when the call returns."""
+        """Seal what was written into indexed segments (Milvus's ``flush``). Not needed for
+        visibility (every write is committed, and read with Strong consistency, when the
+        call returns); bulk loaders call it once at the end so searches use the index."""
+        if self._ensure_pages(create=False):
+            self._call("flushing", self.client.flush, self.pages_name)
 
     # -- documents -----------------------------------------------------------------------
     def _iter(self, name: str, expr: str, fields: list[str]) -> Iterator[dict]:
