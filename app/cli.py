@@ -227,7 +227,7 @@ def _print_index_report(report, store, as_json: bool) -> None:
         say(
             f"done in {report.seconds:.1f}s: {report.pages_stored} pages stored, "
             f"{report.pages_embedded} embedded ({report.pages_reused} reused); "
-            f"collection {store.path}: {plural(stats.documents, 'document')}, "
+            f"collection {store.location}: {plural(stats.documents, 'document')}, "
             f"{plural(stats.pages, 'page')}"
             + (f", {stats.pending} waiting for vectors" if stats.pending else "")
         )
@@ -328,7 +328,7 @@ def docs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> N
     def body() -> None:
         store = opts.read_store()  # read-only: creates nothing
         documents = store.documents() if store is not None else []
-        path = store.path if store is not None else opts.collection_dir
+        path = store.location if store is not None else opts.collection_dir
         if as_json:
             print_json({"collection": str(path), "documents": [d.as_dict() for d in documents]})
             return

@@ -21,7 +21,7 @@ from indexer.config import collection_path, is_collection_name
 from indexer.embedder import Embedder
 from indexer.errors import CollectionError, ModelNotAvailableError, PageLensError, UsageError
 from indexer.settings import ModelSettings
-from indexer.store import Collection
+from indexer.stores import Store, is_milvus_spec, open_collection
 
 if TYPE_CHECKING:
     from indexer.pages import RenderSettings
@@ -42,7 +42,7 @@ class Options:
 
     collection: str | None = None
     settings: ModelSettings = field(default_factory=ModelSettings)
-    _store: Collection | None = field(default=None, repr=False)
+    _store: Store | None = field(default=None, repr=False)
     _embedder: Embedder | None = field(default=None, repr=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -55,17 +55,30 @@ class Options:
     def collection_dir(self) -> Path:
         return collection_path(self.collection)
 
-    def read_store(self) -> Collection | None:
+    def read_store(self) -> Store | None:
         """The collection for a read-only command (docs, search, check), creating nothing:
         None while a *named* collection does not exist yet; a CollectionError for a path
         that is not a collection."""
-        if is_collection_name(self.collection) and not self.collection_dir.exists():
+        if (
+            not self.is_milvus
+            and is_collection_name(self.collection)
+            and not self.collection_dir.exists()
+        ):
             return None
         return self.store(create=False)
 
-    def store(self, *, create: bool = True) -> Collection:
+    @property
+    def is_milvus(self) -> bool:
+        return is_milvus_spec(self.collection)
+
+    @property
+    def collection_spec(self) -> str | Path:
+        """What ``--collection`` names: a Milvus address as given, else the folder."""
+        return str(self.collection) if self.is_milvus else self.collection_dir
+
+    def store(self, *, create: bool = True) -> Store:
         if self._store is None:
-            self._store = Collection(self.collection_dir, create=create)
+            self._store = open_collection(self.collection_spec, create=create)
         return self._store
 
     def render_settings(self, embedder: Embedder | None = None) -> RenderSettings:

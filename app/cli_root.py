@@ -78,7 +78,8 @@ def _root_signature() -> None:
                 "--collection",
                 "-c",
                 envvar="PAGELENS_COLLECTION",
-                help=f"Collection name or folder path (default 'default'). {HOME_RULE}.",
+                help="Collection name, folder path or milvus://HOST:PORT/NAME (default "
+                f"'default'). {HOME_RULE}.",
             ),
         ),
     ]

@@ -31,7 +31,7 @@ from indexer.embedder import Embedder
 from indexer.errors import CollectionError, PageLensError
 from indexer.pipeline import FileResult, Indexer, IndexReport, Progress
 from indexer.settings import ModelSettings
-from indexer.store import Collection
+from indexer.stores import Store, is_milvus_spec, open_collection
 
 #: Rough pages/s of GME-2B at 1280 visual tokens per page, used for an estimate before the
 #: first batch has been timed (then the measured rate replaces it).
@@ -58,6 +58,13 @@ class AppSettings:
     @property
     def collection_dir(self) -> Path:
         return collection_path(self.collection)
+
+    @property
+    def collection_spec(self) -> str:
+        """The collection the app opens first: a Milvus address as given, else the folder."""
+        if is_milvus_spec(self.collection):
+            return str(self.collection)
+        return str(self.collection_dir.expanduser().resolve())
 
 
 def validate_collection_name(name: str) -> str:
@@ -180,7 +187,7 @@ class EmbedJob:
     """
 
     def __init__(
-        self, store: Collection, model: ModelLoader, *, batch_size: int | None = None
+        self, store: Store, model: ModelLoader, *, batch_size: int | None = None
     ) -> None:
         self.store = store
         self.model = model
@@ -216,7 +223,9 @@ class EmbedJob:
             self.error = None
             self.progress = None
             self._thread = threading.Thread(
-                target=self._run, name=f"pagelens-embed-{self.store.path.name}", daemon=True
+                target=self._run,
+                name=f"pagelens-embed-{Path(self.store.location).name}",
+                daemon=True,
             )
             self._thread.start()
             return True
@@ -302,17 +311,18 @@ class Workspace:
         path: str | os.PathLike[str],
         model: ModelLoader,
     ) -> None:
-        self.store = Collection(path)
+        self.store = open_collection(path)
         self.model = model
         self.job = EmbedJob(self.store, model)
         self._write = threading.Lock()
 
     @property
     def path(self) -> Path:
-        return self.store.path
+        # The local folder of the collection (uploads live there; Milvus: a work folder).
+        return Path(getattr(self.store, "path", None) or self.store.work_dir)  # type: ignore[attr-defined]
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[Collection]:
+    def writing(self) -> Iterator[Store]:
         """Exclusive write access for this process (the job paused), then the file lock."""
         with self._write, self.job.paused(timeout=600):
             with self.store.writing() as store:

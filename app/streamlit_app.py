@@ -25,6 +25,7 @@ from indexer.errors import PageLensError
 from indexer.pages import IMAGE_SUFFIXES, SUPPORTED_SUFFIXES
 from indexer.pipeline import format_duration
 from indexer.settings import ModelSettings
+from indexer.stores import is_milvus_spec
 from retriever.escaping import for_markdown
 from retriever.export import ExportSettings, to_markdown, to_openai_messages, zip_bytes
 from retriever.search import MODES, PageRange, Retriever
@@ -64,7 +65,7 @@ def thumb(path: str | Path, max_side: int) -> bytes | None:
 
 def _state_defaults(settings: AppSettings) -> None:
     ss = st.session_state
-    ss.setdefault("collection", str(settings.collection_dir.expanduser().resolve()))
+    ss.setdefault("collection", settings.collection_spec)
     ss.setdefault("uploader_n", 0)
     ss.setdefault("upload_log", [])
     ss.setdefault("results", None)
@@ -108,9 +109,18 @@ def collection_picker() -> None:
         st.rerun()
     with st.expander("New collection"):
         with st.form("new-collection", clear_on_submit=True, border=False):
-            name = st.text_input("Name", placeholder="e.g. reports-2024")
+            name = st.text_input(
+                "Name", placeholder="e.g. reports-2024, or milvus://host:19530/reports"
+            )
             if st.form_submit_button("Create"):
                 try:
+                    if is_milvus_spec(name.strip()):  # a shared collection on a Milvus server
+                        spec = name.strip()
+                        get_workspace(spec, model_key())
+                        st.session_state.collection = spec
+                        st.session_state.results = None
+                        _flash("success", f"Opened collection {spec}.")
+                        st.rerun()
                     name = validate_collection_name(name)
                     path = collection_path(name).expanduser().resolve()
                     if (path / "catalog.sqlite").exists():

@@ -139,7 +139,7 @@ class _Meter:
 
 
 def partial_result(
-    store: Collection,
+    store: Store,
     doc_id: int,
     path: str,
     name: str,
