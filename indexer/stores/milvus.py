@@ -263,7 +263,18 @@ class MilvusCollection(ModelBinding):
             # failure once, in one line (CollectionError). PAGELENS_MILVUS_LOG=1 keeps them.
             logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
         try:
-            return MilvusClient(uri=self.address.uri, token=token, timeout=self.timeout)
+            return MilvusClient(
+                uri=self.address.uri,
+                token=token,
+                timeout=self.timeout,
+                dedicated=True,  # this store's own channel: never a stale shared one
+                # gRPC servers refuse keepalive pings more often than every 5 minutes by
+                # default ("too many pings": milvus-lite does); pymilvus pings every 10 s.
+                grpc_options={
+                    "grpc.keepalive_time_ms": 300_000,
+                    "grpc.keepalive_permit_without_calls": 0,
+                },
+            )
         except Exception as exc:  # grpc / MilvusException: say it in one line
             raise CollectionError(
                 f"Cannot reach Milvus at {self.address.host}:{self.address.port} within "
