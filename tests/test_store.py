@@ -262,3 +262,21 @@ def test_lock_if_free_never_waits_and_says_whether_it_holds(tmp_path):
             assert free  # this object holds it already
     with writer.writing(timeout=0):  # released after the check
         pass
+
+
+def test_failed_page_placeholders_are_kept_and_cleared(open_store):
+    store = open_store(model_id="m", dim=8)
+    with store.writing():
+        ids = _add_doc(store, "a.pdf", 2)
+        doc = store.document("a.pdf")
+        store.add_failed_page(doc.id, 3, "broken content stream")
+    (failed,) = store.failed_pages()
+    assert (failed["document"], failed["page"], failed["reason"]) == (
+        "a.pdf",
+        3,
+        "broken content stream",
+    )
+    assert store.failed_pages(doc.id) == [failed] and len(ids) == 2
+    with store.writing():
+        store.clear_failed_page(doc.id, 3)
+    assert store.failed_pages() == []

@@ -632,6 +632,46 @@ class MilvusCollection(ModelBinding):
     def mark_incomplete(self, document_id: int) -> None:
         self._set_status(document_id, "indexing")
 
+    # Placeholders of pages that failed to render live in meta as ``failed:<doc>:<page>``.
+    def add_failed_page(self, document_id: int, number: int, reason: str) -> None:
+        value = json.dumps({"reason": reason, "failed_at": utcnow()})
+        self._set_meta({f"failed:{int(document_id)}:{int(number)}": value})
+
+    def clear_failed_page(self, document_id: int, number: int) -> None:
+        self._call(
+            "writing meta",
+            self.client.delete,
+            self.meta_name,
+            ids=[f"failed:{int(document_id)}:{int(number)}"],
+        )
+
+    def failed_pages(self, document_id: int | None = None) -> list[dict]:
+        prefix = "failed:" if document_id is None else f"failed:{int(document_id)}:"
+        rows = self._query(
+            self.meta_name,
+            "reading meta",
+            filter=f"key like {_quote(prefix + '%')}",
+            output_fields=["key", "value"],
+        )
+        out = []
+        docs = self.documents_by_id({int(r["key"].split(":")[1]) for r in rows}) if rows else {}
+        for r in rows:
+            _, doc_id, number = r["key"].split(":")
+            doc = docs.get(int(doc_id))
+            if doc is None:
+                continue
+            info = json.loads(r["value"])
+            out.append(
+                {
+                    "document_id": doc.id,
+                    "document": doc.name,
+                    "page": int(number),
+                    "reason": info["reason"],
+                    "failed_at": info["failed_at"],
+                }
+            )
+        return sorted(out, key=lambda f: (f["document_id"], f["page"]))
+
     def remove_document(self, ref: str | int) -> Document:
         """Pages first (they stop being searchable), then the document row, then images."""
         doc = self.document(ref)
