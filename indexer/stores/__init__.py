@@ -51,7 +51,10 @@ def open_collection(
     from indexer.config import collection_path
     from indexer.stores.local import LocalCollection
 
-    return LocalCollection(collection_path(spec), create=create, model_id=model_id, dim=dim)
+    # A Path is a folder already resolved (by the CLI, the app, the server); only text is
+    # read with the name-or-path rule (a bare word is a collection under PAGELENS_HOME).
+    path = spec if isinstance(spec, Path) else collection_path(spec)
+    return LocalCollection(path, create=create, model_id=model_id, dim=dim)
 
 
 def spec_exists(spec: str | os.PathLike[str] | None) -> bool:
@@ -67,4 +70,5 @@ def spec_exists(spec: str | os.PathLike[str] | None) -> bool:
     from indexer.config import collection_path
     from indexer.stores.local import CATALOG
 
-    return (Path(collection_path(spec)) / CATALOG).is_file()
+    path = spec if isinstance(spec, Path) else collection_path(spec)
+    return (Path(path) / CATALOG).is_file()
