@@ -40,17 +40,18 @@ def check_cmd(
 
     def body() -> int:
         if opts.is_milvus:
+            from indexer.stores.milvus import MilvusCollection
             from indexer.stores.milvus_check import check_milvus
 
             fp = identify(opts.model).fingerprint if opts.model else None
-            report = check_milvus(
-                opts.store(create=False), model_id=opts.model, fingerprint=fp, repair=repair
-            )
+            mstore = opts.store(create=False)
+            assert isinstance(mstore, MilvusCollection)
+            mreport = check_milvus(mstore, model_id=opts.model, fingerprint=fp, repair=repair)
             if as_json:
-                print_json(report.as_dict())
+                print_json(mreport.as_dict())
             else:
-                _print(report)
-            return 0 if report.ok else EXIT_PROBLEMS
+                _print(mreport)
+            return 0 if mreport.ok else EXIT_PROBLEMS
         if not opts.collection_dir.exists():
             fail(f"No collection at {opts.collection_dir}.")
         store, report = open_for_check(opts.collection_dir)

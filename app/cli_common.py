@@ -199,7 +199,7 @@ def open_retriever(opts: Options, mode: str | None) -> Retriever:
     store = opts.store(create=False)
     if not store.stats().pages:  # say so, instead of loading (or failing to load) a model
         raise CollectionError(
-            f"The collection {store.path} is empty: add files with 'pagelens index PATH' first."
+            f"The collection {store.location} is empty: add files with 'pagelens index PATH' first."
         )
     embedder = None
     if mode != "text":

@@ -47,6 +47,7 @@ from indexer.catalog import Document, Page
 from indexer.embedder import Embedder
 from indexer.errors import PageLensError
 from indexer.store import PAGES_DIR, VECTORS, Collection
+from indexer.stores.base import Store
 
 if TYPE_CHECKING:
     from indexer.pages import RenderSettings
@@ -136,7 +137,7 @@ def check(
 
 
 def model_problem(
-    store: Collection,
+    store: Store,
     model_id: str | None,
     dim: int | None = None,
     fingerprint: str | None = None,

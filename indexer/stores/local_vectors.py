@@ -13,9 +13,11 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from indexer.catalog import Page
 from indexer.errors import ModelMismatchError
 from indexer.stores.base import PageFilter, atomic_write_bytes, utcnow
 from indexer.vectors import VectorIndex
@@ -36,6 +38,25 @@ class FaissCache:
     It relies on the engine's catalog helpers (``_query``, ``_one``, ``meta``, ``dim``,
     ``pages_by_id``, ``_require_lock``, ``_filter_ids``), which ``LocalCollection`` provides.
     """
+
+    if TYPE_CHECKING:  # provided by LocalCollection (catalog side)
+
+        @property
+        def dim(self) -> int | None: ...
+
+        def meta(self, key: str) -> str | None: ...
+
+        def _require_lock(self) -> None: ...
+
+        def _query(self, sql: str, args: Sequence = ()) -> list[tuple]: ...
+
+        def _one(self, sql: str, args: Sequence = ()) -> tuple | None: ...
+
+        def pages_by_id(self, page_ids: Iterable[int]) -> dict[int, Page]: ...
+
+        def _filter_ids(
+            self, page_ids: Iterable[int] | None, where: PageFilter | None
+        ) -> list[int] | None: ...
 
     path: Path
     _db: sqlite3.Connection

@@ -729,8 +729,8 @@ class MilvusCollection(ModelBinding):
                     "width": int(encoded.width),
                     "height": int(encoded.height),
                     "embedded": bool(keep),
-                    "embedded_at": old["embedded_at"] if keep else "",
-                    "vector": list(old["vector"]) if keep else [0.0] * dim,
+                    "embedded_at": old["embedded_at"] if keep and old else "",
+                    "vector": list(old["vector"]) if keep and old else [0.0] * dim,
                 }
             )
         if rows:
