@@ -157,7 +157,7 @@ class Retriever:
         if mode == "visual":
             ranked = self._visual(query, image, k, where)
             scores = {pid: {"visual": s} for pid, s in ranked}
-            waiting = self._pending_ids(allowed) if query else []
+            waiting = self._pending_ids(where) if query else []
             if waiting:
                 # Pages still waiting for vectors are invisible to the model; their text
                 # layer still answers, so fuse them in (marked ``pending``) rather than
@@ -177,15 +177,17 @@ class Retriever:
             )
         return self._hits(ranked, scores, query)
 
-    def _pending_ids(self, allowed: list[int] | None) -> list[int]:
-        """Ids of the pages (within ``allowed``) that have no vector yet."""
+    def _pending_ids(self, where: PageFilter | None) -> list[int]:
+        """Ids of the pages (within the filter) that have no vector yet."""
         if not self.store.stats().pending:
             return []
-        ids = [p.id for p in self.store.pending_pages()]
-        if allowed is not None:
-            keep = set(allowed)
-            ids = [i for i in ids if i in keep]
-        return ids
+        docs = list(where.documents) if where and where.documents is not None else None
+        return self.store.page_ids(
+            documents=docs,
+            first=where.first if where else None,
+            last=where.last if where else None,
+            embedded=False,
+        )
 
     def render_settings(self) -> RenderSettings:
         """The collection's page settings (query images are prepared the same way)."""
