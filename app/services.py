@@ -186,9 +186,7 @@ class EmbedJob:
     :meth:`paused` stops the job after its current batch, for a writer to go in.
     """
 
-    def __init__(
-        self, store: Store, model: ModelLoader, *, batch_size: int | None = None
-    ) -> None:
+    def __init__(self, store: Store, model: ModelLoader, *, batch_size: int | None = None) -> None:
         self.store = store
         self.model = model
         self.batch_size = batch_size
