@@ -277,6 +277,16 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
+def vectors_to_store(vectors: np.ndarray, dim: int | None) -> np.ndarray:
+    """``vectors`` as contiguous float32 rows, or :class:`ModelMismatchError` if their width is
+    not the collection's ``dim`` (every engine checks this before it writes, so that one
+    collection never mixes vector spaces)."""
+    vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+    if dim and vecs.shape[1] != dim:
+        raise ModelMismatchError(f"Vectors of dim {vecs.shape[1]} do not fit collection dim {dim}.")
+    return vecs
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)

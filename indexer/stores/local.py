@@ -385,11 +385,8 @@ class LocalCollection(ModelBinding, FaissCache):
                 self._db.execute("DELETE FROM pages WHERE document_id=?", (doc.id,))
                 self._db.execute("DELETE FROM documents WHERE id=?", (doc.id,))
                 self._bump_version()
-            index = self.index()  # loaded, so the saved file drops the ids too
-            if index is not None and ids:
-                index.remove(ids)
-                self._index_version = self._version()
-                self._unsaved += 1
+            if ids:
+                self._drop_from_index(ids)
             shutil.rmtree(self.path / PAGES_DIR / str(doc.id), ignore_errors=True)
         self.flush()
         return doc
@@ -556,11 +553,7 @@ class LocalCollection(ModelBinding, FaissCache):
             with self._db:
                 self._db.executemany("DELETE FROM pages WHERE id=?", [(i,) for i in ids])
                 self._bump_version()
-            index = self.index()  # loaded, so the saved file drops the ids too
-            if index is not None:
-                index.remove(ids)
-                self._index_version = self._version()
-                self._unsaved += 1
+            self._drop_from_index(ids)
         for page in pages.values():
             (self.path / page.image).unlink(missing_ok=True)
 

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from indexer.catalog import Page
-from indexer.errors import ModelMismatchError
-from indexer.stores.base import PageFilter, atomic_write_bytes, utcnow
+from indexer.stores.base import PageFilter, atomic_write_bytes, utcnow, vectors_to_store
 from indexer.vectors import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -69,12 +68,7 @@ class FaissCache:
     def set_vectors(self, page_ids: Sequence[int], vectors: np.ndarray) -> None:
         """Store the vectors of pages (one transaction), then add them to the index."""
         self._require_lock()
-        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
-        dim = self.dim
-        if dim and vecs.shape[1] != dim:
-            raise ModelMismatchError(
-                f"Vectors of dim {vecs.shape[1]} do not fit collection dim {dim}."
-            )
+        vecs = vectors_to_store(vectors, self.dim)
         now = utcnow()
         with self._mutex:
             self.index()  # load (and sync) the cache first, so it is saved as we go
@@ -112,11 +106,17 @@ class FaissCache:
                     [(int(i),) for i in page_ids],
                 )
                 self._bump_version()
-            index = self.index()  # loaded, so the saved file drops the ids too
-            if index is not None:
-                index.remove(page_ids)
-                self._index_version = self._version()
-                self._unsaved += 1
+            self._drop_from_index(page_ids)
+
+    def _drop_from_index(self, page_ids: Sequence[int]) -> None:
+        """Remove pages from the FAISS cache after the catalog dropped them (under the mutex).
+
+        The cache is loaded first, so that the file saved next drops the ids too."""
+        index = self.index()
+        if index is not None:
+            index.remove(page_ids)
+            self._index_version = self._version()
+            self._unsaved += 1
 
     def rebuild_index(self) -> int:
         """Rebuild the FAISS cache from the catalog's vectors and save it; returns its size."""

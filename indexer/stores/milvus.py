@@ -56,7 +56,7 @@ import numpy as np
 from PIL import Image
 
 from indexer.catalog import Document, Page
-from indexer.errors import CollectionError, DocumentNotFoundError, ModelMismatchError
+from indexer.errors import CollectionError, DocumentNotFoundError
 from indexer.stores.base import (
     RRF_K,
     CollectionStats,
@@ -67,6 +67,7 @@ from indexer.stores.base import (
     query_words,
     reciprocal_rank_fusion,
     utcnow,
+    vectors_to_store,
 )
 from indexer.stores.milvus_images import ImageStore, open_images
 
@@ -863,12 +864,7 @@ class MilvusCollection(ModelBinding):
     def set_vectors(self, page_ids: Sequence[int], vectors: np.ndarray) -> None:
         """Each page's vector and ``embedded = true`` in one row upsert (atomic per page)."""
         self._ensure_pages()
-        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
-        dim = self.dim
-        if dim and vecs.shape[1] != dim:
-            raise ModelMismatchError(
-                f"Vectors of dim {vecs.shape[1]} do not fit collection dim {dim}."
-            )
+        vecs = vectors_to_store(vectors, self.dim)
         now = utcnow()
 
         def make(row: dict, i: int) -> dict:
