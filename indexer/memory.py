@@ -53,11 +53,10 @@ def available_bytes(device: str = "cpu") -> int:
     """Memory a batch may use now on ``device``: free GPU memory on CUDA; on CPU the
     kernel's ``MemAvailable`` (page cache it can drop included), capped by any cgroup limit;
     psutil where ``/proc`` is missing (macOS, Windows)."""
-    import torch
+    if str(device).split(":")[0] == "cuda":  # torch only where it is in use already
+        import torch
 
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(dev)
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
         return int(free)
     avail = _meminfo_available()
     if avail is None:

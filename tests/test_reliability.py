@@ -510,6 +510,15 @@ from indexer.pipeline import Indexer
 from indexer.store import Collection
 
 def peak_mb():
+    # VmHWM: this process's own peak. ru_maxrss would start at the parent's peak RSS,
+    # which Linux carries over through fork and exec.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 before = peak_mb()
@@ -525,8 +534,8 @@ print(json.dumps({"pages": pages, "grown_mb": peak_mb() - before}))
 def test_memory_stays_bounded_for_a_20000px_image(tmp_path):
     """The 20,000 x 20,000 px page image is decoded subsampled, not at 400 M pixels.
 
-    Measured in a fresh process: ``ru_maxrss`` is a peak that only grows, so in the test
-    process it could not fail once any earlier test had peaked higher.
+    Measured in a fresh process by its own peak (``VmHWM``): the test process's peak only
+    grows, so it could not fail once any earlier test had peaked higher.
     """
     pdf = make_huge_image_pdf(tmp_path / "huge.pdf")
 
