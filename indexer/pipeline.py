@@ -28,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.catalog import Document
 from indexer.embedder import Embedder
 from indexer.errors import DocumentError, EmbeddingError, PageLensError
 from indexer.memory import BatchChoice
 from indexer.pages import (
+    DocumentInfo,
     PageRenderError,
     RenderSettings,
     inspect_document,
@@ -170,6 +172,35 @@ def partial_result(
     )
 
 
+def collection_settings(
+    store: Store, settings: RenderSettings | None, max_image_tokens: int | None
+) -> RenderSettings:
+    """The render settings an indexer uses: those given, else the ones the collection
+    recorded (so later files render like earlier ones), else the model's image budget
+    (1280 tokens when it names none). Shared by the local and the Ray indexers."""
+    stored = store.render_settings()
+    if settings is None and stored:
+        settings = RenderSettings(
+            **{k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__}
+        )
+    if settings is None:
+        settings = RenderSettings.for_tokens(int(max_image_tokens or 1280))
+    return settings
+
+
+def add_file_document(store: Store, name: str, path: Path, info: DocumentInfo) -> Document:
+    """Record a new input file (status ``indexing``) as ``inspect_document`` described it."""
+    return store.add_document(
+        name=name,
+        path=str(Path(path).resolve()),
+        sha256=info.sha256,
+        kind=info.kind,
+        page_count=info.page_count,
+        title=info.title,
+        size=Path(path).stat().st_size,
+    )
+
+
 class Indexer:
     """Adds files to a collection with an injected embedder.
 
@@ -197,15 +228,9 @@ class Indexer:
         #: What the automatic choice decided in the last :meth:`embed_pending`, if it ran.
         self.batch_choice: BatchChoice | None = None
         self.commit_every = max(1, int(commit_every))
-        stored = store.render_settings()
-        if settings is None and stored:
-            settings = RenderSettings(
-                **{k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__}
-            )
-        if settings is None:
-            tokens = (embedder.max_image_tokens if embedder is not None else None) or 1280
-            settings = RenderSettings.for_tokens(int(tokens))
-        self.settings = settings
+        self.settings = collection_settings(
+            store, settings, embedder.max_image_tokens if embedder is not None else None
+        )
 
     # -- phase 1 -----------------------------------------------------------------------
     def add(
@@ -312,15 +337,7 @@ class Indexer:
                 existing.page_count,
                 message=message,
             )
-        doc = existing or self.store.add_document(
-            name=plan["name"],
-            path=str(Path(path).resolve()),
-            sha256=info.sha256,
-            kind=info.kind,
-            page_count=info.page_count,
-            title=info.title,
-            size=Path(path).stat().st_size,
-        )
+        doc = existing or add_file_document(self.store, plan["name"], path, info)
         wanted = [n for n in range(1, info.page_count + 1) if n not in plan["stored"]]
         try:
             failed = self._render_into(doc, path, wanted, plan["password"], meter, report)

@@ -53,7 +53,14 @@ from indexer.pages import (
     iter_input_files,
     render_pages,
 )
-from indexer.pipeline import FileResult, IndexReport, Progress, ProgressFn
+from indexer.pipeline import (
+    FileResult,
+    IndexReport,
+    Progress,
+    ProgressFn,
+    add_file_document,
+    collection_settings,
+)
 from indexer.store import EncodedImage
 from indexer.stores import Store
 
@@ -426,15 +433,7 @@ class RayIndexer:
         self._own_pool = pool is None
         self._own_ray = False
         self.batch_size = max(1, int(batch_size))
-        stored = store.render_settings()
-        if settings is None and stored:
-            settings = RenderSettings(
-                **{k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__}
-            )
-        if settings is None:
-            tokens = self.pool.load.get("max_image_tokens") or 1280
-            settings = RenderSettings.for_tokens(int(tokens))
-        self.settings = settings
+        self.settings = collection_settings(store, settings, self.pool.load.get("max_image_tokens"))
         self.resources: Resources | None = None
 
     def __enter__(self) -> RayIndexer:
@@ -597,15 +596,7 @@ class RayIndexer:
                     )
                 )
                 continue
-            doc = existing or self.store.add_document(
-                name=name,
-                path=str(Path(path).resolve()),
-                sha256=info.sha256,
-                kind=info.kind,
-                page_count=info.page_count,
-                title=info.title,
-                size=Path(path).stat().st_size,
-            )
+            doc = existing or add_file_document(self.store, name, path, info)
             pw = (passwords or {}).get(str(path), password)
             out.append(
                 (path, _Doc(doc.id, doc.name, path, pw, info.page_count, existing is not None))
