@@ -16,6 +16,19 @@ import threading
 import time
 
 
+def _own_peak_mb() -> float:
+    """This process's peak RSS: ``VmHWM`` on Linux (``ru_maxrss`` would start at the parent
+    test process's peak, carried over through fork and exec), ``ru_maxrss`` elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     import uvicorn
 
@@ -29,10 +42,10 @@ def main() -> None:
     threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
     while not server.started:
         time.sleep(0.01)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = _own_peak_mb()
     print(json.dumps({"port": sock.getsockname()[1], "idle_mb": rss}), flush=True)
     sys.stdin.readline()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _own_peak_mb()
     print(json.dumps({"peak_mb": peak}), flush=True)
     server.should_exit = True
 
