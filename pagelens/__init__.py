@@ -149,10 +149,7 @@ class PageLens:
         go is ``settings`` or ``PAGELENS_LLM_URL``/``_MODEL``/``_API_KEY``; without a URL
         nothing is sent (:class:`~retriever.llm.LLMNotConfiguredError`).
         """
-        settings = settings or LLMSettings.from_env()
-        check_page_count(len(hits) if hits is not None else k, settings)
-        if hits is None:
-            hits = self.search(question, k, mode=mode)
+        hits, settings = self._ask_inputs(question, hits, k, mode, settings)
         return ask(question, hits, settings=settings)
 
     def ask_stream(
@@ -165,11 +162,24 @@ class PageLens:
         settings: LLMSettings | None = None,
     ) -> AnswerStream:
         """:meth:`ask`, streamed: iterate for the text; ``.answer`` once it ends."""
+        hits, settings = self._ask_inputs(question, hits, k, mode, settings)
+        return ask_stream(question, hits, settings=settings)
+
+    def _ask_inputs(
+        self,
+        question: str,
+        hits: Sequence[Hit] | None,
+        k: int,
+        mode: str,
+        settings: LLMSettings | None,
+    ) -> tuple[Sequence[Hit], LLMSettings]:
+        """The settings and pages for an answer; the page count is checked against the LLM's
+        limit before any search, so that a bad request costs no embedding."""
         settings = settings or LLMSettings.from_env()
         check_page_count(len(hits) if hits is not None else k, settings)
         if hits is None:
             hits = self.search(question, k, mode=mode)
-        return ask_stream(question, hits, settings=settings)
+        return hits, settings
 
     def documents(self) -> list[Document]:
         """The documents in the collection, oldest first, with stored/embedded page counts."""
