@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from indexer.embedder import Embedder, EmbedderBase
+from indexer.embedder import Embedder, EmbedderBase, require_pairs
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +314,7 @@ class BatchedEmbedder(EmbedderBase):
         *,
         instruction: str | None = None,
     ) -> np.ndarray:
-        if len(texts) != len(images):
-            raise ValueError("embed_fused needs as many texts as images")
+        require_pairs(texts, images)
         return self._run(
             [
                 WorkItem("fused", text=t, image=i, instruction=instruction)

@@ -107,6 +107,13 @@ def _route(
     return np.asarray(model.embed_fused(list(texts), list(images), instruction=instruction))
 
 
+def require_pairs(texts: Sequence[object], images: Sequence[object]) -> None:
+    """``embed_fused`` pairs text i with image i, so both lists must be the same length
+    (checked before any work, by every embedder)."""
+    if len(texts) != len(images):
+        raise ValueError("embed_fused needs as many texts as images")
+
+
 class EmbedderBase:
     """The two named sides of retrieval, written once over the three primitives.
 
@@ -236,8 +243,7 @@ class FakeEmbedder(EmbedderBase):
         *,
         instruction: str | None = None,
     ) -> np.ndarray:
-        if len(texts) != len(images):
-            raise ValueError("embed_fused needs as many texts as images")
+        require_pairs(texts, images)
         self.calls.append(("fused", len(texts)))
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)

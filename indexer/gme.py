@@ -71,7 +71,7 @@ from PIL import Image
 
 from indexer import quant
 from indexer.config import DEFAULT_MODEL_ID, default_model
-from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, EmbedderBase
+from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, EmbedderBase, require_pairs
 from indexer.errors import ModelNotAvailableError
 from indexer.identity import identify
 
@@ -782,8 +782,7 @@ class GmeEmbedder(EmbedderBase):
         instruction: str | None = None,
     ) -> np.ndarray:
         """Embed (image, text) pairs as one input each: the image block then the text."""
-        if len(texts) != len(images):
-            raise ValueError("embed_fused needs as many texts as images")
+        require_pairs(texts, images)
         return self._embed([str(t) for t in texts], list(images), instruction)
 
     def __repr__(self) -> str:

@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, EmbedderBase
+from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, EmbedderBase, require_pairs
 from indexer.errors import (
     EmbeddingError,
     EndpointError,
@@ -391,8 +391,7 @@ class RemoteEmbedder(EmbedderBase):
         *,
         instruction: str | None = None,
     ) -> np.ndarray:
-        if len(texts) != len(images):
-            raise ValueError("embed_fused needs as many texts as images")
+        require_pairs(texts, images)
         return self._embed(
             [("fused", t, im) for t, im in zip(texts, images, strict=True)], instruction
         )
