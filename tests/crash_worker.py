@@ -41,6 +41,7 @@ from indexer.pipeline import Indexer  # noqa: E402
 from indexer.store import Collection  # noqa: E402
 from indexer.stores import local as store_mod  # noqa: E402
 from indexer.stores import open_collection  # noqa: E402
+from tests.peak_rss import own_peak_mb  # noqa: E402
 
 #: Small pages (16 visual tokens) keep the subprocess tests fast; the logic is the same.
 SETTINGS = RenderSettings(max_pixels=16 * 28 * 28)
@@ -114,21 +115,6 @@ def _instrument(collection: Collection, log_path: Path, pause_at, slow: float) -
     return embedder
 
 
-def _own_peak_mb() -> float:
-    """This process's peak RSS: ``VmHWM`` on Linux (``ru_maxrss`` would start at the parent's
-    peak, carried over through fork and exec), ``ru_maxrss`` elsewhere."""
-    import resource
-
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def cmd_index(args: argparse.Namespace) -> int:
     pause_at = None
     if args.pause_at:
@@ -139,7 +125,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     indexer = Indexer(collection, embedder, settings=SETTINGS, batch_size=2, commit_every=4)
     print("STARTED", flush=True)
     report = indexer.add(args.files, on_wait=lambda msg: print(f"WAITING {msg}", flush=True))
-    maxrss_mb = _own_peak_mb()
+    maxrss_mb = own_peak_mb()
     print(json.dumps({"report": report.as_dict(), "maxrss_mb": maxrss_mb}), flush=True)
     collection.close()
     return 0

@@ -3,30 +3,16 @@ loopback port; print its port, wait for a line on stdin, then print the peak RSS
 
 Used by tests/test_server_hostile.py to measure the server's peak memory under the worst
 request the limits allow, in a process of its own (so nothing else the test suite did
-counts: ``ru_maxrss`` only ever grows).
+counts; see tests/peak_rss.py).
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import socket
 import sys
 import threading
 import time
-
-
-def _own_peak_mb() -> float:
-    """This process's peak RSS: ``VmHWM`` on Linux (``ru_maxrss`` would start at the parent
-    test process's peak, carried over through fork and exec), ``ru_maxrss`` elsewhere."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -34,6 +20,7 @@ def main() -> None:
 
     from app.server import create_app
     from indexer.embedder import FakeEmbedder
+    from tests.peak_rss import own_peak_mb
 
     app = create_app(FakeEmbedder(), max_wait_ms=1)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -42,10 +29,10 @@ def main() -> None:
     threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
     while not server.started:
         time.sleep(0.01)
-    rss = _own_peak_mb()
+    rss = own_peak_mb()
     print(json.dumps({"port": sock.getsockname()[1], "idle_mb": rss}), flush=True)
     sys.stdin.readline()
-    peak = _own_peak_mb()
+    peak = own_peak_mb()
     print(json.dumps({"peak_mb": peak}), flush=True)
     server.should_exit = True
 

@@ -504,22 +504,12 @@ def test_read_only_collection_real_mount(indexed, tmp_path, monkeypatch):
 
 
 _PEAK_WORKER = """
-import json, resource, sys
+import json, sys
 from indexer.embedder import FakeEmbedder
 from indexer.pipeline import Indexer
 from indexer.store import Collection
 
-def peak_mb():
-    # VmHWM: this process's own peak. ru_maxrss would start at the parent's peak RSS,
-    # which Linux carries over through fork and exec.
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from tests.peak_rss import own_peak_mb as peak_mb
 
 before = peak_mb()
 if sys.argv[2] == "--control":  # a known 300 MB, written so that it is resident
