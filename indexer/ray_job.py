@@ -7,8 +7,10 @@ The same job as :class:`indexer.pipeline.Indexer`, spread over a Ray cluster:
 * pages are rendered in parallel CPU tasks, a few pages per task, and come back as PNG bytes;
 * a pool of actors embeds them, each actor loading GME once (one GPU per actor when the
   cluster has GPUs, a configurable CPU share otherwise);
-* the driver is the collection's single writer: it stores pages as they arrive, sends
-  pending pages to the actors, and commits each batch of vectors as it comes back.
+* the driver stores pages as they arrive and sends pending pages to the actors. For a local
+  collection it is the single writer and commits each batch of vectors as it comes back;
+  for a Milvus collection (many writers) the actors write their vectors straight to Milvus
+  and return only page ids (:mod:`indexer.ray_writer`).
 
 The guarantees are the in-process ones because the state lives in the collection, not in
 Ray: a page is pending until its vector is committed, documents are found by content hash,
@@ -61,6 +63,7 @@ from indexer.pipeline import (
     add_file_document,
     collection_settings,
 )
+from indexer.ray_writer import VectorWriter, worker_spec
 from indexer.store import EncodedImage
 from indexer.stores import Store
 
@@ -283,6 +286,15 @@ class EmbedActor:
                 images.append(im.convert("RGB"))
         return np.asarray(self.embedder.embed_documents(images), dtype=np.float32)
 
+    def embed_and_store(
+        self, spec: str, pngs: Sequence[bytes], page_ids: Sequence[Sequence[int]]
+    ) -> list[int]:
+        """Embed, then write the vectors to the collection ``spec`` here (a collection that
+        takes many writers, see :mod:`indexer.ray_writer`); only the page ids go back."""
+        if not hasattr(self, "writer"):
+            self.writer = VectorWriter()
+        return self.writer.write(spec, self.embed(pngs), page_ids)
+
 
 # ------------------------------------------------------------------------------ the driver
 
@@ -435,6 +447,7 @@ class RayIndexer:
         self.batch_size = max(1, int(batch_size))
         self.settings = collection_settings(store, settings, self.pool.load.get("max_image_tokens"))
         self.resources: Resources | None = None
+        self.worker_spec = worker_spec(store)  # set: the actors write vectors themselves
 
     def __enter__(self) -> RayIndexer:
         return self
@@ -679,7 +692,9 @@ class RayIndexer:
                 else:
                     actor, items = embed_jobs.pop(ref)
                     load[actor] = load.get(actor, 0) - 1
-                    self._embedded(ref, actor, items, waiting, inflight_sha, load, report, meter)
+                    self._embedded(
+                        ref, actor, items, waiting, inflight_sha, load, report, meter, docs
+                    )
                     if on_batch:
                         on_batch(self)
 
@@ -791,14 +806,18 @@ class RayIndexer:
                     inflight_sha[sha] = item
                 if not batch:
                     break
-                ref = actor.embed.remote(pngs)
+                if self.worker_spec:  # the actor writes; it is told which pages get what
+                    sent = [[p[0] for p in item.pages] for item in batch]
+                    ref = actor.embed_and_store.remote(self.worker_spec, pngs, sent)
+                else:
+                    ref = actor.embed.remote(pngs)
                 embed_jobs[ref] = (actor, batch)
                 load[actor] = load.get(actor, 0) + 1
 
-    def _embedded(self, ref, actor, items, waiting, inflight_sha, load, report, meter) -> None:
+    def _embedded(self, ref, actor, items, waiting, inflight_sha, load, report, meter, docs):
         ray = import_ray()
         try:
-            vectors = ray.get(ref)
+            result = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
             # The actor died (killed, out of memory, node lost): nothing of this batch was
             # committed, so hand it to a fresh actor. Pages stay pending meanwhile.
@@ -813,8 +832,11 @@ class RayIndexer:
             return
         except ray.exceptions.RayTaskError as exc:
             raise _cause(exc) from exc
+        if self.worker_spec:
+            self._written(set(result), items, waiting, inflight_sha, report, meter, docs)
+            return
         ids, rows = [], []
-        for item, vector in zip(items, vectors, strict=True):
+        for item, vector in zip(items, result, strict=True):
             inflight_sha.pop(item.sha, None)
             for page_id, _doc, _png in item.pages:
                 ids.append(page_id)
@@ -824,6 +846,25 @@ class RayIndexer:
         report.pages_embedded += len(items)
         report.pages_reused += len(ids) - len(items)
         meter.embedded(len(ids))
+
+    def _written(self, written, items, waiting, inflight_sha, report, meter, docs) -> None:
+        """An actor wrote these pages' vectors itself. Pages of the same image queued after
+        the batch left are queued again (they reuse the now stored vector); pages of a
+        document refused meanwhile are removed again (the actor's upsert may have raced
+        the removal)."""
+        stale = []
+        for item in items:
+            inflight_sha.pop(item.sha, None)
+            for page_id, doc_id, page in item.pages:
+                if _dead(docs, doc_id):
+                    stale.append(page_id)
+                elif page_id not in written:
+                    self._queue(waiting, inflight_sha, page_id, doc_id, page, item.sha)
+        if stale:
+            self.store.remove_pages(stale)
+        report.pages_embedded += len(items)
+        report.pages_reused += len(written) - len(items)
+        meter.embedded(len(written))
 
 
 def _image_bytes(store: Any, page: Any) -> bytes:

@@ -189,6 +189,51 @@ def test_same_vectors_as_in_process_and_rerun_adds_nothing(pool, reference, inpu
     _assert_clean(ray_store, 14)
 
 
+def test_milvus_collection_gets_its_vectors_from_the_actors(
+    pool, reference, inputs, milvus_server, tmp_path
+):
+    """Into a ``milvus://`` collection the actors write the vectors themselves: the driver's
+    store never writes one, yet every page is stored once, with the in-process vector, and
+    a re-run adds nothing."""
+    import uuid
+
+    from indexer.stores import open_collection
+
+    store = open_collection(f"milvus://{milvus_server.address}/ray_{uuid.uuid4().hex[:10]}")
+    driver_writes: list[list[int]] = []
+    real_set_vectors = store.set_vectors
+
+    def recorded(page_ids, vectors):
+        driver_writes.append(list(page_ids))
+        real_set_vectors(page_ids, vectors)
+
+    store.set_vectors = recorded
+    try:
+        with RayIndexer(store, pool=pool, settings=SETTINGS, batch_size=2) as job:
+            assert job.worker_spec == store.location
+            report = job.add(inputs)
+        assert driver_writes == []  # every vector came from an actor
+        assert (report.pages_stored, report.pages_embedded, report.pages_reused) == (14, 13, 1)
+        assert report.pending == 0
+        local = Collection(tmp_path / "local")
+        Indexer(local, reference, settings=SETTINGS, batch_size=4).add(inputs)
+        _assert_same_vectors(store, local)
+        ids = [p.id for p in store.pages()]
+        assert len(ids) == len(set(ids)) == 14  # every page exactly once
+        assert (store.stats().pages, store.stats().embedded) == (14, 14)
+
+        with RayIndexer(store, pool=pool, settings=SETTINGS) as job:
+            again = job.add(inputs)
+        assert (again.pages_stored, again.pages_embedded, again.pages_reused) == (0, 0, 0)
+        assert (store.stats().pages, store.stats().embedded) == (14, 14)
+        assert driver_writes == []
+        hits = store.search(local.vector(local.pages()[0].id), 3)
+        assert len(hits) == 3
+    finally:
+        store.drop()
+        store.close()
+
+
 def test_text_only_on_ray_then_vectors_later(pool, reference, inputs, tmp_path):
     """``index --ray ... --text-only``: pages and text now (no actors), vectors on a later run."""
     store = Collection(tmp_path / "ray")
