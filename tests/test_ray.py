@@ -395,6 +395,43 @@ def test_actor_killed_mid_job_loses_and_duplicates_nothing(pool, reference, tmp_
     _assert_same_vectors(store, local)
 
 
+def test_actor_killed_mid_job_into_milvus_loses_and_duplicates_nothing(
+    pool, reference, milvus_server, tmp_path
+):
+    """The actor-written path: a batch of a killed actor is retried on a fresh one, and its
+    (deterministic-id) upserts leave every page once, with its vector."""
+    import uuid
+
+    from indexer.stores import open_collection
+
+    folder = tmp_path / "many"
+    make_text_pdf(folder / "one.pdf", [f"Mil {i}: {TOPICS[i % 12]}" for i in range(10)])
+    store = open_collection(f"milvus://{milvus_server.address}/ray_{uuid.uuid4().hex[:10]}")
+    killed: list[int] = []
+
+    def kill_one(job: RayIndexer) -> None:
+        if not killed:
+            pid = ray.get(job.actors[0].pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    try:
+        failures = pool.failures
+        with RayIndexer(store, pool=pool, settings=SETTINGS, batch_size=2) as job:
+            report = job.add([folder], on_batch=kill_one)
+        assert killed and pool.failures == failures + 1
+        assert report.pending == 0 and report.pages_stored == 10
+        ids = [p.id for p in store.pages()]
+        assert len(ids) == len(set(ids)) == 10
+        assert (store.stats().pages, store.stats().embedded) == (10, 10)
+        local = Collection(tmp_path / "local")
+        Indexer(local, reference, settings=SETTINGS).add([folder])
+        _assert_same_vectors(store, local)
+    finally:
+        store.drop()
+        store.close()
+
+
 def test_missing_model_is_one_clear_error(tmp_path):
     """An actor whose model cannot load reports the reason (the pool raises it as is, one
     line for the CLI) instead of dying with a traceback. Run in-process: the same code."""
