@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import http.server
 import ipaddress
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from app.server.errors import ApiError
 from app.server.fetch import UrlImageFetcher
+from tests.fetch_helpers import PublicTestHostFetcher, http_server
 
 PAYLOAD = b"\x89PNG not really, but bytes"
 
@@ -56,23 +56,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _Fetcher(UrlImageFetcher):
-    """``images.test`` is a public host at 127.0.0.1; every other name is checked as usual."""
-
-    def allowed_addresses(self, host, port):
-        if host == "images.test":
-            return [ipaddress.ip_address("127.0.0.1")]
-        return super().allowed_addresses(host, port)
-
-
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
+    with http_server(_Handler) as p:
+        yield p
 
 
 def refused(fetcher: UrlImageFetcher, url: str, **kw) -> ApiError:
@@ -133,13 +120,13 @@ def test_refused_urls(url):
 
 
 def test_fetch_pins_the_checked_address_and_keeps_the_name(port):
-    fetcher = _Fetcher(timeout=5)
+    fetcher = PublicTestHostFetcher(timeout=5)
     assert fetcher.fetch(f"http://images.test:{port}/img.png") == PAYLOAD
     assert fetcher.fetch(f"http://images.test:{port}/host") == f"images.test:{port}".encode()
 
 
 def test_redirects_are_rechecked(port):
-    fetcher = _Fetcher(timeout=5)
+    fetcher = PublicTestHostFetcher(timeout=5)
     ok = f"http://images.test:{port}/to/http~images.test:{port}/img.png"
     assert fetcher.fetch(ok) == PAYLOAD
     for target in (f"127.0.0.1:{port}/img.png", f"localhost:{port}/img.png"):
@@ -152,7 +139,7 @@ def test_redirects_are_rechecked(port):
 
 
 def test_size_limit_and_http_errors(port):
-    fetcher = _Fetcher(timeout=5)
+    fetcher = PublicTestHostFetcher(timeout=5)
     assert refused(fetcher, f"http://images.test:{port}/big", max_bytes=1000).code == (
         "image_too_large"
     )

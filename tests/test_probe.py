@@ -13,18 +13,17 @@ import base64
 import http.client
 import http.server
 import io
-import ipaddress
 import json
-import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from PIL import Image
 
-from app.server import UrlImageFetcher, create_app
+from app.server import create_app
 from app.server.guard import LOOPBACK_HOSTS
 from indexer.embedder import FakeEmbedder
+from tests.fetch_helpers import PublicTestHostFetcher, http_server
 from tests.test_server import indexed, live_server  # noqa: F401
 
 KEY = "probe-key"
@@ -51,21 +50,10 @@ class _Redirector(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _Fetcher(UrlImageFetcher):
-    """``images.test`` is a "public" host at 127.0.0.1 (so redirects can be probed)."""
-
-    def allowed_addresses(self, host, port):
-        if host == "images.test":
-            return [ipaddress.ip_address("127.0.0.1")]
-        return super().allowed_addresses(host, port)
-
-
 @pytest.fixture(scope="module")
 def redirector() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
+    with http_server(_Redirector) as port:
+        yield port
 
 
 @pytest.fixture
@@ -73,7 +61,7 @@ def server(indexed, redirector) -> Iterator[str]:  # noqa: F811
     app = create_app(
         FakeEmbedder(),
         api_key=KEY,
-        url_fetcher=_Fetcher(timeout=5),
+        url_fetcher=PublicTestHostFetcher(timeout=5),
         allowed_hosts=LOOPBACK_HOSTS,
         max_wait_ms=1,
         max_request_bytes=2_000_000,
