@@ -23,7 +23,7 @@ from PIL import Image
 from app.server import create_app
 from app.server.guard import LOOPBACK_HOSTS
 from indexer.embedder import FakeEmbedder
-from tests.fetch_helpers import PublicTestHostFetcher, http_server
+from tests.http_helpers import PublicTestHostFetcher, http_server, post_chunked
 from tests.test_server import indexed, live_server  # noqa: F401
 
 KEY = "probe-key"
@@ -361,21 +361,9 @@ def test_redirect_to_loopback_is_refused(server, redirector):
 
 
 def test_chunked_body_over_the_limit(server):
-    import urllib.parse
-
-    parts = urllib.parse.urlsplit(server)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     chunks = [b'{"model": "pagelens", "input": "', *[b"a" * 65536] * 40, b'"}']
-    conn.request(
-        "POST",
-        "/v1/embeddings",
-        body=iter(chunks),
-        encode_chunked=True,
-        headers={"Content-Type": "application/json", **AUTH},
-    )
-    response = conn.getresponse()
-    assert response.status == 413 and b"request_too_large" in response.read()
-    conn.close()
+    status, body = post_chunked(server, "/v1/embeddings", chunks, AUTH)
+    assert status == 413 and b"request_too_large" in body, body[:300]
     assert httpx.get(server + "/health").status_code == 200
 
 

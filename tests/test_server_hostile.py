@@ -6,11 +6,9 @@ SQLite's range, leaked paths, DNS rebinding and an empty API key.
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import os
-import urllib.parse
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,6 +18,7 @@ from app.server import create_app
 from app.server.guard import LOOPBACK_HOSTS
 from indexer.embedder import FakeEmbedder
 from indexer.imageio import TARGET_PIXELS, ImageRefusedError, decode_image
+from tests.http_helpers import post_chunked
 from tests.test_server import assert_error, data_url, embed, indexed, live_server  # noqa: F401
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto showpage\n%%EOF\n"
@@ -123,34 +122,17 @@ def test_request_pixel_budget(recorder):
 # --------------------------------------------------------------------------- bodies
 
 
-def _chunked_post(url: str, path: str, chunks, headers=None) -> tuple[int, bytes]:
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        conn.request(
-            "POST",
-            path,
-            body=iter(chunks),
-            encode_chunked=True,
-            headers={"Content-Type": "application/json", **(headers or {})},
-        )
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def test_chunked_body_is_counted(recorder):
     import httpx
 
     app = create_app(recorder, max_wait_ms=1, max_request_bytes=10_000)
     with live_server(app) as url:
         small = b'{"model": "pagelens", "input": "hello"}'
-        status, _ = _chunked_post(url, "/v1/embeddings", [small[:10], small[10:]])
+        status, _ = post_chunked(url, "/v1/embeddings", [small[:10], small[10:]])
         assert status == 200
         pad = b" " * 4096
         chunks = [b'{"model": "pagelens", "input": "hello"', *[pad] * 10, b"}"]
-        status, body = _chunked_post(url, "/v1/embeddings", chunks)
+        status, body = post_chunked(url, "/v1/embeddings", chunks)
         assert status == 413, body
         assert b"request_too_large" in body
         assert httpx.get(url + "/health").json()["status"] == "ok"
