@@ -130,6 +130,8 @@ def index(
                 "'pagelens app'."
             )
             embedder = None
+        if embedder is None and opts.is_milvus and store.dim is None:
+            _bind_declared_model(opts, store)
         if not paths:
             _embed_pending_only(store, embedder, as_json)
             return
@@ -158,6 +160,22 @@ def index(
         _print_index_report(report, store, as_json)
 
     run_guarded(body)
+
+
+def _bind_declared_model(opts: Options, store) -> None:
+    """A Milvus page row holds its vector field, so a Milvus collection needs the model's
+    width before its first page: a text-only index (``--text-only``, or no weights yet)
+    records the configured model, identified from its files without loading it, as a
+    local collection would at its first embedding. Without the files the store's own
+    error says what to do."""
+    from indexer.identity import declared_dim, identify
+
+    source = opts.settings.model_source
+    if opts.settings.embedder_url or (dim := declared_dim(source)) is None:
+        return
+    ident = identify(source)
+    with store.writing(on_wait=say):
+        store.bind_model(source, dim, fingerprint=ident.fingerprint, revision=ident.revision)
 
 
 def _embed_pending_only(store, embedder, as_json: bool) -> None:

@@ -13,6 +13,11 @@ from pathlib import Path
 
 SCHEMA_VERSION = 2
 
+#: How the full-text index splits and stems words (migration 1 created ``pages_fts`` with
+#: it). The Milvus engine feeds its BM25 field the words this tokenizer makes, so both
+#: engines match the same word forms (``churned`` finds ``churn``).
+FTS_TOKENIZE = "porter unicode61 remove_diacritics 2"
+
 MIGRATIONS: list[str] = [
     # 1: documents, pages (vector NULL = not embedded yet), meta, full-text index
     """

@@ -103,6 +103,29 @@ def identify(source: str | os.PathLike[str], *, revision: str | None = None) -> 
     return ModelIdentity(name=name, fingerprint=fingerprint, revision=revision)
 
 
+def declared_dim(source: str | os.PathLike[str], *, revision: str | None = None) -> int | None:
+    """The vector width a local GME checkpoint declares (its text model's hidden size: GME
+    pools the last token's hidden state), read from ``config.json`` without loading it.
+
+    None when the checkpoint is not on this machine or says no width (a remote endpoint,
+    another architecture). Used where a store must know the width before any vector exists
+    (a Milvus collection's text-only first index).
+    """
+    text = os.fspath(source)
+    folder: Path | None = Path(text).expanduser()
+    if folder is None or not folder.is_dir():
+        folder = hub_snapshot(text, revision)
+    if folder is None:
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        inner = config.get("text_config") or {}
+        width = int(inner.get("hidden_size") or config.get("hidden_size") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return width or None
+
+
 def hub_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     """The local snapshot folder of a hub model in the Hugging Face cache, if there is one."""
     try:

@@ -17,7 +17,6 @@ from indexer.embedder import QUERY_INSTRUCTION, EmbedderBase, FakeEmbedder
 from indexer.errors import DocumentNotFoundError, QueryError
 from indexer.pages import RenderSettings, fit_image
 from indexer.pipeline import Indexer
-from indexer.store import Collection
 from retriever.search import Retriever
 from tests.pdfs import TOPICS, make_image_only_pdf, make_text_pdf
 
@@ -64,8 +63,9 @@ class Spy(EmbedderBase):
 
 
 @pytest.fixture
-def store(tmp_path):
-    return Collection(tmp_path / "coll")
+def store(open_store):
+    """The test's collection, once per engine (a folder, then Milvus: tests/conftest.py)."""
+    return open_store()
 
 
 @pytest.fixture
@@ -297,8 +297,9 @@ def run(*args: str):
 
 
 @pytest.fixture
-def cli_env(tiny_model_dir, monkeypatch):
+def cli_env(tiny_model_dir, monkeypatch, store_spec):
     monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("PAGELENS_COLLECTION", store_spec)
     monkeypatch.setenv("PAGELENS_IMAGE_TOKENS", "256")
 
 

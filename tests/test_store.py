@@ -218,8 +218,10 @@ def test_large_collection_switches_to_ivf_and_stays_exact_enough(tmp_path, monke
     assert again.search(vecs[0], 5) == [] and len(again.index()) == 0
 
 
-def test_text_search_matches_word_forms(tmp_path):
-    store = Collection(tmp_path / "c")
+def test_text_search_matches_word_forms(open_store):
+    """Both engines stem alike (Milvus's BM25 field holds the words of the local FTS5
+    tokenizer, :data:`indexer.catalog.FTS_TOKENIZE`), accents folded."""
+    store = open_store(model_id="m", dim=8)
     with store.writing():
         doc = store.add_document(name="r.pdf", path="/r", sha256="r", kind="pdf", page_count=2)
         img = Image.new("RGB", (10, 10))
@@ -228,6 +230,16 @@ def test_text_search_matches_word_forms(tmp_path):
         )
     assert [pid for pid, _ in store.search_text("churn of customer", 2)] == [ids[1]]
     assert [pid for pid, _ in store.search_text("résumé or revenues", 2)] == [ids[0]]
+    assert [pid for pid, _ in store.search_text("EUROPÉ", 2)] == [ids[0]]
+
+
+def test_milvus_terms_are_the_local_tokenizer_words():
+    from indexer.catalog import FTS_TOKENIZE, MIGRATIONS
+    from indexer.stores.milvus import text_terms
+
+    assert f"tokenize='{FTS_TOKENIZE}'" in MIGRATIONS[0]
+    assert text_terms("Customers churned; b.pdf Café") == "custom churn b pdf cafe"
+    assert text_terms("  ") == "" and text_terms("a\x00b") == "a b"
 
 
 def test_read_views_for_checks(tmp_path):

@@ -44,8 +44,8 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +87,11 @@ DENSE_INDEX = {
 }
 TEXT_MAX_BYTES = 60_000  # VARCHAR limit is 65,535 bytes; longer text layers are cut here
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,180}")
-#: The BM25 field holds the page's words as PageLens splits them (:func:`text_terms`: the
-#: same word rule as the local engine's queries, accents folded), so every Milvus server
-#: (milvus-lite included) tokenizes alike with its plain ``standard`` analyser.
+#: The BM25 field holds the page's words as the local engine's FTS5 tokenizer makes them
+#: (:func:`text_terms`: split, accents folded, Porter-stemmed), space-separated; Milvus's
+#: ``standard`` analyser (the one every server has, milvus-lite included) then only splits
+#: them on the spaces (for Latin words; a run of CJK characters it splits further, on both
+#: sides alike), so both engines match the same word forms.
 ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
 _PAGE_FIELDS = [
     "id",
@@ -179,11 +181,29 @@ def _quote(text: str) -> str:
 
 
 def text_terms(text: str) -> str:
-    """The words BM25 indexes and queries: lower case, accents folded, split on non-word
-    characters (so ``b.pdf`` is ``b pdf``, as SQLite FTS5's unicode61 tokenizer does)."""
-    folded = unicodedata.normalize("NFKD", text or "")
-    folded = "".join(c for c in folded if not unicodedata.combining(c))
-    return " ".join(re.findall(r"\w+", folded.lower()))
+    """The words BM25 indexes and queries, made by the local engine's own FTS5 tokenizer
+    (:data:`indexer.catalog.FTS_TOKENIZE`: lower case, accents folded, split on non-word
+    characters, Porter-stemmed), so both engines match the same word forms: ``churned``
+    finds ``churn``, ``b.pdf`` is ``b pdf``. The words are read back from an in-memory FTS5
+    table through its ``fts5vocab`` view, in text order."""
+    if not text or not text.strip():
+        return ""
+    con = getattr(_TOKENIZER, "con", None)
+    if con is None:
+        from indexer.catalog import FTS_TOKENIZE
+
+        con = sqlite3.connect(":memory:", check_same_thread=False)
+        con.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize='{FTS_TOKENIZE}')")
+        con.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
+        _TOKENIZER.con = con
+    with con:
+        con.execute("INSERT INTO t(rowid, x) VALUES (1, ?)", (text.replace("\x00", " "),))
+        terms = [row[0] for row in con.execute("SELECT term FROM v ORDER BY offset")]
+        con.execute("DELETE FROM t")
+    return " ".join(terms)
+
+
+_TOKENIZER = threading.local()  # one in-memory FTS5 table per thread (text_terms)
 
 
 def _cut(text: str, limit: int = TEXT_MAX_BYTES) -> str:
@@ -980,8 +1000,8 @@ class MilvusCollection(ModelBinding):
     ) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
         """``hybrid_search`` of the dense and BM25 requests, fused by ``RRFRanker(RRF_K)``.
 
-        Per-ranking scores: the visual cosine of each returned page (from its vector); the
-        BM25 part is not reported by Milvus's fused result.
+        Per-ranking scores: the visual cosine of each returned page (from its vector) and
+        its BM25 score (a text search limited to those pages), as the local engine reports.
         """
         if not self._ensure_pages(create=False):
             return [], {}
@@ -1017,8 +1037,16 @@ class MilvusCollection(ModelBinding):
             output_fields=["id"],
         )
         ranked = _ranked(res)
-        vectors = self.vectors([pid for pid, _ in ranked])
-        parts = {pid: {"visual": float(vectors[pid] @ q)} for pid, _ in ranked if pid in vectors}
+        ids = [pid for pid, _ in ranked]
+        vectors = self.vectors(ids)
+        parts: dict[int, dict[str, float]] = {
+            pid: {"visual": float(vectors[pid] @ q)} for pid in ids if pid in vectors
+        }
+        # The fused result carries only RRF scores: each page's BM25 score comes from a text
+        # search limited to the returned pages (a page without the words has none, as local).
+        if ids:
+            for pid, score in self.search_text(text, len(ids), page_ids=ids):
+                parts.setdefault(pid, {})["text"] = score
         return ranked, parts
 
     # -- housekeeping --------------------------------------------------------------------
