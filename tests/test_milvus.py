@@ -243,3 +243,37 @@ def test_server_killed_mid_index_then_rerun_completes(tmp_path, tiny_model_dir):
         store.close()
     finally:
         server.stop()
+
+
+def test_bulk_writes_go_in_bounded_chunks(milvus_server, monkeypatch):
+    """A write larger than one chunk is split into several upserts (each fits the per-call
+    timeout) and every page arrives whole: row, vector and ``embedded`` together."""
+    from PIL import Image
+
+    import indexer.stores.milvus as milvus_store
+
+    monkeypatch.setattr(milvus_store, "UPSERT_ROWS", 4)
+    store = open_collection(_spec(milvus_server), model_id="m", dim=8)
+    calls: list[int] = []
+    real = store.client.upsert
+    monkeypatch.setattr(
+        store.client,
+        "upsert",
+        lambda name, rows, **kw: calls.append(len(rows)) or real(name, rows, **kw),
+    )
+    image = Image.new("RGB", (8, 8), "white")
+    with store.writing():
+        doc = store.add_document(
+            name="a.pdf", path="/a.pdf", sha256="a" * 64, kind="pdf", page_count=10
+        )
+        ids = store.add_pages(doc.id, [(n, f"page {n}", image) for n in range(1, 11)])
+        vecs = np.eye(10, 8, dtype=np.float32) + 0.01
+        store.set_vectors(ids, vecs / np.linalg.norm(vecs, axis=1, keepdims=True))
+        store.mark_ready(doc.id)
+    # 10 pages: add_pages and set_vectors each send 4 + 4 + 2 rows
+    assert max(calls) <= 4 and calls.count(4) >= 4, calls
+    hits = store.search(vecs[3] / np.linalg.norm(vecs[3]), 10)
+    assert sorted(pid for pid, _ in hits) == sorted(ids)
+    assert hits[0][0] == ids[3]
+    store.drop()
+    store.close()

@@ -78,6 +78,7 @@ TOKEN_ENV = "PAGELENS_MILVUS_TOKEN"
 TIMEOUT_ENV = "PAGELENS_MILVUS_TIMEOUT"
 IMAGES_ENV = "PAGELENS_MILVUS_IMAGES"
 DEFAULT_TIMEOUT = 10.0
+UPSERT_ROWS = 128  # rows per upsert call (~0.8 MB of vectors): each call fits the timeout
 
 #: Dense ANN index of page vectors and its parameters (see module docs).
 DENSE_INDEX = {
@@ -318,6 +319,18 @@ class MilvusCollection(ModelBinding):
                 f"({_reason(exc)}). What was stored before is intact; run the same command "
                 "again when the server is back."
             ) from exc
+
+    def _upsert(self, what: str, name: str, rows: Sequence[dict]) -> None:
+        """Upsert ``rows`` in chunks of :data:`UPSERT_ROWS`.
+
+        Why chunks: every call has the same bounded timeout, so one call must carry a bounded
+        amount of work. A bulk write (migration, a large batch) of thousands of 1536-d rows in
+        one RPC can exceed it on a busy server although nothing is wrong. Each row is atomic on
+        its own (its vector and ``embedded`` travel together), so chunking keeps the promise
+        that a page is searchable only when it is whole.
+        """
+        for start in range(0, len(rows), UPSERT_ROWS):
+            self._call(what, self.client.upsert, name, list(rows[start : start + UPSERT_ROWS]))
 
     @property
     def location(self) -> str:
@@ -755,7 +768,7 @@ class MilvusCollection(ModelBinding):
                 }
             )
         if rows:
-            self._call("storing pages", self.client.upsert, self.pages_name, rows)
+            self._upsert("storing pages", self.pages_name, rows)
         return ids
 
     def stored_page_numbers(self, document_id: int) -> set[int]:
@@ -879,7 +892,7 @@ class MilvusCollection(ModelBinding):
             order = {pid: i for i, pid in enumerate(ids)}
             new = [make(dict(r), order[int(r["id"])]) for r in rows]
             if new:
-                self._call("storing vectors", self.client.upsert, self.pages_name, new)
+                self._upsert("storing vectors", self.pages_name, new)
 
     def set_vectors(self, page_ids: Sequence[int], vectors: np.ndarray) -> None:
         """Each page's vector and ``embedded = true`` in one row upsert (atomic per page)."""
