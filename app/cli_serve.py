@@ -8,6 +8,7 @@ import typer
 
 from app.cli_common import fail, options, run_guarded, say
 from app.cli_root import cli
+from indexer.stores import is_milvus_spec
 
 
 def _is_loopback(host: str) -> bool:
@@ -43,6 +44,14 @@ def serve(
         help="Let requests name images by http(s) URL (public addresses only); "
         "data URLs always work.",
     ),
+    allow_collection: list[str] = typer.Option(
+        [],
+        "--allow-collection",
+        metavar="MILVUS_ADDRESS",
+        help="Also let requests name this milvus://HOST:PORT/NAME collection (repeatable). "
+        "Requests may name the --collection one, local collections by name, and these; any "
+        "other address is refused (the server never connects where a request says).",
+    ),
     max_batch: int = typer.Option(16, "--max-batch", help="Most inputs per model batch."),
     max_wait_ms: float = typer.Option(
         10.0, "--max-wait-ms", help="How long a batch waits to fill, in milliseconds."
@@ -60,23 +69,26 @@ def serve(
             "give a key, or leave both unset to serve without one",
             2,
         )
+    bad = [spec for spec in allow_collection if not is_milvus_spec(spec)]
+    if bad:
+        fail(f"--allow-collection takes milvus:// addresses, not {bad[0]!r}", 2)
     opts = options(ctx)
 
     def body() -> None:
         import uvicorn
 
-        from app.server import create_app, resolve_collection_name
+        from app.server import create_app
         from app.server.guard import LOOPBACK_HOSTS
+        from app.server.named_collections import make_resolver, milvus_key
         from retriever.ask import LLMSettings
 
         llm = LLMSettings.from_env()  # bad PAGELENS_LLM_* values fail here, at start
         embedder = opts.embedder()
-        default_dir = opts.collection_spec
-
-        def resolver(name: str | None):
-            # The operator's --collection (a name or a path) is the default; requests may
-            # only name collections under PAGELENS_HOME.
-            return default_dir if not name else resolve_collection_name(name)
+        for spec in allow_collection:
+            milvus_key(spec)  # a malformed address fails here, at start
+        # The operator's --collection (a name, a path or a Milvus address) is the default;
+        # requests may name collections under PAGELENS_HOME and the configured addresses.
+        resolver = make_resolver(opts.collection_spec, allow_collection)
 
         app = create_app(
             embedder,

@@ -350,6 +350,7 @@ class Workspace:
         wait for a password (so that a retry can use them).
         """
         with self._write, self.job.paused(timeout=600):
+            self._bind_model_if_needed()
             report = self.indexer().add(
                 paths,
                 names=names,
@@ -370,6 +371,16 @@ class Workspace:
         if embed:
             self.job.start()
         return report
+
+    def _bind_model_if_needed(self) -> None:
+        """A new Milvus collection learns its model before its first page: its page rows
+        carry a vector field of the model's size (a local one stores pages without a model,
+        so uploads there never wait for it)."""
+        if self.store.dim is not None or not is_milvus_spec(self.store.location):
+            return
+        embedder = self.model.wait(timeout=1800)  # a failure to load is the upload's message
+        with self.store.writing() as store:
+            store.bind_embedder(embedder)
 
     def remove(self, document_id: int) -> Document:
         """Remove a document (pages, vectors, images) and its uploaded copy, if any."""

@@ -25,7 +25,7 @@ from indexer.errors import PageLensError
 from indexer.pages import IMAGE_SUFFIXES, SUPPORTED_SUFFIXES
 from indexer.pipeline import format_duration
 from indexer.settings import ModelSettings
-from indexer.stores import is_milvus_spec
+from indexer.stores import is_milvus_spec, server_collections
 from retriever.escaping import for_markdown
 from retriever.export import ExportSettings, to_markdown, to_openai_messages, zip_bytes
 from retriever.search import MODES, PageRange, Retriever
@@ -85,10 +85,39 @@ def _show_flash() -> None:
 
 
 # -- sidebar ---------------------------------------------------------------------------
+MILVUS_RELIST_S = 30.0
+
+
+def milvus_options() -> list[str]:
+    """The Milvus collections the picker offers: those opened in this session and every
+    PageLens collection on their servers (listed again at most every 30 s; a server that
+    does not answer offers what was opened there)."""
+    ss = st.session_state
+    opened: list[str] = ss.setdefault("milvus_opened", [])
+    cached = ss.get("milvus_listing")
+    if cached and cached[0] == tuple(opened) and time.monotonic() - cached[1] < MILVUS_RELIST_S:
+        return list(cached[2])
+    found = list(opened)
+    servers: set[str] = set()
+    for spec in opened:
+        server = spec.split("?", 1)[0].rsplit("/", 1)[0]
+        if server in servers:
+            continue
+        servers.add(server)
+        try:
+            found += server_collections(get_workspace(spec, model_key()).store)
+        except PageLensError:
+            continue  # unreachable now: offer what was opened; opening it says why
+    options = list(dict.fromkeys(found))
+    ss.milvus_listing = (tuple(opened), time.monotonic(), tuple(options))
+    return options
+
+
 def collection_picker() -> None:
     current = st.session_state.collection
     root = home().expanduser().resolve()
     options = [str((root / n).resolve()) for n in list_collections()]
+    options += [m for m in milvus_options() if m not in options]
     if current not in options:
         options.insert(0, current)
 
@@ -100,7 +129,8 @@ def collection_picker() -> None:
         options,
         index=options.index(current),
         format_func=label,
-        help=f"Collections live in {root} (PAGELENS_HOME).",
+        help=f"Collections live in {root} (PAGELENS_HOME), or on a Milvus server: type its "
+        "milvus://HOST:PORT/NAME under New collection.",
     )
     if choice != current:
         st.session_state.collection = choice
@@ -687,6 +717,10 @@ def main() -> None:
         st.error(str(exc))
         footer()
         return
+
+    opened = st.session_state.setdefault("milvus_opened", [])
+    if is_milvus_spec(st.session_state.collection) and st.session_state.collection not in opened:
+        opened.append(st.session_state.collection)  # the picker offers it (and its server's)
 
     with st.sidebar:
         st.title(":material/search: PageLens")

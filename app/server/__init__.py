@@ -27,8 +27,11 @@ Endpoints
     ``context_length_exceeded``, like OpenAI, rather than silently truncated.
 ``POST /v1/search``
     ``{"query", "image", "k", "collection", "documents", "mode", "pages"}`` ->
-    ``{"hits": [...], "pending": n}``; collections are named (under ``PAGELENS_HOME``), never
-    given as paths.
+    ``{"hits": [...], "pending": n}``. ``collection``: none (the server's ``--collection``,
+    which may be a Milvus address), a name under ``PAGELENS_HOME`` (never a path), or a
+    ``milvus://`` address the server was started with (``--collection``,
+    ``--allow-collection``); other addresses get 403 ``collection_not_allowed`` and are
+    never contacted (see :mod:`app.server.named_collections`).
 ``GET /v1/pages/{id}/image?collection=NAME``
     The stored page image (PNG).
 ``POST /v1/ask``

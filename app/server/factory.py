@@ -35,7 +35,7 @@ ROUTERS = (routes_meta.router, routes_embeddings.router, routes_search.router, r
 def create_app(
     embedder: Embedder,
     *,
-    collection_resolver: Callable[[str | None], Path] | None = None,
+    collection_resolver: Callable[[str | None], Path | str] | None = None,
     api_key: str | None = None,
     allow_url_images: bool = False,
     url_fetcher: UrlImageFetcher | None = None,
@@ -54,12 +54,13 @@ def create_app(
     """The API app around one embedder (see :mod:`app.server` for the endpoints).
 
     ``collection_resolver(name)`` maps a request's collection name (None: the default) to a
-    folder; by default names under ``PAGELENS_HOME``. ``url_fetcher`` replaces the default
-    :class:`UrlImageFetcher` (it implies ``allow_url_images``). ``llm`` is where
-    ``/v1/ask`` sends pages (default: ``PAGELENS_LLM_*`` read per request; without a URL
-    ``/v1/ask`` answers 503 and sends nothing). ``allowed_hosts`` (host names, without
-    ports) limits the ``Host`` header a request may carry, against DNS rebinding;
-    ``pagelens serve`` passes the loopback names when it binds to loopback.
+    folder or a Milvus address; by default names under ``PAGELENS_HOME``
+    (``named_collections.make_resolver`` is ``pagelens serve``'s rule). ``url_fetcher``
+    replaces the default :class:`UrlImageFetcher` (it implies ``allow_url_images``). ``llm``
+    is where ``/v1/ask`` sends pages (default: ``PAGELENS_LLM_*`` read per request; without
+    a URL ``/v1/ask`` answers 503 and sends nothing). ``allowed_hosts`` (host names, without
+    ports) limits the ``Host`` header a request may carry, against DNS rebinding; ``pagelens
+    serve`` passes the loopback names when it binds to loopback.
     ``api_key=""`` is refused: an empty key would silently mean no authentication.
     """
     if api_key is not None and not api_key.strip():

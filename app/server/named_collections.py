@@ -1,11 +1,23 @@
-"""Collections named by requests: name -> folder under PAGELENS_HOME -> one open store each."""
+"""Collections named by requests -> one open store each.
+
+What a request's ``collection`` may name (``/v1/search``, ``/v1/ask``, page images):
+
+* nothing: the server's default collection (``pagelens serve --collection``: a name, a
+  folder or a ``milvus://`` address);
+* a bare name: a local collection under ``PAGELENS_HOME``; never a path;
+* a ``milvus://`` / ``milvuss://`` address: only one the operator configured at start
+  (``--collection`` or ``--allow-collection``), compared by scheme, host, port and name.
+  Any other address is refused with 403 ``collection_not_allowed`` before anything is
+  contacted: a request must never make the server connect to a host of its choosing
+  (SSRF). A request's ``?images=`` part is ignored: the configured address's is used.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from app.server.errors import ApiError
@@ -36,6 +48,45 @@ def resolve_collection_name(name: str | None) -> Path:
     return path
 
 
+def milvus_key(spec: str) -> str:
+    """A Milvus address without its options, spelled one way (lower-case scheme and host)."""
+    from indexer.stores.milvus import MilvusAddress
+
+    return MilvusAddress.parse(spec).spec
+
+
+def make_resolver(
+    default: Path | str, allowed: Iterable[str] = ()
+) -> Callable[[str | None], Path | str]:
+    """The request-name -> collection rule of ``pagelens serve`` (see the module docs):
+    ``default`` for no name, local names under PAGELENS_HOME, and of Milvus addresses only
+    ``allowed`` ones (plus ``default`` when it is one)."""
+    configured = [str(default)] if is_milvus_spec(default) else []
+    permitted = {milvus_key(spec): spec for spec in [*configured, *allowed]}
+
+    def resolve(name: str | None) -> Path | str:
+        if not name:
+            return default
+        if is_milvus_spec(name):
+            try:
+                key = milvus_key(name)
+            except CollectionError:
+                key = None
+            if key not in permitted:
+                raise ApiError(
+                    403,
+                    "This server does not serve that Milvus collection: requests may name "
+                    "only the addresses it was started with (--collection, "
+                    "--allow-collection), or local collections by name.",
+                    param="collection",
+                    code="collection_not_allowed",
+                )
+            return permitted[key]
+        return resolve_collection_name(name)
+
+    return resolve
+
+
 class CollectionCache:
     """Opened collections by folder, shared by all requests (thread-safe)."""
 
@@ -62,11 +113,14 @@ class CollectionCache:
             try:
                 store = open_collection(path, create=False)
             except CollectionError as exc:
+                message = self.scrub(str(exc), name)
+                if is_milvus_spec(path) and not str(exc).startswith("No collection"):
+                    # The Milvus server did not answer: the client may retry later.
+                    raise ApiError(
+                        503, message, param="collection", code="collection_unavailable"
+                    ) from exc
                 raise ApiError(
-                    404,
-                    self.scrub(str(exc), name),
-                    param="collection",
-                    code="collection_not_found",
+                    404, message, param="collection", code="collection_not_found"
                 ) from exc
             self._open[path] = store
             return store
@@ -81,7 +135,11 @@ class CollectionCache:
         path = Path(spec)
         label = repr(name or path.name)
         if is_milvus_spec(spec):  # the server's Milvus address is not the client's business
-            return message.replace(str(spec), label)
+            from indexer.stores.milvus import MilvusAddress
+
+            address = MilvusAddress.parse(str(spec))
+            message = message.replace(str(spec), label).replace(address.spec, label)
+            return message.replace(f"{address.host}:{address.port}", "the collection's server")
         for folder in sorted({str(path / CATALOG), str(path.resolve() / CATALOG)}, key=len)[::-1]:
             message = message.replace(folder, f"the catalog of collection {label}")
         for folder in sorted({str(path), str(path.resolve())}, key=len, reverse=True):

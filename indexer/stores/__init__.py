@@ -25,6 +25,7 @@ __all__ = [
     "Store",
     "is_milvus_spec",
     "open_collection",
+    "server_collections",
     "spec_exists",
 ]
 
@@ -72,3 +73,11 @@ def spec_exists(spec: str | os.PathLike[str] | None) -> bool:
 
     path = spec if isinstance(spec, Path) else collection_path(spec)
     return (Path(path) / CATALOG).is_file()
+
+
+def server_collections(store: Store) -> list[str]:
+    """The specs of the collections on the same server as ``store`` (itself included), for
+    a collection picker: every PageLens collection of a Milvus server; ``[]`` for a local
+    folder (the named local ones are :func:`indexer.config.list_collections`)."""
+    lister = getattr(store, "server_collections", None)
+    return list(lister()) if callable(lister) else []

@@ -1063,6 +1063,17 @@ class MilvusCollection(ModelBinding):
         return ranked, parts
 
     # -- housekeeping --------------------------------------------------------------------
+    def server_collections(self) -> list[str]:
+        """The addresses of every PageLens collection on this collection's server (a
+        ``NAME_meta`` collection marks one), this one included: what a picker offers."""
+        names = set(self._call("listing collections", self.client.list_collections))
+        a = self.address
+        return sorted(
+            MilvusAddress(a.host, a.port, n[: -len("_meta")], a.secure).spec
+            for n in names
+            if n.endswith("_meta") and f"{n[: -len('_meta')]}_documents" in names
+        )
+
     def drop(self) -> None:
         """Delete the collection from Milvus (its three Milvus collections) and its images."""
         for name in (self.pages_name, self.docs_name, self.meta_name):
