@@ -156,6 +156,9 @@ def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # gRPC's C core (pymilvus, Ray) logs failed TLS handshakes and reconnects on stderr
+        # itself; PageLens reports each failure once, in one line.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         for noisy in ("transformers", "httpx", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
 

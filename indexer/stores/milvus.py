@@ -1,7 +1,9 @@
 """The Milvus engine: a collection whose documents and pages live in Milvus.
 
-``milvus://HOST:PORT/NAME`` (``milvuss://`` for TLS; token from ``PAGELENS_MILVUS_TOKEN``)
-names three Milvus collections:
+``milvus://HOST:PORT/NAME`` (``milvuss://`` for TLS, verified against gRPC's public roots
+or the CA file ``PAGELENS_MILVUS_CA``; token from ``PAGELENS_MILVUS_TOKEN``, sent as gRPC
+``authorization`` metadata and never put in a message or stored) names three Milvus
+collections:
 
 ``NAME_pages``
     one row per page: ``id`` (INT64 primary key), ``document_id``, ``number``, ``text`` (the
@@ -37,6 +39,7 @@ of the server becomes one :class:`~indexer.errors.CollectionError` line.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -75,6 +78,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 19530
 TOKEN_ENV = "PAGELENS_MILVUS_TOKEN"
+CA_ENV = "PAGELENS_MILVUS_CA"
 TIMEOUT_ENV = "PAGELENS_MILVUS_TIMEOUT"
 IMAGES_ENV = "PAGELENS_MILVUS_IMAGES"
 DEFAULT_TIMEOUT = 10.0
@@ -143,25 +147,36 @@ class MilvusAddress:
     @classmethod
     def parse(cls, spec: str) -> MilvusAddress:
         parts = urlsplit(spec)
+        shown = redact_address(spec)  # errors never echo credentials
         scheme = parts.scheme.lower()
         if scheme not in ("milvus", "milvuss"):
-            raise CollectionError(f"'{spec}' is not a Milvus address (milvus://HOST:PORT/NAME).")
+            raise CollectionError(f"'{shown}' is not a Milvus address (milvus://HOST:PORT/NAME).")
+        if "@" in parts.netloc:
+            raise CollectionError(
+                f"Milvus address '{shown}' carries credentials: put the token in {TOKEN_ENV} "
+                "instead (an address is shown in logs, output and shell history)."
+            )
         name = parts.path.strip("/")
         try:
             port = parts.port or DEFAULT_PORT
         except ValueError as exc:
-            raise CollectionError(f"Bad port in Milvus address '{spec}'.") from exc
+            raise CollectionError(f"Bad port in Milvus address '{shown}'.") from exc
         if not parts.hostname:
             raise CollectionError(
-                f"Milvus address '{spec}' names no host (milvus://HOST:PORT/NAME)."
+                f"Milvus address '{shown}' names no host (milvus://HOST:PORT/NAME)."
             )
         if not _NAME.fullmatch(name):
             raise CollectionError(
-                f"Milvus collection name '{name}' in '{spec}' must start with a letter or '_' and "
-                "hold only letters, digits and '_' (Milvus's rule)."
+                f"Milvus collection name '{name}' in '{shown}' must start with a letter or '_' "
+                "and hold only letters, digits and '_' (Milvus's rule)."
             )
         images = parse_qs(parts.query).get("images", [None])[0]
         return cls(parts.hostname, port, name, scheme == "milvuss", images)
+
+
+def redact_address(spec: str) -> str:
+    """A collection address fit to show: any ``user:secret@`` part replaced by ``***@``."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", str(spec))
 
 
 def document_id_for(sha256: str) -> int:
@@ -280,6 +295,16 @@ class MilvusCollection(ModelBinding):
                 "Milvus collections need pymilvus: pip install 'pagelens[milvus]'."
             ) from exc
         token = os.environ.get(TOKEN_ENV, "")
+        tls: dict[str, str] = {}
+        ca = os.environ.get(CA_ENV, "").strip()
+        if ca and self.address.secure:
+            ca_path = Path(ca).expanduser()
+            if not ca_path.is_file():
+                raise CollectionError(
+                    f"{CA_ENV} names {ca_path}, which is not a file: it should be the PEM file "
+                    "of the certificate authority that signed the Milvus server's certificate."
+                )
+            tls["server_pem_path"] = str(ca_path)  # pymilvus: the roots to trust
         if not os.environ.get("PAGELENS_MILVUS_LOG"):
             # pymilvus logs every failed RPC with a traceback on stderr; PageLens says each
             # failure once, in one line (CollectionError). PAGELENS_MILVUS_LOG=1 keeps them.
@@ -296,12 +321,19 @@ class MilvusCollection(ModelBinding):
                     "grpc.keepalive_time_ms": 300_000,
                     "grpc.keepalive_permit_without_calls": 0,
                 },
+                **tls,
             )
         except Exception as exc:  # grpc / MilvusException: say it in one line
+            problem = _tls_problem(exc) if self.address.secure else None
+            if problem:
+                raise CollectionError(
+                    f"TLS with Milvus at {self.address.host}:{self.address.port} failed: {problem}"
+                ) from exc
             raise CollectionError(
                 f"Cannot reach Milvus at {self.address.host}:{self.address.port} within "
                 f"{self.timeout:g} s ({_reason(exc)}). Is the server running and the address "
-                f"right? ({TIMEOUT_ENV} sets the wait; {TOKEN_ENV} the token)"
+                f"(milvus:// plaintext, milvuss:// TLS) right? ({TIMEOUT_ENV} sets the wait; "
+                f"{TOKEN_ENV} the token)"
             ) from exc
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -457,7 +489,7 @@ class MilvusCollection(ModelBinding):
         location = explicit or recorded or str(self.work_dir / "images")
         if recorded is None:
             self._set_meta({"image_store": location})
-        return open_images(location, self.work_dir)
+        return open_images(location, self.work_dir, timeout=self.timeout)
 
     # -- meta ----------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -838,7 +870,7 @@ class MilvusCollection(ModelBinding):
         return sorted(int(r["id"]) for r in self._iter(self.pages_name, expr, ["id"]))
 
     def image_path(self, page: Page) -> Path:
-        return self.images.local_path(page.image)
+        return self.images.local_path(page.image, page.image_sha256)
 
     def image_bytes(self, page: Page) -> bytes:
         return self.images.get(page.image)
@@ -1137,5 +1169,56 @@ def _is_server_error(exc: BaseException) -> bool:
 
 def _reason(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    text = " ".join(str(text).split())
+    text = " ".join(scrub(str(text)).split())
     return text[:200]
+
+
+def scrub(text: str) -> str:
+    """``text`` without the Milvus token (as given, or base64 as sent in gRPC metadata).
+
+    PageLens never puts the token in a message itself; this keeps a server's or client
+    library's error text from carrying it into PageLens's output."""
+    token = os.environ.get(TOKEN_ENV, "")
+    if len(token) < 4:  # nothing (or too little to tell apart from ordinary text)
+        return text
+    for secret in (token, base64.b64encode(token.encode()).decode()):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _error_texts(exc: BaseException) -> Iterator[str]:
+    """The messages of an exception and of those that caused it (gRPC's ``details()``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        details = getattr(current, "details", None)
+        if callable(details):
+            with contextlib.suppress(Exception):
+                yield str(details() or "")
+        yield str(current)
+        current = current.__cause__ or current.__context__
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """What went wrong with TLS, in words, when a connection failed because of it."""
+    text = " ".join(_error_texts(exc))
+    verify = re.search(r"CERTIFICATE_VERIFY_FAILED:?\s*([^:\n\"]*)", text)
+    if verify:
+        why = verify.group(1).strip() or "certificate verify failed"
+        return (
+            f"the server's certificate is not trusted ({why}). If a private CA signed it, "
+            f"set {CA_ENV} to that CA's PEM file."
+        )
+    lower = text.lower()
+    if "hostname verification" in lower or "peer name" in lower:
+        return (
+            "the server's certificate does not name this host; use the host name (or IP "
+            "address) the certificate was issued for."
+        )
+    if "wrong_version_number" in lower or "handshake failed" in lower:
+        return (
+            "the server did not answer with TLS. Is this a plaintext port? (milvus:// is "
+            "plaintext, milvuss:// TLS)"
+        )
+    return None

@@ -43,7 +43,7 @@ class FolderImages:
     def exists(self, key: str) -> bool:
         return (self.root / key).is_file()
 
-    def local_path(self, key: str) -> Path:
+    def local_path(self, key: str, sha256: str | None = None) -> Path:
         return self.root / key
 
     def delete(self, keys: list[str]) -> None:
@@ -57,12 +57,17 @@ class FolderImages:
 class FsspecImages:
     """Page images in an object store through fsspec (``s3://bucket/prefix`` with s3fs).
 
-    Credentials and endpoint come from the usual places of the backend (for S3: the AWS
-    environment variables or config files; ``AWS_ENDPOINT_URL`` for MinIO and other
-    S3-compatible servers). Images shown or exported are cached under the work folder.
+    Credentials and endpoint come from the usual places of the backend. For S3 and every
+    S3-compatible server (MinIO, Ceph RGW, Cloudflare R2, ...): ``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY`` (or ``~/.aws``), and ``AWS_ENDPOINT_URL`` (or
+    ``AWS_ENDPOINT_URL_S3``) for a server that is not AWS. Every call is bounded by
+    ``timeout`` (PageLens's Milvus timeout) and a failure is one
+    :class:`~indexer.errors.CollectionError` line; listings are never cached, because other
+    machines add and remove images all the time. Images shown or exported are cached under
+    the work folder by content hash, so a cached copy is never stale.
     """
 
-    def __init__(self, url: str, cache: Path) -> None:
+    def __init__(self, url: str, cache: Path, *, timeout: float = 10.0) -> None:
         try:
             import fsspec
         except ImportError as exc:  # pragma: no cover - fsspec ships with the milvus extra
@@ -71,49 +76,90 @@ class FsspecImages:
             ) from exc
         self.url = url.rstrip("/")
         protocol = self.url.split("://", 1)[0]
+        options: dict = {"use_listings_cache": False, "skip_instance_cache": True}
+        if protocol in ("s3", "s3a"):
+            options["config_kwargs"] = {
+                "connect_timeout": timeout,
+                "read_timeout": timeout,
+                "retries": {"max_attempts": 2, "mode": "standard"},
+            }
         try:
-            self.fs = fsspec.filesystem(protocol)
-        except (ImportError, ValueError) as exc:
+            self.fs = fsspec.filesystem(protocol, **options)
+        except (ImportError, ValueError, TypeError) as exc:
             raise CollectionError(f"Cannot open the image store {url}: {exc}") from exc
+        if hasattr(self.fs, "retries"):
+            self.fs.retries = 2  # s3fs's own retry loop around botocore's (default 5)
         self.cache = cache
 
     def _full(self, key: str) -> str:
         return f"{self.url}/{key}"
 
+    def _fail(self, what: str, key: str, exc: BaseException) -> CollectionError:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return CollectionError(
+            f"Image store {self.url} failed while {what} {key} ({reason}). Nothing half-stored "
+            "is searchable; run the same command again when the store is back."
+        )
+
     def put(self, key: str, data: bytes) -> None:
         try:
             self.fs.pipe_file(self._full(key), data)
-        except OSError as exc:
-            raise CollectionError(f"Cannot write page image {self._full(key)}: {exc}") from exc
+        except Exception as exc:  # botocore/aiohttp errors are not OSErrors
+            raise self._fail("writing", key, exc) from exc
 
     def get(self, key: str) -> bytes:
-        return self.fs.cat_file(self._full(key))
+        """The image's bytes; ``FileNotFoundError`` if the object is gone."""
+        try:
+            return bytes(self.fs.cat_file(self._full(key)))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise self._fail("reading", key, exc) from exc
 
     def exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self._full(key)))
+        try:
+            return bool(self.fs.exists(self._full(key)))
+        except Exception as exc:
+            raise self._fail("looking for", key, exc) from exc
 
-    def local_path(self, key: str) -> Path:
-        digest = hashlib.sha256(self._full(key).encode()).hexdigest()[:16]
-        path = self.cache / digest / Path(key).name
+    def local_path(self, key: str, sha256: str | None = None) -> Path:
+        """A local copy (downloaded once; by content hash when known, so never stale).
+
+        A missing object gives a path that does not exist, as a folder's missing file does.
+        """
+        name = sha256 or hashlib.sha256(self._full(key).encode()).hexdigest()
+        path = self.cache / name[:2] / f"{name}{Path(key).suffix}"
         if not path.is_file():
-            atomic_write_bytes(path, self.get(key))
+            try:
+                atomic_write_bytes(path, self.get(key))
+            except FileNotFoundError:
+                pass
         return path
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
-            if self.fs.exists(self._full(key)):
-                self.fs.rm(self._full(key))
+            try:
+                self.fs.rm_file(self._full(key))
+            except FileNotFoundError:
+                pass
+            except Exception as exc:
+                raise self._fail("deleting", key, exc) from exc
 
     def delete_prefix(self, prefix: str) -> None:
-        if self.fs.exists(self._full(prefix)):
-            self.fs.rm(self._full(prefix), recursive=True)
+        try:
+            if self.fs.exists(self._full(prefix)):
+                self.fs.rm(self._full(prefix), recursive=True)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise self._fail("deleting", prefix, exc) from exc
 
 
 ImageStore = FolderImages | FsspecImages
 
 
-def open_images(location: str, work_dir: Path) -> ImageStore:
+def open_images(location: str, work_dir: Path, *, timeout: float = 10.0) -> ImageStore:
     """A folder path, or a URL with a scheme fsspec knows (``s3://bucket/prefix``)."""
     if "://" in location and not location.startswith("file://"):
-        return FsspecImages(location, work_dir / "image-cache")
+        return FsspecImages(location, work_dir / "image-cache", timeout=timeout)
     return FolderImages(location.removeprefix("file://"))

@@ -1,0 +1,277 @@
+"""Page images of a Milvus collection in an S3-compatible bucket (``s3://bucket/prefix``).
+
+Real servers on loopback: milvus-lite's gRPC server (conftest) and moto's standalone S3
+server (tests/s3_server.py), reached as a user reaches MinIO/Ceph/R2: ``AWS_ENDPOINT_URL``
+and an access key pair in the environment, the bucket in the collection address
+(``?images=s3://bucket/prefix``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from indexer.embedder import FakeEmbedder
+from indexer.pages import RenderSettings
+from indexer.pipeline import Indexer
+from indexer.stores import open_collection
+from tests.pdfs import TOPICS, make_text_pdf
+
+pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+pytest.importorskip("s3fs", reason="the milvus extra is not installed")
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = RenderSettings(max_pixels=16 * 28 * 28)  # 16 visual tokens per page
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    from tests.s3_server import S3Server, moto_command
+
+    if moto_command() is None:
+        pytest.skip("moto is not installed (the dev extra)")
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket, and the environment a user sets for an S3-compatible server."""
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("PAGELENS_MILVUS_IMAGES", raising=False)
+    name = f"pagelens-{uuid.uuid4().hex[:10]}"
+    s3.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def spec(milvus_server, bucket: str):
+    """A fresh Milvus collection whose images go to ``s3://BUCKET/team/pages``."""
+    address = f"milvus://{milvus_server.address}/t_{uuid.uuid4().hex[:12]}"
+    yield f"{address}?images=s3://{bucket}/team/pages"
+    try:
+        store = open_collection(address, create=False)
+    except Exception:
+        return
+    store.drop()
+    store.close()
+
+
+def _cli(*args: str):
+    return runner.invoke(cli, [str(a) for a in args])
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _index_fake(spec: str, files: list[Path]) -> None:
+    store = open_collection(spec)
+    Indexer(store, FakeEmbedder(), settings=SMALL).add(files)
+    store.close()
+
+
+def test_index_search_remove_with_images_in_s3(
+    spec, bucket, s3, tmp_path, tiny_model_dir, monkeypatch
+):
+    monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    a = make_text_pdf(tmp_path / "a.pdf", TOPICS[:3])
+    b = make_text_pdf(tmp_path / "b.pdf", TOPICS[3:5])
+    base = ["--collection", spec, "--image-tokens", "16"]
+    result = _cli(*base, "index", a, b)
+    assert result.exit_code == 0, result.output
+    keys = s3.keys(bucket)
+    assert len(keys) == 5 and all(k.startswith("team/pages/pages/") for k in keys), keys
+    home = Path(os.environ["PAGELENS_HOME"])
+    assert not list(home.rglob("*.png")), "images went to a local folder, not to S3"
+
+    result = _cli(*base, "search", "sourdough starter wild yeast", "--mode", "text", "--json")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)["hits"]
+    assert (hits[0]["document"], hits[0]["page"]) == ("b.pdf", 1)
+
+    result = _cli(*base, "search", "anything", "-k", "10", "--json")
+    hits = json.loads(result.stdout)["hits"]
+    assert sorted((h["document"], h["page"]) for h in hits) == [
+        ("a.pdf", 1), ("a.pdf", 2), ("a.pdf", 3), ("b.pdf", 1), ("b.pdf", 2),
+    ]  # fmt: skip
+    store = open_collection(spec, create=False)
+    objects = s3.client()
+    for hit in hits:  # each hit's image came from the bucket, byte for byte
+        page = store.page(hit["page_id"])
+        stored = objects.get_object(Bucket=bucket, Key=f"team/pages/{page.image}")["Body"].read()
+        assert _sha(Path(hit["image"]).read_bytes()) == _sha(stored) == page.image_sha256
+        assert store.load_image(page).size == (page.width, page.height)
+
+    result = _cli(*base, "remove", "a.pdf")
+    assert result.exit_code == 0, result.output
+    left = s3.keys(bucket)
+    assert len(left) == 2 and all(store.images.exists(p.image) for p in store.pages())
+    assert {p.document_id for p in store.pages()} == {store.document("b.pdf").id}
+    store.close()
+
+
+def test_check_sees_a_missing_image_object_and_repair_then_index_restores_it(
+    spec, bucket, s3, tmp_path
+):
+    pdf = make_text_pdf(tmp_path / "a.pdf", TOPICS[:3])
+    _index_fake(spec, [pdf])
+    result = _cli("--collection", spec, "check", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["ok"], result.output
+
+    store = open_collection(spec, create=False)
+    gone = store.pages()[1]
+    s3.client().delete_object(Bucket=bucket, Key=f"team/pages/{gone.image}")
+    result = _cli("--collection", spec, "check", "--json")
+    assert result.exit_code == 4, result.output
+    report = json.loads(result.stdout)
+    problem = {p["kind"]: p for p in report["problems"]}["image-missing"]
+    assert problem["count"] == 1 and problem["pages"] == [gone.id]
+    assert f"s3://{bucket}/team/pages" in problem["detail"]
+
+    result = _cli("--collection", spec, "check", "--repair", "--json")
+    assert result.exit_code == 0, result.output
+    _index_fake(spec, [pdf])  # the document is incomplete again: index finishes it
+    result = _cli("--collection", spec, "check", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["ok"], result.output
+    assert len(s3.keys(bucket)) == 3 and store.stats().embedded == 3
+    assert store.image_bytes(store.page(gone.id))  # back in the bucket
+    store.close()
+
+
+SECOND_MACHINE = """
+import hashlib, json, sys
+import numpy as np
+from indexer.embedder import FakeEmbedder
+from indexer.stores import open_collection
+from retriever.search import Retriever
+store = open_collection(sys.argv[1], create=False)
+hits = Retriever(FakeEmbedder(), store).search("anything", 10)
+pages = store.pages_by_id(h.page_id for h in hits)
+print(json.dumps({
+    "images": store.images.url,
+    "pages": [
+        [h.page_id, hashlib.sha256(open(h.image, "rb").read()).hexdigest(),
+         pages[h.page_id].image_sha256]
+        for h in hits
+    ],
+}))
+"""
+
+
+def test_a_second_machine_reads_the_images_from_the_bucket(
+    spec, bucket, s3, tmp_path, milvus_server
+):
+    _index_fake(spec, [make_text_pdf(tmp_path / "a.pdf", TOPICS[:3])])
+    plain = spec.split("?", 1)[0]  # the other machine names no image location: it is recorded
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PAGELENS_HOME": str(tmp_path / "other-machine"),  # its own, empty, image cache
+    }
+    env.pop("PAGELENS_MILVUS_IMAGES", None)
+    out = subprocess.run(
+        [sys.executable, "-c", SECOND_MACHINE, plain],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["images"] == f"s3://{bucket}/team/pages"
+    assert len(seen["pages"]) == 3
+    for _, got, recorded in seen["pages"]:
+        assert got == recorded  # the bytes this machine stored, read by the other one
+
+
+def _nothing_half_stored(store) -> None:
+    """Every stored page has its image; visual search finds only pages with a vector."""
+    for page in store.pages(with_text=False):
+        assert store.images.exists(page.image)
+    for pid, _ in store.search(np.ones(store.dim, np.float32), 50):
+        assert store.page(pid).embedded
+    for pid, _ in store.search_text("the", 50):
+        assert store.images.exists(store.page(pid).image)
+
+
+def _complete_once(store, bucket: str, s3, n: int) -> None:
+    pages = store.pages(with_text=False)
+    assert len(pages) == n == len({(p.document_id, p.number) for p in pages})
+    assert store.stats().pending == 0
+    assert all(d.status == "ready" for d in store.documents())
+    assert len(s3.keys(bucket)) == n
+
+
+def test_s3_failing_while_pages_are_stored_is_one_line_and_rerun_completes(
+    spec, bucket, s3, tmp_path, tiny_model_dir, monkeypatch
+):
+    """The endpoint dies at the 4th upload: the CLI says so in one line, nothing searchable
+    lacks its image or vector, and the same command afterwards completes, no duplicates."""
+    monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("PAGELENS_MILVUS_TIMEOUT", "3")
+    files = [
+        make_text_pdf(tmp_path / "a.pdf", TOPICS[:5]),
+        make_text_pdf(tmp_path / "b.pdf", TOPICS[5:9]),
+    ]
+    cmd = ["--collection", spec, "--image-tokens", "16", "index", *files]
+    s3.proxy.fail_at(b"PUT /", 4)
+    try:
+        result = _cli(*cmd)
+    finally:
+        s3.proxy.disarm()  # if it never fired
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert f"Image store s3://{bucket}/team/pages failed while writing" in errors[0]
+
+    s3.proxy.resume()  # the server is back, with what it had stored
+    store = open_collection(spec, create=False)
+    assert store.stats().pages < 9  # stopped while storing pages
+    _nothing_half_stored(store)
+    result = _cli(*cmd)
+    assert result.exit_code == 0, result.output
+    _complete_once(store, bucket, s3, 9)
+    result = _cli("--collection", spec, "check", "--json")
+    assert result.exit_code == 0, result.output
+    store.close()
+
+
+def test_s3_failing_while_pages_are_embedded_leaves_them_pending(spec, bucket, s3, tmp_path):
+    """The endpoint dies at the 3rd image download (the embedding phase reads the images
+    back): the pages stay pending, never visually searchable, and a re-run embeds them."""
+    from indexer.errors import CollectionError
+
+    files = [
+        make_text_pdf(tmp_path / "a.pdf", TOPICS[:5]),
+        make_text_pdf(tmp_path / "b.pdf", TOPICS[5:9]),
+    ]
+    store = open_collection(spec)
+    indexer = Indexer(store, FakeEmbedder(), settings=SMALL, batch_size=2)
+    s3.proxy.fail_at(b"GET /", 3)
+    try:
+        with pytest.raises(CollectionError, match="failed while reading"):
+            indexer.add(files)
+    finally:
+        s3.proxy.disarm()
+    s3.proxy.resume()
+    stats = store.stats()
+    assert stats.pages == 9 and 0 < stats.pending < 9  # stored, partly embedded
+    _nothing_half_stored(store)
+    Indexer(store, FakeEmbedder(), settings=SMALL).add(files)
+    _complete_once(store, bucket, s3, 9)
+    store.close()
