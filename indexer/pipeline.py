@@ -257,7 +257,9 @@ class Indexer:
 
             ocr_tessdata(self.settings.ocr_language)
         with self.store.writing(on_wait=on_wait):
-            if embed and self.embedder is not None:
+            if self.embedder is not None and (embed or self.store.dim is None):
+                # A text-only pass with a model at hand records it too when none is yet: a
+                # Milvus collection needs the vector width before its first page row.
                 self.store.bind_embedder(self.embedder)
             if self.store.render_settings() is None:
                 self.store.set_render_settings(self.settings.as_dict())

@@ -10,7 +10,6 @@ import pytest
 
 from indexer.embedder import FakeEmbedder
 from indexer.pipeline import Indexer
-from indexer.store import Collection
 from retriever import Retriever, to_markdown, to_openai_messages, zip_bytes
 from retriever.search import PageRange, reciprocal_rank_fusion, snippet
 
@@ -22,8 +21,9 @@ TOPICS = [
 
 
 @pytest.fixture
-def store(tmp_path):
-    return Collection(tmp_path / "coll")
+def store(open_store):
+    """The test's collection, once per engine (a folder, then Milvus: tests/conftest.py)."""
+    return open_store()
 
 
 def test_index_search_export_end_to_end(store, make_pdf):
@@ -112,7 +112,8 @@ def test_interrupted_document_resumes_without_duplicates(store, make_pdf):
     report = Indexer(store, FakeEmbedder()).add([pdf])
     assert report.files[0].status == "resumed"
     assert [p.number for p in store.pages()] == list(range(1, 8))
-    assert store.stats().embedded == 7 and len(store.index()) == 7
+    assert store.stats().embedded == 7 and len(store.page_ids(embedded=True)) == 7
+    assert len(store.search(store.vector(store.pages()[0].id), 20)) == 7
 
 
 def test_identical_pages_are_embedded_once(store, make_pdf):
