@@ -1045,8 +1045,9 @@ class MilvusCollection(ModelBinding):
     ) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
         """``hybrid_search`` of the dense and BM25 requests, fused by ``RRFRanker(RRF_K)``.
 
-        Per-ranking scores: the visual cosine of each returned page (from its vector) and
-        its BM25 score (a text search limited to those pages), as the local engine reports.
+        Per-ranking scores: the visual cosine of each returned page that has a vector (the
+        local engine: of those within the visual ranking's ``depth``) and its BM25 score
+        when it is in the text ranking to ``depth``, as the local engine reports.
         """
         if not self._ensure_pages(create=False):
             return [], {}
@@ -1087,11 +1088,14 @@ class MilvusCollection(ModelBinding):
         parts: dict[int, dict[str, float]] = {
             pid: {"visual": float(vectors[pid] @ q)} for pid in ids if pid in vectors
         }
-        # The fused result carries only RRF scores: each page's BM25 score comes from a text
-        # search limited to the returned pages (a page without the words has none, as local).
+        # The fused result carries only RRF scores: each page's BM25 score comes from the
+        # text ranking to ``depth`` (the one fused; a page outside it has none, as local).
+        # (A search limited to the returned ids would score with other statistics.)
         if ids:
-            for pid, score in self.search_text(text, len(ids), page_ids=ids):
-                parts.setdefault(pid, {})["text"] = score
+            wanted = set(ids)
+            for pid, score in self.search_text(text, depth, where=where):
+                if pid in wanted:
+                    parts.setdefault(pid, {})["text"] = score
         return ranked, parts
 
     # -- housekeeping --------------------------------------------------------------------
