@@ -81,13 +81,24 @@ def index(
         help="With --ray: CPUs per actor (default: 1 with a GPU; without GPUs, what is left "
         "after keeping a quarter of the CPUs, at least one, for rendering).",
     ),
+    ray_cpus: int = typer.Option(
+        None,
+        "--ray-cpus",
+        min=1,
+        help="With --ray local: logical CPUs of the Ray instance it starts (default: all of "
+        "this machine's), to leave the rest to other work.",
+    ),
 ) -> None:
     """Add files and folders to the collection (resumes interrupted jobs)."""
     from indexer.pipeline import Indexer
 
     opts = options(ctx)
-    if ray_address is None and (ray_actors is not None or ray_actor_cpus is not None):
-        fail("--ray-actors and --ray-actor-cpus go with --ray ADDRESS", 2)
+    if ray_address is None and (
+        ray_actors is not None or ray_actor_cpus is not None or ray_cpus is not None
+    ):
+        fail("--ray-actors, --ray-actor-cpus and --ray-cpus go with --ray ADDRESS", 2)
+    if ray_cpus is not None and ray_address != "local":
+        fail("--ray-cpus sizes the instance that --ray local starts; a cluster has its own", 2)
     if ray_address is not None and opts.embedder_url:
         fail(
             "--ray embeds on the Ray cluster's actors and --embedder on an endpoint: "
@@ -110,6 +121,7 @@ def index(
                 ray_address,
                 ray_actors,
                 ray_actor_cpus,
+                ray_cpus,
                 password,
                 text_only,
                 batch_size or 4,  # Ray actors: pages per actor call (memory is theirs)
@@ -196,6 +208,7 @@ def _index_on_ray(
     address: str,
     actors: int | None,
     actor_cpus: float | None,
+    cpus: int | None,
     password: str | None,
     text_only: bool,
     batch_size: int,
@@ -206,7 +219,9 @@ def _index_on_ray(
 
     from indexer.ray_job import RayIndexer, RayOptions, check_address
 
-    ray_options = RayOptions(address=check_address(address), actors=actors, actor_cpus=actor_cpus)
+    ray_options = RayOptions(
+        address=check_address(address), actors=actors, actor_cpus=actor_cpus, num_cpus=cpus
+    )
     load = opts.settings.load_options()
     model = opts.settings.model_source
     say(f"indexing on Ray ({address}); each actor loads {model} ...")

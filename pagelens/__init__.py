@@ -4,7 +4,7 @@
 
     from pagelens import PageLens
 
-    lens = PageLens("research")                     # a collection (name or folder) + its model
+    lens = PageLens("research")                     # a collection (as --collection) + its model
     lens.index(["~/papers"])                        # files or folders; resumable
     hits = lens.search("what changed in 2023?", k=5)
 
@@ -40,8 +40,12 @@ PathLike = str | os.PathLike[str]
 class PageLens:
     """A collection of pages and the model that embeds them.
 
-    ``collection`` is a name (a folder under ``$PAGELENS_HOME``, default ``./data``) or a
-    folder path; ``None`` is the ``default`` collection, as on the command line. ``model`` is
+    ``collection`` is what ``pagelens --collection`` takes, read by the same rule: a bare
+    name is a named collection under ``$PAGELENS_HOME`` (even when a folder of that name
+    exists in the current folder), text with a path separator or starting with ``.`` or
+    ``~`` is a folder, and ``milvus://HOST:PORT/NAME`` is a collection on a Milvus server.
+    A :class:`~pathlib.Path` (any ``os.PathLike``) is always a folder, made absolute here so
+    that a later ``chdir`` does not move it. ``None`` is the ``default`` collection. ``model`` is
     a hub id or a local folder (default ``$PAGELENS_MODEL``, else GME-2B); ``device``,
     ``dtype`` and ``options`` go to :func:`indexer.load_embedder`. Pass ``embedder=`` to
     share an already loaded model (or a test double), ``store=`` to use an open store.
@@ -62,6 +66,8 @@ class PageLens:
             raise ValueError("give a collection name/folder or an open store, not both")
         if embedder is not None and (model is not None or device or dtype or options):
             raise ValueError("give a loaded embedder or the options to load one, not both")
+        if isinstance(collection, os.PathLike):  # a path object: a folder, whatever its name
+            collection = Path(collection).expanduser().absolute()
         self.store = store if store is not None else open_collection(collection)
         self._embedder = embedder
         self._load = {"model": model, "device": device, "dtype": dtype, **options}

@@ -69,3 +69,32 @@ def test_bad_arguments_are_refused_clearly(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(CollectionError, match="not a folder"):
         PageLens(tmp_path / "file")
+
+
+def test_names_and_paths_follow_the_cli_rule(tmp_path, monkeypatch, _isolated_home):
+    """A bare name is a named collection even beside a same-named folder in the current
+    folder; text that looks like a path, and any Path object, is that folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "papers").mkdir()  # a folder that happens to share the name
+    (tmp_path / "papers" / "notes.txt").write_text("not a collection")
+
+    with PageLens("papers", embedder=FakeEmbedder()) as named:
+        assert named.store.path == _isolated_home / "papers"
+    assert sorted(p.name for p in (tmp_path / "papers").iterdir()) == ["notes.txt"]
+
+    for spelled in ("./mine", str(tmp_path / "abs"), "sub/dir"):
+        with PageLens(spelled, embedder=FakeEmbedder()) as lens:
+            assert lens.store.path.resolve() == (tmp_path / spelled).resolve()
+            assert _isolated_home not in lens.store.path.resolve().parents
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with PageLens("~/c", embedder=FakeEmbedder()) as lens:
+        assert lens.store.path == tmp_path / "home" / "c"
+
+    from pathlib import Path
+
+    with PageLens(Path("odd"), embedder=FakeEmbedder()) as lens:  # a Path is a path
+        assert lens.store.path == tmp_path / "odd"
+    monkeypatch.chdir(tmp_path / "papers")  # made absolute: a later chdir does not move it
+    assert lens.store.path.is_absolute() and (tmp_path / "odd" / "catalog.sqlite").is_file()
+    assert not (_isolated_home / "odd").exists()

@@ -261,6 +261,51 @@ def test_serve_default_milvus_collection_down_is_503_without_its_address(
 
 
 # -- pagelens index --ray local ------------------------------------------------------------
+def test_cli_index_on_local_ray_into_milvus_then_search_and_rerun(
+    milvus_spec, docs, tiny_model_dir, monkeypatch
+):
+    """``pagelens index --ray local -c milvus://...`` as a user runs it (its own process
+    starts a 2-CPU Ray instance and stops it); search finds the pages; a re-run adds none."""
+    pytest.importorskip("ray")
+    spec = milvus_spec("ray")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PAGELENS_MODEL": str(tiny_model_dir)}
+    cmd = [sys.executable, "-m", "app.cli", "--collection", spec, "--device", "cpu",
+           "--image-tokens", str(TOKENS), "index", "--ray", "local", "--ray-cpus", "2",
+           "--ray-actors", "1", str(docs), "--json"]  # fmt: skip
+
+    def run() -> dict:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "indexing on Ray (local)" in done.stderr
+        return json.loads(done.stdout)
+
+    first = run()
+    assert (first["pages_stored"], first["pages_embedded"], first["pending"]) == (6, 6, 0)
+    assert {f["status"] for f in first["files"]} == {"added"}
+
+    monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    common = ["--collection", spec, "--device", "cpu", "--image-tokens", str(TOKENS), "search"]
+    text = _cli(*common, "Which treaty ended the Thirty Years War?", "--mode", "text", "--json")
+    assert (text["hits"][0]["document"], text["hits"][0]["page"]) == ("a.pdf", 2)
+    visual = _cli(*common, "sourdough starter", "-k", "6", "--json")
+    assert visual["pending"] == 0 and len(visual["hits"]) == 6
+
+    store = open_collection(spec, create=False)
+    again = run()
+    assert (again["pages_stored"], again["pages_embedded"]) == (0, 0)
+    assert {f["status"] for f in again["files"]} == {"skipped"}
+    stats = store.stats()
+    assert (stats.documents, stats.pages, stats.embedded) == (2, 6, 6)
+    store.close()
+
+
+def test_ray_cpus_only_sizes_a_local_instance(tmp_path):
+    alone = runner.invoke(cli, ["index", "--ray-cpus", "2", str(tmp_path)])
+    assert alone.exit_code == 2 and "go with --ray ADDRESS" in alone.output
+    cluster = runner.invoke(cli, ["index", "--ray", "10.0.0.1:6379", "--ray-cpus", "2", "x"])
+    assert cluster.exit_code == 2 and "--ray-cpus sizes the instance" in cluster.output
+
+
 # -- the library ---------------------------------------------------------------------------
 def test_library_on_a_milvus_collection(milvus_spec, docs, tiny_embedder):
     from pagelens import PageLens
