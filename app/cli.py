@@ -93,18 +93,7 @@ def index(
     from indexer.pipeline import Indexer
 
     opts = options(ctx)
-    if ray_address is None and (
-        ray_actors is not None or ray_actor_cpus is not None or ray_cpus is not None
-    ):
-        fail("--ray-actors, --ray-actor-cpus and --ray-cpus go with --ray ADDRESS", 2)
-    if ray_cpus is not None and ray_address != "local":
-        fail("--ray-cpus sizes the instance that --ray local starts; a cluster has its own", 2)
-    if ray_address is not None and opts.embedder_url:
-        fail(
-            "--ray embeds on the Ray cluster's actors and --embedder on an endpoint: "
-            "use one or the other",
-            2,
-        )
+    _check_ray_usage(opts, ray_address, ray_actors, ray_actor_cpus, ray_cpus)
 
     def body() -> None:
 
@@ -188,6 +177,26 @@ def _bind_declared_model(opts: Options, store) -> None:
     ident = identify(source)
     with store.writing(on_wait=say):
         store.bind_model(source, dim, fingerprint=ident.fingerprint, revision=ident.revision)
+
+
+def _check_ray_usage(
+    opts: Options,
+    address: str | None,
+    actors: int | None,
+    actor_cpus: float | None,
+    cpus: int | None,
+) -> None:
+    """Usage errors of ``index``'s Ray options (exit code 2), before anything starts."""
+    if address is None and (actors is not None or actor_cpus is not None or cpus is not None):
+        fail("--ray-actors, --ray-actor-cpus and --ray-cpus go with --ray ADDRESS", 2)
+    if cpus is not None and address != "local":
+        fail("--ray-cpus sizes the instance that --ray local starts; a cluster has its own", 2)
+    if address is not None and opts.embedder_url:
+        fail(
+            "--ray embeds on the Ray cluster's actors and --embedder on an endpoint: "
+            "use one or the other",
+            2,
+        )
 
 
 def _embed_pending_only(store, embedder, as_json: bool) -> None:
