@@ -22,10 +22,12 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from indexer.embedder import FakeEmbedder
+from indexer.errors import CollectionError
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.stores import open_collection
 from tests.pdfs import TOPICS, make_text_pdf
+from tests.s3_server import SECRET
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 pytest.importorskip("s3fs", reason="the milvus extra is not installed")
@@ -156,6 +158,7 @@ SECOND_MACHINE = """
 import hashlib, json, sys
 import numpy as np
 from indexer.embedder import FakeEmbedder
+from indexer.errors import CollectionError
 from indexer.stores import open_collection
 from retriever.search import Retriever
 store = open_collection(sys.argv[1], create=False)
@@ -198,6 +201,16 @@ def test_a_second_machine_reads_the_images_from_the_bucket(
     for _, got, recorded in seen["pages"]:
         assert got == recorded  # the bytes this machine stored, read by the other one
 
+    # ... and migrating the collection to a local folder takes its images out of the bucket
+    local = tmp_path / "local-copy"
+    result = _cli("migrate", plain, local, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["ok"], result.output
+    copy = open_collection(local, create=False)
+    assert sorted(_sha(copy.image_bytes(p)) for p in copy.pages()) == sorted(
+        recorded for _, _, recorded in seen["pages"]
+    )
+    copy.close()
+
 
 def _nothing_half_stored(store) -> None:
     """Every stored page has its image; visual search finds only pages with a vector."""
@@ -238,6 +251,7 @@ def test_s3_failing_while_pages_are_stored_is_one_line_and_rerun_completes(
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
     assert f"Image store s3://{bucket}/team/pages failed while writing" in errors[0]
+    assert SECRET not in result.output
 
     s3.proxy.resume()  # the server is back, with what it had stored
     store = open_collection(spec, create=False)
@@ -254,8 +268,6 @@ def test_s3_failing_while_pages_are_stored_is_one_line_and_rerun_completes(
 def test_s3_failing_while_pages_are_embedded_leaves_them_pending(spec, bucket, s3, tmp_path):
     """The endpoint dies at the 3rd image download (the embedding phase reads the images
     back): the pages stay pending, never visually searchable, and a re-run embeds them."""
-    from indexer.errors import CollectionError
-
     files = [
         make_text_pdf(tmp_path / "a.pdf", TOPICS[:5]),
         make_text_pdf(tmp_path / "b.pdf", TOPICS[5:9]),
@@ -275,3 +287,23 @@ def test_s3_failing_while_pages_are_embedded_leaves_them_pending(spec, bucket, s
     Indexer(store, FakeEmbedder(), settings=SMALL).add(files)
     _complete_once(store, bucket, s3, 9)
     store.close()
+
+
+def test_a_missing_bucket_is_one_clear_line(milvus_server, bucket, tmp_path, monkeypatch):
+    """A typo in the bucket name: one error line naming the location, nothing stored."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    spec = f"milvus://{milvus_server.address}/{name}?images=s3://{bucket}-typo/pages"
+    monkeypatch.setenv("PAGELENS_MILVUS_TIMEOUT", "3")
+    store = open_collection(spec)
+    try:
+        indexer = Indexer(store, FakeEmbedder(), settings=SMALL)
+        with pytest.raises(CollectionError) as err:
+            indexer.add([make_text_pdf(tmp_path / "a.pdf", TOPICS[:2])])
+        message = str(err.value)
+        assert "\n" not in message
+        assert f"Image store s3://{bucket}-typo/pages failed while writing" in message
+        assert "bucket does not exist" in message
+        assert store.stats().pages == 0
+    finally:
+        store.drop()
+        store.close()
