@@ -137,6 +137,9 @@ def test_check_sees_a_missing_image_object_and_repair_then_index_restores_it(
     store = open_collection(spec, create=False)
     gone = store.pages()[1]
     s3.client().delete_object(Bucket=bucket, Key=f"team/pages/{gone.image}")
+    store.clear_vectors([gone.id])  # its vector must be made again, from the lost image
+    with pytest.raises(CollectionError, match=r"is missing from s3://.*check --repair"):
+        _index_fake(spec, [pdf])
     result = _cli("--collection", spec, "check", "--json")
     assert result.exit_code == 4, result.output
     report = json.loads(result.stdout)
@@ -280,6 +283,10 @@ def test_s3_failing_while_pages_are_embedded_leaves_them_pending(spec, bucket, s
             indexer.add(files)
     finally:
         s3.proxy.disarm()
+    result = _cli("--collection", spec, "search", "the", "--mode", "text")  # store still down
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "failed while reading" in errors[0], result.output
     s3.proxy.resume()
     stats = store.stats()
     assert stats.pages == 9 and 0 < stats.pending < 9  # stored, partly embedded

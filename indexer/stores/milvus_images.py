@@ -21,6 +21,19 @@ from indexer.errors import CollectionError
 from indexer.stores.base import atomic_write_bytes
 
 
+class ImageMissingError(CollectionError, FileNotFoundError):
+    """A page row names an image that is not in the image store (deleted, or lost).
+
+    A ``CollectionError`` (one line for the user, who is told how to repair it) and a
+    ``FileNotFoundError`` (what callers that tolerate a missing file already catch)."""
+
+    def __init__(self, location: str, key: str) -> None:
+        super().__init__(
+            f"Page image {key} is missing from {location}: 'pagelens check --repair' and then "
+            "'pagelens index' of the same files restore it."
+        )
+
+
 class FolderImages:
     """Page images in a folder (a local disk, or an NFS/SMB mount shared by all machines)."""
 
@@ -38,7 +51,14 @@ class FolderImages:
             ) from exc
 
     def get(self, key: str) -> bytes:
-        return (self.root / key).read_bytes()
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError as exc:
+            raise ImageMissingError(self.url, key) from exc
+        except OSError as exc:
+            raise CollectionError(
+                f"Cannot read page image {self.root / key}: {exc.strerror or exc}."
+            ) from exc
 
     def exists(self, key: str) -> bool:
         return (self.root / key).is_file()
@@ -96,9 +116,10 @@ class FsspecImages:
 
     def _fail(self, what: str, key: str, exc: BaseException) -> CollectionError:
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        kept = "Nothing half-stored is searchable; " if what == "writing" else ""
         return CollectionError(
-            f"Image store {self.url} failed while {what} {key} ({reason}). Nothing half-stored "
-            "is searchable; run the same command again when the store is back."
+            f"Image store {self.url} failed while {what} {key} ({reason}). {kept}Run the same "
+            "command again when the store is back."
         )
 
     def put(self, key: str, data: bytes) -> None:
@@ -108,11 +129,11 @@ class FsspecImages:
             raise self._fail("writing", key, exc) from exc
 
     def get(self, key: str) -> bytes:
-        """The image's bytes; ``FileNotFoundError`` if the object is gone."""
+        """The image's bytes; :class:`ImageMissingError` if the object is gone."""
         try:
             return bytes(self.fs.cat_file(self._full(key)))
-        except FileNotFoundError:
-            raise
+        except FileNotFoundError as exc:
+            raise ImageMissingError(self.url, key) from exc
         except Exception as exc:
             raise self._fail("reading", key, exc) from exc
 
