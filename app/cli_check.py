@@ -7,6 +7,8 @@ a read-only one).
 
 from __future__ import annotations
 
+import contextlib
+
 import typer
 
 from app.cli_common import fail, options, plural, print_json, run_guarded, say
@@ -33,30 +35,23 @@ def check_cmd(
 ) -> None:
     """Check that catalog rows, vectors and page images agree (exit 4 if not)."""
     from indexer.identity import identify
-    from indexer.integrity import check, open_for_check
+    from indexer.integrity import CheckReport, check, open_for_check
     from indexer.integrity import repair as do_repair
+    from indexer.stores import Store
 
     opts = options(ctx)
 
     def body() -> int:
-        if opts.is_milvus:
-            from indexer.stores.milvus import MilvusCollection
-            from indexer.stores.milvus_check import check_milvus
-
-            fp = identify(opts.model).fingerprint if opts.model else None
-            mstore = opts.store(create=False)
-            assert isinstance(mstore, MilvusCollection)
-            mreport = check_milvus(mstore, model_id=opts.model, fingerprint=fp, repair=repair)
-            if as_json:
-                print_json(mreport.as_dict())
-            else:
-                _print(mreport)
-            return 0 if mreport.ok else EXIT_PROBLEMS
-        if not opts.collection_dir.exists():
-            fail(f"No collection at {opts.collection_dir}.")
-        store, report = open_for_check(opts.collection_dir)
         # The model the user named, identified by its weights when they are on this machine.
         fingerprint = identify(opts.model).fingerprint if opts.model else None
+        store: Store | None
+        report: CheckReport | None
+        if opts.is_milvus:  # the same check, through the store interface
+            store, report = opts.store(create=False), None
+        else:
+            if not opts.collection_dir.exists():
+                fail(f"No collection at {opts.collection_dir}.")
+            store, report = open_for_check(opts.collection_dir)
         if store is not None:
             if repair:
 
@@ -75,13 +70,14 @@ def check_cmd(
                         fingerprint=fingerprint,
                     )
             else:
-                with store.lock_if_free() as free:
-                    # With the lock (when free) the view is consistent; a running indexer
-                    # would show its work in progress as problems.
+                # With the lock (when free) the view is consistent; a running indexer
+                # would show its work in progress as problems. (Milvus has no lock.)
+                lock_if_free = getattr(store, "lock_if_free", None)
+                with lock_if_free() if lock_if_free else contextlib.nullcontext(True) as free:
                     report = check(store, model_id=opts.model, fingerprint=fingerprint)
                 if not free:
                     say(
-                        f"note: another process is writing to {store.path}; "
+                        f"note: another process is writing to {store.location}; "
                         "its work in progress may show as problems"
                     )
         assert report is not None  # open_for_check gives a store or a report

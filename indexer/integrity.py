@@ -28,6 +28,12 @@ Problem kinds (stable, used in ``--json`` output):
 
 Nothing here deletes a document: when a document cannot be completed the problem stays,
 with the command that would fix it.
+
+Both engines are checked by the same code through the :class:`Store` interface (documents,
+pages, vectors pending, images, failed pages; repair renders from the source files and
+embeds). What only a folder can suffer (``catalog-corrupt``, ``vector-bad`` and the
+``faiss-*`` kinds) is checked on local collections; a Milvus collection's images live in
+its image store (a folder or a bucket), where ``image-missing`` and ``orphan-files`` look.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -112,7 +118,7 @@ class _Scan:
     docs: dict[int, Document]
     pages: list[Page]
     missing_images: list[Page]
-    orphan_files: list[Path]
+    orphan_files: list[Path] | list[str]
     orphan_rows: list[int]
     bad_vectors: list[int]
     stuck: list[Document]
@@ -122,7 +128,7 @@ class _Scan:
 
 
 def check(
-    store: Collection,
+    store: Store,
     *,
     model_id: str | None = None,
     dim: int | None = None,
@@ -172,10 +178,10 @@ def model_problem(
 
 
 def _scan(
-    store: Collection, *, model_id: str | None, dim: int | None, fingerprint: str | None = None
+    store: Store, *, model_id: str | None, dim: int | None, fingerprint: str | None = None
 ) -> _Scan:
     """Every check, in order: catalog file, model, vectors, FAISS cache, images, documents."""
-    report = CheckReport(collection=str(store.path))
+    report = CheckReport(collection=str(store.location))
     meta = store.all_meta()
     report.meta = {
         k: meta[k]
@@ -191,7 +197,8 @@ def _scan(
     }
     add = report.problems.append
 
-    rows = store.quick_check()
+    local = store if isinstance(store, Collection) else None
+    rows = local.quick_check() if local is not None else ["ok"]
     if rows != ["ok"]:
         add(
             Problem(
@@ -216,8 +223,9 @@ def _scan(
         "embedded": int(len(embedded)),
     }
     bad_vectors = _check_catalog_vectors(store, pages, add)
-    good = np.setdiff1d(embedded, np.array(bad_vectors, dtype=np.int64))
-    _check_faiss(store, good, store.dim, add)
+    if local is not None:
+        good = np.setdiff1d(embedded, np.array(bad_vectors, dtype=np.int64))
+        _check_faiss(local, good, store.dim, add)
     missing_images, orphan_files = _check_images(store, docs, pages, add)
     orphan_rows, stuck, failed, count_mismatch = _check_documents(store, docs, pages, add)
     return _Scan(
@@ -234,11 +242,12 @@ def _scan(
     )
 
 
-def _check_catalog_vectors(store: Collection, pages: list[Page], add) -> list[int]:
-    """Vectors of the wrong length, and pages still waiting for one; returns the bad ids."""
+def _check_catalog_vectors(store: Store, pages: list[Page], add) -> list[int]:
+    """Vectors of the wrong length, and pages still waiting for one; returns the bad ids.
+    (A Milvus vector field has the collection's width by schema: only pending is checked.)"""
     stored_dim = store.dim
     bad_vectors: list[int] = []
-    if stored_dim:
+    if stored_dim and isinstance(store, Collection):
         bad_vectors = store.pages_with_vector_not_of_dim(stored_dim)
         if bad_vectors:
             add(
@@ -260,14 +269,33 @@ def _check_catalog_vectors(store: Collection, pages: list[Page], add) -> list[in
     return bad_vectors
 
 
+class ImageAudit(Protocol):
+    """What an engine whose page images live outside a local collection folder offers the
+    check (the Milvus engine: its image store, a folder or a bucket)."""
+
+    def image_sizes(self) -> dict[str, int]:
+        """Every page image in the image store as ``{key: size}`` (one listing)."""
+        ...
+
+    def delete_images(self, keys: list[str]) -> None: ...
+
+
 def _check_images(
-    store: Collection, docs: dict[int, Document], pages: list[Page], add
-) -> tuple[list[Page], list[Path]]:
-    """Page images missing or empty, and files no page names; returns both lists."""
+    store: Store, docs: dict[int, Document], pages: list[Page], add
+) -> tuple[list[Page], list[Path] | list[str]]:
+    """Page images missing or empty, and files no page names; returns both lists
+    (orphans: paths in a local folder, else keys of the engine's image store)."""
     named = set()
     missing_images = []
+    audit: ImageAudit | None = None if isinstance(store, Collection) else _audit(store)
+    sizes = audit.image_sizes() if audit is not None else {}
     for page in pages:
         named.add(page.image)
+        if audit is not None:
+            if not sizes.get(page.image):
+                missing_images.append(page)
+            continue
+        assert isinstance(store, Collection)
         path = store.path / page.image
         try:
             if path.stat().st_size == 0:
@@ -285,23 +313,33 @@ def _check_images(
                 },
             )
         )
-    orphan_files = _orphan_files(store, named)
+    orphan_files: list[Path] | list[str]
+    if audit is not None:
+        orphan_files = sorted(k for k in sizes if k not in named)
+        names = list(orphan_files[:_SAMPLE])
+    else:
+        assert isinstance(store, Collection)
+        orphan_files = _orphan_files(store, named)
+        names = [str(f.relative_to(store.path)) for f in orphan_files[:_SAMPLE]]
     if orphan_files:
         add(
             Problem(
                 "orphan-files",
                 f"{len(orphan_files)} file(s) belong to no page (left by an interrupted job)",
-                {
-                    "count": len(orphan_files),
-                    "files": [str(f.relative_to(store.path)) for f in orphan_files[:_SAMPLE]],
-                },
+                {"count": len(orphan_files), "files": names},
             )
         )
     return missing_images, orphan_files
 
 
+def _audit(store: Store) -> ImageAudit:
+    if not all(hasattr(store, m) for m in ("image_sizes", "delete_images")):
+        raise PageLensError(f"Collection {store.location} cannot list its page images.")
+    return store  # type: ignore[return-value]
+
+
 def _check_documents(
-    store: Collection, docs: dict[int, Document], pages: list[Page], add
+    store: Store, docs: dict[int, Document], pages: list[Page], add
 ) -> tuple[list[int], list[Document], list[dict], list[Document]]:
     """Rows without a document, incomplete documents, pages that failed to render, and
     documents whose stored pages differ from their page count."""
@@ -472,7 +510,7 @@ EmbedderSource = Embedder | Callable[[], Embedder] | None
 
 
 def repair(
-    store: Collection,
+    store: Store,
     *,
     embedder: EmbedderSource = None,
     password: str | None = None,
@@ -495,11 +533,16 @@ def repair(
         kinds = scan.report.kinds()
         if "catalog-corrupt" in kinds:
             note("catalog-corrupt", "not repaired: the catalog itself is damaged")
-        if scan.orphan_files:
+        if scan.orphan_files and not isinstance(store, Collection):
+            keys = [str(k) for k in scan.orphan_files]
+            _audit(store).delete_images(keys)
+            note("orphan-files", f"deleted {len(keys)} orphan file(s)", count=len(keys))
+        elif scan.orphan_files:
+            assert isinstance(store, Collection)
             removed = 0
             for path in scan.orphan_files:
                 try:
-                    path.unlink()
+                    Path(path).unlink()
                     removed += 1
                 except OSError as exc:
                     log.warning("cannot delete %s: %s", path, exc)
@@ -520,7 +563,7 @@ def repair(
                 count=len(scan.bad_vectors),
             )
         _repair_pages(store, scan, password, note)
-        if kinds & FAISS_KINDS or scan.bad_vectors:
+        if isinstance(store, Collection) and (kinds & FAISS_KINDS or scan.bad_vectors):
             size = store.rebuild_index()
             note("faiss", f"rebuilt {VECTORS} from the catalog ({size} vectors)", count=size)
         _repair_pending(store, embedder, note)
@@ -530,7 +573,7 @@ def repair(
     return final
 
 
-def _repair_pages(store: Collection, scan: _Scan, password: str | None, note) -> None:
+def _repair_pages(store: Store, scan: _Scan, password: str | None, note) -> None:
     """Re-render missing images; finish stuck documents; fix page counts."""
     from indexer.pages import RenderSettings
 
@@ -551,7 +594,7 @@ def _repair_pages(store: Collection, scan: _Scan, password: str | None, note) ->
 
 
 def _repair_document(
-    store: Collection,
+    store: Store,
     doc: Document,
     missing: list[Page],
     settings: RenderSettings,
@@ -638,7 +681,7 @@ def _repair_document(
 
 
 def _render_wanted(
-    store: Collection,
+    store: Store,
     doc_id: int,
     path: str,
     wanted: list[int],
@@ -688,7 +731,7 @@ def _source_problem(doc: Document, file_sha256) -> str | None:
     return None
 
 
-def _store_rendered(store: Collection, doc_id: int, batch: list, old: dict[int, Page]) -> None:
+def _store_rendered(store: Store, doc_id: int, batch: list, old: dict[int, Page]) -> None:
     ids = store.add_pages(doc_id, batch)
     # A page whose image came out different from the one that was embedded needs a new vector.
     by_id = store.pages_by_id(ids)
@@ -702,7 +745,7 @@ def _store_rendered(store: Collection, doc_id: int, batch: list, old: dict[int, 
         store.clear_vectors(changed)
 
 
-def _repair_pending(store: Collection, embedder: EmbedderSource, note) -> None:
+def _repair_pending(store: Store, embedder: EmbedderSource, note) -> None:
     pending = store.stats().pending
     if not pending:
         return

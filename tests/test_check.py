@@ -1,5 +1,8 @@
 """``pagelens check [--repair] [--json]``: finds each kind of damage, repairs what can be
-repaired, says what cannot, and exits 0 only when the collection is healthy."""
+repaired, says what cannot, and exits 0 only when the collection is healthy.
+
+The tests that take ``coll`` run on both engines (a folder, then Milvus); damage only a
+folder can suffer (SQLite, FAISS files) is tested on local collections alone."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from indexer.integrity import check, repair
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.store import VECTORS, Collection
+from indexer.stores import open_collection
 from indexer.vectors import VectorIndex
 from tests.pdfs import TOPICS, make_text_pdf
 
@@ -24,14 +28,12 @@ SMALL = RenderSettings(max_pixels=64 * 28 * 28)
 runner = CliRunner()
 
 
-@pytest.fixture
-def coll(tmp_path, monkeypatch) -> Path:
-    """A healthy collection of two documents (4 + 3 pages); the CLI points at it and its
-    model loader gives the fake embedder."""
+def _healthy(spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A healthy collection of two documents (4 + 3 pages) at ``spec``; the CLI points at
+    it and its model loader gives the fake embedder."""
     from app import cli_common
 
-    path = tmp_path / "coll"
-    store = Collection(path)
+    store = open_collection(spec)
     Indexer(store, FakeEmbedder(), settings=SMALL).add(
         [
             make_text_pdf(tmp_path / "src" / "keep.pdf", TOPICS[:4]),
@@ -39,9 +41,39 @@ def coll(tmp_path, monkeypatch) -> Path:
         ]
     )
     store.close()
-    monkeypatch.setenv("PAGELENS_COLLECTION", str(path))
+    monkeypatch.setenv("PAGELENS_COLLECTION", spec)
     monkeypatch.setattr(cli_common.Options, "embedder", lambda self: FakeEmbedder())
-    return path
+    return spec
+
+
+@pytest.fixture
+def coll(store_spec, tmp_path, monkeypatch) -> str:
+    """:func:`_healthy` on the test's engine (a folder, then Milvus)."""
+    return _healthy(store_spec, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def local_coll(tmp_path, monkeypatch) -> Path:
+    """:func:`_healthy` in a folder, for damage only a folder can suffer (its SQLite
+    catalog, its FAISS file); a Milvus collection has neither."""
+    return Path(_healthy(str(tmp_path / "coll"), tmp_path, monkeypatch))
+
+
+def _pages(spec: str) -> dict[tuple[str, int], object]:
+    store = open_collection(spec)
+    names = {d.id: d.name for d in store.documents()}
+    pages = {(names[p.document_id], p.number): p for p in store.pages()}
+    store.close()
+    return pages
+
+
+def _orphan_image(store, key: str, data: bytes) -> None:
+    """A page image that no row names (as a crash between image and row leaves)."""
+    if isinstance(store, Collection):
+        (store.path / key).parent.mkdir(parents=True, exist_ok=True)
+        (store.path / key).write_bytes(data)
+    else:
+        store.images.put(key, data)
 
 
 def run_check(*args: str) -> tuple[int, dict]:
@@ -67,7 +99,56 @@ def test_healthy_collection(coll):
     assert text.exit_code == 0 and text.output.strip().endswith("ok")
 
 
-def test_every_kind_of_damage_is_found_and_repaired(coll, tmp_path):
+def test_damage_through_the_store_is_found_and_repaired(coll, engine):
+    """What any engine can suffer: an image gone (its row stays), an image without a row,
+    pages that lost their vector, a document interrupted with its last page missing, and
+    (Milvus, where rows are not tied to documents by a foreign key) rows of no document."""
+    pages = _pages(coll)
+    store = open_collection(coll)
+    keep, gone = store.document("keep.pdf"), store.document("gone.pdf")
+    with store.writing():
+        store.image_path(pages[("keep.pdf", 2)]).unlink()
+        _orphan_image(store, "pages/77/00001.png", b"png?")
+        store.clear_vectors([pages[("keep.pdf", 1)].id, pages[("gone.pdf", 1)].id])
+        store.remove_pages([pages[("gone.pdf", 3)].id])
+        store.mark_incomplete(gone.id)
+        if engine == "milvus":
+            img = store.load_image(pages[("keep.pdf", 1)])
+            store.add_pages(12345, [(1, "stray", img)])
+    store.close()
+    expected = {
+        "image-missing",
+        "orphan-files",
+        "vectors-pending",
+        "document-stuck",
+    } | ({"page-orphan-rows"} if engine == "milvus" else set())
+
+    code, data = run_check()
+    assert code == 4 and data["ok"] is False
+    assert {p["kind"] for p in data["problems"]} == expected
+    assert all(set(p) >= {"kind", "detail"} for p in data["problems"])
+    orphans = next(p for p in data["problems"] if p["kind"] == "orphan-files")
+    assert "pages/77/00001.png" in orphans["files"]
+    pending = next(p for p in data["problems"] if p["kind"] == "vectors-pending")
+    assert pending["count"] == 2 + (engine == "milvus")
+
+    code, data = run_check("--repair")
+    assert code == 0, data
+    assert data["ok"] is True and data["problems"] == []
+    done = {r["kind"] for r in data["repaired"]}
+    assert {"orphan-files", "image-missing", "document-stuck", "vectors-pending"} <= done
+    store = open_collection(coll)
+    assert store.stats().pages == 7 and store.stats().pending == 0
+    assert all(d.ready for d in store.documents())
+    assert store.image_path(store.page(pages[("keep.pdf", 2)].id)).is_file()
+    assert {p.document_id for p in store.pages()} == {keep.id, gone.id}
+    assert check(store).ok
+    assert store.search_text("Westphalia", 1)[0][0] == pages[("keep.pdf", 2)].id
+    store.close()
+
+
+def test_every_kind_of_local_damage_is_found_and_repaired(local_coll, tmp_path):
+    coll = local_coll
     store = Collection(coll)
     pages = {(p.document_id, p.number): p for p in store.pages()}
     store.close()
@@ -129,10 +210,10 @@ def test_every_kind_of_damage_is_found_and_repaired(coll, tmp_path):
 
 def test_missing_images_without_source_are_dropped_and_said(coll, tmp_path):
     (tmp_path / "src" / "gone.pdf").unlink()
-    store = Collection(coll)
-    page = store.pages(2)[1]
+    store = open_collection(coll)
+    page = store.pages(store.document("gone.pdf").id)[1]
+    store.image_path(page).unlink()
     store.close()
-    (coll / page.image).unlink()
     code, data = run_check("--repair")
     assert code == 4  # the document is now incomplete, and that is said
     dropped = [r for r in data["repaired"] if r["kind"] == "image-missing"]
@@ -140,7 +221,7 @@ def test_missing_images_without_source_are_dropped_and_said(coll, tmp_path):
     assert "no longer exists" in dropped[0]["detail"]
     assert {p["kind"] for p in data["problems"]} == {"document-stuck"}
     assert any(r["kind"] == "not-repaired" for r in data["repaired"])
-    store = Collection(coll)
+    store = open_collection(coll)
     assert store.stats().pages == 6 and check(store).kinds() == {"document-stuck"}
     store.close()
     # indexing the file again (restored) resumes the document
@@ -152,7 +233,8 @@ def test_missing_images_without_source_are_dropped_and_said(coll, tmp_path):
     assert run_check()[0] == 0
 
 
-def test_unreadable_faiss_file_is_rebuilt(coll):
+def test_unreadable_faiss_file_is_rebuilt(local_coll):
+    coll = local_coll
     (coll / VECTORS).write_bytes(b"not a faiss index")
     code, data = run_check()
     assert code == 4 and [p["kind"] for p in data["problems"]] == ["faiss-unreadable"]
@@ -164,10 +246,11 @@ def test_unreadable_faiss_file_is_rebuilt(coll):
 def test_pending_pages_without_a_model_are_reported(coll, monkeypatch, tmp_path):
     from app import cli_common
 
-    monkeypatch.undo()
-    monkeypatch.setenv("PAGELENS_COLLECTION", str(coll))
     monkeypatch.setattr(cli_common.Options, "embedder", lambda self: _no_model())
-    _sql(coll, "UPDATE pages SET vector=NULL WHERE document_id=2")
+    store = open_collection(coll)
+    with store.writing():
+        store.clear_vectors(store.page_ids(documents=[store.document("gone.pdf").id]))
+    store.close()
     code, data = run_check("--repair")
     assert code == 4
     assert [p["kind"] for p in data["problems"]] == ["vectors-pending"]
@@ -194,7 +277,8 @@ def test_model_mismatch_is_a_problem(coll):
     assert "pagelens/fake-embedder" in problems[0]["detail"]
 
 
-def test_corrupt_catalog_is_reported_not_crashed(coll):
+def test_corrupt_catalog_is_reported_not_crashed(local_coll):
+    coll = local_coll
     for extra in coll.glob("catalog.sqlite-*"):
         extra.unlink()
     (coll / "catalog.sqlite").write_bytes(b"SQLite format 3\0" + b"\x07" * 4000)
@@ -203,21 +287,26 @@ def test_corrupt_catalog_is_reported_not_crashed(coll):
     assert data["problems"][0]["kind"] == "catalog-corrupt"
 
 
-def test_no_collection_is_an_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAGELENS_COLLECTION", str(tmp_path / "nothing"))
-    result = runner.invoke(cli, ["check"], catch_exceptions=False)
-    assert result.exit_code == 1 and "No collection" in result.output
-    assert not (tmp_path / "nothing").exists()
+def test_no_collection_is_an_error(store_spec, monkeypatch):
+    from indexer.stores import spec_exists
+
+    monkeypatch.setenv("PAGELENS_COLLECTION", store_spec)
+    for args in (["check"], ["check", "--repair"]):
+        result = runner.invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 1 and "No collection" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not spec_exists(store_spec)
 
 
 def test_repair_in_the_library(coll, tmp_path):
     """The same through the library: extra page rows beyond the page count are dropped."""
-    store = Collection(coll)
+    store = open_collection(coll)
+    keep = store.document("keep.pdf").id
     with store.writing():
-        img = store.load_image(store.pages(1)[0])
-        store.add_pages(1, [(9, "stray", img)])
+        img = store.load_image(store.pages(keep)[0])
+        store.add_pages(keep, [(9, "stray", img)])
     assert check(store).kinds() == {"page-count", "vectors-pending"}
     report = repair(store, embedder=FakeEmbedder())
     assert report.ok, report.as_dict()
-    assert store.stored_page_numbers(1) == {1, 2, 3, 4}
+    assert store.stored_page_numbers(keep) == {1, 2, 3, 4}
     store.close()

@@ -136,7 +136,7 @@ def test_interrupted_migration_resumes_without_duplicates(milvus_server, tmp_pat
 
 
 def test_two_indexers_and_a_searcher_share_one_collection(milvus_server, tmp_path):
-    from indexer.stores.milvus_check import check_milvus
+    from indexer.integrity import check
 
     spec = _spec(milvus_server)
     shared = make_text_pdf(tmp_path / "shared.pdf", TOPICS[:3])
@@ -182,7 +182,7 @@ def test_two_indexers_and_a_searcher_share_one_collection(milvus_server, tmp_pat
     assert len(pages) == 3 + 2 * 2 + 2 * 2  # the shared file stored once
     assert len({p.id for p in pages}) == len({(p.document_id, p.number) for p in pages})
     assert store.stats().documents == 5 and store.stats().pending == 0
-    assert check_milvus(store).ok
+    assert check(store).ok
     assert searches > 0
 
 

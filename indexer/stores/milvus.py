@@ -879,6 +879,14 @@ class MilvusCollection(ModelBinding):
         with Image.open(io.BytesIO(self.image_bytes(page))) as im:
             return im.convert("RGB")
 
+    def image_sizes(self) -> dict[str, int]:
+        """Every page image in the image store, ``{key: size}`` (``pagelens check``)."""
+        return self.images.sizes("pages")
+
+    def delete_images(self, keys: list[str]) -> None:
+        """Delete images no page row names (``pagelens check --repair``)."""
+        self.images.delete(list(keys))
+
     def pending_pages(self, limit: int | None = None) -> list[Page]:
         if not self._ensure_pages(create=False):
             return []

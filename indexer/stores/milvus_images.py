@@ -73,6 +73,19 @@ class FolderImages:
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.root / prefix, ignore_errors=True)
 
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every file under ``prefix`` as ``{key: size in bytes}`` (checks list them once)."""
+        out: dict[str, int] = {}
+        base = self.root / prefix
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                path = Path(dirpath) / name
+                try:
+                    out[path.relative_to(self.root).as_posix()] = path.stat().st_size
+                except OSError:
+                    continue  # removed meanwhile
+        return out
+
 
 class FsspecImages:
     """Page images in an object store through fsspec (``s3://bucket/prefix`` with s3fs).
@@ -174,6 +187,22 @@ class FsspecImages:
             pass
         except Exception as exc:
             raise self._fail("deleting", prefix, exc) from exc
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every object under ``prefix`` as ``{key: size in bytes}`` (one listing)."""
+        root = self.url.split("://", 1)[1].rstrip("/") + "/"
+        try:
+            found = self.fs.find(self._full(prefix), detail=True)
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:
+            raise self._fail("listing", prefix, exc) from exc
+        out: dict[str, int] = {}
+        for path, info in found.items():
+            key = str(path).split("://", 1)[-1]
+            if key.startswith(root):
+                out[key[len(root) :]] = int(info.get("size") or 0)
+        return out
 
 
 ImageStore = FolderImages | FsspecImages
