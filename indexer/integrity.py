@@ -273,6 +273,11 @@ class ImageAudit(Protocol):
     """What an engine whose page images live outside a local collection folder offers the
     check (the Milvus engine: its image store, a folder or a bucket)."""
 
+    @property
+    def image_location(self) -> str:
+        """Where the page images live (a folder, ``s3://bucket/prefix``), for messages."""
+        ...
+
     def image_sizes(self) -> dict[str, int]:
         """Every page image in the image store as ``{key: size}`` (one listing)."""
         ...
@@ -306,7 +311,8 @@ def _check_images(
         add(
             Problem(
                 "image-missing",
-                f"{len(missing_images)} page image(s) are missing or empty",
+                f"{len(missing_images)} page image(s) are missing or empty"
+                + (f" in {audit.image_location}/pages" if audit is not None else ""),
                 {
                     "count": len(missing_images),
                     "pages": [_page_name(docs, p) for p in missing_images[:_SAMPLE]],
@@ -333,7 +339,7 @@ def _check_images(
 
 
 def _audit(store: Store) -> ImageAudit:
-    if not all(hasattr(store, m) for m in ("image_sizes", "delete_images")):
+    if not all(hasattr(store, m) for m in ("image_location", "image_sizes", "delete_images")):
         raise PageLensError(f"Collection {store.location} cannot list its page images.")
     return store  # type: ignore[return-value]
 

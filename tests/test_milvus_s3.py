@@ -144,12 +144,14 @@ def test_check_sees_a_missing_image_object_and_repair_then_index_restores_it(
     assert result.exit_code == 4, result.output
     report = json.loads(result.stdout)
     problem = {p["kind"]: p for p in report["problems"]}["image-missing"]
-    assert problem["count"] == 1 and problem["pages"] == [gone.id]
+    assert problem["count"] == 1 and problem["pages"] == [f"a.pdf p.{gone.number}"]
     assert f"s3://{bucket}/team/pages" in problem["detail"]
 
     result = _cli("--collection", spec, "check", "--repair", "--json")
     assert result.exit_code == 0, result.output
-    _index_fake(spec, [pdf])  # the document is incomplete again: index finishes it
+    repaired = {r["kind"]: r for r in json.loads(result.stdout)["repaired"]}
+    assert "rendered 1 page(s) again" in repaired["image-missing"]["detail"]  # from a.pdf
+    _index_fake(spec, [pdf])  # nothing left to do
     result = _cli("--collection", spec, "check", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["ok"], result.output
     assert len(s3.keys(bucket)) == 3 and store.stats().embedded == 3

@@ -879,6 +879,10 @@ class MilvusCollection(ModelBinding):
         with Image.open(io.BytesIO(self.image_bytes(page))) as im:
             return im.convert("RGB")
 
+    @property
+    def image_location(self) -> str:
+        return self.images.url
+
     def image_sizes(self) -> dict[str, int]:
         """Every page image in the image store, ``{key: size}`` (``pagelens check``)."""
         return self.images.sizes("pages")
