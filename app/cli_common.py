@@ -44,6 +44,9 @@ class Options:
     settings: ModelSettings = field(default_factory=ModelSettings)
     _store: Store | None = field(default=None, repr=False)
     _embedder: Embedder | None = field(default=None, repr=False)
+    #: Set by the query commands (search, ask): a remote embedder that refuses connections
+    #: is an error at once, not after the minutes of retries an index run rides out.
+    fail_fast: bool = False
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: the settings' fields, read-only.
@@ -97,12 +100,13 @@ class Options:
         return self.settings.render_settings()
 
     def embedder(self) -> Embedder:
+        """The model, loaded once (with :attr:`fail_fast` for a query)."""
         if self._embedder is None:
             verb = (
                 "connecting to the embedder at" if self.settings.embedder_url else "loading model"
             )
             say(f"{verb} {self.settings.display} ...")
-            self._embedder = self.settings.load()
+            self._embedder = self.settings.load(fail_fast=self.fail_fast)
         return self._embedder
 
 
@@ -178,6 +182,12 @@ def check_search_usage(
         fail("give a question, --image FILE, or both", 2)
     if mode is not None and mode not in MODES:
         fail(f"unknown --mode '{mode}': use {', '.join(MODES)}", 2)
+    if image is not None and mode == "text":
+        fail(
+            "--mode text searches the text layer, which cannot match an image: drop --image, "
+            "or search by image with --mode visual or --mode hybrid",
+            2,
+        )
     if k < 1:
         fail(f"-k must be at least 1, not {k}", 2)
     if image is not None and not image.is_file():
@@ -207,6 +217,7 @@ def open_retriever(opts: Options, mode: str | None) -> Retriever:
     embedder = None
     if mode != "text":
         try:
+            opts.fail_fast = True  # a person waits for this query
             embedder = opts.embedder()
         except ModelNotAvailableError as exc:
             if mode is not None or not store.stats().pages:

@@ -34,7 +34,9 @@ def load_embedder(
     :class:`~indexer.remote.RemoteEmbedder`, key from ``$PAGELENS_API_KEY``, and ``model``
     (when given with ``embedder_url``) picks the endpoint's model. Remote options:
     ``api_key``, ``batch_size``, ``concurrency``, ``timeout``, ``retries``,
-    ``max_image_tokens``.
+    ``max_image_tokens``. ``fail_fast=True`` is for interactive use (a query): a remote
+    endpoint that refuses connections fails at once instead of after ~1.5 min of retries
+    (index runs keep them); it changes nothing for a model loaded here.
 
     Imported lazily so that code which only reads a collection never imports torch.
     Loads are serialised: transformers' ``from_pretrained`` is not thread-safe (two threads
@@ -52,11 +54,14 @@ def load_embedder(
             )
         options.pop("quantize", None)
         options.pop("compile", None)
+        if not options.get("fail_fast"):
+            options.pop("fail_fast", None)
         name = None if model is None or str(model) == url else os.fspath(model)
         return load_remote_embedder(url, model=name, **options)
 
     from indexer.gme import load_embedder as _load
 
+    options.pop("fail_fast", None)  # nothing to connect to: the model runs here
     with _LOAD_LOCK:
         return _load(model, device=device, dtype=dtype, **options)
 

@@ -21,7 +21,10 @@ Throughput: a call's inputs are split into requests of ``batch_size`` inputs, an
 :attr:`batch_hint` tells the indexer how many pages to hand over per call.
 
 Faults: every request has a timeout; connection errors, timeouts, 408, 429 and 5xx answers
-are retried with exponential backoff (with jitter, capped), honouring ``Retry-After``. When
+are retried with exponential backoff (with jitter, capped), honouring ``Retry-After``: an
+index run rides out a server restarting mid-job. A query is different: a person waits, so
+with ``fail_fast`` (what ``pagelens search`` and ``ask`` use) a refused connection (nothing
+listens at that address) fails at once with one line instead of ~1.5 min of retries. When
 a request finally fails, :class:`~indexer.errors.EmbeddingError` says which inputs got no
 vector and why; the indexer stores the others and leaves those pages pending (never stored
 without a vector), so a later run fills them in. An input the server refuses on its own
@@ -231,6 +234,7 @@ class RemoteEmbedder(EmbedderBase):
         verify: bool | str | ssl.SSLContext = True,
         transport: Any = None,
         sleep: Callable[[float], None] = time.sleep,
+        fail_fast: bool = False,
     ) -> None:
         import httpx
 
@@ -249,6 +253,8 @@ class RemoteEmbedder(EmbedderBase):
         self._requested_model = model
         self._requested_tokens = int(max_image_tokens) if max_image_tokens else None
         self._sleep = sleep
+        #: Interactive use: a refused connection is not retried (see the module docstring).
+        self.fail_fast = bool(fail_fast)
         headers = {"User-Agent": "pagelens-remote-embedder"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -547,6 +553,11 @@ class RemoteEmbedder(EmbedderBase):
                         f"({_transport_reason(exc)}). Use a certificate this computer trusts, "
                         f"or point {ENV_CA} at the CA bundle that signed it."
                     ) from None
+                if self.fail_fast and _connection_refused(exc):  # nothing listens there
+                    raise _Retryable(
+                        f"nothing accepts connections at {self.url} (connection refused): "
+                        f"start the embedding server, or check --embedder / {ENV_URL}"
+                    ) from None
                 failure = _Retryable(f"cannot reach {self.url} ({_transport_reason(exc)})")
             else:
                 status = response.status_code
@@ -715,6 +726,18 @@ def _tls_refused(exc: BaseException) -> bool:
     return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
+def _connection_refused(exc: BaseException) -> bool:
+    """Whether a transport error is a refused TCP connection (no server on that port)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "connection refused" in str(exc).lower()
+
+
 def _transport_reason(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
@@ -734,6 +757,7 @@ def load_remote_embedder(
     ``batch_size``, ``concurrency``, ``timeout`` and ``retries`` default to
     ``$PAGELENS_EMBEDDER_BATCH``, ``_CONCURRENCY``, ``_TIMEOUT`` and ``_RETRIES``; ``verify``
     (True, False, a CA bundle path or an SSL context) to ``$PAGELENS_EMBEDDER_CA`` or True.
+    ``fail_fast=True`` (queries) gives up at once when the connection is refused.
     """
     url = url or os.environ.get(ENV_URL)
     if not url:

@@ -159,11 +159,15 @@ class ModelSettings:
                 options[name] = value
         return options
 
-    def load(self) -> Embedder:
-        """Load the model these settings describe."""
+    def load(self, *, fail_fast: bool = False) -> Embedder:
+        """Load the model these settings describe; ``fail_fast`` for a query (a refused
+        remote endpoint fails at once, see :func:`indexer.load_embedder`)."""
         from indexer import load_embedder
 
-        return load_embedder(self.load_target, **self.load_options())
+        options = self.load_options()
+        if fail_fast:
+            options["fail_fast"] = True
+        return load_embedder(self.load_target, **options)
 
     @property
     def load_target(self) -> str | None:

@@ -532,6 +532,69 @@ def test_retries_run_out_with_a_named_error():
     assert len(endpoint.posts) == 1 + 2 * 3  # probe, then 2 requests x (1 try + 2 retries)
 
 
+def _closed_port_url() -> str:
+    """A loopback address where nothing listens: connecting is refused at once."""
+    return f"http://127.0.0.1:{_free_port()}"
+
+
+def test_refused_connection_is_retried_for_index_runs_but_not_for_queries():
+    """Index runs ride out a server restarting (patient retries); a query (``fail_fast``)
+    gives up on the first refused connection."""
+    url = _closed_port_url()
+    waits: list[float] = []
+    patient = RemoteEmbedder(url, retries=3, backoff=0.01, max_backoff=0.05, sleep=waits.append)
+    with pytest.raises(EmbeddingError) as info:
+        patient.embed_texts(["a"])
+    patient.close()
+    assert patient.stats["retries"] == 3 and len(waits) == 3  # the whole budget
+    assert info.value.retryable
+
+    waits.clear()
+    started = time.monotonic()
+    quick = RemoteEmbedder(url, retries=8, fail_fast=True, sleep=waits.append)
+    with pytest.raises(EmbeddingError) as info:
+        quick.embed_queries(["a"])
+    quick.close()
+    assert quick.stats == {"requests": 1, "retries": 0, "inputs": 0} and waits == []
+    assert time.monotonic() - started < 5
+    assert "connection refused" in str(info.value) and url in str(info.value)
+
+    # What the CLI loads for a query: refused while reading the model card, one clean error.
+    with pytest.raises(EndpointError, match="connection refused"):
+        load_embedder(embedder_url=url, fail_fast=True)
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_cli_search_against_a_dead_endpoint_fails_in_seconds(tmp_path, make_pdf, monkeypatch, how):
+    """``pagelens search`` with ``--embedder`` / ``PAGELENS_EMBEDDER_URL`` naming a closed
+    port: exit 1 within seconds, one line naming the address, no traceback (the default
+    retry budget would keep a person waiting ~1.5 min)."""
+    from app.cli import cli
+
+    coll = tmp_path / "c"
+    store = Collection(coll)
+    Indexer(store, None, settings=RenderSettings.for_tokens(TOKENS)).add(
+        [make_pdf("doc.pdf", ["alpha beta"])]
+    )
+    store.close()
+    url = _closed_port_url()
+    monkeypatch.delenv("PAGELENS_EMBEDDER_RETRIES", raising=False)
+    if how == "env":
+        monkeypatch.setenv("PAGELENS_EMBEDDER_URL", url)
+        argv = ["-c", str(coll), "search", "alpha"]
+    else:
+        monkeypatch.delenv("PAGELENS_EMBEDDER_URL", raising=False)
+        argv = ["--embedder", url, "-c", str(coll), "search", "alpha"]
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, argv)
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 1, result.output
+    assert elapsed < 10, elapsed
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "connection refused" in errors[0] and url in errors[0]
+    assert "Traceback" not in result.output
+
+
 def _page_vectors(store: Collection) -> dict[tuple[str, int], np.ndarray]:
     out = {}
     for doc in store.documents():

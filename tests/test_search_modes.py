@@ -335,6 +335,31 @@ def test_cli_text_only_then_search_and_pending(cli_env, tmp_path):
     assert data["pending"] == 0 and len(data["hits"]) == 5
 
 
+def test_cli_image_with_text_mode_is_a_usage_error_before_anything_loads(tmp_path, monkeypatch):
+    """Text search cannot take an image: exit 2 with the way out, before the collection is
+    opened or a model loads (the collection named here does not even exist)."""
+    from app import cli_common
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("loaded something before checking the usage")
+
+    monkeypatch.setattr(cli_common.Options, "embedder", must_not_load)
+    monkeypatch.setattr(cli_common, "open_retriever", must_not_load)
+    shot = tmp_path / "shot.png"
+    Image.new("RGB", (64, 64), "white").save(shot)
+    missing = str(tmp_path / "no-such-collection")
+    for args in (["question", "--image", str(shot)], ["--image", str(shot)]):
+        result = runner.invoke(
+            cli,
+            ["--collection", missing, "search", *args, "--mode", "text"],
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 2, result.output
+        assert "--mode text" in result.output and "--mode visual" in result.output
+        assert "Traceback" not in result.output
+    assert not Path(missing).exists()
+
+
 def test_cli_image_queries_and_filters(cli_env, tmp_path):
     pdf = make_visual_pdf(tmp_path / "docs" / "shapes.pdf", TOPICS[:4])
     make_text_pdf(tmp_path / "docs" / "words.pdf", TOPICS[4:8])
@@ -360,8 +385,8 @@ def test_cli_image_queries_and_filters(cli_env, tmp_path):
     (tmp_path / "bad.png").write_text("not an image")
     result = run("search", "--image", str(tmp_path / "bad.png"))
     assert result.exit_code == 1 and "cannot be read" in result.output
-    result = run("search", "x", "--image", str(shot), "--mode", "text")
-    assert result.exit_code == 1 and "image" in result.output
+    result = run("search", "x", "--image", str(shot), "--mode", "text")  # usage: exit 2
+    assert result.exit_code == 2 and "--mode text" in result.output
     result = run("search", "x", "--pages", "7-2")
     assert result.exit_code == 2 and "Traceback" not in result.output
     result = run("search", "x", "--doc", "nope.pdf")
