@@ -82,12 +82,19 @@ def test_refused_files_exit_3_and_errors_are_one_line(env, make_pdf):
     assert result.exit_code == 2 and "question" in result.output.lower()
 
 
-def test_missing_model_is_a_clear_paragraph(monkeypatch, make_pdf, tmp_path):
+def test_missing_model_is_a_clear_paragraph(env, monkeypatch, make_pdf, tmp_path, engine):
     monkeypatch.setenv("PAGELENS_MODEL", str(tmp_path / "no-such-model"))
     result = run("index", str(make_pdf("a.pdf", ["x"])))
-    assert result.exit_code == 0  # pages and text are stored; vectors come later
     assert "Traceback" not in result.output
     assert "huggingface-cli download" in result.output and "PAGELENS_MODEL" in result.output
+    if engine == "local":
+        assert result.exit_code == 0  # pages and text are stored; vectors come later
+        return
+    # The documented difference: a Milvus page row holds its vector field, so a new Milvus
+    # collection needs the model's width (read from its files, even with --text-only)
+    # before its first page; with no model files at all that is one clear error.
+    assert result.exit_code == 1
+    assert "has no model yet" in result.output.splitlines()[-1]
 
 
 def test_search_on_missing_collection(env):
@@ -95,7 +102,7 @@ def test_search_on_missing_collection(env):
     assert result.exit_code == 1 and "No collection" in result.output
 
 
-def test_search_falls_back_to_text_when_the_model_is_missing(monkeypatch, make_pdf, tmp_path):
+def test_search_falls_back_to_text_when_the_model_is_missing(env, monkeypatch, make_pdf, tmp_path):
     pdf = make_pdf("notes.pdf", ["Photosynthesis converts light.", "The hydraulic pump manual."])
     assert run("index", "--text-only", str(pdf)).exit_code == 0
     monkeypatch.setenv("PAGELENS_MODEL", str(tmp_path / "no-such-model"))
