@@ -191,12 +191,29 @@ def machine_info() -> dict:
         mem = psutil.virtual_memory().total
     except Exception:  # pragma: no cover
         mem = 0
+    from indexer import quant
+
+    level, caps = quant.isa_cap()
+    effective = quant.cap_flags(flags, level)
     return {
         "host": socket.gethostname(),
         "cpu_model": model,
         "logical_cpus": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu_flags": {f: f in flags for f in wanted},
+        # what the kernels may use: the real flags less any instruction-set cap (--isa)
+        "isa_cap": {
+            "emulated": level,
+            "env": caps,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            "cpu_flags_effective": {f: f in effective for f in wanted},
+            "note": "the CPU is the one named above with its instruction set capped by these "
+            "variables; its memory bandwidth, caches and clock are its own, not those of a "
+            "CPU of the capped class"
+            if level
+            else "no cap: the CPU's own instruction set",
+        },
         "memory_gib": round(mem / 2**30, 1),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -432,10 +449,18 @@ class BenchConfig:
     skip_baseline: bool = False
     skip_int8: bool = False
     query_candidates: list[str] = field(
-        default_factory=lambda: ["int8-bf16", "int8x2-bf16", "bf16", "int8-fp32"]
+        default_factory=lambda: [
+            "int8-bf16",
+            "int8mix-bf16",
+            "int8+int4-bf16",
+            "fp16",
+            "int8x2-bf16",
+            "bf16",
+        ]
     )
     query_reps: int = 1
     queries_only: bool = False
+    isa: str = "native"
     compile: bool = False
     skip_model: bool = False
     skip_vectors: bool = False
@@ -632,6 +657,29 @@ def _query_index(page_vecs: np.ndarray, n: int, seed: int):
     return idx
 
 
+#: What each text-query candidate stores and which kernel multiplies with it (report rows).
+CANDIDATE_WEIGHTS = {
+    "int8-bf16": "int8, one scale per output channel",
+    "int8-fp32": "int8, one scale per output channel",
+    "int8x2-bf16": "two int8 levels (~15 bits), per-channel scales",
+    "bf16": "bfloat16",
+    "int8+int4-bf16": "int8 per output channel + int4 level for its error (groups of 128 "
+    "inputs), ~1.5 bytes",
+    "int8mix-bf16": "int8 per output channel; two int8 levels in the first decoder layers "
+    "(indexer.quant.MIX_PRECISE_LAYERS), the most sensitive",
+    "fp16": "float16",
+}
+CANDIDATE_KERNELS = {
+    "int8-bf16": "aten._weight_int8pack_mm",
+    "int8-fp32": "aten._weight_int8pack_mm",
+    "int8x2-bf16": "aten._weight_int8pack_mm",
+    "bf16": "F.linear (bf16)",
+    "int8+int4-bf16": "aten._weight_int8pack_mm + aten._weight_int4pack_mm_for_cpu",
+    "int8mix-bf16": "aten._weight_int8pack_mm",
+    "fp16": "fbgemm FP16 GEMM (quantized.linear_dynamic_fp16)",
+}
+
+
 def query_weights_phase(
     emb: Any,
     queries: list[str],
@@ -684,14 +732,9 @@ def query_weights_phase(
             with w.active():
                 qv = emb.embed_queries(rank_queries)
             entry: dict[str, Any] = {
-                "weights": {
-                    "int8-bf16": "int8, one scale per output channel",
-                    "int8-fp32": "int8, one scale per output channel",
-                    "int8x2-bf16": "two int8 levels (~15 bits), per-channel scales",
-                    "bf16": "bfloat16",
-                }[name],
+                "weights": CANDIDATE_WEIGHTS[name],
                 "activations": str(act_dtype(name)).removeprefix("torch."),
-                "kernel": "F.linear (bf16)" if name == "bf16" else "aten._weight_int8pack_mm",
+                "kernel": CANDIDATE_KERNELS[name],
                 "quantise_s": _r(quant_s, 2),
                 "queries_timed": len(cand_s),
                 "p50_s": _r(_pct(cand_s, 50)),
@@ -1248,6 +1291,16 @@ def summary(report: dict) -> str:
         f"PageLens bench on {m['cpu_model']} ({m['affinity_cpus']} CPUs), torch "
         f"{m['torch']}, threads {m['torch_threads']}"
     )
+    cap = m.get("isa_cap") or {}
+    if cap.get("emulated"):
+        lines.append(
+            f"  EMULATED: instruction set capped at {cap['emulated']} ({cap['env']}; torch "
+            f"{cap.get('torch_cpu_capability')}, oneDNN bf16 {cap.get('onednn_bf16')}); "
+            "bandwidth, caches and clock are this CPU's"
+        )
+    bw = report.get("memory_bandwidth")
+    if bw:
+        lines.append(f"  memory read bandwidth: {bw['gb_per_s']} GB/s (best {bw['gb_per_s_best']})")
     for dt, p in report.get("matmul_peak", {}).items():
         lines.append(f"  matmul peak {dt}: {p['gflops']} GFLOP/s (n={p['n']})")
     if "rendering" in report:
@@ -1466,8 +1519,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--skip-int8", action="store_true")
     p.add_argument(
         "--query-candidates",
-        default="int8-bf16,int8x2-bf16,bf16,int8-fp32",
-        help="int8 weight-only text-query candidates to measure against fp32 ('' for none)",
+        default="int8-bf16,int8mix-bf16,int8+int4-bf16,fp16,int8x2-bf16,bf16",
+        help="weight-only text-query candidates (indexer/quant.py) to measure against fp32 "
+        "('' for none; int8-fp32 is the unvectorised kernel, kept for the record)",
     )
     p.add_argument("--query-reps", type=int, default=1, help="passes over the queries (A2)")
     p.add_argument(
@@ -1475,6 +1529,15 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         action="store_true",
         help="text queries only: exact fp32 vs the query-weight candidates, full-size decoder "
         "with a one-block vision tower (~6 GB), no page phases",
+    )
+    p.add_argument(
+        "--isa",
+        default="native",
+        choices=["native", *ISA_EMULATION],
+        help="emulate a CPU class on this one: re-run the bench with every kernel library "
+        "(ATen, oneDNN, MKL, fbgemm) capped at that instruction set, e.g. avx2 for an "
+        "AVX2-only CPU without native bf16 (memory bandwidth stays this machine's; the "
+        "report's machine.isa_cap says so)",
     )
     p.add_argument(
         "--compile", action="store_true", help="also measure the torch.compile'd exact path"
@@ -1538,6 +1601,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         query_candidates=[c.strip() for c in a.query_candidates.split(",") if c.strip()],
         query_reps=a.query_reps,
         queries_only=a.queries_only,
+        isa=a.isa,
         compile=a.compile,
         skip_model=a.skip_model,
         skip_vectors=a.skip_vectors,
@@ -1561,8 +1625,42 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     )
 
 
+#: ``--isa`` emulations: the variables that cap each kernel library at that instruction set
+#: (read when the library starts, hence the fresh process; :func:`indexer.quant.isa_cap`
+#: makes PageLens's own decisions follow them).
+ISA_EMULATION: dict[str, dict[str, str]] = {
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+    },
+}
+
+
+def isa_env(isa: str, env: dict[str, str] | None = None) -> dict[str, str] | None:
+    """The environment to re-run the bench in for ``--isa`` (None: already in effect)."""
+    env = dict(os.environ if env is None else env)
+    if isa == "native":
+        return None
+    want = ISA_EMULATION[isa]
+    if all(env.get(k) == v for k, v in want.items()):
+        return None
+    root = str(Path(__file__).resolve().parent.parent)
+    env.update(want)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     cfg = parse_args(argv)
+    env = isa_env(cfg.isa)
+    if env is not None:  # the caps are read when the libraries load: a fresh process
+        import subprocess
+
+        cmd = [sys.executable, "-m", "bench.bench", *argv]
+        return subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parent.parent).returncode
     report, out = run(cfg)
     print(summary(report))
     print(f"report: {out}")

@@ -11,15 +11,29 @@ Candidates (:data:`CANDIDATES`), measured by ``pagelens bench`` (``model.query_w
 
 * ``int8-bf16``: int8 weights, one scale per output channel, bf16 activations, through
   ``aten._weight_int8pack_mm`` (torchao's int8 weight-only kernel). 1 byte per weight. On
-  the full-size random-weight model its query vectors reach cosine ~0.998 to float32
-  (top-10 overlap 0.98): the weight rounding alone (~0.75% of a weight's spread) is too
-  coarse for the 0.999 bar.
+  the full-size random-weight model its query vectors reach cosine ~0.998 to float32: the
+  weight rounding alone (~0.75% of a weight's spread) is too coarse for the 0.999 bar, and
+  per-group scales or clipping cannot help much (8 bits per Gaussian weight is near the
+  rate-distortion limit).
+* ``int8mix-bf16``: the same, but the first :data:`MIX_PRECISE_LAYERS` decoder layers get
+  two int8 levels. Rounding one group of linears at a time showed layer 0 alone causing
+  more than half of the loss; ~1.07 bytes per weight.
+* ``int8+int4-bf16``: int8 per channel plus an int4 level (groups of 128 inputs) for the
+  int8 level's error, ``_weight_int8pack_mm`` + ``_weight_int4pack_mm_for_cpu``; ~1.53
+  bytes per weight, error ~15x below int8 alone.
 * ``int8x2-bf16``: two int8 levels (the second quantises the first's error; ~15-bit
-  weights), the same kernel in one pass over stacked rows. 2 bytes per weight; cosine
-  ~0.9997, same top-10.
-* ``bf16``: bf16 weights and activations. 2 bytes per weight; cosine ~0.9998.
+  weights), the same kernel in one pass over stacked rows. 2 bytes per weight.
+* ``bf16``: bf16 weights and activations. 2 bytes per weight.
+* ``fp16``: fp16 weights, **float32** activations and accumulation, fbgemm's FP16 GEMM
+  (``quantized.linear_dynamic_fp16``, the kernel of torch's dynamic fp16 quantisation):
+  2 bytes per weight, vectorised for AVX2 (F16C) and AVX-512, and the closest to exact.
 * ``int8-fp32``: int8 weights, float32 activations; the kernel's float32 path is not
   vectorised (10-20x slower than a float32 matmul on AVX2 and AVX-512), kept for the record.
+
+A query multiplies ~15 token rows by every weight. At that width the ATen weight-only
+kernels are compute-bound on AVX2 (they widen each weight once per row block), so fewer
+bytes do not by themselves mean faster: which candidate wins is measured
+(:data:`AUTO_ORDER` holds the order measured on AVX2).
 
 Only text inputs take this path (queries); pages keep the exact weights, so a copy is extra
 memory (1.3-2.6 GB for GME-2B), made on the first text query by
@@ -27,16 +41,21 @@ memory (1.3-2.6 GB for GME-2B), made on the first text query by
 there on whole queries, it agrees with the exact path (cosine >= :data:`MIN_QUERY_COSINE`)
 and is faster. CPU features are read at run time (:func:`cpu_flags`, injectable): ``auto``
 tries candidates only on x86 CPUs with AVX2/AVX-512 and **without** native bf16 (those run
-the whole model in bf16 already).
+the whole model in bf16 already). An instruction-set cap in the environment
+(``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``,
+``FBGEMM_ENABLE_INSTRUCTIONS``; :func:`isa_cap`) counts: the kernels cannot use what is
+capped, so neither do the decisions (``pagelens bench --isa avx2`` uses this to emulate an
+AVX2-only CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -52,20 +71,138 @@ MIN_QUERY_COSINE = 0.999
 #: explicit int8 candidate (weights int8, activations in the named dtype).
 #: Candidates: weights int8 (one scale per output channel), two-level int8 (~15-bit), or
 #: bf16; activations in the named dtype.
-CANDIDATES = ("int8-bf16", "int8-fp32", "int8x2-bf16", "bf16")
+CANDIDATES = (
+    "int8-bf16",
+    "int8-fp32",
+    "int8x2-bf16",
+    "bf16",
+    "int8+int4-bf16",
+    "int8mix-bf16",
+    "fp16",
+)
+#: ``int8mix-bf16``: the first decoder layers keep two int8 levels, the rest one. Measured on
+#: the full-size random-weight decoder (int8 rounding of one group at a time, 8 queries):
+#: layer 0 alone causes 58% of the whole model's cosine loss (1 - cos 1.1e-3 of 2.0e-3),
+#: layer 1 11%, layer 2 6%, layer 3 4%; by type the loss follows the parameter
+#: count (v and o ~4-7x more per weight, still small in all).
+MIX_PRECISE_LAYERS = 2
 QUERY_WEIGHTS = ("auto", "exact", "int8", *CANDIDATES)
-#: What ``auto`` tries, fewest bytes first; the first that agrees and is faster is kept
-#: (trying them all would hold two extra weight copies at once).
-AUTO_ORDER = ("int8-bf16", "int8x2-bf16", "bf16")
+#: What ``auto`` tries, fastest first as measured on an AVX2 CPU without native bf16 at a
+#: query's ~15 tokens (see README, Performance); the first that agrees and beats the exact
+#: path there is kept (trying them all would hold two extra weight copies at once).
+#: ``int8-bf16`` is not tried: on the full-size model it never holds (cosine ~0.998).
+AUTO_ORDER = ("fp16", "int8mix-bf16", "int8+int4-bf16", "int8x2-bf16", "bf16")
 _ACT_DTYPES = {
     "int8-bf16": torch.bfloat16,
     "int8-fp32": torch.float32,
     "int8x2-bf16": torch.bfloat16,
     "bf16": torch.bfloat16,
+    "int8+int4-bf16": torch.bfloat16,
+    "int8mix-bf16": torch.bfloat16,
+    "fp16": torch.float32,
 }
+#: Group size (along the input dimension) of the int4 level, largest that divides K.
+INT4_GROUPS = (128, 64, 32)
 
 
 # --------------------------------------------------------------------------- CPU features
+
+
+#: ISA levels, lowest first: what an instruction-set cap allows (see :func:`isa_cap`).
+ISA_LEVELS = (
+    "sse",
+    "avx2",
+    "avx2_vnni",
+    "avx512",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx",
+)
+#: The environment variables that cap the instructions the kernels PageLens relies on may
+#: use, with the level each documented value allows (values compared case-insensitively;
+#: a value not listed caps nothing). ATen's own kernels (``_weight_int8pack_mm``, the
+#: non-oneDNN bf16 paths), oneDNN (bf16/fp32 matmuls, SDPA), MKL (float32 GEMM) and
+#: fbgemm (dynamic int8).
+ISA_CAP_ENV: dict[str, dict[str, str]] = {
+    "ATEN_CPU_CAPABILITY": {"default": "sse", "avx2": "avx2"},
+    "ONEDNN_MAX_CPU_ISA": {
+        "sse41": "sse",
+        "avx": "sse",
+        "avx2": "avx2",
+        "avx2_vnni": "avx2_vnni",
+        "avx2_vnni_2": "avx2_vnni",
+        "avx512_core": "avx512",
+        "avx512_core_vnni": "avx512_vnni",
+        "avx512_core_bf16": "avx512_bf16",
+        "avx10_1_512": "avx512_fp16",
+        "avx512_core_fp16": "avx512_fp16",
+    },
+    "DNNL_MAX_CPU_ISA": {},  # oneDNN's older name: same values (filled in below)
+    "MKL_ENABLE_INSTRUCTIONS": {
+        "sse4_2": "sse",
+        "avx": "sse",
+        "avx2": "avx2",
+        "avx512": "avx512",
+        "avx512_e1": "avx512_vnni",
+    },
+    "FBGEMM_ENABLE_INSTRUCTIONS": {
+        "avx2": "avx2",
+        "avx512": "avx512",
+        "avx512_256": "avx512",
+        "avx512_e1": "avx512_vnni",
+        "avx512_e1_256": "avx512_vnni",
+    },
+}
+ISA_CAP_ENV["DNNL_MAX_CPU_ISA"] = ISA_CAP_ENV["ONEDNN_MAX_CPU_ISA"]
+
+
+def _flag_level(flag: str) -> str:
+    """The lowest ISA level at which a ``/proc/cpuinfo`` flag may be used."""
+    if flag.startswith("amx"):
+        return "amx"
+    if flag in ("avx512_fp16", "avx512_bf16", "avx512_vnni"):
+        return flag
+    if flag.startswith("avx512"):
+        return "avx512"
+    if flag == "avx_vnni":
+        return "avx2_vnni"
+    if flag in ("avx", "avx2", "fma", "f16c"):
+        return "avx2"
+    return "sse"
+
+
+def isa_cap(env: Mapping[str, str] | None = None) -> tuple[str | None, dict[str, str]]:
+    """The instruction-set cap set in the environment: (lowest level allowed or None, the
+    capping variables that are set).
+
+    Why: ``ATEN_CPU_CAPABILITY=avx2`` (and oneDNN's, MKL's and fbgemm's equivalents) forbid
+    the kernels instructions the CPU has; a plan that still assumed them (native bf16, say)
+    would pick a path the kernels cannot run fast. The lowest cap of all those set wins,
+    so the decisions are those of a CPU that has only what every library may use.
+    """
+    env = os.environ if env is None else env
+    found: dict[str, str] = {}
+    level: str | None = None
+    for var, values in ISA_CAP_ENV.items():
+        raw = env.get(var)
+        if not raw:
+            continue
+        allowed = values.get(raw.strip().lower())
+        if allowed is None:
+            continue
+        found[var] = raw
+        if level is None or ISA_LEVELS.index(allowed) < ISA_LEVELS.index(level):
+            level = allowed
+    return level, found
+
+
+def cap_flags(flags: Iterable[str], level: str | None) -> frozenset[str]:
+    """``flags`` without those above ``level`` (all of them when ``level`` is None)."""
+    if level is None:
+        return frozenset(flags)
+    top = ISA_LEVELS.index(level)
+    return frozenset(f for f in flags if ISA_LEVELS.index(_flag_level(f)) <= top)
 
 
 @lru_cache(maxsize=1)
@@ -80,12 +217,13 @@ def _read_cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags (``/proc/cpuinfo``; empty where unreadable, e.g. macOS).
+def cpu_flags(env: Mapping[str, str] | None = None) -> frozenset[str]:
+    """This CPU's feature flags (``/proc/cpuinfo``; empty where unreadable, e.g. macOS),
+    less those an instruction-set cap in the environment forbids (:func:`isa_cap`).
 
     Callers take it as a default argument so tests can inject another machine's flags.
     """
-    return _read_cpu_flags()
+    return cap_flags(_read_cpu_flags(), isa_cap(env)[0])
 
 
 def has_native_bf16(flags: Iterable[str] | None = None) -> bool:
@@ -106,6 +244,14 @@ def int8_weight_kernel_vectorised(
     machine = (machine or platform.machine()).lower()
     x86 = machine in {"x86_64", "amd64", "i686", "x86"}
     return x86 and bool(flags & {"avx2", "avx512f"})
+
+
+def kernel_available(mode: str) -> bool:
+    """Whether this torch build has the kernel of candidate ``mode`` (fp16 needs fbgemm,
+    x86 builds only)."""
+    if mode == "fp16":
+        return "fbgemm" in torch.backends.quantized.supported_engines
+    return True
 
 
 @dataclass(frozen=True)
@@ -152,7 +298,9 @@ def plan_query_weights(
         return QueryPlan((), "CPU has native bf16 (the model's auto dtype covers it)")
     if not int8_weight_kernel_vectorised(flags, machine):
         return QueryPlan((), "no AVX2/AVX-512: the int8 kernel is not vectorised here")
-    return QueryPlan(AUTO_ORDER, "x86 CPU without native bf16")
+    return QueryPlan(
+        tuple(c for c in AUTO_ORDER if kernel_available(c)), "x86 CPU without native bf16"
+    )
 
 
 # --------------------------------------------------------------------------- int8 weights
@@ -176,6 +324,49 @@ def quantize_weight_2level(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return torch.cat([q1, q2]).contiguous(), torch.cat([s1, s2])
 
 
+def int4_group(k: int) -> int:
+    """The int4 group size for ``k`` input features (the kernel takes 32, 64 or 128)."""
+    for group in INT4_GROUPS:
+        if k % group == 0:
+            return group
+    raise ValueError(f"in_features {k} is not a multiple of {INT4_GROUPS[-1]} (int4 groups)")
+
+
+def quantize_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric int4 per group of ``group`` inputs: ``w ~= (q - 8) * scale + zero``, in the
+    layout of ``aten._weight_int4pack_mm_for_cpu``: q (N, K) int32 in [0, 15], and
+    scales-and-zeros (K / group, N, 2) bf16 (the values q was rounded against)."""
+    w = weight.detach().float()
+    n, k = w.shape
+    wg = w.reshape(n, k // group, group)
+    lo, hi = wg.amin(-1), wg.amax(-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-12).to(torch.bfloat16).float()
+    zero = (lo + 8 * scale).to(torch.bfloat16).float()
+    q = torch.round((wg - zero[..., None]) / scale[..., None] + 8).clamp_(0, 15)
+    sz = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    return q.to(torch.int32).reshape(n, k), sz
+
+
+def quantize_int8_int4(
+    weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """int8 per output channel plus an int4 level (groups of 32-128 inputs) for what the int8
+    level missed: ~1.5 bytes per weight, error ~15x below int8 alone.
+
+    The residual is taken against the bf16-rounded channel scales the kernel multiplies
+    with, so the int4 level also corrects that rounding. Returns (q8, scale8 bf16, packed
+    int4, scales-and-zeros, group).
+    """
+    w = weight.detach().float()
+    q8, s8 = quantize_weight(w)
+    s8 = s8.to(torch.bfloat16)
+    residual = w - q8.float() * s8.float()[:, None]
+    group = int4_group(w.shape[1])
+    q4, sz = quantize_int4(residual, group)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4, 2)
+    return q8, s8, packed, sz, group
+
+
 class QueryWeights:
     """Low-precision copies of the ``nn.Linear`` weights under ``root``, used while
     :meth:`active`; ``mode`` is one of :data:`CANDIDATES`.
@@ -193,22 +384,40 @@ class QueryWeights:
         self.on = False
         self.linears: list[torch.nn.Linear] = []
         self.bytes = 0
+        precise = _first_layers(root, MIX_PRECISE_LAYERS) if mode == "int8mix-bf16" else set()
         for module in root.modules():
             if isinstance(module, torch.nn.Linear) and module.weight.dtype.is_floating_point:
-                if mode == "bf16":
-                    packed: tuple[torch.Tensor, ...] = (
+                nbytes = 0
+                kind = mode
+                if mode == "int8mix-bf16":
+                    kind = "int8x2-bf16" if id(module) in precise else "int8-bf16"
+                if kind == "bf16":
+                    packed: tuple[Any, ...] = (
                         module.weight.detach().to(torch.bfloat16).contiguous(),
                     )
-                elif mode.startswith("int8x2"):
+                elif kind == "fp16":
+                    # fbgemm's FP16 GEMM: fp16 weights widened in registers, fp32 activations
+                    # and accumulation (the bias is packed with them)
+                    bias = None if module.bias is None else module.bias.detach().float()
+                    weight = module.weight.detach().float().contiguous()
+                    packed = (torch.ops.quantized.linear_prepack_fp16(weight, bias),)
+                    nbytes = weight.numel() * 2
+                elif kind == "int8+int4-bf16":
+                    q8, s8, q4, sz, group = quantize_int8_int4(module.weight)
+                    packed = (q8, s8, q4, sz, group)
+                elif kind == "int8x2-bf16":
                     q, scale = quantize_weight_2level(module.weight)
                     packed = (q, scale.to(self.act_dtype))
                 else:
                     q, scale = quantize_weight(module.weight)
                     packed = (q, scale.to(self.act_dtype))
                 # an instance attribute shadows the class's forward; state_dict is untouched
-                setattr(module, "forward", _lowp_forward(module, self, packed))  # noqa: B010
+                forward = _lowp_forward(module, self, kind, packed)
+                setattr(module, "forward", forward)  # noqa: B010
                 self.linears.append(module)
-                self.bytes += sum(t.numel() * t.element_size() for t in packed)
+                self.bytes += nbytes or sum(
+                    t.numel() * t.element_size() for t in packed if isinstance(t, torch.Tensor)
+                )
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -230,17 +439,33 @@ class QueryWeights:
 Int8Weights = QueryWeights
 
 
+def _first_layers(root: torch.nn.Module, n: int) -> set[int]:
+    """ids of the modules inside the first ``n`` decoder layers of ``root`` (``root.layers``)."""
+    layers = getattr(root, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        return set()
+    return {id(m) for layer in list(layers)[:n] for m in layer.modules()}
+
+
 def _lowp_forward(
-    module: torch.nn.Linear, owner: QueryWeights, packed: tuple[torch.Tensor, ...]
+    module: torch.nn.Linear, owner: QueryWeights, kind: str, packed: tuple[Any, ...]
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not owner.on:
             return F.linear(x, module.weight, module.bias)
         rows = x.reshape(-1, x.shape[-1]).to(owner.act_dtype).contiguous()
         n = module.out_features
-        if owner.mode == "bf16":
+        if kind == "fp16":  # bias already inside
+            out = torch.ops.quantized.linear_dynamic_fp16(rows, packed[0]).to(x.dtype)
+            return out.reshape(*x.shape[:-1], n)
+        if kind == "int8+int4-bf16":
+            q8, s8, q4, sz, group = packed
+            hi = torch.ops.aten._weight_int8pack_mm(rows, q8, s8).float()
+            lo = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, q4, group, sz).float()
+            out = (hi + lo).to(x.dtype)
+        elif kind == "bf16":
             out = F.linear(rows, packed[0]).to(x.dtype)
-        elif owner.mode.startswith("int8x2"):
+        elif kind == "int8x2-bf16":
             both = torch.ops.aten._weight_int8pack_mm(rows, packed[0], packed[1])
             out = both[:, :n].to(x.dtype) + both[:, n:].to(x.dtype)
         else:
@@ -343,9 +568,14 @@ __all__ = [
     "QueryPlan",
     "act_dtype",
     "choose",
+    "cap_flags",
     "cpu_flags",
     "has_native_bf16",
+    "isa_cap",
     "int8_weight_kernel_vectorised",
+    "kernel_available",
     "plan_query_weights",
+    "quantize_int4",
+    "quantize_int8_int4",
     "quantize_weight",
 ]

@@ -232,3 +232,52 @@ def test_model_uses_torch_fused_attention_on_cpu(tiny_embedder):
     assert "aten::softmax" not in ops and "aten::_softmax" not in ops
     flash = [e for e in prof.key_averages() if "flash_attention" in e.key]
     assert flash[0].count >= 2 + 2  # tiny model: 2 vision blocks + 2 decoder layers
+
+
+def test_bench_isa_emulation_reruns_under_the_caps(tmp_path):
+    """``--isa avx2`` re-runs the bench with ATen, oneDNN, MKL and fbgemm capped at AVX2; the
+    report names the real CPU and the cap, and PageLens's own plan follows it."""
+    from bench.bench import ISA_EMULATION, isa_env, main
+    from indexer import quant
+
+    env = isa_env("avx2", {"PATH": "/bin"})
+    assert env is not None and all(env[k] == v for k, v in ISA_EMULATION["avx2"].items())
+    assert isa_env("avx2", env) is None and isa_env("native") is None  # nothing to re-run
+    out = tmp_path / "capped.json"
+    code = main(
+        [
+            "--isa",
+            "avx2",
+            "--size",
+            "tiny",
+            "--queries-only",
+            "--pages",
+            "1",
+            "--queries",
+            "2",
+            "--corpus",
+            "4",
+            "--query-collection",
+            "50",
+            "--query-candidates",
+            "int8-bf16",
+            "--peak-n",
+            "128",
+            "--skip-vectors",
+            "--ray-actors",
+            "",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    cap = report["machine"]["isa_cap"]
+    assert cap["emulated"] == "avx2" and cap["env"] == ISA_EMULATION["avx2"]
+    assert report["config"]["isa"] == "avx2"
+    assert not cap["onednn_bf16"]  # oneDNN no longer offers its bf16 kernels
+    assert not any(v for f, v in cap["cpu_flags_effective"].items() if f.startswith("avx512"))
+    if "avx2" in quant._read_cpu_flags():
+        assert cap["torch_cpu_capability"] == "AVX2"
+    qw = report["model"]["query_weights"]
+    assert set(qw["candidates"]) == {"int8-bf16"} and qw["floor_s_exact"] > 0

@@ -22,8 +22,9 @@ def plan(**kw):
 
 
 def test_auto_plan_follows_cpu_features():
-    # AVX2 without native bf16: int8, then two-level int8, then bf16 weights
-    assert plan().candidates == ("int8-bf16", "int8x2-bf16", "bf16")
+    # AVX2 without native bf16: the candidates, fastest there first (fp16 needs fbgemm)
+    assert plan().candidates == quant.AUTO_ORDER
+    assert quant.AUTO_ORDER[0] == "fp16" and "int8-bf16" not in quant.AUTO_ORDER
     assert plan(flags=AVX512_BF16).candidates == ()  # native bf16: the model runs bf16
     assert plan(flags=AMX).candidates == ()
     assert "native bf16" in plan(flags=AMX).reason
@@ -106,6 +107,7 @@ def test_choose_keeps_only_a_candidate_that_holds(monkeypatch, cos, secs, forced
 def test_choose_takes_the_first_candidate_that_holds_and_is_faster(monkeypatch):
     exact = torch.eye(3)
     drift = torch.nn.functional.normalize(torch.eye(3) + 0.2, dim=-1)  # cosine ~0.98
+    order = ("int8-bf16", "int8x2-bf16", "bf16")
     results = {"int8-bf16": (drift, 0.2), "int8x2-bf16": (exact, 0.5), "bf16": (exact, 0.1)}
     now = [0.0]
     monkeypatch.setattr(quant.time, "perf_counter", lambda: now[0])
@@ -125,7 +127,7 @@ def test_choose_takes_the_first_candidate_that_holds_and_is_faster(monkeypatch):
         return _FakeWeights(name)
 
     choice, weights = quant.choose(
-        quant.QueryPlan(quant.AUTO_ORDER, "t"), run_exact=run_exact, make=make, run_with=run_with
+        quant.QueryPlan(order, "t"), run_exact=run_exact, make=make, run_with=run_with
     )
     assert choice.mode == "int8x2-bf16" and weights.name == "int8x2-bf16"
     assert made == ["int8-bf16", "int8x2-bf16"]  # bf16 never built: one extra copy at most
@@ -178,6 +180,18 @@ def test_int8_weights_compute_the_dequantised_model(tiny_model_dir):
     # two int8 levels and bf16 weights are far closer to the exact weights than one level
     err = {m: 1 - np.sum(got[m] * ref_exact, axis=1).min() for m in got}
     assert err["int8x2-bf16"] < err["int8-bf16"] and err["bf16"] < err["int8-bf16"]
+    # the int4 level takes out most of the int8 rounding (1.5 bytes per weight)
+    assert err["int8+int4-bf16"] < err["int8-bf16"]
+    # fp16 weights with float32 activations: float32 math on the fp16-rounded weights
+    fp16_model = load_embedder(tiny_model_dir, device="cpu", dtype="float32", query_weights="exact")
+    with torch.no_grad():
+        for mod in fp16_model._text_model.modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod.weight.copy_(mod.weight.half().float())
+    fp16_model.prefix_cache = False
+    rounded = fp16_model.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
+    assert np.sum(whole["fp16"] * rounded, axis=1).min() > 0.99999
+    assert err["fp16"] < min(err[m] for m in got if m not in ("fp16", "int8-fp32"))
     # the tiny model's weights (std 0.5) are far rougher than GME's; the full-size figure
     # (cosine >= 0.999) is measured by `pagelens bench`
     for vecs in got.values():
@@ -187,7 +201,7 @@ def test_int8_weights_compute_the_dequantised_model(tiny_model_dir):
 
 def test_no_native_bf16_cpu_takes_the_int8_path(tiny_model_dir, monkeypatch):
     """An AVX2-only CPU (flags injected) with a GME-sized model (size gate lowered) measures
-    int8-bf16 against the exact path; pages never use it."""
+    the candidates against the exact path; pages never use it."""
     from indexer import gme, load_embedder
 
     monkeypatch.setattr(gme, "CPU_BF16_MIN_HIDDEN", 0)
@@ -197,7 +211,7 @@ def test_no_native_bf16_cpu_takes_the_int8_path(tiny_model_dir, monkeypatch):
     emb.cpu_flags = AVX2_ONLY
     exact_pages = None
     choice = emb.prepare_queries()
-    assert "int8-bf16" in choice.candidates and choice.exact_s is not None
+    assert quant.AUTO_ORDER[0] in choice.candidates and choice.exact_s is not None
     tried = list(choice.candidates)
     assert tried == list(quant.AUTO_ORDER[: len(tried)])  # in order, stopping at a winner
     ok = [
@@ -244,3 +258,116 @@ def test_help_prints_the_int8_agreement_beside_the_option():
     text = " ".join(result.output.split())
     at = text.index("--quantize")
     assert "top-10 overlap" in text[at : at + 600] and "0.875-0.962" in text[at : at + 600]
+
+
+def test_isa_caps_in_the_environment_remove_the_instructions_they_forbid():
+    """ATEN_CPU_CAPABILITY=avx2 (and oneDNN's, MKL's, fbgemm's caps) make this CPU plan like
+    an AVX2-only one: no native bf16, the int8 query path is tried."""
+    zen4 = AVX512_BF16 | {"avx512bw", "avx512_fp16", "avx_vnni"}
+    assert quant.isa_cap({}) == (None, {})
+    assert quant.cap_flags(zen4, None) == zen4
+    for var, value in [
+        ("ATEN_CPU_CAPABILITY", "avx2"),
+        ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+        ("DNNL_MAX_CPU_ISA", "avx2"),
+        ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
+        ("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2"),
+    ]:
+        level, found = quant.isa_cap({var: value})
+        assert level == "avx2" and found == {var: value}
+        capped = quant.cap_flags(zen4, level)
+        assert {"avx2", "fma"} <= capped and not any(f.startswith("avx512") for f in capped)
+        assert not quant.has_native_bf16(capped)
+        assert plan(flags=capped).candidates == quant.AUTO_ORDER
+    # the lowest cap wins; oneDNN's bf16 level keeps bf16 but drops AMX
+    both = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "MKL_ENABLE_INSTRUCTIONS": "AVX512"}
+    assert quant.isa_cap(both)[0] == "avx512"
+    level = quant.isa_cap({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})[0]
+    bf16_only = quant.cap_flags(AMX | {"avx512_bf16"}, level)
+    assert "avx512_bf16" in bf16_only and not bf16_only & {"amx_tile", "amx_bf16"}
+    assert quant.cap_flags(AVX2_ONLY, quant.isa_cap({"ATEN_CPU_CAPABILITY": "default"})[0]) == {
+        "fpu",
+        "sse4_2",
+    }
+    # values that cap nothing are ignored (and not reported as a cap)
+    assert quant.isa_cap({"ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": ""}) == (
+        None,
+        {},
+    )
+
+
+def test_cpu_flags_and_the_model_dtype_follow_the_cap(monkeypatch):
+    from indexer import gme
+
+    monkeypatch.setattr(quant, "_read_cpu_flags", lambda: AVX512_BF16)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
+    monkeypatch.delenv("FBGEMM_ENABLE_INSTRUCTIONS", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert gme.cpu_has_native_bf16() and gme.resolve_dtype(None, "cpu") == torch.bfloat16
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert quant.cpu_flags() == quant.cap_flags(AVX512_BF16, "avx2")
+    assert not gme.cpu_has_native_bf16() and gme.resolve_dtype(None, "cpu") == torch.float32
+
+
+def test_int8_int4_levels_reconstruct_the_weight():
+    """The int4 level (groups along K, asymmetric) cuts the int8 rounding error ~15x, and the
+    two kernels compute the dequantised weight's product (bf16 activations)."""
+    gen = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(256, 96)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(96, 256, generator=gen) * 0.02)
+    w = lin.weight.detach()
+    q8, s8, packed, sz, group = quant.quantize_int8_int4(w)
+    assert group == 128 and quant.int4_group(96) == 32
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quant.int4_group(80)
+    int8_only = q8.float() * s8.float()[:, None]
+    # rebuild the int4 level from its scales and zeros: w ~= (q - 8) * scale + zero
+    q4, sz2 = quant.quantize_int4(w - int8_only, group)
+    assert torch.equal(sz, sz2) and int(q4.min()) >= 0 and int(q4.max()) <= 15
+    scale = sz[..., 0].float().t().repeat_interleave(group, dim=1)
+    zero = sz[..., 1].float().t().repeat_interleave(group, dim=1)
+    both = int8_only + (q4.float() - 8) * scale + zero
+    e8 = (w - int8_only).pow(2).mean().sqrt()
+    e84 = (w - both).pow(2).mean().sqrt()
+    assert e84 < e8 / 8
+    x = torch.randn(5, 256, generator=gen)
+    weights = quant.QueryWeights(lin, "int8+int4-bf16")
+    assert 1.5 * w.numel() < weights.bytes < 1.6 * w.numel() + 2 * 96
+    with weights.active():
+        got = lin(x)
+    want = torch.nn.functional.linear(x.bfloat16().float(), both, lin.bias)
+    assert ((got - want).norm() / want.norm()) < 5e-3  # bf16 activations and outputs
+    weights.remove()
+
+
+def test_int8mix_keeps_two_levels_in_the_first_layers(tiny_model_dir, monkeypatch):
+    """int8mix-bf16: the first MIX_PRECISE_LAYERS decoder layers (the most sensitive) get two
+    int8 levels, the others one; ~1 byte per weight for a 28-layer model."""
+    from indexer import load_embedder
+
+    monkeypatch.setattr(quant, "MIX_PRECISE_LAYERS", 1)
+    emb = load_embedder(tiny_model_dir, device="cpu", dtype="float32", query_weights="exact")
+    text = emb._text_model
+    x = torch.randn(3, text.config.hidden_size)
+    exact = {name: text.layers[i].self_attn.o_proj(x) for i, name in enumerate(("l0", "l1"))}
+    sizes = {}
+    for mode in ("int8-bf16", "int8x2-bf16", "int8mix-bf16"):
+        weights = quant.QueryWeights(text, mode)
+        sizes[mode] = weights.bytes
+        with weights.active():
+            got = {name: text.layers[i].self_attn.o_proj(x) for i, name in enumerate(("l0", "l1"))}
+        weights.remove()
+        if mode == "int8x2-bf16":
+            two = got
+        elif mode == "int8-bf16":
+            one = got
+        else:
+            mix = got
+    # layer 0 computes like two levels, layer 1 like one
+    assert torch.equal(mix["l0"], two["l0"]) and torch.equal(mix["l1"], one["l1"])
+    assert not torch.equal(two["l1"], one["l1"])
+    assert (two["l0"] - exact["l0"]).norm() < (one["l0"] - exact["l0"]).norm()
+    assert sizes["int8-bf16"] < sizes["int8mix-bf16"] < sizes["int8x2-bf16"]
