@@ -53,7 +53,7 @@ def test_int8_quantize_agrees_roughly(tiny_model_dir, make_pdf):
 
 
 def test_bench_tiny_report(tmp_path):
-    from bench.bench import main
+    from bench.bench import CANDIDATE_KERNELS, BenchConfig, main
 
     out = tmp_path / "report.json"
     code = main(
@@ -122,10 +122,11 @@ def test_bench_tiny_report(tmp_path):
     # int8 weight-only text-query candidates, measured against fp32 in the same run
     assert report["memory_bandwidth"]["gb_per_s"] > 0
     qw = report["model"]["query_weights"]
-    assert set(qw["candidates"]) == {"int8-bf16", "int8x2-bf16", "bf16", "int8-fp32"}
+    assert set(qw["candidates"]) == set(BenchConfig().query_candidates)
+    assert {"int8-bf16", "int8mix-bf16", "int8+int4-bf16", "fp16"} <= set(qw["candidates"])
     assert qw["decoder_weight_bytes_exact"] > 0 and qw["floor_s_exact"] > 0
-    for cand in qw["candidates"].values():
-        assert cand["kernel"] in ("aten._weight_int8pack_mm", "F.linear (bf16)")
+    for name, cand in qw["candidates"].items():
+        assert cand["kernel"] == CANDIDATE_KERNELS[name] and cand["weights"]
         assert cand["decoder_weight_bytes"] < qw["decoder_weight_bytes_exact"] / 1.9
         assert -1 <= cand["agreement_vs_float32"]["cosine_min"] <= 1.0001
         assert 0 <= cand["top10_overlap_vs_float32"] <= 1
