@@ -691,7 +691,7 @@ def footer() -> None:
     st.divider()
     st.caption(
         f"Built with GME (Alibaba-NLP gme-Qwen2-VL) · PageLens {ui.app_version()} · "
-        f"collection folder {st.session_state.get('collection', '?')}"
+        f"collection {st.session_state.get('collection', '?')}"
     )
 
 

@@ -260,6 +260,44 @@ def test_serve_default_milvus_collection_down_is_503_without_its_address(
     assert str(port) not in error["message"]
 
 
+def test_serve_when_its_milvus_server_dies_answers_503(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+    from app.server.named_collections import make_resolver
+    from indexer.embedder import FakeEmbedder
+    from indexer.pages import RenderSettings
+    from indexer.pipeline import Indexer
+    from tests.milvus_server import MilvusServer
+
+    monkeypatch.setenv("PAGELENS_MILVUS_TIMEOUT", "2")
+    server = MilvusServer(tmp_path / "milvus-data").start()
+    spec = f"milvus://{server.address}/dies"
+    try:
+        store = open_collection(spec)
+        pdf = make_text_pdf(tmp_path / "a.pdf", TOPICS[:2])
+        Indexer(store, FakeEmbedder(), settings=RenderSettings.for_tokens(TOKENS)).add([pdf])
+        store.close()
+        app = create_app(FakeEmbedder(), collection_resolver=make_resolver(spec))
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            query = {"query": "Westphalia", "mode": "text"}
+            ok = client.post("/v1/search", json=query)
+            assert ok.status_code == 200 and ok.json()["hits"][0]["document"] == "a.pdf"
+            image_url = ok.json()["hits"][0]["image_url"]
+            server.kill()
+            started = time.monotonic()
+            down = client.post("/v1/search", json=query)
+            image = client.get(image_url)
+            assert time.monotonic() - started < 60  # bounded by the timeout, not a hang
+    finally:
+        server.stop()
+    for response in (down, image):
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "collection_unavailable" and "Milvus" in error["message"]
+        assert str(server.port) not in error["message"]
+
+
 # -- pagelens index --ray local ------------------------------------------------------------
 def test_cli_index_on_local_ray_into_milvus_then_search_and_rerun(
     milvus_spec, docs, tiny_model_dir, monkeypatch

@@ -13,7 +13,14 @@ from app.server.errors import ApiError, InputTooLongError, overloaded
 from app.server.limits import MAX_K, MAX_TEXT_CHARS
 from app.server.schemas import SearchRequest
 from app.server.state import State
-from indexer.errors import DocumentNotFoundError, ModelMismatchError, PageLensError, QueryError
+from indexer.errors import (
+    CollectionError,
+    DocumentNotFoundError,
+    ModelMismatchError,
+    PageLensError,
+    QueryError,
+)
+from indexer.stores import is_milvus_spec
 from retriever.search import Hit
 
 router = APIRouter()
@@ -58,6 +65,11 @@ def find_hits(body: SearchRequest, state: State) -> tuple[list[Hit], int]:
         pending = retriever.pending()
     except (QueueFullError, BatcherClosedError) as exc:
         raise overloaded(exc) from exc
+    except CollectionError as exc:
+        message = state.collections.scrub(str(exc), body.collection)
+        if is_milvus_spec(store.location):  # its server failed: not the client's fault
+            raise ApiError(503, message, code="collection_unavailable") from exc
+        raise search_error(exc, message) from exc
     except (InputTooLongError, PageLensError) as exc:
         raise search_error(exc, state.collections.scrub(str(exc), body.collection)) from exc
     return hits, pending
@@ -111,6 +123,9 @@ def page_image(
     except DocumentNotFoundError as exc:
         message = state.collections.scrub(str(exc), collection)
         raise ApiError(404, message, param="page_id", code="page_not_found") from exc
+    except CollectionError as exc:  # the collection's (Milvus) server failed
+        message = state.collections.scrub(str(exc), collection)
+        raise ApiError(503, message, code="collection_unavailable") from exc
     path = store.image_path(page).resolve()
     root = getattr(store, "path", None)  # a local collection: only files inside its folder
     inside = root is None or Path(root).resolve() in path.parents
