@@ -306,7 +306,14 @@ def test_cli_index_on_local_ray_into_milvus_then_search_and_rerun(
     starts a 2-CPU Ray instance and stops it); search finds the pages; a re-run adds none."""
     pytest.importorskip("ray")
     spec = milvus_spec("ray")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PAGELENS_MODEL": str(tiny_model_dir)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PAGELENS_MODEL": str(tiny_model_dir),
+        # Ray's memory monitor kills workers when the whole machine nears its RAM limit; on
+        # a shared test machine that is other processes' memory, not this small job's.
+        "RAY_memory_monitor_refresh_ms": "0",
+    }
     cmd = [sys.executable, "-m", "app.cli", "--collection", spec, "--device", "cpu",
            "--image-tokens", str(TOKENS), "index", "--ray", "local", "--ray-cpus", "2",
            "--ray-actors", "1", str(docs), "--json"]  # fmt: skip
