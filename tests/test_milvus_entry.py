@@ -313,6 +313,8 @@ def test_cli_index_on_local_ray_into_milvus_then_search_and_rerun(
         # Ray's memory monitor kills workers when the whole machine nears its RAM limit; on
         # a shared test machine that is other processes' memory, not this small job's.
         "RAY_memory_monitor_refresh_ms": "0",
+        # and a loaded test machine may need more than Ray's 30 s to start its GCS server.
+        "RAY_gcs_server_port_wait_time_s": "120",
     }
     cmd = [sys.executable, "-m", "app.cli", "--collection", spec, "--device", "cpu",
            "--image-tokens", str(TOKENS), "index", "--ray", "local", "--ray-cpus", "2",
