@@ -282,7 +282,10 @@ class ImageAudit(Protocol):
         """Every page image in the image store as ``{key: size}`` (one listing)."""
         ...
 
-    def delete_images(self, keys: list[str]) -> None: ...
+    def delete_images(self, keys: list[str]) -> int:
+        """Delete these images no row names, except any too young to be sure another
+        process is not about to write its row; returns how many were deleted."""
+        ...
 
 
 def _check_images(
@@ -541,8 +544,19 @@ def repair(
             note("catalog-corrupt", "not repaired: the catalog itself is damaged")
         if scan.orphan_files and not isinstance(store, Collection):
             keys = [str(k) for k in scan.orphan_files]
-            _audit(store).delete_images(keys)
-            note("orphan-files", f"deleted {len(keys)} orphan file(s)", count=len(keys))
+            deleted = _audit(store).delete_images(keys)
+            kept = len(keys) - deleted
+            note(
+                "orphan-files",
+                f"deleted {deleted} orphan file(s)"
+                + (
+                    f"; kept {kept} written too recently to be sure no other process is "
+                    "about to store their rows (PAGELENS_MILVUS_ORPHAN_GRACE)"
+                    if kept
+                    else ""
+                ),
+                count=deleted,
+            )
         elif scan.orphan_files:
             assert isinstance(store, Collection)
             removed = 0

@@ -318,3 +318,26 @@ def test_a_missing_bucket_is_one_clear_line(milvus_server, bucket, tmp_path, mon
     finally:
         store.drop()
         store.close()
+
+
+def test_repair_spares_young_images_another_machine_may_be_storing(
+    spec, bucket, s3, tmp_path, monkeypatch
+):
+    """An image without a row is an interrupted job's leftover, or another machine's page
+    whose row is a moment away (nothing locks a Milvus collection): repair deletes it only
+    once it is older than PAGELENS_MILVUS_ORPHAN_GRACE."""
+    _index_fake(spec, [make_text_pdf(tmp_path / "a.pdf", TOPICS[:2])])
+    store = open_collection(spec, create=False)
+    store.images.put("pages/77/00001.png", b"an image whose row is on its way")
+    result = _cli("--collection", spec, "check", "--repair", "--json")
+    assert result.exit_code == 4, result.output  # reported, not deleted: it may be in flight
+    repaired = {r["kind"]: r for r in json.loads(result.stdout)["repaired"]}
+    assert repaired["orphan-files"]["count"] == 0 and "kept 1" in repaired["orphan-files"]["detail"]
+    assert "team/pages/pages/77/00001.png" in s3.keys(bucket)
+
+    monkeypatch.setenv("PAGELENS_MILVUS_ORPHAN_GRACE", "0")  # an hour later, say
+    result = _cli("--collection", spec, "check", "--repair", "--json")
+    assert result.exit_code == 0, result.output
+    assert "team/pages/pages/77/00001.png" not in s3.keys(bucket)
+    assert len(s3.keys(bucket)) == 2 and store.stats().pages == 2
+    store.close()

@@ -81,6 +81,8 @@ TOKEN_ENV = "PAGELENS_MILVUS_TOKEN"
 CA_ENV = "PAGELENS_MILVUS_CA"
 TIMEOUT_ENV = "PAGELENS_MILVUS_TIMEOUT"
 IMAGES_ENV = "PAGELENS_MILVUS_IMAGES"
+ORPHAN_GRACE_ENV = "PAGELENS_MILVUS_ORPHAN_GRACE"
+DEFAULT_ORPHAN_GRACE = 3600.0
 DEFAULT_TIMEOUT = 10.0
 UPSERT_ROWS = 128  # rows per upsert call (~0.8 MB of vectors): each call fits the timeout
 
@@ -887,9 +889,21 @@ class MilvusCollection(ModelBinding):
         """Every page image in the image store, ``{key: size}`` (``pagelens check``)."""
         return self.images.sizes("pages")
 
-    def delete_images(self, keys: list[str]) -> None:
-        """Delete images no page row names (``pagelens check --repair``)."""
-        self.images.delete(list(keys))
+    def delete_images(self, keys: list[str]) -> int:
+        """Delete images no page row names (``pagelens check --repair``); returns how many.
+
+        Only those written more than ``PAGELENS_MILVUS_ORPHAN_GRACE`` seconds ago (3600):
+        nothing locks a Milvus collection, and another machine's indexer writes each image
+        a moment before the row that names it, so a young image without a row is most
+        likely work in progress, whose deletion would leave a row without its image."""
+        grace = float(os.environ.get(ORPHAN_GRACE_ENV) or DEFAULT_ORPHAN_GRACE)
+        old = []
+        for key in keys:
+            age = self.images.age(key)
+            if age is not None and age >= grace:
+                old.append(key)
+        self.images.delete(old)
+        return len(old)
 
     def pending_pages(self, limit: int | None = None) -> list[Page]:
         if not self._ensure_pages(create=False):

@@ -12,9 +12,11 @@ PUT in S3), so a page that is searchable always has its image.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 from indexer.errors import CollectionError
@@ -65,6 +67,13 @@ class FolderImages:
 
     def local_path(self, key: str, sha256: str | None = None) -> Path:
         return self.root / key
+
+    def age(self, key: str) -> float | None:
+        """Seconds since the image was written; None if it is not there."""
+        try:
+            return max(0.0, time.time() - (self.root / key).stat().st_mtime)
+        except OSError:
+            return None
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
@@ -169,6 +178,19 @@ class FsspecImages:
             except FileNotFoundError:
                 pass
         return path
+
+    def age(self, key: str) -> float | None:
+        """Seconds since the object was written; None if it is not there."""
+        try:
+            info = self.fs.info(self._full(key))
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise self._fail("looking for", key, exc) from exc
+        when = info.get("LastModified") or info.get("mtime") or info.get("created")
+        if isinstance(when, datetime.datetime):
+            when = when.timestamp()
+        return max(0.0, time.time() - float(when)) if when is not None else None
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
