@@ -341,3 +341,45 @@ def test_repair_spares_young_images_another_machine_may_be_storing(
     assert "team/pages/pages/77/00001.png" not in s3.keys(bucket)
     assert len(s3.keys(bucket)) == 2 and store.stats().pages == 2
     store.close()
+
+
+def test_two_machines_index_into_one_s3_backed_collection_at_once(spec, bucket, s3, tmp_path):
+    """Two indexing processes (each its own PAGELENS_HOME, as two machines) share one
+    collection and one bucket, both with the same file among theirs: every page is stored
+    once, every image once, and check is clean."""
+    worker = Path(__file__).with_name("crash_worker.py")
+    shared = make_text_pdf(tmp_path / "shared.pdf", TOPICS[:3])
+    mine = make_text_pdf(tmp_path / "mine.pdf", TOPICS[3:5])
+    theirs = make_text_pdf(tmp_path / "theirs.pdf", TOPICS[5:7])
+    open_collection(spec).close()  # created once, with its image location recorded
+    plain = spec.split("?", 1)[0]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(worker),
+                "index",
+                plain,
+                str(tmp_path / f"log{n}"),
+                "--slow",
+                "0.02",
+                *map(str, files),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PAGELENS_HOME": str(tmp_path / f"m{n}")},
+        )  # fmt: skip
+        for n, files in enumerate(([mine, shared], [shared, theirs]))
+    ]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+    store = open_collection(plain, create=False)
+    pages = store.pages(with_text=False)
+    assert len(pages) == 7 == len({(p.document_id, p.number) for p in pages})
+    assert store.stats().documents == 3 and store.stats().pending == 0
+    assert len(s3.keys(bucket)) == 7
+    result = _cli("--collection", plain, "check", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["ok"], result.output
+    store.close()
