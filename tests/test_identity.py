@@ -100,12 +100,12 @@ def test_hashes_are_cached_by_path_size_mtime(tiny_model_dir, tmp_path, monkeypa
     assert weights_fingerprint(copy) != first and len(hashed) == 2
 
 
-def test_different_weights_in_folders_with_the_same_name_mismatch(two_models, tmp_path):
+def test_different_weights_in_folders_with_the_same_name_mismatch(two_models, open_store):
     a, b = two_models
     assert a.name == b.name == "model"
     fa, fb = identify(a), identify(b)
     assert fa.fingerprint != fb.fingerprint
-    store = Collection(tmp_path / "c")
+    store = open_store()
     store.bind_model(fa.name, 64, fingerprint=fa.fingerprint)
     assert store.same_model(fa.name, 64, fingerprint=fa.fingerprint)
     assert not store.same_model(fb.name, 64, fingerprint=fb.fingerprint)
@@ -126,10 +126,10 @@ def test_config_noise_does_not_change_the_fingerprint_but_values_do(tiny_model_d
     assert weights_fingerprint(copy) != base
 
 
-def test_old_collection_adopts_the_fingerprint_of_its_model(tmp_path):
+def test_old_collection_adopts_the_fingerprint_of_its_model(open_store):
     # A collection from before fingerprints records only a name.
-    Collection(tmp_path / "c", model_id="/models/gme", dim=8).close()
-    store = Collection(tmp_path / "c")
+    open_store(model_id="/models/gme", dim=8).close()
+    store = open_store()
     assert store.model_fingerprint is None
     store.bind_model("/elsewhere/gme", 8, fingerprint="w1:aaaa")  # name rule, then adopt
     assert store.model_fingerprint == "w1:aaaa"
@@ -155,20 +155,20 @@ def test_search_refuses_other_weights(two_models, tmp_path, make_pdf):
     assert hits and np.isfinite(hits[0].score)
 
 
-def test_check_flags_other_weights(two_models, tmp_path, monkeypatch):
+def test_check_flags_other_weights(two_models, open_store, store_spec):
     from typer.testing import CliRunner
 
     from app.cli import cli
 
     a, b = two_models
-    store = Collection(tmp_path / "c")
+    store = open_store()
     ident = identify(a)
     store.bind_model(ident.name, 64, fingerprint=ident.fingerprint)
     store.close()
     run = CliRunner().invoke
-    ok = run(cli, ["--collection", str(tmp_path / "c"), "--model", str(a), "check", "--json"])
+    ok = run(cli, ["--collection", store_spec, "--model", str(a), "check", "--json"])
     assert ok.exit_code == 0, ok.output
-    bad = run(cli, ["--collection", str(tmp_path / "c"), "--model", str(b), "check", "--json"])
+    bad = run(cli, ["--collection", store_spec, "--model", str(b), "check", "--json"])
     assert bad.exit_code == 4
     kinds = [p["kind"] for p in json.loads(bad.stdout)["problems"]]
     assert kinds == ["model-mismatch"]

@@ -17,7 +17,6 @@ from app.cli import cli
 from indexer.embedder import FakeEmbedder
 from indexer.integrity import check, repair
 from indexer.pipeline import Indexer
-from indexer.store import Collection
 from tests.pdfs import TOPICS, make_text_pdf
 
 runner = CliRunner()
@@ -38,9 +37,9 @@ def bad_page_3(monkeypatch):
     return state
 
 
-def test_other_pages_are_indexed_and_the_failed_one_recorded(tmp_path, bad_page_3):
+def test_other_pages_are_indexed_and_the_failed_one_recorded(tmp_path, bad_page_3, open_store):
     pdf = make_text_pdf(tmp_path / "manual.pdf", TOPICS[:5])
-    store = Collection(tmp_path / "c")
+    store = open_store()
     report = Indexer(store, FakeEmbedder()).add([pdf])
     (result,) = report.files
     assert result.status == "partial" and result.failed_pages == [3]
@@ -65,8 +64,20 @@ def test_other_pages_are_indexed_and_the_failed_one_recorded(tmp_path, bad_page_
     store.close()
 
 
-def test_cli_reports_the_page_exits_3_and_repair_retries(tmp_path, bad_page_3, monkeypatch):
-    monkeypatch.setenv("PAGELENS_HOME", str(tmp_path / "home"))
+def test_cli_reports_the_page_exits_3_and_repair_retries(
+    tmp_path, bad_page_3, monkeypatch, store_spec, tiny_model_dir
+):
+    from app import cli_common
+    from indexer.errors import ModelNotAvailableError
+
+    def no_weights(self):
+        raise ModelNotAvailableError("Cannot load the GME model: its weights are not here.")
+
+    monkeypatch.setenv("PAGELENS_COLLECTION", store_spec)
+    # The model's files name its width (a Milvus collection needs it before the first
+    # page), but it cannot be loaded: --text-only stores pages, repair cannot embed them.
+    monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    monkeypatch.setattr(cli_common.Options, "embedder", no_weights)
     pdf = make_text_pdf(tmp_path / "docs" / "manual.pdf", TOPICS[:4])
     result = runner.invoke(cli, ["index", "--text-only", str(pdf)])
     assert result.exit_code == 3, result.output
@@ -84,13 +95,13 @@ def test_cli_reports_the_page_exits_3_and_repair_retries(tmp_path, bad_page_3, m
     assert docs[0]["pages"] == 4
 
 
-def test_a_file_whose_every_page_fails_is_refused(tmp_path, monkeypatch):
+def test_a_file_whose_every_page_fails_is_refused(tmp_path, monkeypatch, open_store):
     def broken(self, *args, **kwargs):
         raise RuntimeError("nothing renders")
 
     monkeypatch.setattr(pymupdf.Page, "get_pixmap", broken)
     pdf = make_text_pdf(tmp_path / "dead.pdf", TOPICS[:2])
-    store = Collection(tmp_path / "c")
+    store = open_store()
     (result,) = Indexer(store, FakeEmbedder()).add([pdf]).files
     assert result.status == "refused" and result.reason == "damaged"
     assert store.documents() == [] and store.failed_pages() == []
