@@ -120,6 +120,8 @@ def test_upload_search_and_remove_on_a_milvus_collection(
     cards = texts(at.markdown)
     assert "#1 · " in cards and "#5 · " in cards  # all five embedded pages, ranked
     assert not at.error, texts(at.error)
+    # Each card and each document shows its page image, read from the collection's images.
+    assert len(at.main.image) == 5 and len(at.sidebar.image) == 2
 
     doc = store.document("a.pdf")
     at.button(key=f"rm-{doc.id}").click().run()
