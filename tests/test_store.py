@@ -292,3 +292,34 @@ def test_failed_page_placeholders_are_kept_and_cleared(open_store):
     with store.writing():
         store.clear_failed_page(doc.id, 3)
     assert store.failed_pages() == []
+
+
+def test_documents_by_id_name_path_in_the_order_added(open_store):
+    """``docs`` lists documents in the order they were added, and a document is named by id,
+    name, path or name in any case; an ambiguous name or an unknown one is a clear error."""
+    store = open_store(model_id="m", dim=8)
+    names = ["zeta.pdf", "Alpha.pdf", "mid.pdf", "alpha.pdf"]
+    with store.writing():
+        for i, name in enumerate(names):
+            store.add_document(
+                name=name, path=f"/d{i}/{name}", sha256=_sha(str(i)), kind="pdf", page_count=1
+            )
+    docs = store.documents()
+    assert [d.name for d in docs] == names
+    zeta = docs[0]
+    for ref in (zeta.id, str(zeta.id), "zeta.pdf", "/d0/zeta.pdf", "ZETA.PDF"):
+        assert store.document(ref) == zeta
+    assert store.document("Alpha.pdf").path == "/d1/Alpha.pdf"  # exact name first
+    with pytest.raises(DocumentNotFoundError, match="More than one document is named 'ALPHA.pdf'"):
+        store.document("ALPHA.pdf")
+    with pytest.raises(DocumentNotFoundError, match="No document 'nope.pdf' in collection"):
+        store.document("nope.pdf")
+    assert store.documents_by_id([zeta.id, 12345]) == {zeta.id: zeta}
+    assert store.find_by_sha256(_sha("2")).name == "mid.pdf"
+    assert store.find_by_sha256(_sha("9")) is None
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -47,11 +47,12 @@ def test_usage_errors_exit_2_before_loading(args, no_model, tmp_path):
     assert "model" not in r.output.lower()
 
 
-def test_empty_collection_says_so_instead_of_a_model_error(no_model, tmp_path):
-    Collection(tmp_path / "c").close()
-    r = CliRunner().invoke(cli, ["-c", str(tmp_path / "c"), "search", "anything"])
-    assert r.exit_code == 1
-    assert "is empty" in r.output and "pagelens index" in r.output
+def test_empty_collection_says_so_instead_of_a_model_error(no_model, open_store, store_spec):
+    open_store().close()
+    for args in (["search", "anything"], ["export", "anything", "-o", "x.json"]):
+        r = CliRunner().invoke(cli, ["-c", store_spec, *args])
+        assert r.exit_code == 1, r.output
+        assert "is empty" in r.output and "pagelens index" in r.output
 
 
 @pytest.mark.parametrize("command", [[], ["index"], ["search"], ["check"], ["app"]])

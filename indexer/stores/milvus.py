@@ -51,6 +51,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -93,6 +94,7 @@ DENSE_INDEX = {
     "params": {"M": 16, "efConstruction": 200},
 }
 TEXT_MAX_BYTES = 60_000  # VARCHAR limit is 65,535 bytes; longer text layers are cut here
+_FRACTION = re.compile(r"\.\d+(?=[+-]\d\d:\d\d$|Z$)")  # an ISO time's fraction of a second
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,180}")
 #: The BM25 field holds the page's words as the local engine's FTS5 tokenizer makes them
 #: (:func:`text_terms`: split, accents folded, Porter-stemmed), space-separated; Milvus's
@@ -601,16 +603,18 @@ class MilvusCollection(ModelBinding):
             title=row["title"] or None,
             bytes=int(row["bytes"]),
             status=row["status"],
-            added_at=row["added_at"],
+            added_at=_FRACTION.sub("", row["added_at"]),  # shown to the second, as local
             pages_stored=stored,
             pages_embedded=embedded,
         )
 
     def documents(self) -> list[Document]:
+        """In the order they were added (``added_at`` to the microsecond), as local lists
+        them (by its increasing ids)."""
         rows = list(self._iter(self.docs_name, "id >= 0", _DOC_FIELDS))
         counts = self._counts(None) if rows else {}
-        docs = [self._document(r, counts) for r in rows]
-        return sorted(docs, key=lambda d: (d.added_at, d.id))
+        rows.sort(key=lambda r: (r["added_at"], r["id"]))
+        return [self._document(r, counts) for r in rows]
 
     def document(self, ref: str | int) -> Document:
         text = str(ref)
@@ -679,7 +683,8 @@ class MilvusCollection(ModelBinding):
             "title": (title or "")[:4000],
             "bytes": int(size),
             "status": "indexing",
-            "added_at": utcnow(),
+            # to the microsecond: documents() lists them in the order they were added
+            "added_at": datetime.now(timezone.utc).isoformat(),
             "_v": _DUMMY,
         }
         self._call("adding a document", self.client.upsert, self.docs_name, [row])
