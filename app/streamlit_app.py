@@ -225,7 +225,10 @@ def embedding_status(ws: Workspace, model: ModelLoader) -> None:
 def live_status(ws: Workspace, model: ModelLoader, seen: tuple) -> None:
     """Model and embedding status; refreshes itself while something is in flight."""
     model_status(model)
-    embedding_status(ws, model)
+    try:
+        embedding_status(ws, model)
+    except PageLensError as exc:  # e.g. a Milvus server that stopped answering
+        st.error(str(exc))
     if (model.state, ws.job.state) != seen:
         st.rerun()  # something finished: refresh the whole page (counts, modes)
 
@@ -711,6 +714,9 @@ def main() -> None:
     model = get_model(model_key())
     try:
         ws = current_workspace()
+        # One call that fails (within PAGELENS_MILVUS_TIMEOUT) when a collection's server
+        # stopped answering since it was opened: one message, not a traceback mid-page.
+        stats = ws.store.stats()
     except PageLensError as exc:
         with st.sidebar:
             collection_picker()
@@ -730,10 +736,12 @@ def main() -> None:
         busy = model.state == "loading" or ws.job.running
         st.fragment(run_every=1.0 if busy else None)(live_status)(ws, model, seen)
         st.divider()
-        documents_panel(ws)
+        try:
+            documents_panel(ws)
+        except PageLensError as exc:
+            st.error(str(exc))
 
     st.title("PageLens")
-    stats = ws.store.stats()
     st.caption(
         f"Ask questions of your PDFs and get back the pages that answer · collection "
         f"**{for_markdown(ws.path.name)}** · {stats.documents} document(s) · {stats.pages} page(s)"

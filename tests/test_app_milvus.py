@@ -194,3 +194,46 @@ def test_unreachable_milvus_address_is_one_clear_message(app_env, monkeypatch) -
     assert len(at.error) == 1 and "Cannot reach Milvus" in at.error[0].value
     assert "Traceback" not in texts(at.error)
     assert at.sidebar.selectbox, "the collection picker is still there to pick another one"
+
+
+def test_milvus_server_dying_under_the_app_is_a_message_then_it_recovers(
+    app_env, monkeypatch, tmp_path, tiny_embedder
+) -> None:
+    from indexer.pages import RenderSettings
+    from indexer.pipeline import Indexer
+    from tests.milvus_server import MilvusServer
+
+    monkeypatch.setenv("PAGELENS_MILVUS_TIMEOUT", "2")
+    server = MilvusServer(tmp_path / "milvus-data").start()
+    spec = f"milvus://{server.address}/dies"
+    monkeypatch.setenv("PAGELENS_COLLECTION", spec)
+    try:
+        store = open_collection(spec)
+        pdf = make_text_pdf(tmp_path / "a.pdf", TOPICS[:2])
+        Indexer(store, tiny_embedder, settings=RenderSettings.for_tokens(TOKENS)).add([pdf])
+        store.close()
+        at = run_app()
+        assert "Documents (1)" in texts(at.sidebar.subheader)
+
+        server.kill()
+        started = time.monotonic()
+        at.run()
+        assert time.monotonic() - started < 60  # bounded by the timeout, not a hang
+        assert not at.exception, at.exception
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and "Milvus at" in errors[0], errors
+        assert at.sidebar.selectbox, "the picker stays, to choose another collection"
+
+        server.start()  # same data, same port: the app carries on
+        deadline = time.monotonic() + 60
+        while True:
+            at.run()
+            assert not at.exception, at.exception
+            if "Documents (1)" in texts(at.sidebar.subheader):
+                break
+            assert time.monotonic() < deadline, texts(at.error)
+            time.sleep(1)
+        search(at, "Westphalia treaty", "text")
+        assert "#1 · a.pdf" in texts(at.markdown)
+    finally:
+        server.stop()

@@ -289,13 +289,21 @@ def test_serve_when_its_milvus_server_dies_answers_503(tmp_path, monkeypatch):
             down = client.post("/v1/search", json=query)
             image = client.get(image_url)
             assert time.monotonic() - started < 60  # bounded by the timeout, not a hang
+            for response in (down, image):
+                assert response.status_code == 503, response.text
+                error = response.json()["error"]
+                assert error["code"] == "collection_unavailable" and "Milvus" in error["message"]
+                assert str(server.port) not in error["message"]
+
+            server.start()  # same data, same port: the running API server carries on
+            deadline = time.monotonic() + 60
+            while (again := client.post("/v1/search", json=query)).status_code != 200:
+                assert again.status_code == 503 and time.monotonic() < deadline, again.text
+                time.sleep(1)
+            assert again.json()["hits"][0]["document"] == "a.pdf"
+            assert client.get(image_url).status_code == 200
     finally:
         server.stop()
-    for response in (down, image):
-        assert response.status_code == 503, response.text
-        error = response.json()["error"]
-        assert error["code"] == "collection_unavailable" and "Milvus" in error["message"]
-        assert str(server.port) not in error["message"]
 
 
 # -- pagelens index --ray local ------------------------------------------------------------

@@ -343,18 +343,32 @@ class MilvusCollection(ModelBinding):
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One Milvus call with the bounded timeout; a failure becomes one clear line."""
         kwargs.setdefault("timeout", self.timeout)
-        try:
-            return fn(*args, **kwargs)
-        except CollectionError:
-            raise
-        except Exception as exc:
-            if not _is_server_error(exc):
+        for attempt in (1, 2):
+            try:
+                return fn(*args, **kwargs)
+            except CollectionError:
                 raise
-            raise CollectionError(
-                f"Milvus at {self.address.host}:{self.address.port} failed while {what} "
-                f"({_reason(exc)}). What was stored before is intact; run the same command "
-                "again when the server is back."
-            ) from exc
+            except Exception as exc:
+                if not _is_server_error(exc):
+                    raise
+                if attempt == 1 and _not_loaded(exc):
+                    # A restarted server comes back with every collection released: a
+                    # long-lived process (the app, `pagelens serve`) loads ours again once.
+                    self._reload()
+                    continue
+                raise CollectionError(
+                    f"Milvus at {self.address.host}:{self.address.port} failed while {what} "
+                    f"({_reason(exc)}). What was stored before is intact; run the same "
+                    "command again when the server is back."
+                ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reload(self) -> None:
+        """Load this collection's Milvus collections into memory again (after a restart)."""
+        names = [self.meta_name, self.docs_name] + ([self.pages_name] if self._pages_ready else [])
+        for name in names:
+            with contextlib.suppress(Exception):  # the retried call says what failed
+                self.client.load_collection(name, timeout=self.timeout)
 
     def _upsert(self, what: str, name: str, rows: Sequence[dict]) -> None:
         """Upsert ``rows`` in chunks of :data:`UPSERT_ROWS`.
@@ -1200,6 +1214,12 @@ def _is_server_error(exc: BaseException) -> bool:
         return True
     mod = type(exc).__module__
     return mod.startswith("grpc") or isinstance(exc, ConnectionError | TimeoutError)
+
+
+def _not_loaded(exc: BaseException) -> bool:
+    """Whether Milvus refused a call because the collection is not loaded (released)."""
+    text = str(getattr(exc, "message", None) or exc).lower()
+    return "released" in text or "not loaded" in text
 
 
 def _reason(exc: BaseException) -> str:
