@@ -108,7 +108,8 @@ def milvus_options() -> list[str]:
             found += server_collections(get_workspace(spec, model_key()).store)
         except PageLensError:
             continue  # unreachable now: offer what was opened; opening it says why
-    options = list(dict.fromkeys(found))
+    bare = {spec.split("?", 1)[0] for spec in opened}  # opened with ?images=: not twice
+    options = list(dict.fromkeys(opened + [s for s in found if s not in bare]))
     ss.milvus_listing = (tuple(opened), time.monotonic(), tuple(options))
     return options
 

@@ -306,6 +306,51 @@ def test_serve_when_its_milvus_server_dies_answers_503(tmp_path, monkeypatch):
         server.stop()
 
 
+# -- pagelens mcp ----------------------------------------------------------------------------
+def test_mcp_server_on_a_milvus_collection(milvus_spec, docs, tiny_model_dir, tiny_embedder):
+    """``pagelens -c milvus://... mcp`` with the official ``mcp`` client over stdio: text
+    search, one page (text and image) and the document list come from Milvus."""
+    pytest.importorskip("mcp")
+    import anyio
+    from mcp import Client, StdioServerParameters
+
+    from indexer.pages import RenderSettings
+    from indexer.pipeline import Indexer
+
+    spec = milvus_spec("mcp")
+    store = open_collection(spec)
+    Indexer(store, tiny_embedder, settings=RenderSettings.for_tokens(TOKENS)).add([docs])
+    store.close()
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "app.cli", "-c", spec, "--device", "cpu", "mcp"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PAGELENS_MODEL": str(tiny_model_dir)},
+        cwd=str(ROOT),
+    )
+
+    async def session():
+        async with Client(params) as client:
+            found = await client.call_tool(
+                "search_pages", {"question": "Westphalia treaty", "k": 2, "mode": "text"}
+            )
+            page = await client.call_tool("get_page", {"document": "b.pdf", "page": 3})
+            listed = await client.call_tool("list_documents", {})
+            return found, page, listed
+
+    found, page, listed = anyio.run(session)
+    assert not found.is_error, found.content
+    assert [(h["document"], h["page"]) for h in found.structured_content["hits"]][0] == (
+        "a.pdf",
+        2,
+    )
+    assert [c.type for c in page.content] == ["text", "image"]
+    assert "Mariana" in page.content[0].text  # TOPICS[5] is page 3 of b.pdf
+    assert sorted(d["name"] for d in listed.structured_content["documents"]) == [
+        "a.pdf",
+        "b.pdf",
+    ]
+
+
 # -- pagelens index --ray local ------------------------------------------------------------
 def test_cli_index_on_local_ray_into_milvus_then_search_and_rerun(
     milvus_spec, docs, tiny_model_dir, monkeypatch
