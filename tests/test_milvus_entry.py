@@ -278,11 +278,16 @@ def test_serve_when_its_milvus_server_dies_answers_503(tmp_path, monkeypatch):
         pdf = make_text_pdf(tmp_path / "a.pdf", TOPICS[:2])
         Indexer(store, FakeEmbedder(), settings=RenderSettings.for_tokens(TOKENS)).add([pdf])
         store.close()
-        app = create_app(FakeEmbedder(), collection_resolver=make_resolver(spec))
+        absent = f"milvus://{server.address}/absent"  # configured, but never created
+        app = create_app(FakeEmbedder(), collection_resolver=make_resolver(spec, [absent]))
         with TestClient(app, base_url="http://127.0.0.1") as client:
             query = {"query": "Westphalia", "mode": "text"}
             ok = client.post("/v1/search", json=query)
             assert ok.status_code == 200 and ok.json()["hits"][0]["document"] == "a.pdf"
+            missing = client.post("/v1/search", json={**query, "collection": absent})
+            assert missing.status_code == 404, missing.text
+            assert missing.json()["error"]["code"] == "collection_not_found"
+            assert str(server.port) not in missing.text
             image_url = ok.json()["hits"][0]["image_url"]
             server.kill()
             started = time.monotonic()
