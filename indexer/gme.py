@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from indexer import quant
+from indexer import page_kernels, quant
 from indexer.config import DEFAULT_MODEL_ID, default_model
 from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, EmbedderBase, require_pairs
 from indexer.errors import ModelNotAvailableError
@@ -242,6 +242,21 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 # --------------------------------------------------------------------------- the embedder
 
 
+def _decoder_mask(attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """The mask to hand the decoder: None when every row is right-padded (ones, then zeros).
+
+    Why: with right padding, causal attention alone already keeps every real token from
+    seeing the padding (it comes after all of them), so the real tokens' states - and the
+    last real token we pool - are exactly those of the padded mask. Without a mask, SDPA
+    runs its causal kernel (``is_causal=True``), which skips the upper triangle; with a
+    padding mask it computes the full square and adds the mask to every score.
+    """
+    mask = attention_mask.long()
+    if bool((mask.cummin(-1).values == mask).all()):
+        return None
+    return attention_mask
+
+
 def _nothing() -> Any:
     import contextlib
 
@@ -319,6 +334,9 @@ class GmeEmbedder(EmbedderBase):
 
         self._text_model = model.model.language_model  # Qwen2VLTextModel
         self._visual = model.model.visual
+        #: Which of :mod:`indexer.page_kernels`' leaner vision forwards are in use (same maths,
+        #: fewer passes over memory; "attention", "mlp"); the benchmark reports them.
+        self.page_kernels: list[str] = page_kernels.install(self._visual)
         self._patch_size = int(config.vision_config.patch_size)
         self._merge_size = int(config.vision_config.spatial_merge_size)
         self._image_token_id = int(config.image_token_id)
@@ -537,7 +555,7 @@ class GmeEmbedder(EmbedderBase):
         position_ids = positions.unsqueeze(0).expand(3, -1, -1)
         hidden = self._text_model(
             inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
+            attention_mask=_decoder_mask(attention_mask),
             position_ids=position_ids,
             use_cache=False,
         ).last_hidden_state
@@ -809,6 +827,8 @@ def quantize_embedder(embedder: GmeEmbedder, mode: str = "int8") -> GmeEmbedder:
         raise ValueError(f"unknown quantize mode {mode!r}; expected one of {QUANTIZE_MODES}")
     if torch.device(embedder.device).type != "cpu":
         raise ValueError("int8 quantisation is for CPU inference (use bf16/fp16 on GPUs)")
+    # the leaner MLP forward calls the float linears' weights; int8 replaces those modules
+    page_kernels.uninstall(embedder._visual)
     if embedder._query_int8 is not None:  # dynamic int8 replaces the linears themselves
         embedder._query_int8.remove()
     embedder._query_int8 = None
@@ -828,6 +848,7 @@ def quantize_embedder(embedder: GmeEmbedder, mode: str = "int8") -> GmeEmbedder:
     # warnings.catch_warnings() is not thread-safe (the app loads models in a thread) and a
     # library must not change the process's filters. The CLI filters it (cli_common).
     quantize_dynamic(embedder.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    embedder.page_kernels = page_kernels.install(embedder._visual)  # attention only now
     embedder.dtype = "int8"
     embedder._prefix_kv.clear()
     return embedder

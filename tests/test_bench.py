@@ -76,6 +76,8 @@ def test_bench_tiny_report(tmp_path):
             "200",
             "--peak-n",
             "256",
+            "--peak-around",
+            "128",
             "--rss-pages",
             "6",
             "--ray-actors",
@@ -116,6 +118,17 @@ def test_bench_tiny_report(tmp_path):
             ):
                 assert key in stats
         assert phase["query"]["p50_s"] > 0
+    # the recipe runs transformers' own forward; the default the leaner one; each row says so
+    # and has its fraction of a peak measured right around it
+    for name, forward in (("baseline_float32", "transformers"), ("exact", "indexer.page_kernels")):
+        for stats in phases[name]["budgets"].values():
+            assert stats["kernels"]["vision_forward"].startswith(forward)
+            assert "SDPA flash" in stats["kernels"]["vision_attention"]
+            assert len(stats["peak_gflops_same_run"]) == 2
+            assert min(stats["peak_gflops_same_run"]) > 0
+            assert stats["fraction_of_peak"] == pytest.approx(
+                stats["achieved_gflops"] / max(stats["peak_gflops_same_run"]), rel=0.05, abs=2e-3
+            )
     assert set(phases["exact"]["speedup_vs_baseline"]) == {"128", "64"}
     assert phases["exact"]["prefix_cache_agreement"]["cosine_min"] >= 0.9999
     assert "top10_overlap_vs_float32" in phases["int8"]

@@ -143,16 +143,24 @@ def test_decoder_gets_plain_positions_on_all_three_axes(fresh):
     seen = []
 
     def hook(module, args, kwargs):
-        seen.append((kwargs["position_ids"].clone(), kwargs["attention_mask"].clone()))
+        mask = kwargs["attention_mask"]
+        seen.append((kwargs["position_ids"].clone(), None if mask is None else mask.clone()))
 
+    texts, images = ["short", "a longer text " * 10], [_image(300, 200), _image(64, 64)]
+    lengths = [fresh.count_tokens(t, i) for t, i in zip(texts, images, strict=True)]
     handle = fresh.text_model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for side in ("right", "left"):
             fresh.padding_side = side
-            fresh.embed_fused(["short", "a longer text " * 10], [_image(300, 200), _image(64, 64)])
+            fresh.embed_fused(texts, images)
     finally:
         handle.remove()
     assert len(seen) == 2
+    # right padding: no mask (causal attention already hides the trailing pads)
+    assert seen[0][1] is None and seen[1][1] is not None
+    width = seen[0][0].shape[-1]
+    right = torch.tensor([[1] * n + [0] * (width - n) for n in sorted(lengths, reverse=True)])
+    seen[0] = (seen[0][0], right)
     for pos, mask in seen:
         assert pos.shape == (3, 2, mask.shape[1])
         for b in range(2):
