@@ -35,6 +35,27 @@ def tiny_embedder(tiny_model_dir: Path):
     return load_embedder(tiny_model_dir, device="cpu")
 
 
+_LOADED_MODELS: dict = {}
+
+
+@pytest.fixture
+def reuse_loaded_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each CLI command loads its model; a test running many commands on the tiny checkpoint
+    gets the one already loaded with the same arguments in this session (the real GME code
+    path, loaded once instead of once per command and engine). Failures are not kept."""
+    import indexer
+
+    real = indexer.load_embedder
+
+    def load(target, **options):
+        key = (str(target), tuple(sorted((k, repr(v)) for k, v in options.items())))
+        if key not in _LOADED_MODELS:
+            _LOADED_MODELS[key] = real(target, **options)
+        return _LOADED_MODELS[key]
+
+    monkeypatch.setattr(indexer, "load_embedder", load)
+
+
 @pytest.fixture
 def make_pdf(tmp_path: Path):
     """Write a PDF whose pages carry the given texts; returns its path."""

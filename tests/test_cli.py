@@ -14,9 +14,10 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def env(tiny_model_dir, monkeypatch, tmp_path, store_spec):
+def env(tiny_model_dir, monkeypatch, tmp_path, store_spec, reuse_loaded_models):
     """The tiny model, and the test's collection on each engine (folder, then Milvus)."""
     monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("PAGELENS_IMAGE_TOKENS", "16")  # small pages keep it fast
     monkeypatch.setenv("PAGELENS_COLLECTION", store_spec)
     return tmp_path
 

@@ -173,11 +173,13 @@ def test_evaluate_without_model_and_unknown_documents(labelled_collection, open_
         evaluate(Retriever(None, store), parse_queries("x\tnope.pdf\t1\n"), modes=["text"])
 
 
-def test_eval_cli(labelled_collection, tiny_model_dir, monkeypatch, store_spec):
+def test_eval_cli(
+    labelled_collection, tiny_model_dir, monkeypatch, store_spec, reuse_loaded_models
+):
     folder, qfile = labelled_collection
     monkeypatch.setenv("PAGELENS_COLLECTION", store_spec)
     monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
-    monkeypatch.setenv("PAGELENS_IMAGE_TOKENS", "256")
+    monkeypatch.setenv("PAGELENS_IMAGE_TOKENS", "16")
     assert runner.invoke(cli, ["index", str(folder)]).exit_code == 0
     result = runner.invoke(cli, ["eval", str(qfile), "--json", "-k", "5"])
     assert result.exit_code == 0, result.output

@@ -297,10 +297,10 @@ def run(*args: str):
 
 
 @pytest.fixture
-def cli_env(tiny_model_dir, monkeypatch, store_spec):
+def cli_env(tiny_model_dir, monkeypatch, store_spec, reuse_loaded_models):
     monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("PAGELENS_COLLECTION", store_spec)
-    monkeypatch.setenv("PAGELENS_IMAGE_TOKENS", "256")
+    monkeypatch.setenv("PAGELENS_IMAGE_TOKENS", "16")
 
 
 def test_cli_text_only_then_search_and_pending(cli_env, tmp_path):

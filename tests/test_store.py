@@ -323,3 +323,39 @@ def _sha(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_filters_run_inside_the_search_not_on_a_top_k(open_store):
+    """40 pages of a.pdf beat every page of b.pdf; a filter to b.pdf still fills k, in every
+    mode, so it was applied inside the search (a post-filtered top-k would come back empty)."""
+    store = open_store(model_id="m", dim=8)
+    query = _unit(1, 8, seed=1)[0]
+    near = query + 0.05 * _unit(40, 8, seed=2)
+    far = -query + 0.05 * _unit(5, 8, seed=3)
+    with store.writing():
+        a = store.add_document(name="a.pdf", path="/a", sha256=_sha("a"), kind="pdf", page_count=40)
+        b = store.add_document(name="b.pdf", path="/b", sha256=_sha("b"), kind="pdf", page_count=5)
+        img = Image.new("RGB", (8, 8))
+        a_ids = store.add_pages(a.id, [(i, "pump pump pump pump", img) for i in range(1, 41)])
+        b_ids = store.add_pages(b.id, [(i, "pump and valve notes", img) for i in range(1, 6)])
+        store.set_vectors(a_ids + b_ids, np.vstack([near, far]).astype(np.float32))
+    assert {pid for pid, _ in store.search(query, 3)} <= set(a_ids)
+    assert {pid for pid, _ in store.search_text("pump", 3)} <= set(a_ids)
+    only_b = PageFilter(documents=(b.id,))
+    pages_2_3 = PageFilter(documents=(b.id,), first=2, last=3)
+    for where, want in ((only_b, 3), (pages_2_3, 2)):
+        allowed = set(b_ids) if where is only_b else set(b_ids[1:3])
+        for hits in (
+            store.search(query, 3, where=where),
+            store.search_text("pump", 3, where=where),
+            store.search_hybrid(query, "pump", 3, depth=3, where=where)[0],
+        ):
+            assert len(hits) == want and {pid for pid, _ in hits} <= allowed
+    assert {pid for pid, _ in store.search(query, 3, page_ids=b_ids[:2])} == set(b_ids[:2])
+    nothing = PageFilter(documents=())
+    assert store.search(query, 3, page_ids=[]) == [] == store.search_text("pump", 3, page_ids=[])
+    assert (
+        store.search(query, 3, where=nothing) == [] == store.search_text("pump", 3, where=nothing)
+    )
+    assert store.search_hybrid(query, "pump", 3, depth=3, where=nothing)[0] == []
+    assert store.search(query, 3, where=PageFilter(first=41)) == []
