@@ -87,7 +87,7 @@ def _index_fake(spec: str, files: list[Path]) -> None:
 
 
 def test_index_search_remove_with_images_in_s3(
-    spec, bucket, s3, tmp_path, tiny_model_dir, monkeypatch
+    spec, bucket, s3, tmp_path, tiny_model_dir, monkeypatch, reuse_loaded_models
 ):
     monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
     a = make_text_pdf(tmp_path / "a.pdf", TOPICS[:3])
@@ -238,7 +238,7 @@ def _complete_once(store, bucket: str, s3, n: int) -> None:
 
 
 def test_s3_failing_while_pages_are_stored_is_one_line_and_rerun_completes(
-    spec, bucket, s3, tmp_path, tiny_model_dir, monkeypatch
+    spec, bucket, s3, tmp_path, tiny_model_dir, monkeypatch, reuse_loaded_models
 ):
     """The endpoint dies at the 4th upload: the CLI says so in one line, nothing searchable
     lacks its image or vector, and the same command afterwards completes, no duplicates."""

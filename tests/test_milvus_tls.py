@@ -77,7 +77,7 @@ def _no_secret(text: str) -> None:
 
 
 def test_milvuss_with_private_ca_indexes_and_searches_and_sends_the_token(
-    spec, tls, pki, tmp_path, tiny_model_dir, monkeypatch, caplog
+    spec, tls, pki, tmp_path, tiny_model_dir, monkeypatch, caplog, reuse_loaded_models
 ):
     monkeypatch.setenv("PAGELENS_MILVUS_CA", str(pki["ca"]))
     monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
