@@ -30,6 +30,11 @@ class CollectionError(PageLensError):
     """A collection folder is missing, unreadable, read-only or otherwise unusable."""
 
 
+class CollectionNotFoundError(CollectionError):
+    """The collection named does not exist (and was not to be created): not a failure of
+    its server, so an API answers 404 for it, and 503 for other collection errors."""
+
+
 class CollectionLockedError(CollectionError):
     """Another process holds the collection's write lock for longer than we were willing to wait."""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from app.server.errors import ApiError
 from indexer.config import collection_path, home
-from indexer.errors import CollectionError
+from indexer.errors import CollectionError, CollectionNotFoundError
 from indexer.store import CATALOG
 from indexer.stores import Store, is_milvus_spec, open_collection
 
@@ -114,7 +114,7 @@ class CollectionCache:
                 store = open_collection(path, create=False)
             except CollectionError as exc:
                 message = self.scrub(str(exc), name)
-                if is_milvus_spec(path) and not str(exc).startswith("No collection"):
+                if is_milvus_spec(path) and not isinstance(exc, CollectionNotFoundError):
                     # The Milvus server did not answer: the client may retry later.
                     raise ApiError(
                         503, message, param="collection", code="collection_unavailable"

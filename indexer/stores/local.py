@@ -38,6 +38,7 @@ from indexer.catalog import DOCUMENT_COLUMNS, PAGE_COLUMNS, Document, Page, page
 from indexer.errors import (
     CollectionError,
     CollectionLockedError,
+    CollectionNotFoundError,
     DocumentNotFoundError,
 )
 from indexer.stores.base import (
@@ -102,7 +103,7 @@ class LocalCollection(ModelBinding, FaissCache):
             )
         if not self.path.exists():
             if not create:
-                raise CollectionError(f"No collection at {self.path}.")
+                raise CollectionNotFoundError(f"No collection at {self.path}.")
             try:
                 self.path.mkdir(parents=True)
             except OSError as exc:

@@ -60,7 +60,7 @@ import numpy as np
 from PIL import Image
 
 from indexer.catalog import Document, Page
-from indexer.errors import CollectionError, DocumentNotFoundError
+from indexer.errors import CollectionError, CollectionNotFoundError, DocumentNotFoundError
 from indexer.stores.base import (
     RRF_K,
     CollectionStats,
@@ -272,7 +272,7 @@ class MilvusCollection(ModelBinding):
         exists = self._call("listing collections", has, self.meta_name)
         if not exists and not create:
             self.client.close()
-            raise CollectionError(f"No collection {address.spec}.")
+            raise CollectionNotFoundError(f"No collection {address.spec}.")
         # Documents first, meta last: a meta collection means the rest exists (another
         # process may be creating it this very moment; creation tolerates that race).
         if not self._call("listing collections", has, self.docs_name):
