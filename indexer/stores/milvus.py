@@ -405,12 +405,16 @@ class MilvusCollection(ModelBinding):
                 self.client.create_collection,
                 name,
                 schema=schema,
-                index_params=params,
                 consistency_level="Strong",
             )
         except CollectionError:
             if not self._call("listing collections", self.client.has_collection, name):
                 raise  # else: another process created it at the same moment
+            return
+        # The indexes of a new, empty collection are ready at once: not waiting for them
+        # (pymilvus polls every 0.5 s per index) makes a new collection ~2 s quicker.
+        self._call(f"indexing {name}", self.client.create_index, name, params, sync=False)
+        self._call("loading", self.client.load_collection, name)
 
     def _create_small_collection(
         self, name: str, schema: Any
