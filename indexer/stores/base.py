@@ -10,7 +10,8 @@ collection only through :class:`Store`. Two engines implement it:
 
 A new engine (Qdrant, pgvector, ...) is one module implementing :class:`Store` plus a branch
 in :func:`indexer.stores.open_collection`; the behavioural tests are parametrized over the
-engines (``tests/conftest.py``: ``any_store``), so it cannot quietly support less.
+engines (``tests/conftest.py``: ``ENGINES``, fixtures ``store_spec`` and ``open_store``), and
+``tests/test_engine_parity.py`` compares their answers, so it cannot quietly support less.
 
 This module also holds the small pieces both engines share, so that they rank, name models
 and encode images the same way (reciprocal rank fusion, model identity, PNG encoding).
