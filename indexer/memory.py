@@ -141,6 +141,43 @@ def auto_batch_size(
     return BatchChoice(size, per_page, int(available), f"{tokens} tokens, {dtype}; {reason}")
 
 
+_malloc_trim: Any = None
+
+
+def release_free_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim(0)``); False
+    where there is no glibc (macOS, Windows, musl), whose allocators do this themselves.
+
+    Why: glibc keeps what a process frees. Once a large buffer (a 4 MiB decoded page) is
+    freed it raises its mmap threshold and serves later ones from the heap, and freed heap
+    pages are reused only where they fit; so between batches the heap holds leftovers of
+    the last batch (and of rendering) beside the next one, by chance more or less. Trimming
+    after each batch makes the peak one batch plus what is in use (120 pages of 843x1192,
+    three runs each: +20.1-20.3 MiB with it, +20.8-22.0 MiB without). What it costs is
+    touching freed pages again in the next batch (a fraction of a second for a GME batch
+    that takes seconds to minutes).
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        import ctypes
+        import ctypes.util
+        import sys
+
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                _malloc_trim = libc.malloc_trim  # glibc only: AttributeError on musl
+                _malloc_trim.argtypes = [ctypes.c_size_t]
+                _malloc_trim.restype = ctypes.c_int
+            except (OSError, AttributeError):
+                _malloc_trim = False
+    if _malloc_trim is False:
+        return False
+    _malloc_trim(0)
+    return True
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation failure a smaller batch could avoid."""
     import torch
@@ -163,4 +200,5 @@ __all__ = [
     "available_bytes",
     "is_out_of_memory",
     "page_bytes",
+    "release_free_heap",
 ]

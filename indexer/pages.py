@@ -501,7 +501,8 @@ def _render_pdf_page(
         pix = page.get_pixmap(
             matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False, annots=True
         )
-        image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+        # samples_mv reads MuPDF's buffer in place; .samples would first copy it (3 MiB).
+        image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples_mv)
         del pix
         text = normalize_text(page.get_text("text", sort=True, flags=_TEXT_FLAGS))
         if not text and settings.ocr:

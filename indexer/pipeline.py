@@ -17,6 +17,7 @@ pending pages are embedded. The whole job holds the collection's write lock.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sqlite3
@@ -27,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from indexer.catalog import Document
+from indexer.catalog import Document, Page
 from indexer.embedder import Embedder
 from indexer.errors import DocumentError, EmbeddingError, PageLensError
-from indexer.memory import BatchChoice
+from indexer.memory import BatchChoice, release_free_heap
 from indexer.pages import (
     DocumentInfo,
     PageRenderError,
@@ -41,6 +43,7 @@ from indexer.pages import (
     render_pages,
 )
 from indexer.stores import Store
+from indexer.stores.base import EncodedImage
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +300,7 @@ class Indexer:
                 report.files.append(result)
                 if on_file:
                     on_file(result)
+            release_free_heap()  # what rendering freed, before the vectors phase
             if embed and self.embedder is not None:
                 self.embed_pending(progress=progress, report=report)
             report.pending = self.store.stats().pending
@@ -384,7 +388,10 @@ class Indexer:
                 for page in render_pages(
                     path, settings=self.settings, password=password, pages=todo
                 ):
-                    batch.append((page.number, page.text, page.image))
+                    # Encoded at once: a commit holds PNG bytes, not decoded pages (16 of
+                    # those would be ~64 MiB at GME's budget, RGB being 4 bytes a pixel).
+                    batch.append((page.number, page.text, EncodedImage.of(page.image)))
+                    del page
                     if len(batch) >= self.commit_every:
                         self._commit(doc, batch, meter, report)
                         batch = []
@@ -422,28 +429,35 @@ class Indexer:
         report = report or IndexReport()
         with self.store.writing():
             self.store.bind_embedder(embedder)
-            pending = self.store.pending_pages(limit)
+            # Ids only: a long PDF's pending rows (text layer included) are read batch by
+            # batch, so what this holds grows by 8 bytes a page, not by the text's size.
+            pending = self.store.page_ids(embedded=False)
+            if limit:
+                pending = pending[: int(limit)]
             meter = _Meter("vectors", len(pending), progress)
             meter.report()
             size = self._batch_size() if pending else 1
             batches = [pending[i : i + size] for i in range(0, len(pending), size)]
             done = 0
-            # Decode the next batch's images while the model works on this one.
+            # Read the next batch (rows and PNG bytes) while the model works on this one;
+            # decoding waits for its turn, so one batch of decoded pages is alive at a time.
             with ThreadPoolExecutor(max_workers=1) as pool:
-                future = pool.submit(self._load_batch, batches[0]) if batches else None
-                for i, batch in enumerate(batches):
+                future = pool.submit(self._read_batch, batches[0]) if batches else None
+                for i in range(len(batches)):
                     assert future is not None  # submitted for every batch, ahead of it
-                    images = future.result()
+                    batch = future.result()
                     if i + 1 < len(batches):
-                        future = pool.submit(self._load_batch, batches[i + 1])
+                        future = pool.submit(self._read_batch, batches[i + 1])
                     try:
-                        done += self._embed_batch(embedder, batch, images, report)
+                        done += self._embed_batch(embedder, batch, report)
                     except _StopEmbedding as stop:
                         done += stop.stored
                         report.stopped = stop.reason
                         log.warning("embedding stopped: %s", stop.reason)
                         break
                     meter.step(len(batch), file=None)
+                    del batch
+                    release_free_heap()  # else this batch's leftovers sit beside the next
                     if should_stop and should_stop():
                         break
         return done
@@ -488,18 +502,24 @@ class Indexer:
             ]
         )
 
-    def _load_batch(self, pages: Sequence) -> list:
-        return [self.store.load_image(p) for p in pages]
+    def _read_batch(self, page_ids: Sequence[int]) -> list[tuple[Page, bytes | None]]:
+        """The rows of a batch of pages and their stored image bytes (still encoded)."""
+        by_id = self.store.pages_by_id(page_ids)
+        pages = [by_id[i] for i in page_ids if i in by_id]  # a page removed meanwhile: gone
+        return [(page, self.store.image_bytes(page)) for page in pages]
 
     def _embed_batch(
-        self, embedder: Embedder, pages: Sequence, images: list, report: IndexReport
+        self, embedder: Embedder, batch: list[tuple[Page, bytes | None]], report: IndexReport
     ) -> int:
         ids: list[int] = []
         vectors: list[np.ndarray] = []
         todo: list[tuple[int, int]] = []
         todo_images: list = []
         seen: dict[str, int] = {}
-        for page, image in zip(pages, images, strict=True):
+        pages = [page for page, _data in batch]
+        for k, page in enumerate(pages):
+            data, batch[k] = batch[k][1], (page, None)  # the PNG bytes go once decoded
+            assert data is not None  # read by _read_batch, taken once
             reused = self.store.vector_for_image_sha(page.image_sha256)
             if reused is not None and len(reused) == embedder.dim:
                 ids.append(page.id)
@@ -511,7 +531,8 @@ class Indexer:
             else:
                 seen[page.image_sha256] = len(todo_images)
                 todo.append((page.id, len(todo_images)))
-                todo_images.append(image)
+                todo_images.append(_decode(data))  # only the pages the model needs
+            data = None
         stop: _StopEmbedding | None = None
         if todo_images:
             failed: dict[int, str] = {}
@@ -524,6 +545,10 @@ class Indexer:
                 fresh = np.asarray(exc.vectors if exc.vectors is not None else np.zeros((0, 0)))
                 if exc.retryable:  # the endpoint is gone: stop sending it more work
                     stop = _StopEmbedding(str(exc))
+            # The decoded pages go before the vectors are stored: the vector cache may grow
+            # (and copy itself) there, and the two together would exceed one batch's worth.
+            embedded = len(todo_images)
+            todo_images.clear()
             by_id = {p.id: p for p in pages}
             for page_id, row in todo:
                 if row in failed:
@@ -539,7 +564,7 @@ class Indexer:
                     continue
                 ids.append(page_id)
                 vectors.append(fresh[row])
-            report.pages_embedded += len(todo_images) - len(failed)
+            report.pages_embedded += embedded - len(failed)
         if ids:
             self.store.set_vectors(ids, np.stack(vectors))
         if stop is not None:
@@ -552,6 +577,14 @@ class Indexer:
             return self.store.document(document_id).name
         except PageLensError:
             return f"document {document_id}"
+
+
+def _decode(data: bytes) -> Image.Image:
+    """A stored page image, decoded as ``Store.load_image`` decodes it, without the copy
+    ``convert("RGB")`` makes of an image that is RGB already (4 MiB a page at GME's budget)."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class _StopEmbedding(Exception):

@@ -321,7 +321,10 @@ class EncodedImage:
 def encode_png(image: Image.Image) -> bytes:
     """The PNG bytes a collection stores for a page image (lossless, fast compression)."""
     buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="PNG", compress_level=1)
+    # convert() copies even an image already in RGB (4 MiB a page at GME's budget).
+    (image if image.mode == "RGB" else image.convert("RGB")).save(
+        buf, format="PNG", compress_level=1
+    )
     return buf.getvalue()
 
 
