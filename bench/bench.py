@@ -476,6 +476,7 @@ class BenchConfig:
     threads: int | None = None
     peak_n: int = 4096
     around: int = 0
+    depth: tuple[int, int] | None = None
     label: str | None = None
     out: str | None = None
     pdf: str | None = None
@@ -492,9 +493,44 @@ def _build(cfg: BenchConfig, dtype: str, **options: Any):
         from indexer.gme import load_embedder
 
         return load_embedder(cfg.model, device=cfg.device, dtype=dtype, **options)
+    if cfg.depth:
+        return _build_cut(cfg, dtype, **options)
     from indexer.random_model import random_embedder
 
     return random_embedder(cfg.size, seed=cfg.seed, device=cfg.device, dtype=dtype, **options)
+
+
+def _build_cut(cfg: BenchConfig, dtype: str, **options: Any) -> Any:
+    """The random model at full width but only ``cfg.depth`` = (vision blocks, decoder layers)
+    deep (``--depth``): every layer keeps its shapes, so per-layer speed, fraction of peak and
+    the ratios between paths are those of the full model, in a fraction of its time and
+    memory (for shared machines). The report's ``model.depth`` says it was cut."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+    from transformers.initialization import no_init_weights
+
+    from indexer import random_model as rm
+    from indexer.gme import GmeEmbedder
+
+    vision, text = cfg.depth
+    config = rm.make_config(cfg.size)
+    config.vision_config.depth = vision
+    config.text_config.num_hidden_layers = text
+    config.text_config.max_window_layers = text
+    config.text_config.layer_types = config.text_config.layer_types[:text]
+    with torch.device(cfg.device), no_init_weights():
+        model = Qwen2VLForConditionalGeneration(config)
+    rm._randomize_fast_(model, std=rm._INIT_STD[cfg.size], seed=cfg.seed)
+    model.tie_weights()
+    model = model.to(getattr(torch, dtype)).eval()
+    return GmeEmbedder(
+        model,
+        rm.build_tokenizer(),
+        rm._make_image_processor(),
+        model_id=f"pagelens/random-gme-{cfg.size}-depth{vision}+{text}-seed{cfg.seed}",
+        device=cfg.device,
+        **options,
+    )
 
 
 def _build_text_only(cfg: BenchConfig) -> Any:
@@ -851,6 +887,13 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
     corpus = _corpus_texts(texts, cfg.corpus)
     rank_queries = QUERIES[:8]  # the retrieval check: 8 queries, whatever --queries is
     section: dict[str, Any] = {"dtype": dtype, "batch_size": cfg.batch_size, "phases": {}}
+    if cfg.depth:
+        section["depth"] = {
+            "vision_blocks": cfg.depth[0],
+            "decoder_layers": cfg.depth[1],
+            "note": "cut from 32 vision blocks + 28 decoder layers at full width (--depth): "
+            "per-layer shapes, speeds and ratios as the full model; absolute s/page are not",
+        }
     report["model"] = section
     ref: dict[int, np.ndarray] = {}
     ref_text: dict[str, np.ndarray] = {}
@@ -1465,6 +1508,18 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
     return report, out
 
 
+def _depth(text: str, error: Any, model: str | None) -> tuple[int, int]:
+    if model:
+        error("--depth cuts the random model; it cannot be used with --model")
+    try:
+        vision, text_layers = (int(x) for x in text.split(","))
+    except ValueError:
+        error(f"--depth needs two numbers V,T (vision blocks, decoder layers), not {text!r}")
+    if vision < 1 or text_layers < 1:
+        error("--depth needs at least one vision block and one decoder layer")
+    return vision, text_layers
+
+
 def _ints(text: str) -> list[int]:
     return [
         int(x.replace("_", "").replace("k", "000").replace("M", "000000"))
@@ -1568,6 +1623,13 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--peak-n", type=int, default=4096)
     p.add_argument(
+        "--depth",
+        default=None,
+        metavar="V,T",
+        help="random model only: full width but V vision blocks and T decoder layers (per-layer "
+        "shapes unchanged; for shared machines; the report says so)",
+    )
+    p.add_argument(
         "--peak-around",
         type=int,
         default=0,
@@ -1628,6 +1690,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         threads=a.threads,
         peak_n=a.peak_n,
         around=a.peak_around,
+        depth=_depth(a.depth, p.error, a.model) if a.depth else None,
         pdf=a.pdf,
         ray_actors=_ints(a.ray_actors),
         ray_pages=a.ray_pages,

@@ -293,3 +293,31 @@ def test_bench_isa_emulation_reruns_under_the_caps(tmp_path):
         assert cap["torch_cpu_capability"] == "AVX2"
     qw = report["model"]["query_weights"]
     assert set(qw["candidates"]) == {"int8-bf16"} and qw["floor_s_exact"] > 0
+
+
+def test_depth_cut_keeps_the_width(capsys):
+    """--depth V,T: the random model at full width, V vision blocks and T decoder layers."""
+    from bench.bench import _build_cut, flops_per_input, parse_args
+
+    cfg = parse_args(["--size", "tiny", "--depth", "1,1"])
+    assert cfg.depth == (1, 1)
+    emb = _build_cut(cfg, "float32")
+    config = emb.model.config
+    assert len(emb.vision_model.blocks) == 1 and len(emb.text_model.layers) == 1
+    assert config.vision_config.embed_dim == 32 and config.text_config.hidden_size == 64
+    assert "depth1+1" in emb.model_id
+    from PIL import Image
+
+    vec = emb.embed_images([Image.new("RGB", (120, 90), "white")])
+    assert vec.shape == (1, 64) and abs(float((vec**2).sum()) - 1) < 1e-5
+    # FLOPs follow the cut config: half the tiny model's 2 vision blocks and 2 layers
+    from indexer.random_model import make_config
+
+    cut = flops_per_input(config, grid_hw=(8, 8), seq_len=40)
+    whole = flops_per_input(make_config("tiny"), grid_hw=(8, 8), seq_len=40)
+    assert cut["decoder"] == pytest.approx(whole["decoder"] / 2)
+    assert whole["vision"] / 2 < cut["vision"] < whole["vision"]  # patch embed + merger stay
+    for bad in (["--depth", "3"], ["--depth", "0,2"], ["--depth", "1,1", "--model", "x"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+    assert "--depth" in capsys.readouterr().err
