@@ -666,6 +666,7 @@ def embed_pages(
     emb.embed_images(images[:1])  # cheap warm-up at 64 tokens (first-call allocations)
     _set_budget(emb, tokens)
     key = _peak_key(emb.dtype)
+    load = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
     before = matmul_peak(around, [key], reps=2, device=str(emb.device)) if around and key else {}
     timer = ModuleTimer({"vision": emb.vision_model, "decoder": emb.text_model}, str(emb.device))
     timer.seconds = {k: 0.0 for k in timer.seconds}
@@ -678,6 +679,8 @@ def embed_pages(
         dt = time.perf_counter() - t
     timer.close()
     after = matmul_peak(around, [key], reps=2, device=str(emb.device)) if before else {}
+    if load:
+        load.append(os.getloadavg()[0])
     flops = _page_flops(emb, images)
     visual_tokens = [emb.image_token_count(img) for img in images]
     if before:
@@ -703,6 +706,7 @@ def embed_pages(
         "achieved_gflops": _r(achieved, 1),
         "fraction_of_peak": _r(achieved / peak_gflops, 3) if peak_gflops else None,
         **around_stats,
+        "load_avg_1m": [round(x, 2) for x in load],  # machine load before and after (shared?)
         "kernels": page_kernels(emb),
         **rss.as_dict(),
     }
