@@ -566,7 +566,9 @@ def run_queries_only(cfg: BenchConfig, report: dict, texts: list[str]) -> None:
     corpus = _corpus_texts(texts, cfg.corpus)
     rank_queries = QUERIES[:8]
     t = time.perf_counter()
+    _log("queries only: building the full-size decoder (random weights, float32)")
     emb = _build_text_only(cfg)
+    _log("exact float32 reference vectors and latency")
     section: dict[str, Any] = {
         "dtype": "float32",
         "model_id": emb.model_id,
@@ -600,6 +602,11 @@ def run_queries_only(cfg: BenchConfig, report: dict, texts: list[str]) -> None:
     section["corpus_passages"] = len(corpus)
     del emb, idx
     gc.collect()
+
+
+def _log(msg: str) -> None:
+    """Progress on stderr (the full-size phases take minutes)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _set_budget(emb: Any, tokens: int) -> None:
@@ -811,6 +818,7 @@ def query_weights_phase(
         "candidates": {},
     }
     for name in candidates:
+        _log(f"text-query weights: {name}")
         t = time.perf_counter()
         w = QueryWeights(emb.text_model, name)
         quant_s = time.perf_counter() - t
@@ -853,6 +861,7 @@ def query_weights_phase(
             out["candidates"][name] = entry
         finally:
             w.remove()
+    _log("text-query weights: what auto chooses here")
     emb.set_query_weights("auto")
     out["auto_choice"] = emb.prepare_queries().as_dict()
     return out
@@ -903,8 +912,7 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
     ref_text: dict[str, np.ndarray] = {}
     base_pages = images[: max(1, cfg.baseline_pages)]
 
-    def log(msg: str) -> None:
-        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    log = _log
 
     # A: float32 one page at a time (the recipe) + reference vectors.
     need_ref = not (cfg.skip_baseline and (cfg.skip_int8 or not on_cpu))
