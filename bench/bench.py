@@ -584,11 +584,15 @@ def run_queries_only(cfg: BenchConfig, report: dict, texts: list[str]) -> None:
     }
     emb.prefix_cache = True
     idx = _query_index(ref_text["corpus"], cfg.query_collection, cfg.seed + 1)
+    gbs = (report.get("memory_bandwidth") or {}).get("gb_per_s_best")
     section["phases"]["exact_float32"] = {
         "dtype": "float32",
+        "kernel": "F.linear float32 (MKL sgemm)",
         "budgets": {},
         "query_uncached": query_latency(emb, idx, queries, cached=False),
         "query": query_latency(emb, idx, queries, cached=True),
+        # beside the figure: what reading the decoder's weights once costs at this bandwidth
+        "floor_s": _r(decoder_weight_bytes(emb) / gbs / 1e9, 6) if gbs else None,
     }
     section["query_weights"] = query_weights_phase(
         emb,
@@ -1316,6 +1320,21 @@ def targets(report: dict) -> dict:
             if cos is not None and cos >= 0.999 and top == 1.0
         ]
         out["int8_query_cos>=0.999_same_top10"] = {"value": held, "met": bool(ok), "holds": ok}
+        # the query target: p50 <= 0.35 s with a candidate that holds (or exact)
+        p50 = {n: held[n][0] for n in ok if held[n][0] is not None}
+        exact_q = ((phases.get("exact_float32") or {}).get("query") or {}).get("p50_s")
+        if exact_q is not None:
+            p50["exact float32"] = exact_q
+        if p50:
+            best = min(p50, key=lambda n: p50[n])
+            floors = {n: c.get("floor_s") for n, c in qw["candidates"].items() if n in ok}
+            out["query_p50<=0.35s_at_cos>=0.999_same_top10"] = {
+                "value": p50,
+                "fastest": best,
+                "floor_s": floors,
+                "floor_s_exact": qw.get("floor_s_exact"),
+                "met": p50[best] <= 0.35,
+            }
     if int8 and int8.get("speedup_vs_baseline"):
         sp = int8["speedup_vs_baseline"]
         out["int8>=2x_recipe"] = {"value": sp, "met": all(v >= 2 for v in sp.values())}
@@ -1379,9 +1398,10 @@ def summary(report: dict) -> str:
                 )
             if "query" in ph:
                 q = ph["query"]
+                floor = f", floor {ph['floor_s']} s" if ph.get("floor_s") else ""
                 lines.append(
                     f"  {name:17s} query: p50 {q['p50_s']} s, p95 {q['p95_s']} s "
-                    f"(prefix cache {q['prefix_cache']})"
+                    f"(prefix cache {q['prefix_cache']}){floor}"
                 )
             if "query_uncached" in ph:
                 q = ph["query_uncached"]
