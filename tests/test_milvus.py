@@ -72,6 +72,10 @@ def test_unreachable_address_is_one_clear_line(monkeypatch):
 def test_bad_addresses_are_clear_errors(milvus_server):
     with pytest.raises(CollectionError, match="letters, digits and '_'"):
         open_collection(f"milvus://{milvus_server.address}/has-dash")
+    for name in ("a" * 182, "a" * 240):  # valid letters, too long: say so, not "letters only"
+        with pytest.raises(CollectionError, match=f"is {len(name)} characters long; at most 181"):
+            open_collection(f"milvus://{milvus_server.address}/{name}")
+    open_collection(f"milvus://{milvus_server.address}/{'b' * 181}").close()  # the limit works
     with pytest.raises(CollectionError, match="No collection"):
         open_collection(f"milvus://{milvus_server.address}/never_made", create=False)
 

@@ -95,7 +95,10 @@ DENSE_INDEX = {
 }
 TEXT_MAX_BYTES = 60_000  # VARCHAR limit is 65,535 bytes; longer text layers are cut here
 _FRACTION = re.compile(r"\.\d+(?=[+-]\d\d:\d\d$|Z$)")  # an ISO time's fraction of a second
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,180}")
+#: Milvus allows 255 characters per collection name; PageLens adds up to 10 (``_documents``)
+#: and keeps headroom, so a PageLens name has at most ``NAME_MAX`` characters.
+NAME_MAX = 181
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: The BM25 field holds the page's words as the local engine's FTS5 tokenizer makes them
 #: (:func:`text_terms`: split, accents folded, Porter-stemmed), space-separated; Milvus's
 #: ``standard`` analyser (the one every server has, milvus-lite included) then only splits
@@ -168,6 +171,11 @@ class MilvusAddress:
         if not parts.hostname:
             raise CollectionError(
                 f"Milvus address '{shown}' names no host (milvus://HOST:PORT/NAME)."
+            )
+        if len(name) > NAME_MAX:  # its own message: "only letters, digits" would mislead
+            raise CollectionError(
+                f"Milvus collection name in '{shown[:80]}...' is {len(name)} characters long; "
+                f"at most {NAME_MAX} (Milvus's limit, less PageLens's suffixes)."
             )
         if not _NAME.fullmatch(name):
             raise CollectionError(
