@@ -2,7 +2,7 @@
 
 What a request's ``collection`` may name (``/v1/search``, ``/v1/ask``, page images):
 
-* nothing: the server's default collection (``pagelens serve --collection``: a name, a
+* nothing: the server's default collection (``pagelens --collection ... serve``: a name, a
   folder or a ``milvus://`` address);
 * a bare name: a local collection under ``PAGELENS_HOME``; never a path;
 * a ``milvus://`` / ``milvuss://`` address: only one the operator configured at start
