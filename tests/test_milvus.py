@@ -281,3 +281,35 @@ def test_bulk_writes_go_in_bounded_chunks(milvus_server, monkeypatch):
     assert hits[0][0] == ids[3]
     store.drop()
     store.close()
+
+
+def test_repair_clears_a_killed_writers_temp_image_without_the_hour_of_grace(
+    milvus_server, tmp_path
+):
+    """A killed indexer or migration can leave an atomic write's ``.tmp`` image. A re-run's
+    ``check --repair`` deletes it once it is minutes old (such a file only lives for one
+    write), while a fresh temp file and a young image without a row (another machine's work
+    in progress) are kept for their grace."""
+    from indexer.integrity import check, repair
+
+    spec = _spec(milvus_server)
+    _index(spec, [make_text_pdf(tmp_path / "a.pdf", TOPICS[:2])])
+    store = open_collection(spec, create=False)
+    page = store.pages()[0]
+    folder = store.images.local_path(page.image).parent
+    stale, fresh, young = (
+        folder / ".00009.png.k1l2m3.tmp",
+        folder / ".00010.png.n4o5p6.tmp",
+        folder / "00011.png",
+    )
+    for path in (stale, fresh, young):
+        path.write_bytes(b"partial png")
+    ten_minutes_ago = time.time() - 600
+    for path in (stale, young):
+        os.utime(path, (ten_minutes_ago, ten_minutes_ago))
+
+    assert "orphan-files" in check(store).kinds()
+    repair(store)
+    assert not stale.exists()
+    assert fresh.exists() and young.exists()
+    store.close()

@@ -84,6 +84,9 @@ TIMEOUT_ENV = "PAGELENS_MILVUS_TIMEOUT"
 IMAGES_ENV = "PAGELENS_MILVUS_IMAGES"
 ORPHAN_GRACE_ENV = "PAGELENS_MILVUS_ORPHAN_GRACE"
 DEFAULT_ORPHAN_GRACE = 3600.0
+#: An atomic write's temporary file (``.NAME.<random>.tmp``) lives for milliseconds; one this
+#: old is the leftover of a killed process, never another writer's work in progress.
+TEMP_FILE_GRACE = 300.0
 DEFAULT_TIMEOUT = 10.0
 UPSERT_ROWS = 128  # rows per upsert call (~0.8 MB of vectors): each call fits the timeout
 
@@ -196,6 +199,13 @@ def document_id_for(sha256: str) -> int:
     if not re.fullmatch(r"[0-9a-f]{15,}", sha256):  # not a hex digest (hand-made catalogs)
         sha256 = hashlib.sha256(sha256.encode()).hexdigest()
     return int(sha256[:15], 16)
+
+
+def _is_temp_file(key: str) -> bool:
+    """Whether an image-store key is an atomic write's temporary file (``.NAME.<rand>.tmp``,
+    see :func:`indexer.stores.base.atomic_write_bytes`)."""
+    name = key.rsplit("/", 1)[-1]
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def page_id_for(document_id: int, number: int) -> int:
@@ -926,12 +936,16 @@ class MilvusCollection(ModelBinding):
         Only those written more than ``PAGELENS_MILVUS_ORPHAN_GRACE`` seconds ago (3600):
         nothing locks a Milvus collection, and another machine's indexer writes each image
         a moment before the row that names it, so a young image without a row is most
-        likely work in progress, whose deletion would leave a row without its image."""
+        likely work in progress, whose deletion would leave a row without its image.
+        Temporary files of interrupted atomic writes (a killed indexer or migration) go
+        after :data:`TEMP_FILE_GRACE` (300 s): such a file only ever lives for the moment of
+        one write, so a re-run's ``check --repair`` comes back clean without waiting an hour."""
         grace = float(os.environ.get(ORPHAN_GRACE_ENV) or DEFAULT_ORPHAN_GRACE)
         old = []
         for key in keys:
             age = self.images.age(key)
-            if age is not None and age >= grace:
+            limit = min(grace, TEMP_FILE_GRACE) if _is_temp_file(key) else grace
+            if age is not None and age >= limit:
                 old.append(key)
         self.images.delete(old)
         return len(old)
