@@ -157,10 +157,20 @@ def connect(address: str, *, options: RayOptions | None = None) -> bool:
     else:
         target = address
         kwargs.pop("include_dashboard")
-    try:
-        ray.init(address=target, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise PageLensError(f"Cannot connect to Ray at {address!r}: {exc}") from exc
+    tries = 2 if address == LOCAL else 1
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(address=target, **kwargs)
+            break
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            if attempt == tries:
+                raise PageLensError(f"Cannot connect to Ray at {address!r}: {exc}") from exc
+            # Why a second try: a fresh local instance sometimes misses its own start-up
+            # deadline (its GCS server's port file), e.g. right after another instance on
+            # the same machine shut down; the half-started processes are stopped first.
+            log.warning("starting a local Ray instance failed (%s); trying once more", exc)
+            ray.shutdown()
+            time.sleep(2)
     return True
 
 

@@ -472,3 +472,43 @@ def test_address_spellings():
     for bad in ("", "locale", "http://head:8265", "head"):
         with pytest.raises(PageLensError, match="not a Ray address"):
             check_address(bad)
+
+
+class _FlakyRay:
+    """Stands in for the ``ray`` module: ``init`` fails ``failures`` times, then works."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.inits, self.shutdowns = failures, 0, 0
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, address: str, **kwargs) -> None:
+        self.inits += 1
+        if self.inits <= self.failures:
+            raise RuntimeError("Timed out waiting for file .../gcs_server_port_x")
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+@pytest.mark.parametrize(
+    ("address", "failures", "inits", "ok"),
+    [("local", 1, 2, True), ("local", 2, 2, False), ("10.0.0.1:6379", 1, 1, False)],
+)
+def test_a_local_instance_that_misses_its_start_deadline_is_started_once_more(
+    monkeypatch, address, failures, inits, ok
+):
+    """A fresh local Ray instance that fails to start is stopped and started once more (it
+    happened right after another instance shut down); a cluster address is not retried."""
+    import indexer.ray_job as ray_job
+
+    fake = _FlakyRay(failures)
+    monkeypatch.setattr(ray_job, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_job.time, "sleep", lambda s: None)
+    if ok:
+        assert ray_job.connect(address) is True
+    else:
+        with pytest.raises(PageLensError, match="Cannot connect to Ray"):
+            ray_job.connect(address)
+    assert fake.inits == inits and fake.shutdowns == inits - 1
