@@ -7,7 +7,8 @@ a full disk or a hand-deleted file can leave them out of step; :func:`check` say
 
 Problem kinds (stable, used in ``--json`` output):
 
-``catalog-corrupt``      SQLite's own integrity check failed (restore a backup; not repairable)
+``catalog-corrupt``      SQLite's own integrity check failed (restore a backup; not repairable,
+                         and ``repair`` then changes nothing at all: nothing is provably orphaned)
 ``model-mismatch``       the collection was built with another model than the one given
 ``vector-bad``           a stored vector has the wrong size (cleared, then embedded again)
 ``vectors-pending``      pages without a vector (embedded again: needs the model)
@@ -541,7 +542,15 @@ def repair(
         scan = _scan(store, model_id=model_id, dim=None, fingerprint=fingerprint)
         kinds = scan.report.kinds()
         if "catalog-corrupt" in kinds:
-            note("catalog-corrupt", "not repaired: the catalog itself is damaged")
+            # Nothing is provably orphaned when the source of truth is itself damaged: a file
+            # the damaged catalog does not name may be named by the backup the user restores,
+            # and every other repair writes into the damaged file. So nothing is changed.
+            note(
+                "catalog-corrupt",
+                "not repaired: the catalog itself is damaged, so nothing was changed (no file "
+                "or row deleted); restore the collection from a backup",
+            )
+            return _final(store, model_id, fingerprint, done)
         if scan.orphan_files and not isinstance(store, Collection):
             keys = [str(k) for k in scan.orphan_files]
             deleted = _audit(store).delete_images(keys)
@@ -588,6 +597,13 @@ def repair(
             note("faiss", f"rebuilt {VECTORS} from the catalog ({size} vectors)", count=size)
         _repair_pending(store, embedder, note)
         store.flush()  # the check below reads the saved file
+    return _final(store, model_id, fingerprint, done)
+
+
+def _final(
+    store: Store, model_id: str | None, fingerprint: str | None, done: list[dict]
+) -> CheckReport:
+    """A fresh check after a repair, with what the repair did."""
     final = check(store, model_id=model_id, fingerprint=fingerprint)
     final.repaired = done
     return final

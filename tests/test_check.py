@@ -291,6 +291,43 @@ def test_corrupt_catalog_is_reported_not_crashed(local_coll):
     assert data["problems"][0]["kind"] == "catalog-corrupt"
 
 
+def test_repair_of_a_damaged_catalog_deletes_nothing(local_coll):
+    """A catalog SQLite calls damaged (here a NOT NULL column holding a NULL, which
+    ``quick_check`` reports while every row still reads) is not the truth any more: the
+    files it does not name may be named by the backup the user restores, so --repair
+    deletes no file and changes no row."""
+    coll = local_coll
+    db = sqlite3.connect(coll / "catalog.sqlite")
+    with db:
+        db.execute("UPDATE documents SET title = NULL")
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'documents'").fetchone()
+    with db:
+        db.execute("PRAGMA writable_schema = ON")
+        db.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE name = 'documents'",
+            (sql.replace("title TEXT,", "title TEXT NOT NULL,"),),
+        )
+    db.close()
+    unnamed = coll / "pages" / "77" / "00001.png"  # no row of the damaged catalog names it
+    unnamed.parent.mkdir()
+    unnamed.write_bytes(b"png?")
+    store = Collection(coll)
+    image = coll / store.pages()[0].image
+    store.close()
+    image.unlink()  # a missing image whose page repair would otherwise re-render or drop
+
+    code, data = run_check("--repair")
+    assert code == 4
+    assert "catalog-corrupt" in {p["kind"] for p in data["problems"]}
+    assert [r["kind"] for r in data["repaired"]] == ["catalog-corrupt"]
+    assert "nothing was changed" in data["repaired"][0]["detail"]
+    assert unnamed.read_bytes() == b"png?"
+    assert not image.exists()
+    store = Collection(coll)
+    assert store.stats().pages == 7
+    store.close()
+
+
 def test_no_collection_is_an_error(store_spec, monkeypatch):
     from indexer.stores import spec_exists
 
