@@ -577,12 +577,13 @@ def repair(
                     log.warning("cannot delete %s: %s", path, exc)
             _prune_empty_dirs(store.path / PAGES_DIR)
             note("orphan-files", f"deleted {removed} orphan file(s)", count=removed)
-        if scan.orphan_rows:
-            store.remove_pages(scan.orphan_rows)
+        orphan_rows = _still_orphan_rows(store, scan)
+        if orphan_rows:
+            store.remove_pages(orphan_rows)
             note(
                 "page-orphan-rows",
-                f"deleted {len(scan.orphan_rows)} page row(s)",
-                count=len(scan.orphan_rows),
+                f"deleted {len(orphan_rows)} page row(s)",
+                count=len(orphan_rows),
             )
         if scan.bad_vectors:
             store.clear_vectors(scan.bad_vectors)
@@ -607,6 +608,20 @@ def _final(
     final = check(store, model_id=model_id, fingerprint=fingerprint)
     final.repaired = done
     return final
+
+
+def _still_orphan_rows(store: Store, scan: _Scan) -> list[int]:
+    """The page rows of no document, asking for their documents once more.
+
+    Why: an engine without a lock (Milvus) may get a new document and its pages from another
+    machine between the check's listing of the documents and its listing of the pages. A
+    writer stores the document row before its pages, so a row whose document is there now
+    was never an orphan; only rows whose document is still absent are deleted."""
+    if not scan.orphan_rows:
+        return []
+    doc_of = {p.id: p.document_id for p in scan.pages}
+    present = store.documents_by_id({doc_of[i] for i in scan.orphan_rows})
+    return [i for i in scan.orphan_rows if doc_of[i] not in present]
 
 
 def _repair_pages(store: Store, scan: _Scan, password: str | None, note) -> None:

@@ -328,6 +328,46 @@ def test_repair_of_a_damaged_catalog_deletes_nothing(local_coll):
     store.close()
 
 
+def test_repair_keeps_the_rows_of_a_document_another_writer_adds_meanwhile(coll, engine):
+    """Nothing locks a Milvus collection: another machine may add a document and its pages
+    between repair's listing of the documents and its listing of the pages. Those rows are
+    not orphans (their document row was written first): repair must not delete them, nor
+    trip over the document's failed-page placeholder."""
+    if engine == "local":
+        pytest.skip("a local collection's writers hold its lock, which repair holds too")
+    from PIL import Image
+
+    store, other = open_collection(coll), open_collection(coll)
+    listed_first = store.documents
+    state = {"added": None}
+
+    def documents():
+        docs = listed_first()
+        if state["added"] is None:  # the other writer, right after this listing
+            doc = other.add_document(
+                name="new.pdf",
+                path="/elsewhere/new.pdf",
+                sha256="ab" * 32,
+                kind="pdf",
+                page_count=2,
+            )
+            other.add_pages(doc.id, [(1, "arrived meanwhile", Image.new("RGB", (28, 28)))])
+            other.add_failed_page(doc.id, 2, "damaged page")
+            state["added"] = doc.id
+        return docs
+
+    store.documents = documents  # type: ignore[method-assign]
+    report = repair(store, embedder=FakeEmbedder())
+    store.close()
+    doc_id = state["added"]
+    assert doc_id is not None
+    assert "page-orphan-rows" not in {r["kind"] for r in report.repaired}
+    assert other.stored_page_numbers(doc_id) == {1}
+    assert other.document(doc_id).pages_stored == 1
+    assert [f["page"] for f in other.failed_pages(doc_id)] == [2]
+    other.close()
+
+
 def test_no_collection_is_an_error(store_spec, monkeypatch):
     from indexer.stores import spec_exists
 
