@@ -126,6 +126,10 @@ class _Scan:
     count_mismatch: list[Document]
     #: Placeholders of pages that failed to render (``Collection.failed_pages``).
     failed: list[dict] = field(default_factory=list)
+    #: The engine's image store holds none of the collection's page images: most likely the
+    #: wrong location (``?images=``, ``PAGELENS_MILVUS_IMAGES``), so repair deletes nothing
+    #: there and drops no page for a missing image.
+    images_elsewhere: bool = False
 
 
 def check(
@@ -229,6 +233,7 @@ def _scan(
         _check_faiss(local, good, store.dim, add)
     missing_images, orphan_files = _check_images(store, docs, pages, add)
     orphan_rows, stuck, failed, count_mismatch = _check_documents(store, docs, pages, add)
+    elsewhere = bool(pages) and len(missing_images) == len(pages) and not local
     return _Scan(
         report,
         docs,
@@ -240,6 +245,7 @@ def _scan(
         stuck,
         count_mismatch,
         failed,
+        elsewhere,
     )
 
 
@@ -312,11 +318,18 @@ def _check_images(
         except OSError:
             missing_images.append(page)
     if missing_images:
+        none_there = audit is not None and len(missing_images) == len(pages)
         add(
             Problem(
                 "image-missing",
                 f"{len(missing_images)} page image(s) are missing or empty"
-                + (f" in {audit.image_location}/pages" if audit is not None else ""),
+                + (f" in {audit.image_location}/pages" if audit is not None else "")
+                + (
+                    ": none of the collection's images is there; if they live elsewhere, "
+                    "name that location (?images= in the address, or PAGELENS_MILVUS_IMAGES)"
+                    if none_there
+                    else ""
+                ),
                 {
                     "count": len(missing_images),
                     "pages": [_page_name(docs, p) for p in missing_images[:_SAMPLE]],
@@ -551,7 +564,15 @@ def repair(
                 "or row deleted); restore the collection from a backup",
             )
             return _final(store, model_id, fingerprint, done)
-        if scan.orphan_files and not isinstance(store, Collection):
+        if scan.orphan_files and scan.images_elsewhere:
+            note(
+                "not-repaired",
+                f"kept {len(scan.orphan_files)} file(s) no page names: the image store holds "
+                "none of this collection's images, so they are most likely another "
+                "collection's (or the location is wrong)",
+                count=len(scan.orphan_files),
+            )
+        elif scan.orphan_files and not isinstance(store, Collection):
             keys = [str(k) for k in scan.orphan_files]
             deleted = _audit(store).delete_images(keys)
             kept = len(keys) - deleted
@@ -640,7 +661,13 @@ def _repair_pages(store: Store, scan: _Scan, password: str | None, note) -> None
     todo |= {f["document_id"] for f in scan.failed}
     for doc_id in sorted(todo):
         _repair_document(
-            store, scan.docs[doc_id], missing_by_doc.get(doc_id, []), settings, password, note
+            store,
+            scan.docs[doc_id],
+            missing_by_doc.get(doc_id, []),
+            settings,
+            password,
+            note,
+            may_drop=not scan.images_elsewhere,
         )
 
 
@@ -651,9 +678,12 @@ def _repair_document(
     settings: RenderSettings,
     password: str | None,
     note,
+    *,
+    may_drop: bool = True,
 ) -> None:
     """One document: drop pages past its count, render missing or absent pages again from
-    the source file, drop those that cannot be, and mark it ready once complete."""
+    the source file, drop those that cannot be (unless ``may_drop`` is False: the images may
+    only be elsewhere), and mark it ready once complete."""
     from indexer.pages import file_sha256
 
     doc_id = doc.id
@@ -698,7 +728,16 @@ def _repair_document(
                 )
             broken = {n: p for n, p in broken.items() if n in failures}
             absent = [n for n in absent if n in failures]
-    if broken:
+    if broken and not may_drop:
+        note(
+            "not-repaired",
+            f"{doc.name}: kept {len(broken)} page(s) whose image is not in the image store "
+            f"and cannot be rendered again ({why}): the store holds none of the collection's "
+            "images, so its location is most likely wrong",
+            document=doc.name,
+            count=len(broken),
+        )
+    elif broken:
         # The image cannot be made again: a row naming no image would break every hit
         # and export that reaches it, so the page goes (the document is then incomplete).
         store.remove_pages([p.id for p in broken.values()])

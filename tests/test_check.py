@@ -368,6 +368,37 @@ def test_repair_keeps_the_rows_of_a_document_another_writer_adds_meanwhile(coll,
     other.close()
 
 
+def test_repair_through_the_wrong_image_location_drops_and_deletes_nothing(
+    coll, engine, tmp_path, monkeypatch
+):
+    """PAGELENS_MILVUS_IMAGES overrides the recorded image location (a shared mount at
+    another path on this machine). Left set for another collection, it shows this one
+    none of its images: repair must not take that for loss, dropping the pages whose source
+    is gone, nor delete the images it finds there (another collection's)."""
+    if engine == "local":
+        pytest.skip("a local collection's images live in its own folder")
+    elsewhere = tmp_path / "other-collections-images"
+    theirs = elsewhere / "pages" / "55" / "00001.png"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"another collection's page")
+    old = time.time() - 7200  # past the grace that spares young images
+    os.utime(theirs, (old, old))
+    (tmp_path / "src" / "gone.pdf").unlink()
+    monkeypatch.setenv("PAGELENS_MILVUS_IMAGES", str(elsewhere))
+
+    code, data = run_check()
+    missing = next(p for p in data["problems"] if p["kind"] == "image-missing")
+    assert missing["count"] == 7 and "none of the collection's images" in missing["detail"]
+    code, data = run_check("--repair")
+    assert code == 4
+    assert theirs.read_bytes() == b"another collection's page"
+    assert not any("dropped" in r["detail"] for r in data["repaired"]), data["repaired"]
+    monkeypatch.delenv("PAGELENS_MILVUS_IMAGES")
+    store = open_collection(coll)
+    assert store.stats().pages == 7
+    store.close()
+
+
 def test_no_collection_is_an_error(store_spec, monkeypatch):
     from indexer.stores import spec_exists
 
