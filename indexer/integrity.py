@@ -728,27 +728,8 @@ def _repair_document(
                 )
             broken = {n: p for n, p in broken.items() if n in failures}
             absent = [n for n in absent if n in failures]
-    if broken and not may_drop:
-        note(
-            "not-repaired",
-            f"{doc.name}: kept {len(broken)} page(s) whose image is not in the image store "
-            f"and cannot be rendered again ({why}): the store holds none of the collection's "
-            "images, so its location is most likely wrong",
-            document=doc.name,
-            count=len(broken),
-        )
-    elif broken:
-        # The image cannot be made again: a row naming no image would break every hit
-        # and export that reaches it, so the page goes (the document is then incomplete).
-        store.remove_pages([p.id for p in broken.values()])
-        store.mark_incomplete(doc_id)  # so that indexing the file again resumes it
-        note(
-            "image-missing",
-            f"{doc.name}: dropped {len(broken)} page(s) whose image is "
-            f"gone ({why}); index {doc.path} again to restore them",
-            document=doc.name,
-            count=len(broken),
-        )
+    if broken:
+        _drop_broken(store, doc, list(broken.values()), why, note, may_drop=may_drop)
     placeholders = {f["page"] for f in store.failed_pages(doc_id)}
     covered = store.stored_page_numbers(doc_id) | placeholders
     complete = covered == set(range(1, doc.page_count + 1))
@@ -768,6 +749,33 @@ def _repair_document(
             f"'pagelens remove {doc.id}'",
             document=doc.name,
         )
+
+
+def _drop_broken(
+    store: Store, doc: Document, broken: list[Page], why: str | None, note, *, may_drop: bool
+) -> None:
+    """Pages whose image is gone and cannot be made again: a row naming no image would break
+    every hit and export that reaches it, so the page goes (the document is then incomplete)
+    unless ``may_drop`` is False (the images may only be elsewhere)."""
+    if not may_drop:
+        note(
+            "not-repaired",
+            f"{doc.name}: kept {len(broken)} page(s) whose image is not in the image store "
+            f"and cannot be rendered again ({why}): the store holds none of the collection's "
+            "images, so its location is most likely wrong",
+            document=doc.name,
+            count=len(broken),
+        )
+        return
+    store.remove_pages([p.id for p in broken])
+    store.mark_incomplete(doc.id)  # so that indexing the file again resumes it
+    note(
+        "image-missing",
+        f"{doc.name}: dropped {len(broken)} page(s) whose image is "
+        f"gone ({why}); index {doc.path} again to restore them",
+        document=doc.name,
+        count=len(broken),
+    )
 
 
 def _render_wanted(
