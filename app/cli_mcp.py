@@ -53,7 +53,7 @@ def mcp_cmd(
 
         store = opts.store(create=False)
         server = build_server(
-            store, opts.embedder, image_settings=ExportSettings(max_side=max_side)
+            store, opts.embedder, image_settings=ExportSettings(max_side=max_side), preload=True
         )
         if not http:
             say(f"PageLens MCP server on stdio, collection {store.location}")

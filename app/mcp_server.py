@@ -26,6 +26,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
 
+from app.warmup import prepare_queries
 from indexer.embedder import Embedder
 from indexer.errors import ModelNotAvailableError, PageLensError
 from indexer.stores import Store
@@ -76,6 +77,19 @@ class LazyModel:
         self._model: Embedder | None = None
         self._error: str | None = None
 
+    def preload(self) -> threading.Thread:
+        """Load the model now, in a background thread, and decide its text-query weights
+        (:mod:`app.warmup`), so that the first search does not pay for either."""
+
+        def run() -> None:
+            embedder = self.get()
+            if embedder is not None:
+                prepare_queries(embedder)
+
+        thread = threading.Thread(target=run, name="pagelens-mcp-model", daemon=True)
+        thread.start()
+        return thread
+
     def get(self) -> Embedder | None:
         """The model, or None (with :attr:`error` saying why) when it cannot load."""
         with self._lock:
@@ -110,14 +124,19 @@ def build_server(
     *,
     image_settings: ExportSettings | None = None,
     name: str = "pagelens",
+    preload: bool = False,
 ) -> MCPServer:
-    """The MCP server over one collection; ``model_loader`` is called on first visual use.
+    """The MCP server over one collection; ``model_loader`` is called on first visual use,
+    or at once in the background with ``preload`` (``pagelens mcp``: then the model is
+    loaded and its text-query weights decided before the first search comes).
 
     Long because the MCP SDK registers each tool as a decorated closure over the store, the
     lazy model and the image settings; each tool itself is short.
     """
     image_settings = image_settings or ExportSettings()
     model = LazyModel(model_loader)
+    if preload and model_loader is not None:
+        model.preload()
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
     server = MCPServer(name, instructions=INSTRUCTIONS, log_level="WARNING")
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.uploads import discard_upload
+from app.warmup import prepare_queries
 from indexer.catalog import Document, Page
 from indexer.config import collection_path
 from indexer.embedder import Embedder
@@ -79,7 +80,11 @@ def validate_collection_name(name: str) -> str:
 
 
 class ModelLoader:
-    """Loads the embedder once, in a background thread; ``wait()`` blocks until it is ready."""
+    """Loads the embedder once, in a background thread; ``wait()`` blocks until it is ready.
+
+    Once loaded (and ``wait()`` released) the same thread decides the text-query weights
+    (:mod:`app.warmup`), so the app's first search is on the fast path where there is one.
+    """
 
     def __init__(
         self,
@@ -133,6 +138,8 @@ class ModelLoader:
         finally:
             self.seconds = time.perf_counter() - started
             self._done.set()
+        if self.embedder is not None:  # searches may start; their weights are decided now
+            prepare_queries(self.embedder)
 
     @property
     def ready_event(self) -> threading.Event:

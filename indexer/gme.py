@@ -58,8 +58,11 @@ Loading: the hub checkpoint was saved with transformers 4.4x key names (``model.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,9 @@ from indexer.config import DEFAULT_MODEL_ID, default_model
 from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, EmbedderBase, require_pairs
 from indexer.errors import ModelNotAvailableError
 from indexer.identity import identify
+from indexer.query_choice_cache import DecisionCache, decision_key, memory_shortfall
+
+_log = logging.getLogger(__name__)
 
 #: Token budget of the original recipe: sequences are right-truncated to this many tokens.
 MAX_LENGTH = 1800
@@ -326,9 +332,15 @@ class GmeEmbedder(EmbedderBase):
         #: Text-query decoder weights: "auto" (int8 weight-only where it is faster and agrees,
         #: see :meth:`prepare_queries`), "exact", or an int8 candidate of :mod:`indexer.quant`.
         self.query_weights = query_weights
-        #: What :meth:`prepare_queries` decided (None until the first text query).
+        #: What :meth:`prepare_queries` decided (None until decided: in "auto", at the second
+        #: text query of the process or an explicit :meth:`prepare_queries`).
         self.query_choice: quant.QueryChoice | None = None
         self._query_int8: quant.QueryWeights | None = None
+        #: Where decisions are kept between processes (:mod:`indexer.query_choice_cache`);
+        #: None: measure every time (the benchmark's choice).
+        self.decision_cache: DecisionCache | None = DecisionCache()
+        self._decide_lock = threading.Lock()
+        self._text_calls = 0
         #: CPU flags the auto decision reads (None: this machine's); tests inject others.
         self.cpu_flags: frozenset[str] | None = None
 
@@ -612,7 +624,9 @@ class GmeEmbedder(EmbedderBase):
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        self.prepare_queries()
+        self._text_calls += 1
+        if self.query_choice is None:
+            self._maybe_decide(len(texts))
         if not self.prefix_cache:
             with self._query_path():
                 return self._embed(texts, [None] * len(texts), instruction)
@@ -649,21 +663,54 @@ class GmeEmbedder(EmbedderBase):
 
     def _query_path(self) -> Any:
         """Context in which text inputs use the chosen query weights (a no-op when exact)."""
-        return self._query_int8.active() if self._query_int8 is not None else _nothing()
+        weights = self._query_int8  # one read: another thread may swap it
+        return weights.active() if weights is not None else _nothing()
 
     def prepare_queries(self) -> quant.QueryChoice:
         """Decide, once, which decoder weights text queries use; returns the decision.
 
-        Why: a query is bound by reading the decoder's weights, so int8 weights (activations
-        kept in bf16/fp32, see :mod:`indexer.quant`) make it several times faster on CPUs
-        without native bf16. It is used only when, measured here on whole queries, it agrees
-        with the exact path (cosine >= 0.999 on every calibration query) and is faster; else
-        queries stay exact. Called by the first :meth:`embed_texts`; call it at start-up to
-        move that one-off cost (quantising ~1.3 B weights, a few seconds for GME-2B).
-        Pages never use it.
+        Why: a query is bound by reading the decoder's weights, so a smaller copy of them
+        (fp16 weights with float32 activations today, see :mod:`indexer.quant`) makes it
+        ~2x faster on CPUs without native bf16. A copy is used only when, measured on
+        whole calibration queries, it agrees with the exact path (cosine >= 0.999 on each)
+        and is faster, and when the memory available now holds it; else queries stay exact.
+
+        Measuring takes tens of seconds on those CPUs and building the copy ~2.6 GB and
+        several seconds for GME-2B, so: the decision is kept on disk per model, CPU and
+        torch (:mod:`indexer.query_choice_cache`) and a later process only builds the copy;
+        with ``query_weights="auto"`` the first text query of a process runs exact without
+        deciding (a one-shot ``pagelens search`` never pays) and the second decides;
+        long-lived processes (``pagelens serve``, ``pagelens mcp``, the app) call this at
+        start-up so that their first query is fast already. Thread-safe: a text query in
+        another thread meanwhile runs exact. Pages never use the copy.
         """
-        if self.query_choice is not None:
+        choice = self.query_choice
+        if choice is not None:
+            return choice
+        with self._decide_lock:
+            if self.query_choice is None:
+                self._decide()
+            assert self.query_choice is not None
             return self.query_choice
+
+    def _maybe_decide(self, n_texts: int) -> None:
+        """Decide now if this process has shown it runs more than one text query (or the
+        setting names a copy); never waits for a decision another thread is making."""
+        if self.query_weights == "auto" and self._text_calls <= 1 and n_texts <= 1:
+            _log.info(
+                "text queries: exact for this first query; the query-weights decision waits "
+                "for a second one (or prepare_queries())"
+            )
+            return
+        if self._decide_lock.acquire(blocking=False):
+            try:
+                if self.query_choice is None:
+                    self._decide()
+            finally:
+                self._decide_lock.release()
+
+    def _decide(self) -> None:
+        """The decision of :meth:`prepare_queries` (caller holds ``_decide_lock``)."""
         plan = quant.plan_query_weights(
             self.query_weights,
             device=self.device,
@@ -674,7 +721,65 @@ class GmeEmbedder(EmbedderBase):
         )
         if plan.candidates and self.compiled and self.query_weights == "auto":
             plan = quant.QueryPlan((), "model is torch.compile'd")
+        weights: quant.QueryWeights | None = None
+        if not plan.candidates:
+            choice = quant.QueryChoice(reason=plan.reason, source="plan")
+        else:
+            choice, weights = self._decide_among(plan)
+        self._query_int8, self.query_choice = weights, choice
+        _log.info(
+            "text queries: %s (%s)%s%s",
+            choice.mode,
+            choice.reason,
+            f"; measured {choice.candidates}, exact {choice.exact_s} s"
+            if choice.candidates
+            else "",
+            f"; decided by an earlier process, from {choice.cache_file}"
+            if choice.source == "cache"
+            else "",
+        )
+
+    def _decide_among(
+        self, plan: quant.QueryPlan
+    ) -> tuple[quant.QueryChoice, quant.QueryWeights | None]:
+        """A cached decision for this key, else the calibration (saved for the next
+        process); either way no copy that the free memory cannot hold."""
+        forced = self.query_weights != "auto"
+        t0 = time.perf_counter()
+        key = decision_key(
+            model_id=self.model_id,
+            fingerprint=self.fingerprint,
+            config=self.model.config.to_json_string(use_diff=False),
+            flags=quant.cpu_flags() if self.cpu_flags is None else self.cpu_flags,
+            device=self.device,
+            dtype=self.dtype,
+            candidates=plan.candidates,
+            forced=forced,
+            calibration=self.CALIBRATION_QUERIES,
+        )
+        cache = self.decision_cache
+        cached = cache.load(key) if cache is not None else None
+        n_weights = sum(
+            m.weight.numel() for m in self._text_model.modules() if isinstance(m, torch.nn.Linear)
+        )
+        if cached is not None:
+            cached.timings["cached_decision_s"] = round(time.perf_counter() - t0, 4)
+            if cached.mode == "exact":
+                return cached, None
+            short = memory_shortfall(cached.mode, n_weights)
+            if short:
+                cached.mode, cached.reason = "exact", f"{cached.reason}; {short}"
+                return cached, None
+            t1 = time.perf_counter()
+            copy = quant.QueryWeights(self._text_model, cached.mode)
+            cached.timings["prepare_s"] = round(time.perf_counter() - t1, 3)
+            return cached, copy
+        fits = tuple(c for c in plan.candidates if not memory_shortfall(c, n_weights))
+        if not fits:
+            reason = memory_shortfall(plan.candidates[0], n_weights)
+            return quant.QueryChoice(reason=f"{plan.reason}; {reason}", source="memory"), None
         calib = list(self.CALIBRATION_QUERIES)
+        built: dict[str, float] = {}
 
         def run() -> torch.Tensor:
             return torch.from_numpy(self._embed_texts_now(calib))
@@ -683,26 +788,28 @@ class GmeEmbedder(EmbedderBase):
             with weights.active():
                 return run()
 
-        self.query_choice = quant.QueryChoice(reason=plan.reason)  # re-entrancy guard
-        choice, weights = quant.choose(
-            plan,
-            run_exact=run,
-            make=lambda name: quant.QueryWeights(self._text_model, name),
-            run_with=run_with,
-            forced=self.query_weights != "auto",
-        )
-        self.query_choice, self._query_int8 = choice, weights
-        import logging
+        def make(name: str) -> quant.QueryWeights:
+            t = time.perf_counter()
+            copy = quant.QueryWeights(self._text_model, name)
+            built[name] = round(time.perf_counter() - t, 3)
+            return copy
 
-        logging.getLogger(__name__).info(
-            "text queries: %s (%s)%s",
-            choice.mode,
-            choice.reason,
-            f"; measured {choice.candidates}, exact {choice.exact_s} s"
-            if choice.candidates
-            else "",
+        t1 = time.perf_counter()
+        choice, weights = quant.choose(
+            quant.QueryPlan(fits, plan.reason),
+            run_exact=run,
+            make=make,
+            run_with=run_with,
+            forced=forced,
         )
-        return choice
+        choice.timings["calibration_s"] = round(time.perf_counter() - t1, 3)
+        if weights is not None:
+            choice.timings["prepare_s"] = built[choice.mode]
+        # a decision over fewer candidates (memory was short) is not the key's answer
+        if cache is not None and fits == plan.candidates:
+            saved = cache.store(key, choice)
+            choice.cache_file = str(saved) if saved else None
+        return choice, weights
 
     def _embed_texts_now(self, texts: list[str]) -> np.ndarray:
         """Query vectors of ``texts`` with whatever weights are active (no decision)."""
@@ -712,16 +819,17 @@ class GmeEmbedder(EmbedderBase):
         return self._forward_suffix([seq[p:] for seq in ids], kv).cpu().numpy()
 
     def set_query_weights(self, setting: str) -> quant.QueryChoice:
-        """Change the query-weights setting and decide again (drops any int8 copy)."""
+        """Change the query-weights setting and decide again now (drops any copy)."""
         if setting not in quant.QUERY_WEIGHTS:
             raise ValueError(
                 f"unknown query_weights {setting!r}; expected one of {quant.QUERY_WEIGHTS}"
             )
-        if self._query_int8 is not None:
-            self._query_int8.remove()
-        self._query_int8 = None
-        self.query_choice = None
-        self.query_weights = setting
+        with self._decide_lock:
+            if self._query_int8 is not None:
+                self._query_int8.remove()
+            self._query_int8 = None
+            self.query_choice = None
+            self.query_weights = setting
         return self.prepare_queries()
 
     def _prefix(self, instruction: str | None) -> tuple[list[int], list]:

@@ -54,6 +54,7 @@ import contextlib
 import logging
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -384,7 +385,9 @@ class QueryWeights:
             raise ValueError(f"unknown query weights {mode!r}; expected one of {CANDIDATES}")
         self.mode = mode
         self.act_dtype = act_dtype(mode)
-        self.on = False
+        # per thread: a page batch in another thread (the app's background embedding, a
+        # server's batcher, a start-up calibration) keeps the exact weights meanwhile
+        self._on = threading.local()
         self.linears: list[torch.nn.Linear] = []
         self.bytes = 0
         precise = _first_layers(root, MIX_PRECISE_LAYERS) if mode == "int8mix-bf16" else set()
@@ -421,6 +424,15 @@ class QueryWeights:
                 self.bytes += nbytes or sum(
                     t.numel() * t.element_size() for t in packed if isinstance(t, torch.Tensor)
                 )
+
+    @property
+    def on(self) -> bool:
+        """Whether the copy is in use in this thread (inside :meth:`active`)."""
+        return bool(getattr(self._on, "value", False))
+
+    @on.setter
+    def on(self, value: bool) -> None:
+        self._on.value = bool(value)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -485,12 +497,22 @@ def _lowp_forward(
 
 @dataclass
 class QueryChoice:
-    """What the self-check decided: the mode in use and the measurements behind it."""
+    """What the self-check decided: the mode in use and the measurements behind it.
+
+    ``source``: "measured" (calibrated in this process), "cache" (measured by an earlier
+    process, :mod:`indexer.query_choice_cache`; ``cache_file`` names the file), "plan"
+    (nothing to try here) or "memory" (no room for a copy). ``timings``: seconds spent
+    deciding (``calibration_s``, ``prepare_s`` to build the kept copy,
+    ``cached_decision_s`` to read a cached decision).
+    """
 
     mode: str = "exact"
     reason: str = ""
     candidates: dict[str, dict[str, float | bool]] = field(default_factory=dict)
     exact_s: float | None = None
+    source: str = "measured"
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_file: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -498,6 +520,9 @@ class QueryChoice:
             "reason": self.reason,
             "exact_s": self.exact_s,
             "candidates": self.candidates,
+            "source": self.source,
+            "timings": self.timings,
+            "cache_file": self.cache_file,
         }
 
 

@@ -25,6 +25,7 @@ from app.server.limits import (
 from app.server.named_collections import CollectionCache, resolve_collection_name
 from app.server.state import ServerState, model_names, public_model_id
 from app.server.tokens import check_item
+from app.warmup import prepare_queries_in_background
 from indexer.embedder import Embedder
 from retriever.ask import LLMSettings
 
@@ -50,6 +51,7 @@ def create_app(
     model_aliases: tuple[str, ...] = (),
     llm: LLMSettings | None = None,
     allowed_hosts: Iterable[str] | None = None,
+    prepare_queries: bool = True,
 ) -> FastAPI:
     """The API app around one embedder (see :mod:`app.server` for the endpoints).
 
@@ -62,6 +64,8 @@ def create_app(
     ports) limits the ``Host`` header a request may carry, against DNS rebinding; ``pagelens
     serve`` passes the loopback names when it binds to loopback.
     ``api_key=""`` is refused: an empty key would silently mean no authentication.
+    ``prepare_queries``: at start-up, decide the text-query weights in the background
+    (:mod:`app.warmup`), so that the first query is already on the fast path.
     """
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key must not be empty (None means no key)")
@@ -91,6 +95,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        _app.state.query_warmup = (
+            prepare_queries_in_background(embedder) if prepare_queries else None
+        )
         yield
         await run_in_threadpool(batcher.close)
         state.collections.close()
