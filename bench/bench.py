@@ -865,10 +865,34 @@ def query_weights_phase(
             out["candidates"][name] = entry
         finally:
             w.remove()
-    _log("text-query weights: what auto chooses here")
-    emb.set_query_weights("auto")
-    out["auto_choice"] = emb.prepare_queries().as_dict()
+    out.update(auto_decision_phase(emb))
     return out
+
+
+def auto_decision_phase(emb: Any) -> dict[str, Any]:
+    """What ``auto`` chooses here and what deciding costs: measured (``calibration_s``),
+    then as a later process meets it, from the decision cache (``cached_decision_s`` to
+    read it, ``prepare_s`` to build the kept copy). The cache is a temporary folder: the
+    bench always measures, and never reads or writes the user's decisions."""
+    from indexer.query_choice_cache import DecisionCache
+
+    _log("text-query weights: what auto chooses here (measured, then read back from a cache)")
+    previous = emb.decision_cache
+    try:
+        with tempfile.TemporaryDirectory(prefix="pagelens-bench-decisions-") as tmp:
+            emb.decision_cache = DecisionCache(tmp)
+            measured = emb.set_query_weights("auto")
+            cached = emb.set_query_weights("auto")  # the next process: same key, from the file
+    finally:
+        emb.decision_cache = previous
+    return {
+        "auto_choice": measured.as_dict(),
+        "auto_choice_from_cache": cached.as_dict(),
+        "calibration_s": measured.timings.get("calibration_s"),
+        "cached_decision_s": cached.timings.get("cached_decision_s"),
+        "prepare_s": cached.timings.get("prepare_s", measured.timings.get("prepare_s")),
+        "decision_cache": "temporary folder: measured once, then read back (user cache untouched)",
+    }
 
 
 def _corpus_texts(texts: list[str], n: int) -> list[str]:
@@ -1414,7 +1438,9 @@ def summary(report: dict) -> str:
     if qw:
         lines.append(
             f"  text-query weights (floor exact fp32: {qw.get('floor_s_exact')} s; "
-            f"auto here: {qw.get('auto_choice', {}).get('mode')})"
+            f"auto here: {qw.get('auto_choice', {}).get('mode')}; deciding: calibration "
+            f"{qw.get('calibration_s')} s, cached decision {qw.get('cached_decision_s')} s, "
+            f"building the copy {qw.get('prepare_s')} s)"
         )
         for name, c in qw["candidates"].items():
             agree = c.get("agreement_vs_float32", {})

@@ -293,6 +293,9 @@ def test_bench_isa_emulation_reruns_under_the_caps(tmp_path):
         assert cap["torch_cpu_capability"] == "AVX2"
     qw = report["model"]["query_weights"]
     assert set(qw["candidates"]) == {"int8-bf16"} and qw["floor_s_exact"] > 0
+    # what deciding costs (None here: the tiny model is below the size gate, nothing to try)
+    assert {"calibration_s", "cached_decision_s", "prepare_s", "auto_choice_from_cache"} <= set(qw)
+    assert qw["auto_choice"]["source"] == "plan"
 
 
 def test_depth_cut_keeps_the_width(capsys):

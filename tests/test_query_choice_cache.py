@@ -352,3 +352,22 @@ def test_the_app_model_loader_decides_after_loading():
     loader = ModelLoader("spy", loader=lambda *a, **k: spy).start()
     assert loader.wait(30) is spy
     assert spy.done.wait(30) and spy.calls == 1
+
+
+def test_the_bench_measures_deciding_without_the_users_cache(tiny_model_dir, avx2, tmp_path):
+    """`pagelens bench` reports calibration, cached-decision and copy-building times; it
+    always measures (a temporary cache) and leaves the user's decisions alone."""
+    from bench.bench import auto_decision_phase
+
+    load(tiny_model_dir).prepare_queries()  # the user's own cached decision
+    before = {p: p.read_bytes() for p in cache_files(tmp_path)}
+    emb = load(tiny_model_dir)
+    own = emb.decision_cache
+    got = auto_decision_phase(emb)
+    assert got["auto_choice"]["source"] == "measured" and got["calibration_s"] > 0
+    assert got["auto_choice_from_cache"]["source"] == "cache"
+    assert got["auto_choice_from_cache"]["mode"] == got["auto_choice"]["mode"]
+    assert got["cached_decision_s"] >= 0
+    assert got["auto_choice"]["cache_file"] != str(next(iter(before)))
+    assert {p: p.read_bytes() for p in cache_files(tmp_path)} == before
+    assert emb.decision_cache is own
