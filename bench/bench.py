@@ -253,6 +253,20 @@ def device_info(device: str) -> dict:
     }
 
 
+def _native_bf16() -> bool:
+    """Whether this CPU (after any ISA cap, see ``--isa``) has bf16 matmul instructions.
+
+    Why: without them torch's bf16 matmul falls back to a scalar loop; its "peak" is not a
+    peak of anything the app runs (the auto dtype is float32 there), and at n=1024 it took
+    over 20 minutes under the AVX2 caps.
+    """
+    import torch
+
+    from indexer import quant
+
+    return torch.backends.mkldnn.is_available() and quant.has_native_bf16(quant.cpu_flags())
+
+
 def matmul_peak(n: int, dtypes: list[str], reps: int = 3, device: str = "cpu") -> dict:
     """Measured dense matmul GFLOP/s (n x n x n, median of ``reps``) per dtype."""
     import torch
@@ -1527,7 +1541,7 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
     with tempfile.TemporaryDirectory() as tmp:
         if not cfg.skip_model:
             dtypes = ["float32"]
-            if cfg.device != "cpu" or torch.backends.mkldnn.is_available():
+            if cfg.device != "cpu" or _native_bf16():
                 dtypes.append("bfloat16")
             report["matmul_peak"] = matmul_peak(cfg.peak_n, dtypes, device=cfg.device)
             report["memory_bandwidth"] = memory_bandwidth(
