@@ -696,7 +696,12 @@ class GmeEmbedder(EmbedderBase):
     def _maybe_decide(self, n_texts: int) -> None:
         """Decide now if this process has shown it runs more than one text query (or the
         setting names a copy); never waits for a decision another thread is making."""
-        if self.query_weights == "auto" and self._text_calls <= 1 and n_texts <= 1:
+        if (
+            self.query_weights == "auto"
+            and self._text_calls <= 1
+            and n_texts <= 1
+            and self._plan().candidates  # else deciding costs nothing: do it now
+        ):
             _log.info(
                 "text queries: exact for this first query; the query-weights decision waits "
                 "for a second one (or prepare_queries())"
@@ -709,8 +714,8 @@ class GmeEmbedder(EmbedderBase):
             finally:
                 self._decide_lock.release()
 
-    def _decide(self) -> None:
-        """The decision of :meth:`prepare_queries` (caller holds ``_decide_lock``)."""
+    def _plan(self) -> quant.QueryPlan:
+        """The candidates this model, setting and CPU allow (no measuring)."""
         plan = quant.plan_query_weights(
             self.query_weights,
             device=self.device,
@@ -721,6 +726,11 @@ class GmeEmbedder(EmbedderBase):
         )
         if plan.candidates and self.compiled and self.query_weights == "auto":
             plan = quant.QueryPlan((), "model is torch.compile'd")
+        return plan
+
+    def _decide(self) -> None:
+        """The decision of :meth:`prepare_queries` (caller holds ``_decide_lock``)."""
+        plan = self._plan()
         weights: quant.QueryWeights | None = None
         if not plan.candidates:
             choice = quant.QueryChoice(reason=plan.reason, source="plan")

@@ -5,6 +5,7 @@ for the copy is not there. Tiny model; an AVX2-only CPU is injected."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 import numpy as np
@@ -67,7 +68,7 @@ def cache_files(tmp_path):
     return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
 
-def test_a_second_process_reads_the_decision(tiny_model_dir, avx2, spies, tmp_path):
+def test_a_second_process_reads_the_decision(tiny_model_dir, avx2, spies, tmp_path, caplog):
     first = load(tiny_model_dir).prepare_queries()
     assert first.source == "measured" and first.candidates and "calibration_s" in first.timings
     assert spies["choose"] == 1 and spies["exact_runs"] > 0
@@ -79,7 +80,9 @@ def test_a_second_process_reads_the_decision(tiny_model_dir, avx2, spies, tmp_pa
 
     spies.update(choose=0, exact_runs=0, copies=0)
     again = load(tiny_model_dir)  # a new embedder over the same weights: what a process loads
-    second = again.prepare_queries()
+    with caplog.at_level(logging.INFO, logger="indexer.gme"):
+        second = again.prepare_queries()
+    assert f"decided by an earlier process, from {path}" in caplog.text  # what -v shows
     assert spies["choose"] == 0 and spies["exact_runs"] == 0  # no calibration at all
     assert second.source == "cache" and second.cache_file == str(path)
     assert (second.mode, second.exact_s) == (first.mode, first.exact_s)
@@ -163,6 +166,11 @@ def test_one_text_query_never_decides(tiny_model_dir, avx2, spies):
     np.testing.assert_allclose(first, ref, atol=1e-6)
     emb.embed_queries(["revenue by region"])
     assert emb.query_choice is not None and spies["choose"] == 1
+    # with nothing to try (native bf16 here) the first query decides at once: it costs nothing
+    bf16 = load(tiny_model_dir)
+    bf16.cpu_flags = AVX2_ONLY | {"avx512f", "avx512_bf16"}
+    bf16.embed_queries(["churn in 2023"])
+    assert bf16.query_choice is not None and bf16.query_choice.source == "plan"
     # an explicit setting decides at once, as before
     eager = load(tiny_model_dir, query_weights="fp16")
     eager.embed_queries(["churn in 2023"])
