@@ -502,16 +502,20 @@ class BenchConfig:
 
 
 def _build(cfg: BenchConfig, dtype: str, **options: Any):
-    """A fresh embedder: the given weights, or random ones of ``cfg.size``."""
+    """A fresh embedder: the given weights, or random ones of ``cfg.size``; it neither
+    reads nor writes the user's query-weights decisions (the bench measures)."""
     if cfg.model:
         from indexer.gme import load_embedder
 
-        return load_embedder(cfg.model, device=cfg.device, dtype=dtype, **options)
-    if cfg.depth:
-        return _build_cut(cfg, dtype, **options)
-    from indexer.random_model import random_embedder
+        emb = load_embedder(cfg.model, device=cfg.device, dtype=dtype, **options)
+    elif cfg.depth:
+        emb = _build_cut(cfg, dtype, **options)
+    else:
+        from indexer.random_model import random_embedder
 
-    return random_embedder(cfg.size, seed=cfg.seed, device=cfg.device, dtype=dtype, **options)
+        emb = random_embedder(cfg.size, seed=cfg.seed, device=cfg.device, dtype=dtype, **options)
+    emb.decision_cache = None
+    return emb
 
 
 def _build_cut(cfg: BenchConfig, dtype: str, **options: Any) -> Any:
@@ -563,7 +567,7 @@ def _build_text_only(cfg: BenchConfig) -> Any:
         model = Qwen2VLForConditionalGeneration(config)
     rm._randomize_fast_(model, std=rm._INIT_STD[cfg.size], seed=cfg.seed)
     model.tie_weights()
-    return GmeEmbedder(
+    emb = GmeEmbedder(
         model.eval(),
         rm.build_tokenizer(),
         rm._make_image_processor(),
@@ -571,6 +575,8 @@ def _build_text_only(cfg: BenchConfig) -> Any:
         device=cfg.device,
         query_weights="exact",
     )
+    emb.decision_cache = None  # the bench measures; never the user's decisions
+    return emb
 
 
 def run_queries_only(cfg: BenchConfig, report: dict, texts: list[str]) -> None:

@@ -36,8 +36,9 @@ bytes do not by themselves mean faster: which candidate wins is measured
 (:data:`AUTO_ORDER` holds the order measured on AVX2).
 
 Only text inputs take this path (queries); pages keep the exact weights, so a copy is extra
-memory (1.3-2.6 GB for GME-2B), made on the first text query by
-:meth:`indexer.gme.GmeEmbedder.prepare_queries`, which keeps a candidate only if, measured
+memory (1.3-2.6 GB for GME-2B), made by :meth:`indexer.gme.GmeEmbedder.prepare_queries`
+(at a server's start-up or a process's second text query; the decision is kept on disk,
+:mod:`indexer.query_choice_cache`), which keeps a candidate only if, measured
 there on whole queries, it agrees with the exact path (cosine >= :data:`MIN_QUERY_COSINE`)
 and is faster. CPU features are read at run time (:func:`cpu_flags`, injectable): ``auto``
 tries candidates only on x86 CPUs with AVX2/AVX-512 and **without** native bf16 (those run
