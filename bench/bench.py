@@ -1664,7 +1664,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         "--queries-only",
         action="store_true",
         help="text queries only: exact fp32 vs the query-weight candidates, full-size decoder "
-        "with a one-block vision tower (~6 GB), no page phases",
+        "with a one-block vision tower (~6 GB); no page, vector-index or Ray phases",
     )
     p.add_argument(
         "--isa",
@@ -1756,7 +1756,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         isa=a.isa,
         compile=a.compile,
         skip_model=a.skip_model,
-        skip_vectors=a.skip_vectors,
+        skip_vectors=a.skip_vectors or a.queries_only,
         queries=a.queries,
         corpus=a.corpus,
         query_collection=a.query_collection,
@@ -1770,7 +1770,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         around=a.peak_around,
         depth=_depth(a.depth, p.error, a.model) if a.depth else None,
         pdf=a.pdf,
-        ray_actors=_ints(a.ray_actors),
+        ray_actors=[] if a.queries_only else _ints(a.ray_actors),
         ray_pages=a.ray_pages,
         ray_tokens=a.ray_tokens,
         ray_size=a.ray_size,

@@ -324,3 +324,14 @@ def test_depth_cut_keeps_the_width(capsys):
         with pytest.raises(SystemExit):
             parse_args(bad)
     assert "--depth" in capsys.readouterr().err
+
+
+def test_queries_only_runs_no_vector_or_ray_phase():
+    """``--queries-only`` is what it says: without it the defaults build 1M-vector indexes and
+    start Ray, which held a queries run for many minutes."""
+    from bench.bench import parse_args
+
+    cfg = parse_args(["--queries-only"])
+    assert cfg.skip_vectors and cfg.ray_actors == []
+    full = parse_args([])
+    assert not full.skip_vectors and full.ray_actors == [1, 2]
