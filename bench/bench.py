@@ -681,6 +681,10 @@ def page_kernels(emb: Any) -> dict:
         + ", per image",
         "vision_forward": "indexer.page_kernels " + "+".join(fast) if fast else "transformers",
         "decoder_attention": flash + ", causal",
+        # process-wide: the recipe rows of a run share it (indexer.cpu_heap)
+        "heap": "glibc, freed buffers reused (indexer.cpu_heap)"
+        if getattr(emb, "heap_reuse", False)
+        else "allocator default",
     }
 
 

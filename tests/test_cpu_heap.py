@@ -1,0 +1,75 @@
+"""indexer.cpu_heap: freed large buffers are reused instead of mapped and zeroed again."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from indexer import cpu_heap
+
+ROOT = Path(__file__).resolve().parent.parent
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+# Allocate, touch and free a 64 MiB tensor 12 times; count the minor page faults, before and
+# after keep_freed_memory(), in a fresh process (the setting is process-wide).
+_PROBE = """
+import json, resource, sys, torch
+from indexer import cpu_heap
+
+def faults():
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(12):
+        torch.empty(16 * 2**20).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+
+faults()  # warm-up: torch's own first allocations
+before = faults()
+on = cpu_heap.keep_freed_memory()
+faults()  # the heap grows once
+after = faults()
+print(json.dumps({"on": on, "before": before, "after": after}))
+"""
+
+
+def _probe(**env: str) -> dict:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    full.pop("GLIBC_TUNABLES", None)
+    full.update(env, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=full, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's allocator only")
+def test_freed_buffers_are_reused_not_faulted_in_again():
+    got = _probe()
+    assert got["on"] is True
+    # 12 x 64 MiB of 4 KiB pages faulted in without it (~196k); almost none with it
+    assert got["before"] > 12 * 16 * 2**20 * 4 // 4096 // 2, got
+    assert got["after"] < got["before"] // 20, got
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's allocator only")
+def test_user_tuning_of_malloc_is_left_alone():
+    got = _probe(MALLOC_ARENA_MAX="2")
+    assert got["on"] is False
+    assert got["after"] > got["before"] // 2, got  # still the default behaviour
+
+
+def test_what_counts_as_user_tuning():
+    assert cpu_heap._user_tunes({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"})
+    assert cpu_heap._user_tunes({"MALLOC_TRIM_THRESHOLD_": "0"})
+    assert not cpu_heap._user_tunes({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2"})
+    assert not cpu_heap._user_tunes({"MALLOC_ARENA_MAX": ""})
+
+
+def test_cpu_embedder_turns_it_on(tiny_embedder):
+    assert tiny_embedder.heap_reuse is GLIBC
