@@ -383,3 +383,35 @@ def test_two_machines_index_into_one_s3_backed_collection_at_once(spec, bucket, 
     result = _cli("--collection", plain, "check", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["ok"], result.output
     store.close()
+
+
+def test_serve_page_image_with_the_store_down_is_503_without_its_location(
+    spec, bucket, s3, tmp_path
+):
+    """``GET /v1/pages/{id}/image`` of a bucket-backed collection whose store does not
+    answer: 503 ``collection_unavailable`` (the client may retry), not a 500 crash, and the
+    body names neither the bucket nor the Milvus server."""
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+    from app.server.named_collections import make_resolver
+
+    _index_fake(spec, [make_text_pdf(tmp_path / "a.pdf", TOPICS[:1])])
+    store = open_collection(spec, create=False)
+    (page_id,) = store.page_ids()
+    store.close()
+    app = create_app(FakeEmbedder(), collection_resolver=make_resolver(spec))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        s3.proxy.fail()
+        try:
+            response = client.get(f"/v1/pages/{page_id}/image")
+        finally:
+            s3.proxy.resume()
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "collection_unavailable"
+        assert "failed while reading" in error["message"]
+        assert bucket not in error["message"] and "127.0.0.1" not in error["message"]
+        assert error["message"].startswith("The collection's image store failed while reading")
+        again = client.get(f"/v1/pages/{page_id}/image")  # the store is back
+        assert again.status_code == 200 and again.content.startswith(b"\x89PNG")

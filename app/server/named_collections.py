@@ -48,6 +48,10 @@ def resolve_collection_name(name: str | None) -> Path:
     return path
 
 
+#: Any URL left in a message of a Milvus collection (a client library's endpoint URL).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
+
+
 def milvus_key(spec: str) -> str:
     """A Milvus address without its options, spelled one way (lower-case scheme and host)."""
     from indexer.stores.milvus import MilvusAddress
@@ -139,7 +143,14 @@ class CollectionCache:
 
             address = MilvusAddress.parse(str(spec))
             message = message.replace(str(spec), label).replace(address.spec, label)
-            return message.replace(f"{address.host}:{address.port}", "the collection's server")
+            store = self._open.get(spec)  # no lock: get() calls this while holding it
+            images = getattr(store, "image_location", None)  # a folder, or s3://bucket/...
+            if images:
+                message = message.replace(f"Image store {images}", "The collection's image store")
+                message = message.replace(str(images), "the collection's image store")
+            message = message.replace(f"{address.host}:{address.port}", "the collection's server")
+            # what a client library adds (an S3 endpoint URL with the bucket and key) too
+            return _URL.sub("(an address of the server's)", message)
         for folder in sorted({str(path / CATALOG), str(path.resolve() / CATALOG)}, key=len)[::-1]:
             message = message.replace(folder, f"the catalog of collection {label}")
         for folder in sorted({str(path), str(path.resolve())}, key=len, reverse=True):

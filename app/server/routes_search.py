@@ -120,13 +120,14 @@ def page_image(
         if not 0 <= page_id <= MAX_ID:  # SQLite integers end at 2**63 - 1
             raise DocumentNotFoundError(f"No page {page_id} in collection {store.location}.")
         page = store.page(page_id)
+        # a bucket-backed store downloads the image here: its failure is a CollectionError too
+        path = store.image_path(page).resolve()
     except DocumentNotFoundError as exc:
         message = state.collections.scrub(str(exc), collection)
         raise ApiError(404, message, param="page_id", code="page_not_found") from exc
-    except CollectionError as exc:  # the collection's (Milvus) server failed
+    except CollectionError as exc:  # the collection's (Milvus) server or image store failed
         message = state.collections.scrub(str(exc), collection)
         raise ApiError(503, message, code="collection_unavailable") from exc
-    path = store.image_path(page).resolve()
     root = getattr(store, "path", None)  # a local collection: only files inside its folder
     inside = root is None or Path(root).resolve() in path.parents
     if not inside or not path.is_file():
