@@ -80,6 +80,34 @@ def test_bad_addresses_are_clear_errors(milvus_server):
         open_collection(f"milvus://{milvus_server.address}/never_made", create=False)
 
 
+def test_a_failed_open_closes_its_channel_and_records_no_image_store(
+    milvus_server, monkeypatch, tmp_path
+):
+    """An open that fails after connecting (here: an image store location fsspec cannot
+    open) closes its dedicated gRPC channel (``pagelens serve`` and the app open again on
+    every request) and records nothing: the next open does not inherit the bad location."""
+    from pymilvus import MilvusClient
+
+    closed: list[object] = []
+    real_close = MilvusClient.close
+
+    def close(self) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(MilvusClient, "close", close)
+    spec = f"milvus://{milvus_server.address}/t_{uuid.uuid4().hex[:12]}"
+    with pytest.raises(CollectionError, match="Cannot open the image store nosuch://"):
+        open_collection(spec + "?images=nosuch://bucket/pages")
+    assert len(closed) == 1
+    store = open_collection(spec)  # no ?images=: the default location, not the bad one
+    try:
+        assert store.meta("image_store") != "nosuch://bucket/pages"
+    finally:
+        store.drop()
+        store.close()
+
+
 def test_migration_round_trip_gives_identical_results(milvus_server, tmp_path):
     files = [
         make_text_pdf(tmp_path / "a.pdf", TOPICS[:4]),

@@ -280,6 +280,18 @@ class MilvusCollection(ModelBinding):
         self._meta_cache: dict[str, str] = {}
         self._pages_ready = False
         self.client = self._connect()
+        try:
+            self._open(create=create, model_id=model_id, dim=dim)
+        except BaseException:
+            # A failure after connecting (server gone, no such collection, a bad image
+            # store) must not leave the dedicated channel open: a long-lived process (the
+            # app, `pagelens serve`) tries again on every request.
+            self.close()
+            raise
+
+    def _open(self, *, create: bool, model_id: str | None, dim: int | None) -> None:
+        """Find (or create) the three Milvus collections and the image store."""
+        address = self.address
         name = address.name
         self.pages_name, self.docs_name, self.meta_name = (
             f"{name}_pages",
@@ -289,7 +301,6 @@ class MilvusCollection(ModelBinding):
         has = self.client.has_collection
         exists = self._call("listing collections", has, self.meta_name)
         if not exists and not create:
-            self.client.close()
             raise CollectionNotFoundError(f"No collection {address.spec}.")
         # Documents first, meta last: a meta collection means the rest exists (another
         # process may be creating it this very moment; creation tolerates that race).
@@ -527,9 +538,10 @@ class MilvusCollection(ModelBinding):
         explicit = self.address.images or os.environ.get(IMAGES_ENV)
         recorded = self.meta("image_store")
         location = explicit or recorded or str(self.work_dir / "images")
-        if recorded is None:
+        images = open_images(location, self.work_dir, timeout=self.timeout)
+        if recorded is None:  # only a location that opens: every later process reads it
             self._set_meta({"image_store": location})
-        return open_images(location, self.work_dir, timeout=self.timeout)
+        return images
 
     # -- meta ----------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
