@@ -233,7 +233,7 @@ def _scan(
         _check_faiss(local, good, store.dim, add)
     missing_images, orphan_files = _check_images(store, docs, pages, add)
     orphan_rows, stuck, failed, count_mismatch = _check_documents(store, docs, pages, add)
-    elsewhere = bool(pages) and len(missing_images) == len(pages) and not local
+    elsewhere = local is None and bool(pages) and len(missing_images) == len(pages)
     return _Scan(
         report,
         docs,
