@@ -1490,7 +1490,8 @@ def summary(report: dict) -> str:
         lines.append(
             f"  indexing {r['pages']} pages: RSS +{r['rss_growth_mib']} MiB "
             f"(bound: one batch of images {r.get('one_batch_of_images_mib')} + vectors "
-            f"{r.get('vectors_mib')} + SQLite cache {r.get('sqlite_cache_mib')} + fixed "
+            f"{r.get('vectors_mib')} + SQLite cache {r.get('sqlite_cache_mib')} + read-ahead "
+            f"{r.get('read_ahead_mib')} + fixed "
             f"{r.get('fixed_mib')} = {r.get('bound_mib')} MiB)"
         )
     if "remote" in report:

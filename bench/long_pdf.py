@@ -31,13 +31,16 @@ ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
 #: Pillow keeps an RGB image as 32-bit pixels (RGBX), so a decoded page costs 4 bytes a pixel.
 PIL_BYTES_PER_PIXEL = 4
-#: What the indexer holds besides the decoded batch and the vectors, all independent of the
-#: page count: the PNG bytes of the batch being embedded and of the next one read ahead
-#: (~0.3 MiB each at 1280 tokens), one page being rendered in the pages phase (MuPDF's
-#: pixmap and the image made from it), the 16 encoded pages of a commit, the allocator's
-#: rounding. Measured: 1.5-2.5 MiB over the images during a batch; 4 MiB leaves headroom
-#: for the noise of a shared machine without hiding a second batch (15 MiB at 1280 tokens).
+#: What the indexer holds besides the decoded batch, the vectors, SQLite's page cache and the
+#: encoded batch read ahead, all independent of the page count: the Python objects and
+#: buffers of the vectors phase (rows, the thread that reads ahead, SQLite's statements),
+#: the allocator's rounding. Measured (120-2,000 pages, light and text-heavy): 1-2.5 MiB;
+#: 4 MiB leaves headroom for the noise of a shared machine without hiding a second batch
+#: (15 MiB at 1280 tokens) or a second copy of the vectors.
 FIXED_MIB = 4.0
+#: The batch read ahead is held as PNG bytes, allocated by the reading thread, whose own
+#: malloc arena also holds the previous batch's freed bytes: two batches of encoded pages.
+READ_AHEAD_BATCHES = 2
 
 
 def _status(field: str) -> float:
@@ -129,11 +132,14 @@ def child(
         report = indexer.add([Path(pdf)], progress=progress)
         peak = _status("VmHWM")
         anon_growth = anon.stop()
-        sizes = sorted({(p.width, p.height) for p in store.pages(with_text=False)[:3]})
+        stored = store.pages(with_text=False)
+        sizes = sorted({(p.width, p.height) for p in stored[:3]})
+        png_max = max((store.image_path(p).stat().st_size for p in stored), default=0)
     return {
         "pages_embedded": report.pages_embedded + report.pages_reused,
         "seconds": report.seconds,
         "page_sizes": sizes,
+        "png_max_bytes": png_max,
         "sqlite_cache_bytes": -cache * 1024 if cache < 0 else cache * page_size,
         "rss_start_mib": start,
         "rss_peak_mib": peak,
@@ -145,16 +151,25 @@ def child(
 
 
 def bound(
-    *, pages: int, batch: int, page_size: tuple[int, int], dim: int, sqlite_cache_bytes: int
+    *,
+    pages: int,
+    batch: int,
+    page_size: tuple[int, int],
+    dim: int,
+    sqlite_cache_bytes: int,
+    png_bytes: int = 0,
 ) -> dict[str, float]:
     """The terms of the bound in MiB: one batch of decoded pages, the vectors (the FAISS
-    cache holds them as float32), SQLite's page cache (fixed: ``PRAGMA cache_size``) and
-    :data:`FIXED_MIB`."""
+    cache holds them as float32), SQLite's page cache (fixed: ``PRAGMA cache_size``), the
+    encoded batch read ahead (:data:`READ_AHEAD_BATCHES` batches of the largest stored
+    page, ``png_bytes``) and :data:`FIXED_MIB`. None grows with the page count but the
+    vectors."""
     w, h = page_size
     terms = {
         "one_batch_of_images_mib": batch * w * h * PIL_BYTES_PER_PIXEL / MIB,
         "vectors_mib": pages * dim * 4 / MIB,
         "sqlite_cache_mib": sqlite_cache_bytes / MIB,
+        "read_ahead_mib": READ_AHEAD_BATCHES * batch * png_bytes / MIB,
         "fixed_mib": FIXED_MIB,
     }
     terms["bound_mib"] = sum(terms.values())
@@ -205,6 +220,7 @@ def measure(
         page_size=(w, h),
         dim=dim,
         sqlite_cache_bytes=out["sqlite_cache_bytes"],
+        png_bytes=out["png_max_bytes"],
     )
     return {
         "pages": pages,

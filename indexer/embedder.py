@@ -219,6 +219,11 @@ class FakeEmbedder(EmbedderBase):
         return row
 
     def _image_row(self, image: Image.Image) -> np.ndarray:
+        # Shrunk before greyed (both are linear, so the thumbnail is the same up to rounding):
+        # a full-page greyscale copy would be 1 MiB of the fake's own working memory at GME's
+        # budget, counted against the indexer by the long-PDF memory bench (issue #16).
+        if image.mode in ("RGB", "L"):
+            image = image.resize((16, 16))
         grey = np.asarray(image.convert("L").resize((16, 16)), dtype=np.float32) / 255.0
         return (grey.reshape(-1) - 0.5) @ self._image_proj + 1e-3
 

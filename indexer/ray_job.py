@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 #: ``--ray`` spellings besides a cluster address (``host:port`` or ``ray://host:port``).
 LOCAL = "local"
 AUTO = "auto"
+#: Pending pages left by an earlier run are queued from their rows read this many at a time
+#: (ids first): what the queue keeps is an id and an image hash per page, not its text.
+_ROWS_AT_ONCE = 500
 _ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
 
@@ -331,7 +334,9 @@ class _Item:
     """Pages whose image bytes are identical: one model input, one vector for all."""
 
     sha: str
-    pages: list[tuple[int, int, Any]] = field(default_factory=list)  # (page id, doc id, Page)
+    #: (page id, document id): rows and image bytes are read when the batch is sent, so a
+    #: long queue holds ids and a hash per page, not every row with its text layer.
+    pages: list[tuple[int, int]] = field(default_factory=list)
 
 
 class EmbedPool:
@@ -662,16 +667,16 @@ class RayIndexer:
         render_total = sum(len(n) for _, n in renders)
         waiting: OrderedDict[str, _Item] = OrderedDict()  # by image sha, in arrival order
         inflight_sha: dict[str, _Item] = {}
-        earlier = store.pending_pages() if embed else []  # pages an earlier run left pending
-        for page in earlier:
-            self._queue(
-                waiting,
-                inflight_sha,
-                page.id,
-                page.document_id,
-                page,
-                page.image_sha256,
-            )
+        earlier = store.page_ids(embedded=False) if embed else []  # left by an earlier run
+        for start in range(0, len(earlier), _ROWS_AT_ONCE):  # their rows a chunk at a time
+            chunk = earlier[start : start + _ROWS_AT_ONCE]
+            rows = store.pages_by_id(chunk)
+            for pid in chunk:
+                if pid in rows:
+                    self._queue(
+                        waiting, inflight_sha, pid, rows[pid].document_id, rows[pid].image_sha256
+                    )
+            del rows
         meter = _Meter(embed, render_total, len(earlier) + render_total, progress)
         meter.report()
 
@@ -740,15 +745,7 @@ class RayIndexer:
         if embed:
             rows = self.store.pages_by_id(ids)
             for pid in ids:
-                page = rows[pid]
-                self._queue(
-                    waiting,
-                    inflight_sha,
-                    pid,
-                    doc.id,
-                    page,
-                    page.image_sha256,
-                )
+                self._queue(waiting, inflight_sha, pid, doc.id, rows[pid].image_sha256)
         doc.chunks_left -= 1
         if doc.chunks_left == 0:
             self._finish_doc(doc, report, on_file)
@@ -785,11 +782,11 @@ class RayIndexer:
             on_file(file)
 
     @staticmethod
-    def _queue(waiting, inflight_sha, page_id, doc_id, page, sha) -> None:
+    def _queue(waiting, inflight_sha, page_id: int, doc_id: int, sha: str) -> None:
         item = inflight_sha.get(sha) or waiting.get(sha)
         if item is None:
             item = waiting[sha] = _Item(sha)
-        item.pages.append((page_id, doc_id, page))
+        item.pages.append((page_id, doc_id))
 
     def _dispatch(self, waiting, inflight_sha, docs, embed_jobs, load, report, meter) -> None:
         """Send batches to actors with room; reuse stored vectors of identical images."""
@@ -798,7 +795,6 @@ class RayIndexer:
         for actor in list(self.actors):
             while waiting and load.get(actor, 0) < self.options.batches_per_actor:
                 batch: list[_Item] = []
-                pngs: list[bytes] = []
                 while waiting and len(batch) < self.batch_size:
                     sha, item = waiting.popitem(last=False)
                     item.pages = [p for p in item.pages if not _dead(docs, p[1])]
@@ -811,9 +807,9 @@ class RayIndexer:
                         report.pages_reused += len(ids)
                         meter.embedded(len(ids))
                         continue
-                    pngs.append(_image_bytes(store, item.pages[0][2]))
                     batch.append(item)
                     inflight_sha[sha] = item
+                batch, pngs = _read_images(store, batch, inflight_sha)
                 if not batch:
                     break
                 if self.worker_spec:  # the actor writes; it is told which pages get what
@@ -848,7 +844,7 @@ class RayIndexer:
         ids, rows = [], []
         for item, vector in zip(items, result, strict=True):
             inflight_sha.pop(item.sha, None)
-            for page_id, _doc, _png in item.pages:
+            for page_id, _doc in item.pages:
                 ids.append(page_id)
                 rows.append(vector)
         if ids:
@@ -865,16 +861,35 @@ class RayIndexer:
         stale = []
         for item in items:
             inflight_sha.pop(item.sha, None)
-            for page_id, doc_id, page in item.pages:
+            for page_id, doc_id in item.pages:
                 if _dead(docs, doc_id):
                     stale.append(page_id)
                 elif page_id not in written:
-                    self._queue(waiting, inflight_sha, page_id, doc_id, page, item.sha)
+                    self._queue(waiting, inflight_sha, page_id, doc_id, item.sha)
         if stale:
             self.store.remove_pages(stale)
         report.pages_embedded += len(items)
         report.pages_reused += len(written) - len(items)
         meter.embedded(len(written))
+
+
+def _read_images(
+    store: Any, batch: list[_Item], inflight_sha: dict[str, _Item]
+) -> tuple[list[_Item], list[bytes]]:
+    """The PNG bytes of a batch about to be sent: one image per item, read from the row of
+    its first page (rows fetched now, for this batch only). An item none of whose pages is
+    stored any more (removed meanwhile) is dropped."""
+    rows = store.pages_by_id([pid for item in batch for pid, _doc in item.pages])
+    kept: list[_Item] = []
+    pngs: list[bytes] = []
+    for item in batch:
+        page = next((rows[pid] for pid, _doc in item.pages if pid in rows), None)
+        if page is None:
+            inflight_sha.pop(item.sha, None)
+            continue
+        kept.append(item)
+        pngs.append(_image_bytes(store, page))
+    return kept, pngs
 
 
 def _image_bytes(store: Any, page: Any) -> bytes:

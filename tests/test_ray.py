@@ -17,7 +17,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from indexer import load_embedder  # noqa: E402
+from indexer import load_embedder, ray_job  # noqa: E402
 from indexer.errors import PageLensError  # noqa: E402
 from indexer.integrity import check  # noqa: E402
 from indexer.pages import RenderSettings  # noqa: E402
@@ -234,7 +234,7 @@ def test_milvus_collection_gets_its_vectors_from_the_actors(
         store.close()
 
 
-def test_text_only_on_ray_then_vectors_later(pool, reference, inputs, tmp_path):
+def test_text_only_on_ray_then_vectors_later(pool, reference, inputs, tmp_path, monkeypatch):
     """``index --ray ... --text-only``: pages and text now (no actors), vectors on a later run."""
     store = Collection(tmp_path / "ray")
     with RayIndexer(store, settings=SETTINGS) as job:  # no pool is started for text only
@@ -242,9 +242,17 @@ def test_text_only_on_ray_then_vectors_later(pool, reference, inputs, tmp_path):
         assert job.pool.actors == []
     assert first.pages_stored == 14 and first.pending == 14 and first.pages_embedded == 0
     assert store.search_text("waggle dance", 3)  # text search works before any vector
+    # Pending rows are read ids first, then a chunk (queueing) or a batch (sending) at a time,
+    # as the in-process indexer reads them: never all of them with their text layer at once.
+    reads: list[int] = []
+    by_id = store.pages_by_id
+    monkeypatch.setattr(store, "pages_by_id", lambda ids: reads.append(len(ids)) or by_id(ids))
+    monkeypatch.setattr(store, "pending_pages", lambda *a, **k: pytest.fail("all rows read"))
+    monkeypatch.setattr(ray_job, "_ROWS_AT_ONCE", 4)
     with RayIndexer(store, pool=pool, settings=SETTINGS, batch_size=2) as job:
         later = job.add(inputs)
     assert later.pages_stored == 0 and later.pages_embedded + later.pages_reused == 14
+    assert sum(reads) >= 14 and max(reads) <= 4, reads  # 2 images, each of at most 2 pages
     _assert_clean(store, 14)
     local = Collection(tmp_path / "local")
     Indexer(local, reference, settings=SETTINGS).add(inputs)

@@ -85,6 +85,8 @@ class FaissCache:
             if index is not None:
                 keep = [i for i, pid in enumerate(page_ids) if int(pid) in present]
                 ids = [int(page_ids[i]) for i in keep]
+                if len(index) + len(ids) > index.room:
+                    self._make_room(index, len(ids))
                 existing = np.isin(np.asarray(ids, np.int64), index.ids())
                 if len(ids) and np.any(existing):
                     index.remove([i for i, e in zip(ids, existing, strict=True) if e])
@@ -95,6 +97,18 @@ class FaissCache:
                     self._rebuild_as("ivf")
         if self._unsaved >= 256:
             self.flush()
+
+    def _make_room(self, index: VectorIndex, adding: int) -> None:
+        """Grow the FAISS cache once to hold every page of the catalog (embedded or still
+        pending, up to where it turns approximate), instead of batch by batch.
+
+        Why: a flat index growing by itself doubles its buffer, holding the old and the new
+        one at once while it copies (see :meth:`VectorIndex.reserve`); growing it to the
+        size the vectors phase will reach takes their memory once, so indexing a long PDF
+        peaks at one batch of pages plus the vectors, never plus a second copy of them."""
+        row = self._one("SELECT COUNT(*) FROM pages")
+        pages = int(row[0]) if row else 0
+        index.reserve(max(len(index) + adding, min(pages, APPROX_THRESHOLD + 1)))
 
     def clear_vectors(self, page_ids: Sequence[int]) -> None:
         """Mark pages as not embedded (they will be embedded again)."""
