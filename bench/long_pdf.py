@@ -34,7 +34,7 @@ PIL_BYTES_PER_PIXEL = 4
 #: What the indexer holds besides the decoded batch, the vectors, SQLite's page cache and the
 #: encoded batch read ahead, all independent of the page count: the Python objects and
 #: buffers of the vectors phase (rows, the thread that reads ahead, SQLite's statements),
-#: the allocator's rounding. Measured (120-2,000 pages, light and text-heavy): 1-2.5 MiB;
+#: the allocator's rounding. Measured (130-2,000 pages, light and text-heavy): 1.5-2.5 MiB;
 #: 4 MiB leaves headroom for the noise of a shared machine without hiding a second batch
 #: (15 MiB at 1280 tokens) or a second copy of the vectors.
 FIXED_MIB = 4.0

@@ -145,3 +145,34 @@ def test_fake_embedder_without_shape_gets_a_capped_batch():
     choice = memory.auto_batch_size(FakeEmbedder(), available=GIB)
     assert choice.size == memory.MAX_AUTO_BATCH and choice.page_bytes == 0
     assert np.isfinite(choice.available_bytes)
+
+
+def test_cli_says_the_batch_it_chose_at_verbose(tiny_model_dir, make_pdf, tmp_path):
+    """``pagelens -v index`` names the batch size it picked and the figures behind it."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    pdf = make_pdf("doc.pdf", ["page one", "page two"])
+    env = {
+        **os.environ,
+        "PAGELENS_MODEL": str(tiny_model_dir),
+        "PAGELENS_IMAGE_TOKENS": "16",
+        "PAGELENS_COLLECTION": str(tmp_path / "col"),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "-v", "index", str(pdf)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = [line for line in proc.stderr.splitlines() if "indexing with batch size" in line]
+    assert said, proc.stderr[-2000:]
+    assert re.search(r"batch size \d+: ~\d+ MiB per page, \d+ MiB available", said[0]), said

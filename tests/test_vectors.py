@@ -100,3 +100,24 @@ def test_a_foreign_index_file_is_refused(tmp_path):
     faiss.write_index(hnsw, str(tmp_path / "x.faiss"))
     with pytest.raises(RuntimeError, match="not a PageLens vector index"):
         VectorIndex.load(tmp_path / "x.faiss")
+
+
+def test_reserve_makes_room_once_and_changes_nothing_else(tmp_path):
+    """Room for the vectors a job will add, taken once: adding up to it never reallocates
+    (the buffer FAISS searches stays where it is), and the index holds what it held."""
+    vecs = _unit(40, 32, seed=3)
+    index = VectorIndex(32)
+    index.add(range(100, 105), vecs[:5])
+    assert index.room == 0 and index.reserve(40) and index.room == 40
+    assert len(index) == 5  # the room is not content
+    flat = faiss.downcast_index(index._index.index)
+    where = flat.codes.data()
+    for start in range(5, 40, 5):
+        index.add(range(100 + start, 105 + start), vecs[start : start + 5])
+    assert flat.codes.data() == where  # never moved: no second copy while growing
+    _, ids = index.search(vecs[:40], 1)
+    assert ids[:, 0].tolist() == list(range(100, 140))
+    index.save(tmp_path / "v.faiss")
+    assert len(VectorIndex.load(tmp_path / "v.faiss")) == 40
+    ivf = VectorIndex(32, kind="ivf")
+    assert not ivf.reserve(10) and ivf.room > 10**9  # IVF lists grow on their own
