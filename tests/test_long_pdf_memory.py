@@ -23,7 +23,7 @@ import pytest
 
 from bench.long_pdf import PIL_BYTES_PER_PIXEL, measure
 
-PAGES = 130
+PAGES = 132
 DIM = 16_384
 
 
