@@ -108,6 +108,26 @@ def test_a_failed_open_closes_its_channel_and_records_no_image_store(
         store.close()
 
 
+def test_an_image_location_with_credentials_is_refused_and_never_echoed(monkeypatch, tmp_path):
+    """``?images=s3://KEY:SECRET@bucket/...`` would be recorded in the collection (which
+    every process reads) and shown in messages, as a Milvus address with credentials would:
+    refused before anything is contacted, the secret masked in every message."""
+    from indexer.stores.milvus_images import open_images
+
+    located = "s3://AKIAEXAMPLE:topsecret@bucket/pages"
+    for spec, expected in (
+        (f"milvus://127.0.0.1:1/docs?images={located}", "carries credentials"),
+        (f"milvus://127.0.0.1:1/has-dash?images={located}", "must start with a letter"),
+    ):
+        with pytest.raises(CollectionError, match=expected) as err:
+            open_collection(spec)
+        assert "topsecret" not in str(err.value) and "AKIAEXAMPLE" not in str(err.value)
+    monkeypatch.setenv("PAGELENS_MILVUS_IMAGES", located)  # the same through the environment
+    with pytest.raises(CollectionError, match="carries credentials") as err:
+        open_images(os.environ["PAGELENS_MILVUS_IMAGES"], tmp_path)
+    assert "topsecret" not in str(err.value)
+
+
 def test_migration_round_trip_gives_identical_results(milvus_server, tmp_path):
     files = [
         make_text_pdf(tmp_path / "a.pdf", TOPICS[:4]),

@@ -73,7 +73,12 @@ from indexer.stores.base import (
     utcnow,
     vectors_to_store,
 )
-from indexer.stores.milvus_images import ImageStore, open_images
+from indexer.stores.milvus_images import (
+    ImageStore,
+    open_images,
+    redact_userinfo,
+    refuse_credentials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +191,15 @@ class MilvusAddress:
                 "and hold only letters, digits and '_' (Milvus's rule)."
             )
         images = parse_qs(parts.query).get("images", [None])[0]
+        if images:
+            refuse_credentials(images)
         return cls(parts.hostname, port, name, scheme == "milvuss", images)
 
 
 def redact_address(spec: str) -> str:
-    """A collection address fit to show: any ``user:secret@`` part replaced by ``***@``."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", str(spec))
+    """A collection address fit to show: any ``user:secret@`` part replaced by ``***@``
+    (the address's own, and that of an ``?images=`` location in it)."""
+    return redact_userinfo(spec)
 
 
 def document_id_for(sha256: str) -> int:

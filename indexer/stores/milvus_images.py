@@ -15,9 +15,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from indexer.errors import CollectionError
 from indexer.stores.base import atomic_write_bytes
@@ -230,8 +232,26 @@ class FsspecImages:
 ImageStore = FolderImages | FsspecImages
 
 
+def redact_userinfo(text: str) -> str:
+    """``text`` with the ``user:secret@`` part of every URL in it replaced by ``***@``."""
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]*@", r"\1***@", str(text))
+
+
+def refuse_credentials(location: str) -> None:
+    """A :class:`CollectionError` if an image location carries credentials
+    (``s3://KEY:SECRET@bucket/prefix``): the location is recorded in the collection, which
+    every process reads, and shown in messages; S3 keys come from the environment."""
+    if "://" in location and "@" in urlsplit(location).netloc:
+        raise CollectionError(
+            f"The image location '{redact_userinfo(location)}' carries credentials: give them "
+            "the usual way instead (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+            "~/.aws); a location is recorded in the collection and shown in messages."
+        )
+
+
 def open_images(location: str, work_dir: Path, *, timeout: float = 10.0) -> ImageStore:
     """A folder path, or a URL with a scheme fsspec knows (``s3://bucket/prefix``)."""
+    refuse_credentials(location)
     if "://" in location and not location.startswith("file://"):
         return FsspecImages(location, work_dir / "image-cache", timeout=timeout)
     return FolderImages(location.removeprefix("file://"))
