@@ -128,6 +128,20 @@ def test_an_image_location_with_credentials_is_refused_and_never_echoed(monkeypa
     assert "topsecret" not in str(err.value)
 
 
+def test_an_image_folder_that_refuses_a_deletion_is_one_clear_error(tmp_path):
+    """``check --repair`` and ``remove`` delete images from a shared folder, where another
+    machine's file may not be ours to delete: one CollectionError line (the CLI prints it),
+    not an OSError traceback. (A directory in a file's place refuses even root.)"""
+    from indexer.stores.milvus_images import FolderImages
+
+    images = FolderImages(tmp_path / "images")
+    images.put("pages/1/00001.png", b"png")
+    (tmp_path / "images" / "pages" / "1" / "00002.png").mkdir()
+    with pytest.raises(CollectionError, match=r"Cannot delete page image .*00002\.png"):
+        images.delete(["pages/1/00001.png", "pages/1/00002.png"])
+    assert not images.exists("pages/1/00001.png")
+
+
 def test_migration_round_trip_gives_identical_results(milvus_server, tmp_path):
     files = [
         make_text_pdf(tmp_path / "a.pdf", TOPICS[:4]),

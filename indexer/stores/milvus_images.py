@@ -79,7 +79,12 @@ class FolderImages:
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
-            (self.root / key).unlink(missing_ok=True)
+            try:
+                (self.root / key).unlink(missing_ok=True)
+            except OSError as exc:  # e.g. another machine's file on a root-squashed mount
+                raise CollectionError(
+                    f"Cannot delete page image {self.root / key}: {exc.strerror or exc}."
+                ) from exc
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.root / prefix, ignore_errors=True)
