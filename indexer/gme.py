@@ -329,8 +329,8 @@ class GmeEmbedder(EmbedderBase):
             raise ValueError(
                 f"unknown query_weights {query_weights!r}; expected one of {quant.QUERY_WEIGHTS}"
             )
-        #: Text-query decoder weights: "auto" (int8 weight-only where it is faster and agrees,
-        #: see :meth:`prepare_queries`), "exact", or an int8 candidate of :mod:`indexer.quant`.
+        #: Text-query decoder weights: "auto" (a smaller copy where it is faster and agrees,
+        #: see :meth:`prepare_queries`), "exact", or a candidate of :mod:`indexer.quant`.
         self.query_weights = query_weights
         #: What :meth:`prepare_queries` decided (None until decided: in "auto", at the second
         #: text query of the process or an explicit :meth:`prepare_queries`).
@@ -654,7 +654,7 @@ class GmeEmbedder(EmbedderBase):
                     out[idx] = self._forward_suffix([ids[i][p:] for i in idx], kv).cpu().numpy()
         return out
 
-    # ----------------------------------------------------------------- int8 query weights
+    # ----------------------------------------------------------------- query weights
 
     #: Fixed queries of a few lengths for the self-check of :meth:`prepare_queries`.
     CALIBRATION_QUERIES = (
