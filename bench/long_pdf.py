@@ -38,9 +38,9 @@ PIL_BYTES_PER_PIXEL = 4
 #: 4 MiB leaves headroom for the noise of a shared machine without hiding a second batch
 #: (15 MiB at 1280 tokens) or a second copy of the vectors.
 FIXED_MIB = 4.0
-#: The batch read ahead is held as PNG bytes, allocated by the reading thread, whose own
-#: malloc arena also holds the previous batch's freed bytes: two batches of encoded pages.
-READ_AHEAD_BATCHES = 2
+#: The batch read ahead is held as PNG bytes while the model embeds the current one (whose
+#: PNG bytes are freed as it is decoded, before the read starts): one batch of encoded pages.
+READ_AHEAD_BATCHES = 1
 
 
 def _status(field: str) -> float:
