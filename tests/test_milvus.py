@@ -142,6 +142,31 @@ def test_an_image_folder_that_refuses_a_deletion_is_one_clear_error(tmp_path):
     assert not images.exists("pages/1/00001.png")
 
 
+def test_keys_and_hashes_from_page_rows_cannot_leave_the_image_store(tmp_path):
+    """Page rows live in Milvus, which others may write to: a row's image key (``..``, an
+    absolute path) or image hash (the bucket cache's file name) never makes PageLens read,
+    write or delete a file outside the image folder or its cache."""
+    from indexer.stores.milvus_images import FolderImages, open_images
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not an image")
+    folder = FolderImages(tmp_path / "images")
+    for key in ("../outside.txt", str(outside)):
+        for use in (folder.get, folder.local_path, folder.exists, lambda k: folder.delete([k])):
+            with pytest.raises(CollectionError, match="leaves the image folder"):
+                use(key)
+    assert outside.read_text() == "not an image"
+
+    pytest.importorskip("fsspec")
+    bucket = open_images(f"memory://pagelens-{uuid.uuid4().hex[:8]}/pages", tmp_path / "work")
+    bucket.put("pages/1/00001.png", b"png")
+    cache = (tmp_path / "work" / "image-cache").resolve()
+    for planted in ("../../../planted", "/tmp/planted", "0" * 64):
+        path = bucket.local_path("pages/1/00001.png", planted).resolve()
+        assert cache in path.parents and path.read_bytes() == b"png"
+    assert not (tmp_path / "planted.png").exists()
+
+
 def test_migration_round_trip_gives_identical_results(milvus_server, tmp_path):
     files = [
         make_text_pdf(tmp_path / "a.pdf", TOPICS[:4]),

@@ -45,54 +45,62 @@ class FolderImages:
         self.root = Path(root).expanduser()
         self.url = str(self.root)
 
+    def _path(self, key: str) -> Path:
+        """The file of ``key``; a key that would leave the folder (``..``, an absolute
+        path: keys come from page rows, which anyone who can write to the Milvus server can
+        change) is refused before any file is read, written or deleted."""
+        if Path(key).is_absolute() or ".." in Path(key).parts:
+            raise CollectionError(f"Page image key {key!r} leaves the image folder {self.root}.")
+        return self.root / key
+
     def put(self, key: str, data: bytes) -> None:
         try:
-            atomic_write_bytes(self.root / key, data)
+            atomic_write_bytes(self._path(key), data)
         except OSError as exc:
             raise CollectionError(
-                f"Cannot write page image {self.root / key}: {exc.strerror or exc}. Nothing "
+                f"Cannot write page image {self._path(key)}: {exc.strerror or exc}. Nothing "
                 "half-stored is searchable; fix the image folder and run the same command again."
             ) from exc
 
     def get(self, key: str) -> bytes:
         try:
-            return (self.root / key).read_bytes()
+            return self._path(key).read_bytes()
         except FileNotFoundError as exc:
             raise ImageMissingError(self.url, key) from exc
         except OSError as exc:
             raise CollectionError(
-                f"Cannot read page image {self.root / key}: {exc.strerror or exc}."
+                f"Cannot read page image {self._path(key)}: {exc.strerror or exc}."
             ) from exc
 
     def exists(self, key: str) -> bool:
-        return (self.root / key).is_file()
+        return self._path(key).is_file()
 
     def local_path(self, key: str, sha256: str | None = None) -> Path:
-        return self.root / key
+        return self._path(key)
 
     def age(self, key: str) -> float | None:
         """Seconds since the image was written; None if it is not there."""
         try:
-            return max(0.0, time.time() - (self.root / key).stat().st_mtime)
+            return max(0.0, time.time() - self._path(key).stat().st_mtime)
         except OSError:
             return None
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
             try:
-                (self.root / key).unlink(missing_ok=True)
+                self._path(key).unlink(missing_ok=True)
             except OSError as exc:  # e.g. another machine's file on a root-squashed mount
                 raise CollectionError(
-                    f"Cannot delete page image {self.root / key}: {exc.strerror or exc}."
+                    f"Cannot delete page image {self._path(key)}: {exc.strerror or exc}."
                 ) from exc
 
     def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self.root / prefix, ignore_errors=True)
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
 
     def sizes(self, prefix: str) -> dict[str, int]:
         """Every file under ``prefix`` as ``{key: size in bytes}`` (checks list them once)."""
         out: dict[str, int] = {}
-        base = self.root / prefix
+        base = self._path(prefix)
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
                 path = Path(dirpath) / name
@@ -177,7 +185,9 @@ class FsspecImages:
 
         A missing object gives a path that does not exist, as a folder's missing file does.
         """
-        name = sha256 or hashlib.sha256(self._full(key).encode()).hexdigest()
+        if not (sha256 and _HEX64.fullmatch(sha256)):  # a row's value names no path
+            sha256 = hashlib.sha256(self._full(key).encode()).hexdigest()
+        name = sha256
         path = self.cache / name[:2] / f"{name}{Path(key).suffix}"
         if not path.is_file():
             try:
@@ -235,6 +245,7 @@ class FsspecImages:
 
 
 ImageStore = FolderImages | FsspecImages
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def redact_userinfo(text: str) -> str:
