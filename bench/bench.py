@@ -801,6 +801,8 @@ CANDIDATE_WEIGHTS = {
     "int8mix-bf16": "int8 per output channel; two int8 levels in the first decoder layers "
     "(indexer.quant.MIX_PRECISE_LAYERS), the most sensitive",
     "fp16": "float16",
+    "int8s-fp32": "int8 per output channel; float16 in the first decoder layers "
+    "(indexer.quant.SPLIT_FP16_LAYERS)",
 }
 CANDIDATE_KERNELS = {
     "int8-bf16": "aten._weight_int8pack_mm",
@@ -810,6 +812,8 @@ CANDIDATE_KERNELS = {
     "int8+int4-bf16": "aten._weight_int8pack_mm + aten._weight_int4pack_mm_for_cpu",
     "int8mix-bf16": "aten._weight_int8pack_mm",
     "fp16": "fbgemm FP16 GEMM (quantized.linear_dynamic_fp16)",
+    "int8s-fp32": "fbgemm int8 GEMM, activations split into 7-bit levels per token row "
+    "(quantized.linear_with_input_q_dq_qweight_dq_output_fp32); fp16 GEMM in the first layers",
 }
 
 

@@ -27,6 +27,13 @@ Candidates (:data:`CANDIDATES`), measured by ``pagelens bench`` (``model.query_w
 * ``fp16``: fp16 weights, **float32** activations and accumulation, fbgemm's FP16 GEMM
   (``quantized.linear_dynamic_fp16``, the kernel of torch's dynamic fp16 quantisation):
   2 bytes per weight, vectorised for AVX2 (F16C) and AVX-512, and the closest to exact.
+* ``int8s-fp32``: int8 weights (one scale per output channel, fbgemm's int8 GEMM) with
+  **split** float32 activations: each token row becomes :data:`SPLIT_LEVELS` 7-bit levels
+  (one scale per row, each level the rounding of the previous ones' error), stacked as rows
+  of one int8 GEMM call with float32 output, recombined in float32. Unlike dynamic int8
+  (one 7-bit level per tensor) the activations keep ~14 bits per row; the weight rounding
+  stays, so the first :data:`SPLIT_FP16_LAYERS` decoder layers use ``fp16``. ~1.1 bytes per
+  weight, at twice the int8 rows.
 * ``int8-fp32``: int8 weights, float32 activations; the kernel's float32 path is not
   vectorised (10-20x slower than a float32 matmul on AVX2 and AVX-512), kept for the record.
 
@@ -57,6 +64,7 @@ import os
 import platform
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -81,6 +89,7 @@ CANDIDATES = (
     "int8+int4-bf16",
     "int8mix-bf16",
     "fp16",
+    "int8s-fp32",
 )
 #: ``int8mix-bf16``: the first decoder layers keep two int8 levels, the rest one. Measured on
 #: the full-size random-weight decoder (int8 rounding of one group at a time, 8 queries):
@@ -105,7 +114,20 @@ _ACT_DTYPES = {
     "int8+int4-bf16": torch.bfloat16,
     "int8mix-bf16": torch.bfloat16,
     "fp16": torch.float32,
+    "int8s-fp32": torch.float32,
 }
+#: ``int8s-fp32``: a float32 activation row is split into this many 7-bit integer levels,
+#: ``x ~= r * (q1 + q2 / 126 + ...)`` with one scale ``r`` per token row, each level the
+#: rounding of what the previous ones missed: two levels bound the error by ``max|x| / 2**14``
+#: per row (three by ``2**-21``), so activations stay precise with outlier channels too.
+SPLIT_LEVELS = 2
+#: Largest magnitude of one level. fbgemm's AVX2 int8 kernel (no VNNI) sums pairs of
+#: uint8 x int8 products in int16 with saturation: activations stored as ``q + 64`` in
+#: [1, 127] against int8 weights in [-127, 127] keep ``2 * 127 * 127 < 2**15``.
+SPLIT_STEP = 63
+#: ``int8s-fp32``: the first decoder layers keep fp16 weights (layer 0 alone causes over half
+#: of int8's loss; see :data:`MIX_PRECISE_LAYERS`), the rest int8 per output channel.
+SPLIT_FP16_LAYERS = 4
 #: Group size (along the input dimension) of the int4 level, largest that divides K.
 INT4_GROUPS = (128, 64, 32)
 
@@ -256,6 +278,10 @@ def kernel_available(mode: str) -> bool:
     x86 builds only)."""
     if mode == "fp16":
         return "fbgemm" in torch.backends.quantized.supported_engines
+    if mode == "int8s-fp32":
+        return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(
+            torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32"
+        )
     return True
 
 
@@ -372,6 +398,74 @@ def quantize_int8_int4(
     return q8, s8, packed, sz, group
 
 
+def split_rows(x: torch.Tensor, levels: int = SPLIT_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``x`` (m, k) as ``levels`` stacked integer-valued levels (levels * m, k) in
+    [-SPLIT_STEP, SPLIT_STEP] and one scale per row (m, 1), so that
+    :func:`merge_levels` of their products gives ``x @ W.T`` to ~``2**(-7 * levels)`` of
+    each row's largest element.
+
+    Why per row and residual levels: one 7-bit level per tensor (dynamic int8) loses the
+    small channels of every row next to an outlier; here each level re-quantises what the
+    previous one missed, magnified ``2 * SPLIT_STEP`` times, so the GEMM stays int8 and
+    the activations precise.
+    """
+    if levels < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    x = x.float()
+    scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-30) / SPLIT_STEP
+    u = x / scale
+    parts = []
+    for _ in range(levels):
+        q = torch.round(u)
+        parts.append(q)
+        u = (u - q) * (2 * SPLIT_STEP)
+    return torch.cat(parts), scale
+
+
+def merge_levels(y: torch.Tensor, levels: int, scale: torch.Tensor) -> torch.Tensor:
+    """Recombine the GEMM outputs of :func:`split_rows`' stacked levels (levels * m, n)."""
+    m = y.shape[0] // levels
+    out = y[(levels - 1) * m :]
+    for i in range(levels - 2, -1, -1):
+        out = y[i * m : (i + 1) * m] + out / (2 * SPLIT_STEP)
+    return out * scale
+
+
+def pack_int8_fbgemm(weight: torch.Tensor) -> Any:
+    """fbgemm's prepacked int8 weight (per output channel, symmetric, no bias: the bias is
+    added once after the levels are merged) for
+    ``quantized.linear_with_input_q_dq_qweight_dq_output_fp32``."""
+    q, scale = quantize_weight(weight)
+    with warnings.catch_warnings():
+        # quantized tensors are deprecated as a user type; fbgemm's prepack still takes them
+        warnings.simplefilter("ignore")
+        qw = torch._make_per_channel_quantized_tensor(
+            q, scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0
+        )
+        with _quantized_engine("fbgemm"):
+            return torch.ops.quantized.linear_prepack(qw, None)
+
+
+@contextlib.contextmanager
+def _quantized_engine(name: str) -> Iterator[None]:
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def int8s_linear(rows: torch.Tensor, packed: Any, levels: int = SPLIT_LEVELS) -> torch.Tensor:
+    """``rows @ W.T`` (float32) with ``W`` from :func:`pack_int8_fbgemm`, activations split."""
+    stacked, scale = split_rows(rows, levels)
+    # integer-valued input, scale 1 and zero point 64: fbgemm stores q + 64 exactly
+    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+        stacked, 1.0, SPLIT_STEP + 1, packed
+    )
+    return merge_levels(y, levels, scale)
+
+
 class QueryWeights:
     """Low-precision copies of the ``nn.Linear`` weights under ``root``, used while
     :meth:`active`; ``mode`` is one of :data:`CANDIDATES`.
@@ -384,6 +478,8 @@ class QueryWeights:
     def __init__(self, root: torch.nn.Module, mode: str) -> None:
         if mode not in CANDIDATES:
             raise ValueError(f"unknown query weights {mode!r}; expected one of {CANDIDATES}")
+        if not kernel_available(mode):
+            raise RuntimeError(f"query weights {mode!r}: this torch build lacks its kernel")
         self.mode = mode
         self.act_dtype = act_dtype(mode)
         # per thread: a page batch in another thread (the app's background embedding, a
@@ -391,13 +487,19 @@ class QueryWeights:
         self._on = threading.local()
         self.linears: list[torch.nn.Linear] = []
         self.bytes = 0
-        precise = _first_layers(root, MIX_PRECISE_LAYERS) if mode == "int8mix-bf16" else set()
+        precise: set[int] = set()
+        if mode == "int8mix-bf16":
+            precise = _first_layers(root, MIX_PRECISE_LAYERS)
+        elif mode == "int8s-fp32":
+            precise = _first_layers(root, SPLIT_FP16_LAYERS)
         for module in root.modules():
             if isinstance(module, torch.nn.Linear) and module.weight.dtype.is_floating_point:
                 nbytes = 0
                 kind = mode
                 if mode == "int8mix-bf16":
                     kind = "int8x2-bf16" if id(module) in precise else "int8-bf16"
+                elif mode == "int8s-fp32" and id(module) in precise:
+                    kind = "fp16"
                 if kind == "bf16":
                     packed: tuple[Any, ...] = (
                         module.weight.detach().to(torch.bfloat16).contiguous(),
@@ -409,6 +511,9 @@ class QueryWeights:
                     weight = module.weight.detach().float().contiguous()
                     packed = (torch.ops.quantized.linear_prepack_fp16(weight, bias),)
                     nbytes = weight.numel() * 2
+                elif kind == "int8s-fp32":
+                    packed = (pack_int8_fbgemm(module.weight),)
+                    nbytes = module.weight.numel() + module.out_features * 12
                 elif kind == "int8+int4-bf16":
                     q8, s8, q4, sz, group = quantize_int8_int4(module.weight)
                     packed = (q8, s8, q4, sz, group)
@@ -474,7 +579,9 @@ def _lowp_forward(
         if kind == "fp16":  # bias already inside
             out = torch.ops.quantized.linear_dynamic_fp16(rows, packed[0]).to(x.dtype)
             return out.reshape(*x.shape[:-1], n)
-        if kind == "int8+int4-bf16":
+        if kind == "int8s-fp32":
+            out = int8s_linear(rows, packed[0]).to(x.dtype)
+        elif kind == "int8+int4-bf16":
             q8, s8, q4, sz, group = packed
             hi = torch.ops.aten._weight_int8pack_mm(rows, q8, s8).float()
             lo = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, q4, group, sz).float()
@@ -607,4 +714,8 @@ __all__ = [
     "quantize_int4",
     "quantize_int8_int4",
     "quantize_weight",
+    "int8s_linear",
+    "merge_levels",
+    "pack_int8_fbgemm",
+    "split_rows",
 ]

@@ -191,7 +191,9 @@ def test_int8_weights_compute_the_dequantised_model(tiny_model_dir):
     fp16_model.prefix_cache = False
     rounded = fp16_model.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
     assert np.sum(whole["fp16"] * rounded, axis=1).min() > 0.99999
-    assert err["fp16"] < min(err[m] for m in got if m not in ("fp16", "int8-fp32"))
+    # (int8s-fp32 keeps its first SPLIT_FP16_LAYERS layers fp16: all of the tiny model's two)
+    assert torch.equal(torch.from_numpy(got["int8s-fp32"]), torch.from_numpy(got["fp16"]))
+    assert err["fp16"] < min(err[m] for m in got if m not in ("fp16", "int8-fp32", "int8s-fp32"))
     # the tiny model's weights (std 0.5) are far rougher than GME's; the full-size figure
     # (cosine >= 0.999) is measured by `pagelens bench`
     for vecs in got.values():
@@ -371,3 +373,102 @@ def test_int8mix_keeps_two_levels_in_the_first_layers(tiny_model_dir, monkeypatc
     assert not torch.equal(two["l1"], one["l1"])
     assert (two["l0"] - exact["l0"]).norm() < (one["l0"] - exact["l0"]).norm()
     assert sizes["int8-bf16"] < sizes["int8mix-bf16"] < sizes["int8x2-bf16"]
+
+
+def test_split_rows_keep_activations_precise_next_to_an_outlier():
+    """Two 7-bit levels per token row bound the error by max|x| / 2**14 per row, whatever
+    the other rows or channels hold; one level would lose the small channels."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 300, generator=gen)
+    x[:, 7] *= 300  # an outlier channel, as real hidden states have
+    x[3] *= 1e-4  # a row far smaller than the others: its own scale
+    for levels, bound in ((1, 1 / (2 * 63)), (2, 1 / (63 * 252)), (3, 1 / (63 * 252 * 126))):
+        stacked, scale = quant.split_rows(x, levels)
+        assert stacked.shape == (levels * 5, 300) and scale.shape == (5, 1)
+        assert torch.equal(stacked, stacked.round()) and stacked.abs().max() <= quant.SPLIT_STEP
+        # multiply by the identity: what the GEMM gives back for each level
+        back = quant.merge_levels(stacked, levels, scale)
+        err = (back - x).abs().amax(1) / x.abs().amax(1)
+        assert float(err.max()) <= bound * 1.01
+    one_s, one_r = quant.split_rows(x, 1)
+    one = quant.merge_levels(one_s, 1, one_r)
+    small = [c for c in range(300) if c != 7]
+    rel = lambda y: float((y - x)[:, small].norm() / x[:, small].norm())  # noqa: E731
+    two_s, two_r = quant.split_rows(x, 2)
+    two = rel(quant.merge_levels(two_s, 2, two_r))
+    three_s, three_r = quant.split_rows(x, 3)
+    # a 300x outlier still costs the small channels ~2% at two levels, ~2e-4 at three
+    assert two < rel(one) / 30 and rel(quant.merge_levels(three_s, 3, three_r)) < two / 60
+    with pytest.raises(ValueError, match="levels"):
+        quant.split_rows(x, 0)
+
+
+@pytest.mark.skipif(not quant.kernel_available("int8s-fp32"), reason="needs fbgemm")
+def test_int8s_linear_is_the_dequantised_weight_times_precise_activations():
+    """fbgemm's int8 GEMM on the split rows equals float32 math on the int8-rounded weights
+    (no int16 saturation on AVX2, bias added once); dynamic int8 drifts far more."""
+    gen = torch.Generator().manual_seed(1)
+    lin = torch.nn.Linear(512, 192)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(192, 512, generator=gen) * 0.02)
+        lin.weight[:, :8] = 0.02 * 4  # extreme weights next to extreme activations
+    x = torch.randn(15, 512, generator=gen)
+    x[:, :8] = 60.0
+    x[:, 100] *= 100
+    q, scale = quant.quantize_weight(lin.weight)
+    deq = q.float() * scale[:, None]
+    want = torch.nn.functional.linear(x, deq, lin.bias)
+    weights = quant.QueryWeights(lin, "int8s-fp32")  # no decoder layers: all int8
+    assert weights.bytes < lin.weight.numel() * 1.1
+    with weights.active():
+        got = lin(x)
+    weights.remove()
+    err = float((got - want).norm() / want.norm())
+    assert err < 2e-4
+    dyn = torch.ao.quantization.quantize_dynamic(
+        torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8
+    )
+    assert float((dyn(x) - want).norm() / want.norm()) > 10 * err
+    # the plain forward is back
+    assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias))
+
+
+@pytest.mark.skipif(not quant.kernel_available("int8s-fp32"), reason="needs fbgemm")
+def test_int8s_keeps_fp16_in_the_first_layers(tiny_model_dir, monkeypatch):
+    """int8s-fp32: the first SPLIT_FP16_LAYERS decoder layers compute like ``fp16``, the
+    others like int8 weights with float32 activations; whole queries stay close to float32
+    math on those weights."""
+    from indexer import load_embedder
+
+    monkeypatch.setattr(quant, "SPLIT_FP16_LAYERS", 1)
+    emb = load_embedder(tiny_model_dir, device="cpu", dtype="float32", query_weights="exact")
+    text = emb._text_model
+    x = torch.randn(15, text.config.hidden_size)
+    got = {}
+    for mode in ("fp16", "int8s-fp32"):
+        weights = quant.QueryWeights(text, mode)
+        with weights.active():
+            got[mode] = [
+                text.layers[i].mlp.down_proj(text.layers[i].mlp.up_proj(x)) for i in (0, 1)
+            ]
+        weights.remove()
+    assert torch.equal(got["int8s-fp32"][0], got["fp16"][0])
+    assert not torch.equal(got["int8s-fp32"][1], got["fp16"][1])
+    # whole queries, all layers int8: float32 math on the int8-rounded weights
+    monkeypatch.setattr(quant, "SPLIT_FP16_LAYERS", 0)
+    deq_model = _dequantised_copy(tiny_model_dir)
+    deq_model.prefix_cache = False
+    want = deq_model.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
+    emb.prefix_cache = False
+    weights = quant.QueryWeights(text, "int8s-fp32")
+    with weights.active():
+        vecs = emb.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
+    assert np.sum(vecs * want, axis=1).min() > 0.9999
+
+
+def test_a_candidate_without_its_kernel_is_refused(monkeypatch):
+    """A torch build without fbgemm: the int8s/fp16 candidates are neither planned nor made."""
+    monkeypatch.setattr(quant, "kernel_available", lambda mode: mode not in ("fp16", "int8s-fp32"))
+    assert not {"fp16", "int8s-fp32"} & set(plan().candidates)
+    with pytest.raises(RuntimeError, match="kernel"):
+        quant.QueryWeights(torch.nn.Linear(4, 4), "int8s-fp32")
