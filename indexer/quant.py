@@ -33,7 +33,8 @@ Candidates (:data:`CANDIDATES`), measured by ``pagelens bench`` (``model.query_w
   of one int8 GEMM call with float32 output, recombined in float32. Unlike dynamic int8
   (one 7-bit level per tensor) the activations keep ~14 bits per row; the weight rounding
   stays, so the first :data:`SPLIT_FP16_LAYERS` decoder layers use ``fp16``. ~1.1 bytes per
-  weight, at twice the int8 rows.
+  weight, at twice the int8 rows: on AVX2 (int8 at ~2x the float32 FMA rate, no VNNI) that
+  spends what int8 saves, so it is measured but not in :data:`AUTO_ORDER`.
 * ``int8-fp32``: int8 weights, float32 activations; the kernel's float32 path is not
   vectorised (10-20x slower than a float32 matmul on AVX2 and AVX-512), kept for the record.
 
@@ -104,7 +105,9 @@ QUERY_WEIGHTS = ("auto", "exact", "int8", *CANDIDATES)
 #: query's ~15 tokens (see README, Performance); the first that agrees and beats the exact
 #: path there is kept (trying them all would hold two extra weight copies at once).
 #: Not tried: ``int8-bf16`` (cosine ~0.998 on the full-size model) and ``int8mix-bf16``
-#: (cosine 0.9995 but one top-10 swap in 80 on the bench's check).
+#: (cosine 0.9995 but one top-10 swap in 80 on the bench's check), ``int8s-fp32`` (no faster
+#: than ``fp16`` at a query's ~15 rows under AVX2: both kernels are compute-bound there and
+#: its two activation levels double the int8 rows; README, Performance).
 AUTO_ORDER = ("fp16", "int8+int4-bf16", "int8x2-bf16", "bf16")
 _ACT_DTYPES = {
     "int8-bf16": torch.bfloat16,
