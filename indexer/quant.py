@@ -323,7 +323,13 @@ def plan_query_weights(
             raise ValueError("int8 query weights are for CPU inference (use bf16 on GPUs)")
         return QueryPlan((), f"device {device}: not a CPU")
     if setting != "auto":
-        return QueryPlan(("int8-bf16",) if setting == "int8" else (setting,), "asked for")
+        mode = "int8-bf16" if setting == "int8" else setting
+        if not kernel_available(mode):
+            raise ValueError(
+                f"query_weights {mode!r} needs fbgemm, which this torch build lacks "
+                "(x86 builds only); use 'auto' or 'exact'"
+            )
+        return QueryPlan((mode,), "asked for")
     if dtype != "float32":
         return QueryPlan((), f"model runs in {dtype}, not float32")
     if hidden < min_hidden:

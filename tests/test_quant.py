@@ -472,3 +472,7 @@ def test_a_candidate_without_its_kernel_is_refused(monkeypatch):
     assert not {"fp16", "int8s-fp32"} & set(plan().candidates)
     with pytest.raises(RuntimeError, match="kernel"):
         quant.QueryWeights(torch.nn.Linear(4, 4), "int8s-fp32")
+    for mode in ("fp16", "int8s-fp32"):  # asked for by name: a clear error, not a crash later
+        with pytest.raises(ValueError, match="fbgemm"):
+            plan(setting=mode)
+    assert plan(setting="int8").candidates == ("int8-bf16",)
