@@ -476,3 +476,23 @@ def test_a_candidate_without_its_kernel_is_refused(monkeypatch):
         with pytest.raises(ValueError, match="fbgemm"):
             plan(setting=mode)
     assert plan(setting="int8").candidates == ("int8-bf16",)
+
+
+@pytest.mark.skipif(not quant.kernel_available("fp16"), reason="no fbgemm in this torch build")
+def test_fp16_packing_in_a_pool_is_the_same_packing(monkeypatch):
+    """The fp16 copy is packed on torch's threads (the copy took 12-19 s on one thread for
+    GME-2B); each linear gets its own packing, the same as packed one at a time."""
+    torch.manual_seed(0)
+    linears = [torch.nn.Linear(64, 48), torch.nn.Linear(48, 64, bias=False)]
+    x = torch.randn(5, 64)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    one = quant._prepack_fp16(linears)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    pool = quant._prepack_fp16(linears)
+    assert set(one) == set(pool) == {id(m) for m in linears}
+    for m, inp in ((linears[0], x), (linears[1], torch.randn(5, 48))):
+        a = torch.ops.quantized.linear_dynamic_fp16(inp, one[id(m)])
+        b = torch.ops.quantized.linear_dynamic_fp16(inp, pool[id(m)])
+        assert torch.equal(a, b)
+        ref = torch.nn.functional.linear(inp, m.weight.half().float(), m.bias)
+        assert torch.allclose(a, ref, atol=1e-4)
