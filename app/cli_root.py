@@ -17,6 +17,7 @@ import typer
 
 from app.cli_common import Options, configure_logging, fail
 from indexer.config import HOME_RULE
+from indexer.cpu_heap import keep_freed_memory
 from indexer.errors import UsageError
 from indexer.settings import ModelSettings
 
@@ -54,6 +55,7 @@ cli = typer.Typer(
 def root(ctx: typer.Context, **values: Any) -> None:
     """Read the global options once (the model settings' flags come from ModelSettings)."""
     configure_logging(values.pop("verbose"))
+    keep_freed_memory()  # the CLI owns its process: page batches reuse freed buffers
     collection = values.pop("collection")
     try:
         settings = ModelSettings(**values)

@@ -21,6 +21,7 @@ from app.ui_ask import ask_panel
 from app.ui_auth import require_password
 from app.uploads import discard_upload, max_upload_mb, save_upload
 from indexer.config import collection_path, home, list_collections
+from indexer.cpu_heap import keep_freed_memory
 from indexer.errors import PageLensError
 from indexer.pages import IMAGE_SUFFIXES, SUPPORTED_SUFFIXES
 from indexer.pipeline import format_duration
@@ -702,6 +703,7 @@ def footer() -> None:
 def main() -> None:
     st.set_page_config(page_title="PageLens", page_icon=ui.page_icon(), layout="wide")
     st.set_option("client.toolbarMode", "minimal")  # also for a bare 'streamlit run'
+    keep_freed_memory()  # the app owns its process: page batches reuse freed buffers
     if not require_password():  # exposed beyond this computer: nothing shows before it
         return
     try:

@@ -1540,6 +1540,10 @@ def run_remote_section(cfg: BenchConfig, report: dict) -> None:
 def run(cfg: BenchConfig) -> tuple[dict, Path]:
     import torch
 
+    from indexer.cpu_heap import keep_freed_memory
+
+    keep_freed_memory()  # as the CLI does: the bench measures the app's page path
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
         from indexer.vectors import set_threads

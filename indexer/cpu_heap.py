@@ -59,6 +59,11 @@ def _user_tunes(env: dict[str, str] | os._Environ[str]) -> bool:
     return "glibc.malloc." in env.get("GLIBC_TUNABLES", "")
 
 
+def in_effect() -> bool:
+    """Whether :func:`keep_freed_memory` has turned the setting on in this process."""
+    return bool(_done)
+
+
 def keep_freed_memory(env: dict[str, str] | None = None) -> bool:
     """Make glibc reuse freed large buffers instead of unmapping them (process-wide, once).
 

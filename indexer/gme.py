@@ -350,8 +350,11 @@ class GmeEmbedder(EmbedderBase):
         #: fewer passes over memory; "attention", "mlp"); the benchmark reports them.
         self.page_kernels: list[str] = page_kernels.install(self._visual)
         #: Whether freed activations stay in the process (:mod:`indexer.cpu_heap`: pages no
-        #: longer fault in and zero ~1 GiB per forward on CPU; glibc only).
-        self.heap_reuse = self.device == "cpu" and cpu_heap.keep_freed_memory()
+        #: longer fault in and zero ~1 GiB per forward on CPU; glibc only). A process-wide
+        #: allocator setting, so the programs that own their process turn it on (the CLI,
+        #: the app, Ray actors, the bench), not this constructor; library users may call
+        #: :func:`indexer.cpu_heap.keep_freed_memory` themselves.
+        self.heap_reuse = self.device == "cpu" and cpu_heap.in_effect()
         self._patch_size = int(config.vision_config.patch_size)
         self._merge_size = int(config.vision_config.spatial_merge_size)
         self._image_token_id = int(config.image_token_id)

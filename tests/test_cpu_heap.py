@@ -71,5 +71,29 @@ def test_what_counts_as_user_tuning():
     assert not cpu_heap._user_tunes({"MALLOC_ARENA_MAX": ""})
 
 
-def test_cpu_embedder_turns_it_on(tiny_embedder):
-    assert tiny_embedder.heap_reuse is GLIBC
+def test_the_cli_turns_it_on_loading_an_embedder_does_not(tiny_model_dir, tmp_path):
+    """A process-wide allocator setting is the choice of the program that owns the process:
+    the CLI (and the app, Ray actors, the bench) make it; loading an embedder from Python
+    leaves the user's process as it was, and ``heap_reuse`` reports what is in effect."""
+    code = (
+        "import json\n"
+        "from typer.testing import CliRunner\n"
+        "from indexer import cpu_heap, load_embedder\n"
+        f"emb = load_embedder({str(tiny_model_dir)!r}, device='cpu')\n"
+        "lib = [cpu_heap.in_effect(), emb.heap_reuse]\n"
+        "from app.cli import cli\n"
+        f"r = CliRunner().invoke(cli, ['-c', {str(tmp_path / 'c')!r}, 'docs'])\n"
+        "emb2 = load_embedder(" + repr(str(tiny_model_dir)) + ", device='cpu')\n"
+        "print(json.dumps(lib + [cpu_heap.in_effect(), emb2.heap_reuse, r.exit_code]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.pop("GLIBC_TUNABLES", None)
+    env.update(PYTHONPATH=str(ROOT), PAGELENS_HOME=str(tmp_path / "home"))
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    lib_on, lib_emb, cli_on, cli_emb, exit_code = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (lib_on, lib_emb) == (False, False)
+    assert (cli_on, cli_emb) == (GLIBC, GLIBC)
+    assert exit_code in (0, 1), out.stdout  # 'docs' of a new collection: the root ran
