@@ -328,13 +328,12 @@ def test_repair_of_a_damaged_catalog_deletes_nothing(local_coll):
     store.close()
 
 
+@pytest.mark.parametrize("engine", ["milvus"], indirect=True)  # Milvus-only behaviour
 def test_repair_keeps_the_rows_of_a_document_another_writer_adds_meanwhile(coll, engine):
     """Nothing locks a Milvus collection: another machine may add a document and its pages
     between repair's listing of the documents and its listing of the pages. Those rows are
     not orphans (their document row was written first): repair must not delete them, nor
     trip over the document's failed-page placeholder."""
-    if engine == "local":
-        pytest.skip("a local collection's writers hold its lock, which repair holds too")
     from PIL import Image
 
     store, other = open_collection(coll), open_collection(coll)
@@ -368,6 +367,7 @@ def test_repair_keeps_the_rows_of_a_document_another_writer_adds_meanwhile(coll,
     other.close()
 
 
+@pytest.mark.parametrize("engine", ["milvus"], indirect=True)  # Milvus-only behaviour
 def test_repair_through_the_wrong_image_location_drops_and_deletes_nothing(
     coll, engine, tmp_path, monkeypatch
 ):
@@ -375,8 +375,6 @@ def test_repair_through_the_wrong_image_location_drops_and_deletes_nothing(
     another path on this machine). Left set for another collection, it shows this one
     none of its images: repair must not take that for loss, dropping the pages whose source
     is gone, nor delete the images it finds there (another collection's)."""
-    if engine == "local":
-        pytest.skip("a local collection's images live in its own folder")
     elsewhere = tmp_path / "other-collections-images"
     theirs = elsewhere / "pages" / "55" / "00001.png"
     theirs.parent.mkdir(parents=True)
