@@ -341,6 +341,10 @@ class GmeEmbedder(EmbedderBase):
         self.decision_cache: DecisionCache | None = DecisionCache()
         self._decide_lock = threading.Lock()
         self._text_calls = 0
+        #: Seconds this process has spent on text queries with the exact weights while the
+        #: decision waited, against what building a cached copy costs (:meth:`_maybe_decide`).
+        self._exact_text_s = 0.0
+        self._copy_cost: float | None | bool = False  # False: not looked up yet
         #: CPU flags the auto decision reads (None: this machine's); tests inject others.
         self.cpu_flags: frozenset[str] | None = None
 
@@ -633,6 +637,16 @@ class GmeEmbedder(EmbedderBase):
         self._text_calls += 1
         if self.query_choice is None:
             self._maybe_decide(len(texts))
+        if self.query_choice is not None:
+            return self._embed_texts_with(texts, instruction)
+        t0 = time.perf_counter()
+        try:
+            return self._embed_texts_with(texts, instruction)
+        finally:
+            self._exact_text_s += time.perf_counter() - t0
+
+    def _embed_texts_with(self, texts: list[str], instruction: str | None) -> np.ndarray:
+        """:meth:`embed_texts` with whatever query weights are chosen (or exact)."""
         if not self.prefix_cache:
             with self._query_path():
                 return self._embed(texts, [None] * len(texts), instruction)
@@ -685,7 +699,9 @@ class GmeEmbedder(EmbedderBase):
         several seconds for GME-2B, so: the decision is kept on disk per model, CPU and
         torch (:mod:`indexer.query_choice_cache`) and a later process only builds the copy;
         with ``query_weights="auto"`` the first text query of a process runs exact without
-        deciding (a one-shot ``pagelens search`` never pays) and the second decides;
+        deciding (a one-shot ``pagelens search`` never pays) and the second decides, except
+        that a copy an earlier process chose is built only once this process's exact
+        queries have taken as long as building it took there (a short run never pays it);
         long-lived processes (``pagelens serve``, ``pagelens mcp``, the app) call this at
         start-up so that their first query is fast already. Thread-safe: a text query in
         another thread meanwhile runs exact. Pages never use the copy.
@@ -711,6 +727,19 @@ class GmeEmbedder(EmbedderBase):
             _log.info(
                 "text queries: exact for this first query; the query-weights decision waits "
                 "for a second one (or prepare_queries())"
+            )
+            return
+        cost = self._cached_copy_cost() if self.query_weights == "auto" else None
+        if cost is not None and self._exact_text_s < cost:
+            # An earlier process measured that a copy holds and what building it costs:
+            # build it once the exact queries of this process have taken that long (at most
+            # twice the best possible time, whatever the number of queries to come), so a
+            # short run of a few queries never pays ~10 s for a copy it would not use up.
+            _log.info(
+                "text queries: exact until they have taken %.1f s (building the faster copy "
+                "costs that; %.1f s so far)",
+                cost,
+                self._exact_text_s,
             )
             return
         if self._decide_lock.acquire(blocking=False):
@@ -755,14 +784,9 @@ class GmeEmbedder(EmbedderBase):
             else "",
         )
 
-    def _decide_among(
-        self, plan: quant.QueryPlan
-    ) -> tuple[quant.QueryChoice, quant.QueryWeights | None]:
-        """A cached decision for this key, else the calibration (saved for the next
-        process); either way no copy that the free memory cannot hold."""
-        forced = self.query_weights != "auto"
-        t0 = time.perf_counter()
-        key = decision_key(
+    def _decision_key(self, plan: quant.QueryPlan) -> dict[str, Any]:
+        """What the decision depends on (:func:`indexer.query_choice_cache.decision_key`)."""
+        return decision_key(
             model_id=self.model_id,
             fingerprint=self.fingerprint,
             config=self.model.config.to_json_string(use_diff=False),
@@ -770,9 +794,31 @@ class GmeEmbedder(EmbedderBase):
             device=self.device,
             dtype=self.dtype,
             candidates=plan.candidates,
-            forced=forced,
+            forced=self.query_weights != "auto",
             calibration=self.CALIBRATION_QUERIES,
         )
+
+    def _cached_copy_cost(self) -> float | None:
+        """Seconds building the copy took when an earlier process decided on one for this
+        key (looked up once), or None: no such decision, or its cost was not recorded."""
+        if self._copy_cost is False:
+            self._copy_cost = None
+            plan = self._plan()
+            cache = self.decision_cache
+            cached = cache.load(self._decision_key(plan)) if cache and plan.candidates else None
+            if cached is not None and cached.mode != "exact":
+                cost = cached.timings.get("prepare_s_when_measured")
+                self._copy_cost = float(cost) if cost is not None else None
+        return self._copy_cost if isinstance(self._copy_cost, float) else None
+
+    def _decide_among(
+        self, plan: quant.QueryPlan
+    ) -> tuple[quant.QueryChoice, quant.QueryWeights | None]:
+        """A cached decision for this key, else the calibration (saved for the next
+        process); either way no copy that the free memory cannot hold."""
+        forced = self.query_weights != "auto"
+        t0 = time.perf_counter()
+        key = self._decision_key(plan)
         cache = self.decision_cache
         cached = cache.load(key) if cache is not None else None
         n_weights = sum(

@@ -199,9 +199,10 @@ class DecisionCache:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.info("ignoring the query-weights decision in %s (%s): measuring again", path, exc)
             return None
-        calibration_s = data.get("calibration_s")
-        if isinstance(calibration_s, float | int):
-            choice.timings["calibration_s_when_measured"] = float(calibration_s)
+        for name in ("calibration_s", "prepare_s"):  # what measuring and the copy cost then
+            figure = data.get(name)
+            if isinstance(figure, float | int) and not isinstance(figure, bool):
+                choice.timings[f"{name}_when_measured"] = float(figure)
         choice.cache_file = str(path)
         return choice
 
@@ -218,6 +219,7 @@ class DecisionCache:
                 "candidates": choice.candidates,
             },
             "calibration_s": choice.timings.get("calibration_s"),
+            "prepare_s": choice.timings.get("prepare_s"),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -379,3 +379,32 @@ def test_the_bench_measures_deciding_without_the_users_cache(tiny_model_dir, avx
     assert got["auto_choice"]["cache_file"] != str(next(iter(before)))
     assert {p: p.read_bytes() for p in cache_files(tmp_path)} == before
     assert emb.decision_cache is own
+
+
+def test_a_cached_copy_is_built_only_once_exact_queries_have_cost_as_much(
+    tiny_model_dir, avx2, spies, tmp_path
+):
+    """With a decision for a copy on disk, a process builds the copy only once its exact
+    queries have taken as long as building it took the process that measured it: a few
+    queries never pay for a copy they would not use up; a long run pays it once, early."""
+    load(tiny_model_dir).prepare_queries()
+    [path] = cache_files(tmp_path)
+    saved = json.loads(path.read_text())
+    saved["choice"]["mode"] = "fp16"  # an earlier process found that the copy holds
+
+    def run(prepare_s: float, queries: int):
+        saved["prepare_s"] = prepare_s
+        path.write_text(json.dumps(saved))
+        spies.update(choose=0, exact_runs=0, copies=0)
+        emb = load(tiny_model_dir)
+        for i in range(queries):
+            emb.embed_queries([f"question {i}"])
+        return emb
+
+    slow = run(prepare_s=3600.0, queries=4)  # the copy would cost an hour: never worth it
+    assert slow.query_choice is None and spies == {"choose": 0, "copies": 0, "exact_runs": 0}
+    cheap = run(prepare_s=0.0, queries=2)  # costs nothing: built at the second query
+    assert spies == {"choose": 0, "copies": 1, "exact_runs": 0}
+    assert cheap.query_choice is not None
+    assert (cheap.query_choice.mode, cheap.query_choice.source) == ("fp16", "cache")
+    assert cheap.query_choice.timings["prepare_s_when_measured"] == 0.0
