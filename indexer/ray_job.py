@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 
 #: ``--ray`` spellings besides a cluster address (``host:port`` or ``ray://host:port``).
 LOCAL = "local"
+#: Starts of a fresh local instance before giving up (see :func:`connect`).
+LOCAL_START_TRIES = 3
 AUTO = "auto"
 #: Pending pages left by an earlier run are queued from their rows read this many at a time
 #: (ids first): what the queue keeps is an id and an image hash per page, not its text.
@@ -160,18 +162,20 @@ def connect(address: str, *, options: RayOptions | None = None) -> bool:
     else:
         target = address
         kwargs.pop("include_dashboard")
-    tries = 2 if address == LOCAL else 1
+    tries = LOCAL_START_TRIES if address == LOCAL else 1
     for attempt in range(1, tries + 1):
         try:
             ray.init(address=target, **kwargs)
             break
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # Ray raises a bare Exception when its raylet is late
             if attempt == tries:
                 raise PageLensError(f"Cannot connect to Ray at {address!r}: {exc}") from exc
-            # Why a second try: a fresh local instance sometimes misses its own start-up
-            # deadline (its GCS server's port file), e.g. right after another instance on
-            # the same machine shut down; the half-started processes are stopped first.
-            log.warning("starting a local Ray instance failed (%s); trying once more", exc)
+            # Why more tries: a fresh local instance sometimes misses one of its own start-up
+            # deadlines on a busy machine (the GCS server's port file; the raylet's
+            # registration, which Ray waits for 30 s and then raises a bare Exception),
+            # e.g. right after another instance shut down; the half-started processes are
+            # stopped first.
+            log.warning("starting a local Ray instance failed (%s); trying again", exc)
             ray.shutdown()
             time.sleep(2)
     return True

@@ -485,8 +485,9 @@ def test_address_spellings():
 class _FlakyRay:
     """Stands in for the ``ray`` module: ``init`` fails ``failures`` times, then works."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, error: type[Exception] = RuntimeError) -> None:
         self.failures, self.inits, self.shutdowns = failures, 0, 0
+        self.error = error
 
     def is_initialized(self) -> bool:
         return False
@@ -494,24 +495,33 @@ class _FlakyRay:
     def init(self, address: str, **kwargs) -> None:
         self.inits += 1
         if self.inits <= self.failures:
-            raise RuntimeError("Timed out waiting for file .../gcs_server_port_x")
+            raise self.error("The current node timed out during startup.")
 
     def shutdown(self) -> None:
         self.shutdowns += 1
 
 
+@pytest.mark.parametrize("error", [RuntimeError, Exception])
 @pytest.mark.parametrize(
     ("address", "failures", "inits", "ok"),
-    [("local", 1, 2, True), ("local", 2, 2, False), ("10.0.0.1:6379", 1, 1, False)],
+    [
+        ("local", 1, 2, True),
+        ("local", 2, 3, True),
+        ("local", 3, 3, False),
+        ("10.0.0.1:6379", 1, 1, False),
+    ],
 )
-def test_a_local_instance_that_misses_its_start_deadline_is_started_once_more(
-    monkeypatch, address, failures, inits, ok
+def test_a_local_instance_that_misses_its_start_deadline_is_started_again(
+    monkeypatch, address, failures, inits, ok, error
 ):
-    """A fresh local Ray instance that fails to start is stopped and started once more (it
-    happened right after another instance shut down); a cluster address is not retried."""
+    """A fresh local Ray instance that fails to start is stopped and started again, up to
+    three times (it happened right after another instance shut down, and on a busy CI
+    machine whose raylet missed Ray's fixed 30 s registration deadline, which Ray reports
+    as a bare ``Exception``: that escaped as a traceback); the last failure is one line; a
+    cluster address is not retried."""
     import indexer.ray_job as ray_job
 
-    fake = _FlakyRay(failures)
+    fake = _FlakyRay(failures, error)
     monkeypatch.setattr(ray_job, "import_ray", lambda: fake)
     monkeypatch.setattr(ray_job.time, "sleep", lambda s: None)
     if ok:
