@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -59,6 +60,20 @@ def _user_tunes(env: dict[str, str] | os._Environ[str]) -> bool:
     return "glibc.malloc." in env.get("GLIBC_TUNABLES", "")
 
 
+@functools.cache
+def glibc() -> ctypes.CDLL | None:
+    """This process's C library if it is glibc (the allocator these settings are for), else
+    None: not Linux, or another libc (musl has neither ``mallopt`` nor ``malloc_trim``)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - glibc's own symbol, so not a look-alike
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def in_effect() -> bool:
     """Whether :func:`keep_freed_memory` has turned the setting on in this process."""
     return bool(_done)
@@ -75,14 +90,10 @@ def keep_freed_memory(env: dict[str, str] | None = None) -> bool:
     if _done is not None:
         return _done
     _done = False
-    if not sys.platform.startswith("linux") or _user_tunes(os.environ if env is None else env):
+    libc = glibc()
+    if libc is None or _user_tunes(os.environ if env is None else env):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt  # glibc (musl has none: AttributeError)
-        libc.gnu_get_libc_version  # noqa: B018 - glibc's own symbol, so not a look-alike
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     _done = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

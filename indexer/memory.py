@@ -12,6 +12,7 @@ model's shape and budget (:func:`page_bytes`), reads what is available now
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,6 @@ def auto_batch_size(
     return BatchChoice(size, per_page, int(available), f"{tokens} tokens, {dtype}; {reason}")
 
 
-_malloc_trim: Any = None
-
-
 def release_free_heap() -> bool:
     """Give the C heap's free pages back to the system (glibc's ``malloc_trim(0)``); False
     where there is no glibc (macOS, Windows, musl), whose allocators do this themselves.
@@ -157,24 +155,12 @@ def release_free_heap() -> bool:
     touching freed pages again in the next batch (a fraction of a second for a GME batch
     that takes seconds to minutes).
     """
-    global _malloc_trim
-    if _malloc_trim is None:
-        _malloc_trim = False
-        import ctypes
-        import ctypes.util
-        import sys
+    from indexer.cpu_heap import glibc
 
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                _malloc_trim = libc.malloc_trim  # glibc only: AttributeError on musl
-                _malloc_trim.argtypes = [ctypes.c_size_t]
-                _malloc_trim.restype = ctypes.c_int
-            except (OSError, AttributeError):
-                _malloc_trim = False
-    if _malloc_trim is False:
+    libc = glibc()
+    if libc is None:
         return False
-    _malloc_trim(0)
+    libc.malloc_trim(ctypes.c_size_t(0))
     return True
 
 
