@@ -58,6 +58,7 @@ Loading: the hub checkpoint was saved with transformers 4.4x key names (``model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -344,7 +345,6 @@ class GmeEmbedder(EmbedderBase):
         #: Seconds this process has spent on text queries with the exact weights while the
         #: decision waited, against what building a cached copy costs (:meth:`_maybe_decide`).
         self._exact_text_s = 0.0
-        self._copy_cost: float | None | bool = False  # False: not looked up yet
         #: CPU flags the auto decision reads (None: this machine's); tests inject others.
         self.cpu_flags: frozenset[str] | None = None
 
@@ -729,7 +729,7 @@ class GmeEmbedder(EmbedderBase):
                 "for a second one (or prepare_queries())"
             )
             return
-        cost = self._cached_copy_cost() if self.query_weights == "auto" else None
+        cost = self._cached_copy_cost if self.query_weights == "auto" else None
         if cost is not None and self._exact_text_s < cost:
             # An earlier process measured that a copy holds and what building it costs:
             # build it once the exact queries of this process have taken that long (at most
@@ -798,18 +798,17 @@ class GmeEmbedder(EmbedderBase):
             calibration=self.CALIBRATION_QUERIES,
         )
 
+    @functools.cached_property
     def _cached_copy_cost(self) -> float | None:
         """Seconds building the copy took when an earlier process decided on one for this
         key (looked up once), or None: no such decision, or its cost was not recorded."""
-        if self._copy_cost is False:
-            self._copy_cost = None
-            plan = self._plan()
-            cache = self.decision_cache
-            cached = cache.load(self._decision_key(plan)) if cache and plan.candidates else None
-            if cached is not None and cached.mode != "exact":
-                cost = cached.timings.get("prepare_s_when_measured")
-                self._copy_cost = float(cost) if cost is not None else None
-        return self._copy_cost if isinstance(self._copy_cost, float) else None
+        plan = self._plan()
+        cache = self.decision_cache
+        cached = cache.load(self._decision_key(plan)) if cache and plan.candidates else None
+        if cached is None or cached.mode == "exact":
+            return None
+        cost = cached.timings.get("prepare_s_when_measured")
+        return float(cost) if cost is not None else None
 
     def _decide_among(
         self, plan: quant.QueryPlan
