@@ -538,13 +538,13 @@ def _build_cut(cfg: BenchConfig, dtype: str, **options: Any) -> Any:
     config.text_config.layer_types = config.text_config.layer_types[:text]
     with torch.device(cfg.device), no_init_weights():
         model = Qwen2VLForConditionalGeneration(config)
-    rm._randomize_fast_(model, std=rm._INIT_STD[cfg.size], seed=cfg.seed)
+    rm.randomize_weights(model, std=rm.INIT_STD[cfg.size], seed=cfg.seed)
     model.tie_weights()
     model = model.to(getattr(torch, dtype)).eval()
     return GmeEmbedder(
         model,
         rm.build_tokenizer(),
-        rm._make_image_processor(),
+        rm.make_image_processor(),
         model_id=f"pagelens/random-gme-{cfg.size}-depth{vision}+{text}-seed{cfg.seed}",
         device=cfg.device,
         **options,
@@ -565,12 +565,12 @@ def _build_text_only(cfg: BenchConfig) -> Any:
     config.vision_config.depth = 1
     with torch.device(cfg.device), no_init_weights():
         model = Qwen2VLForConditionalGeneration(config)
-    rm._randomize_fast_(model, std=rm._INIT_STD[cfg.size], seed=cfg.seed)
+    rm.randomize_weights(model, std=rm.INIT_STD[cfg.size], seed=cfg.seed)
     model.tie_weights()
     emb = GmeEmbedder(
         model.eval(),
         rm.build_tokenizer(),
-        rm._make_image_processor(),
+        rm.make_image_processor(),
         model_id=f"pagelens/random-gme-{cfg.size}-text-only-seed{cfg.seed}",
         device=cfg.device,
         query_weights="exact",

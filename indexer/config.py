@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL_ID = "Alibaba-NLP/gme-Qwen2-VL-2B-Instruct"
@@ -110,3 +112,116 @@ def list_collections() -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / "catalog.sqlite").is_file())
+
+
+# --- The registry of PAGELENS_* variables -------------------------------------------------
+# Every PAGELENS_* variable is declared here (name, what it does) and read through
+# :func:`get` / :func:`get_float` / :func:`get_int` / :func:`get_flag`: no other module reads
+# one from ``os.environ`` (a test checks). Declared in blocks by the layer that uses them.
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable PageLens reads: its name and what it changes."""
+
+    name: str
+    help: str
+
+
+#: Every declared variable, by name (documentation and the registry test read it).
+VARIABLES: dict[str, Variable] = {}
+
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def variable(name: str, help: str) -> str:
+    """Declare a PAGELENS_* variable; returns its name, to keep in a module constant."""
+    if not name.startswith("PAGELENS_"):
+        raise ValueError(f"{name}: PageLens's own variables start with PAGELENS_")
+    VARIABLES[name] = Variable(name, help)
+    return name
+
+
+def get(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The variable's value, or None when it is unset or empty (both mean "not set").
+
+    ``environ`` reads another mapping (what ``pagelens app`` hands to Streamlit, a test's);
+    the name must be declared, so a typo fails loudly instead of reading nothing.
+    """
+    if name not in VARIABLES:
+        raise KeyError(f"{name} is not a declared PageLens variable (indexer/config.py)")
+    value = (os.environ if environ is None else environ).get(name)
+    return value if value else None
+
+
+def get_float(name: str, default: float, environ: Mapping[str, str] | None = None) -> float:
+    """A number-valued variable; a value that is no number is a clear UsageError."""
+    raw = get(name, environ)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        from indexer.errors import UsageError
+
+        raise UsageError(f"{name} must be a number, not {raw!r}.") from None
+
+
+def get_int(name: str, default: int, environ: Mapping[str, str] | None = None) -> int:
+    """An integer-valued variable; a value that is no integer is a clear UsageError."""
+    raw = get(name, environ)
+    if raw is None:
+        return default
+    try:
+        return int(raw.strip())
+    except ValueError:
+        from indexer.errors import UsageError
+
+        raise UsageError(f"{name} must be a whole number, not {raw!r}.") from None
+
+
+def get_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """A yes/no variable: 1, on, yes or true (any case) mean yes."""
+    raw = get(name, environ)
+    return raw is not None and raw.strip().upper() in _TRUE
+
+
+# -- paths and the model (this module)
+HOME_ENV = variable("PAGELENS_HOME", "the folder holding named collections")
+MODEL_ENV = variable("PAGELENS_MODEL", "the embedding model: a hub id or a folder")
+CACHE_ENV = variable("PAGELENS_CACHE", "small re-creatable caches (weight hashes, decisions)")
+
+
+# -- model settings and loading (indexer/settings.py, indexer/model/)
+
+
+
+# -- remote embedder (indexer/model/remote/)
+
+
+
+# -- pages (indexer/pages/)
+
+
+
+# -- stores: local engine (indexer/stores/local/)
+
+
+
+# -- stores: Milvus engine (indexer/stores/milvus/)
+
+
+
+# -- bulk jobs (indexer/ray/, indexer/pipeline.py)
+
+
+
+# -- retriever and LLMs (retriever/)
+
+
+
+# -- app, servers, MCP (app/)
+
+
+
+# -- bench (bench/)

@@ -131,7 +131,7 @@ _TINY_OVERRIDES: dict[str, Any] = {
 # Init std of the random matrices. The tiny model uses a large one so that the last token's
 # state depends strongly on the whole input (with 0.02 every input would give almost the same
 # vector and batch-equality tests would prove nothing); "full" uses the published init range.
-_INIT_STD = {"tiny": 0.5, "full": 0.02}
+INIT_STD = {"tiny": 0.5, "full": 0.02}
 
 # The published GME / Qwen2-VL preprocessor_config.json.
 PREPROCESSOR_CONFIG: dict[str, Any] = {
@@ -346,7 +346,7 @@ def _randomize_(model, *, std: float, seed: int) -> None:
             param.copy_(sample.to(device=param.device, dtype=param.dtype))
 
 
-def _randomize_fast_(model, *, std: float, seed: int) -> None:
+def randomize_weights(model, *, std: float, seed: int) -> None:
     """Like :func:`_randomize_` but in place on the parameters' own device (for 2B weights)."""
     import torch
 
@@ -373,14 +373,14 @@ def _make_model(size: str, *, seed: int, dtype=None, device: str = "cpu"):
     with torch.device(device), local_torch_dtype(dtype), no_init_weights():
         model = Qwen2VLForConditionalGeneration(config)
     if size == "tiny":
-        _randomize_(model, std=_INIT_STD[size], seed=seed)
+        _randomize_(model, std=INIT_STD[size], seed=seed)
     else:
-        _randomize_fast_(model, std=_INIT_STD[size], seed=seed)
+        randomize_weights(model, std=INIT_STD[size], seed=seed)
     model.tie_weights()
     return model.eval()
 
 
-def _make_image_processor():
+def make_image_processor():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil,
     )
@@ -442,7 +442,7 @@ def random_embedder(
     return GmeEmbedder(
         model,
         build_tokenizer(),
-        _make_image_processor(),
+        make_image_processor(),
         model_id=f"pagelens/random-gme-{size}-seed{seed}",
         device=dev,
         **options,
