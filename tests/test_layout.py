@@ -68,9 +68,7 @@ def test_no_module_over_500_lines():
 
 def test_no_function_over_80_lines():
     long = [f for path in _files() for f in _long_functions(path)]
-    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them):\n" + "\n".join(
-        long
-    )
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them):\n" + "\n".join(long)
 
 
 def test_the_length_check_can_fail(tmp_path):
@@ -158,7 +156,10 @@ def _environment_reads(path: Path) -> list[str]:
             return key.value
         if isinstance(key, ast.Name):
             return local.get(key.id) or imported.get(key.id, "")
-        if isinstance(key, ast.Attribute) and ast.unparse(key.value) in {"config", "indexer.config"}:
+        if isinstance(key, ast.Attribute) and ast.unparse(key.value) in {
+            "config",
+            "indexer.config",
+        }:
             return CONFIG_CONSTANTS.get(key.attr, "")
         if isinstance(key, ast.JoinedStr) and key.values:
             return value(key.values[0])
