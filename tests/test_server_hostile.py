@@ -237,7 +237,8 @@ def test_serve_guards_loopback_and_refuses_empty_key(monkeypatch):
 
 # --------------------------------------------------------------------------- peak memory
 
-#: The figure README.md (Security and limits) states for the worst request the default limits allow.
+#: The figure docs/SECURITY.md (HTTP API: security and limits) states for the worst request
+#: the default limits allow.
 PEAK_LIMIT_MB = 1024
 
 
