@@ -150,7 +150,7 @@ def configure_logging(verbose: bool) -> None:
     from PIL import Image
 
     # Pillow warns about images past ~89 M pixels; PageLens checks every image against its
-    # own explicit pixel limits (RenderSettings.max_image_pixels, indexer.imageio), so the
+    # own explicit pixel limits (RenderSettings.max_image_pixels, indexer.pages.raster), so the
     # warning would only alarm someone indexing a large scan.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     # --quantize int8 uses torch.ao.quantization, which announces its own deprecation.

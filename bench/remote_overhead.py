@@ -2,7 +2,7 @@
 
 The remote path adds, per page: PNG encoding (lossless, so vectors stay equal), base64, the
 HTTP round trip, the server's decoding and batching. Two measurements, same pages, same
-machine, loopback, :class:`~indexer.remote.RemoteEmbedder` with its default batching and
+machine, loopback, :class:`~indexer.model.remote.RemoteEmbedder` with its default batching and
 concurrency:
 
 * ``transport``: a model-free server (``create_app`` around the fake embedder, in its own
@@ -137,16 +137,16 @@ def run_remote(
     """Both measurements (see the module docstring) for ``images``; the report section."""
     from indexer.embedder import FakeEmbedder
     from indexer.gme import load_embedder
-    from indexer.remote import (
+    from indexer.model.remote import (
         DEFAULT_BATCH_SIZE,
         DEFAULT_CONCURRENCY,
-        encode_png,
         load_remote_embedder,
+        png_exact,
     )
 
     n = len(images)
     t = time.perf_counter()
-    encoded = [encode_png(im) for im in images]
+    encoded = [png_exact(im) for im in images]
     png_s = time.perf_counter() - t
     report: dict[str, Any] = {
         "what": "per-page overhead of embedding through a server (RemoteEmbedder, loopback, "

@@ -31,7 +31,7 @@ def load_embedder(
 
     With an endpoint (``embedder_url``, a ``model`` that is an ``http(s)://`` URL, or
     ``$PAGELENS_EMBEDDER_URL`` when no model is named) the model runs there instead:
-    :class:`~indexer.remote.RemoteEmbedder`, key from ``$PAGELENS_API_KEY``, and ``model``
+    :class:`~indexer.model.remote.RemoteEmbedder`, key from ``$PAGELENS_API_KEY``, and ``model``
     (when given with ``embedder_url``) picks the endpoint's model. Remote options:
     ``api_key``, ``batch_size``, ``concurrency``, ``timeout``, ``retries``,
     ``max_image_tokens``. ``fail_fast=True`` is for interactive use (a query): a remote
@@ -44,7 +44,7 @@ def load_embedder(
     """
     url = remote_url(model, embedder_url)
     if url is not None:
-        from indexer.remote import load_remote_embedder
+        from indexer.model.remote import load_remote_embedder
 
         local_only = sorted(k for k in ("quantize", "compile") if options.get(k))
         if local_only:

@@ -197,6 +197,19 @@ CACHE_ENV = variable("PAGELENS_CACHE", "small re-creatable caches (weight hashes
 
 
 # -- remote embedder (indexer/model/remote/)
+EMBEDDER_URL_ENV = variable(
+    "PAGELENS_EMBEDDER_URL", "embed through this OpenAI-compatible endpoint instead of here"
+)
+API_KEY_ENV = variable("PAGELENS_API_KEY", "the endpoint's API key (sent as a bearer token)")
+EMBEDDER_BATCH_ENV = variable("PAGELENS_EMBEDDER_BATCH", "inputs per request to the endpoint")
+EMBEDDER_CONCURRENCY_ENV = variable(
+    "PAGELENS_EMBEDDER_CONCURRENCY", "requests to the endpoint in flight at once"
+)
+EMBEDDER_TIMEOUT_ENV = variable("PAGELENS_EMBEDDER_TIMEOUT", "seconds one request may take")
+EMBEDDER_RETRIES_ENV = variable("PAGELENS_EMBEDDER_RETRIES", "retries per failed request")
+EMBEDDER_CA_ENV = variable(
+    "PAGELENS_EMBEDDER_CA", "a CA bundle (PEM) to trust for an https endpoint"
+)
 
 
 

@@ -139,7 +139,7 @@ class ModelSettings:
     def display(self) -> str:
         """What to call the model in messages: the endpoint (key-free) or the model."""
         if self.embedder_url:
-            from indexer.remote import redact_url
+            from indexer.model.remote import redact_url
 
             return redact_url(self.embedder_url)
         return self.model_source

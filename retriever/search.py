@@ -26,8 +26,8 @@ from PIL import Image
 
 from indexer.embedder import Embedder
 from indexer.errors import QueryError
-from indexer.imageio import ImageRefusedError, decode_image
 from indexer.pages import RenderSettings, fit_image
+from indexer.pages.raster import ImageRefusedError, decode_image
 from indexer.stores.base import (  # noqa: F401 (RRF_K, reciprocal_rank_fusion: re-exported)
     RRF_K,
     PageFilter,
@@ -282,7 +282,7 @@ def snippet(text: str, query: str, *, width: int = 240) -> str:
 
 def load_query_image(path: str | Path | IO[bytes]) -> Image.Image:
     """Open an image given as a query (a path or an upload), with a clear error when it is
-    not one. Decoded by :func:`indexer.imageio.decode_image`: only PNG, JPEG, WebP, TIFF,
+    not one. Decoded by :func:`indexer.pages.raster.decode_image`: only PNG, JPEG, WebP, TIFF,
     BMP and GIF, never more than a few million pixels kept.
 
     Orientation, transparency and size are left to :func:`indexer.pages.fit_image`, which

@@ -1,4 +1,4 @@
-"""One decoder for every user image (indexer/imageio.py): the format allow-list holds for
+"""One decoder for every user image (indexer/pages/raster.py): the format allow-list holds for
 image documents, query images (CLI, app, library) and the API alike."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from PIL import EpsImagePlugin, Image
 
 from indexer.errors import DocumentError, QueryError
-from indexer.imageio import ALLOWED_FORMATS, ImageRefusedError, decode_image, open_image
 from indexer.pages import render_pages
+from indexer.pages.raster import ALLOWED_FORMATS, ImageRefusedError, decode_image, open_image
 from retriever.search import load_query_image
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto showpage\n%%EOF\n"

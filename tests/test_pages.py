@@ -582,7 +582,7 @@ def test_process_wide_switches_are_left_as_found(tmp_path: Path, monkeypatch) ->
     only while it needs them (and Pillow's only for images past Pillow's own limit)."""
     import pymupdf
 
-    from indexer import pages as pages_mod
+    from indexer.pages import pdf as pages_mod  # where MuPDF is opened
 
     tools = pymupdf.TOOLS
     before = (tools.mupdf_display_errors(), tools.mupdf_display_warnings())

@@ -39,15 +39,15 @@ from indexer.errors import (
     ModelMismatchError,
     ModelNotAvailableError,
 )
-from indexer.pages import RenderSettings
-from indexer.pipeline import Indexer
-from indexer.remote import (
+from indexer.model.remote import (
     RemoteEmbedder,
     api_base,
     load_remote_embedder,
     parse_retry_after,
     redact_url,
 )
+from indexer.pages import RenderSettings
+from indexer.pipeline import Indexer
 from indexer.store import Collection
 from tests.test_server import live_server
 
@@ -316,7 +316,7 @@ def test_urls_and_retry_after_parsing():
     assert parse_retry_after("soon") is None
     later = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
     assert 25 <= parse_retry_after(later) <= 31
-    from indexer.remote import MAX_RETRY_AFTER, RetryPolicy
+    from indexer.model.remote import MAX_RETRY_AFTER, RetryPolicy
 
     policy = RetryPolicy()  # the defaults: 0.5 s doubling to 30 s, with +-25% jitter
     assert 0.375 <= policy.delay(0) <= 0.625 and 0.75 <= policy.delay(1) <= 1.25

@@ -11,7 +11,7 @@ from PIL import Image
 from app.server.errors import ApiError, too_large
 from app.server.fetch import UrlImageFetcher
 from app.server.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS
-from indexer.imageio import TARGET_PIXELS, ImageRefusedError, decode_image
+from indexer.pages.raster import TARGET_PIXELS, ImageRefusedError, decode_image
 
 
 class ImageLoader:
@@ -79,7 +79,7 @@ class ImageLoader:
 
     def decode(self, data: bytes, param: str) -> Image.Image:
         """Decode with the format allow-list, pixel cap and downscale-while-decoding of
-        :func:`indexer.imageio.decode_image` (at most ``target_pixels`` are kept)."""
+        :func:`indexer.pages.raster.decode_image` (at most ``target_pixels`` are kept)."""
         if not data:
             raise ApiError(400, "The image is empty.", param=param, code="invalid_image")
         try:

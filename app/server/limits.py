@@ -11,7 +11,7 @@ MAX_INSTRUCTION_CHARS = 2_000
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 #: Pixels of one image (checked from its header, before decoding); JPEGs may have four times
 #: as many, since they are decoded at 1/2..1/8 scale. Every image is kept at most at
-#: :data:`indexer.imageio.TARGET_PIXELS` (~4 M) once decoded.
+#: :data:`indexer.pages.raster.TARGET_PIXELS` (~4 M) once decoded.
 MAX_IMAGE_PIXELS = 16_000_000
 #: Decoded pixels of all the images of one request together (after downscaling).
 MAX_REQUEST_PIXELS = 64_000_000

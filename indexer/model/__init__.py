@@ -1,0 +1,1 @@
+"""Embedding models: GME run here, a remote endpoint, and the fake embedder for tests."""

@@ -1,0 +1,145 @@
+"""PDF documents with MuPDF: open (repair, password), render a page at the pixel budget,
+read a page's text layer. Imports the other pages modules (not pages itself) and
+indexer.errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pymupdf
+from PIL import Image
+
+from indexer.errors import DocumentError
+from indexer.pages.geometry import pad, padded_size, plan_scale
+from indexer.pages.mupdf import TEXT_FLAGS, drain_mupdf_warnings, quiet_mupdf
+from indexer.pages.ocr import ocr_pdf_page
+from indexer.pages.text import normalize_text
+from indexer.pages.types import PageImage, PageRenderError, RenderSettings, check_number
+
+logger = logging.getLogger(__name__)
+
+
+@quiet_mupdf()
+def open_pdf(path: Path, password: str | None) -> pymupdf.Document:
+    """Open, repair if needed, and authenticate a PDF; refuse it with a reason otherwise."""
+    try:
+        doc = pymupdf.open(path, filetype="pdf")
+    except Exception as exc:  # MuPDF raises FileDataError, RuntimeError or its own types
+        drain_mupdf_warnings(path)
+        raise DocumentError(
+            path, "damaged", f"{path}: damaged PDF that could not be repaired ({exc})"
+        ) from None
+    try:
+        if doc.is_repaired:
+            logger.warning("%s: damaged cross-reference table, repaired by MuPDF", path)
+        if doc.needs_pass:
+            if password is None:
+                raise DocumentError(
+                    path, "needs-password", f"{path}: the PDF is protected by a password"
+                )
+            if not doc.authenticate(password):
+                raise DocumentError(
+                    path, "wrong-password", f"{path}: the password given does not open the PDF"
+                )
+        try:
+            count = doc.page_count
+        except Exception as exc:
+            raise DocumentError(path, "damaged", f"{path}: unreadable page tree ({exc})") from None
+        if count <= 0 and doc.is_repaired:
+            raise DocumentError(
+                path,
+                "damaged",
+                f"{path}: damaged PDF (a truncated download?): MuPDF "
+                "repaired its structure but found no pages",
+            )
+        if count <= 0:
+            raise DocumentError(path, "no-pages", f"{path}: the PDF has no pages")
+    except BaseException:
+        doc.close()
+        drain_mupdf_warnings(path)
+        raise
+    drain_mupdf_warnings(path)
+    return doc
+
+
+def _page_zoom(page: pymupdf.Page, settings: RenderSettings) -> float:
+    """Zoom for one page, nudged up until MuPDF's rounded pixmap meets the budget."""
+    rect = page.rect  # already rotated: what a reader sees
+    zoom = plan_scale(rect.width, rect.height, settings, upscale=True)
+    target = settings.max_pixels
+    for _ in range(4):
+        box = (rect * pymupdf.Matrix(zoom, zoom)).irect
+        w, h = padded_size(max(box.width, 1), max(box.height, 1), settings)
+        if w * h >= target or zoom >= settings.max_zoom:
+            break
+        # MuPDF rounds edges within 0.001 px inward; add a hair more than one pixel's worth.
+        zoom *= 1.0 + 1.0 / max(box.width, box.height, 1)
+    return zoom
+
+
+@quiet_mupdf()
+def render_pdf_page(
+    doc: pymupdf.Document, number: int, path: Path, settings: RenderSettings
+) -> PageImage:
+    try:
+        page = doc.load_page(number - 1)
+        rect = page.rect
+        if rect.width <= 0 or rect.height <= 0:
+            raise ValueError(f"empty page box {rect}")
+        zoom = _page_zoom(page, settings)
+        pix = page.get_pixmap(
+            matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False, annots=True
+        )
+        # samples_mv reads MuPDF's buffer in place; .samples would first copy it (3 MiB).
+        image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples_mv)
+        del pix
+        text = normalize_text(page.get_text("text", sort=True, flags=TEXT_FLAGS))
+        if not text and settings.ocr:
+            text = ocr_pdf_page(page, settings)
+    except DocumentError:
+        raise
+    except Exception as exc:
+        drain_mupdf_warnings(path)
+        raise PageRenderError(
+            path, number, f"{path}: page {number} could not be rendered ({exc})"
+        ) from None
+    drain_mupdf_warnings(path)
+    return PageImage(
+        number=number,
+        image=pad(image, settings),
+        text=text,
+        width_pt=float(rect.width),
+        height_pt=float(rect.height),
+    )
+
+
+def pdf_info(path: Path, password: str | None) -> tuple[int, str | None, bool]:
+    """Page count, title and whether it is encrypted, of a PDF."""
+    doc = open_pdf(path, password)
+    try:
+        metadata = doc.metadata or {}
+        title = (metadata.get("title") or "").strip() or None
+        return doc.page_count, title, bool(metadata.get("encryption")) or bool(doc.is_encrypted)
+    finally:
+        doc.close()
+
+
+def pdf_page_text(path: Path, number: int, password: str | None, settings: RenderSettings) -> str:
+    doc = open_pdf(path, password)
+    try:
+        check_number(path, number, doc.page_count)
+        try:
+            page = doc.load_page(number - 1)
+            raw = page.get_text("text", sort=True, flags=TEXT_FLAGS)
+        except Exception as exc:
+            raise PageRenderError(
+                path, number, f"{path}: text of page {number} could not be read ({exc})"
+            ) from None
+        text = normalize_text(raw)
+        if not text and settings.ocr:
+            text = ocr_pdf_page(page, settings)
+        return text
+    finally:
+        doc.close()
+        drain_mupdf_warnings(path)
