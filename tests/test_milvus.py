@@ -112,7 +112,7 @@ def test_an_image_location_with_credentials_is_refused_and_never_echoed(monkeypa
     """``?images=s3://KEY:SECRET@bucket/...`` would be recorded in the collection (which
     every process reads) and shown in messages, as a Milvus address with credentials would:
     refused before anything is contacted, the secret masked in every message."""
-    from indexer.stores.milvus_images import open_images
+    from indexer.stores.milvus.images import open_images
 
     located = "s3://AKIAEXAMPLE:topsecret@bucket/pages"
     for spec, expected in (
@@ -132,7 +132,7 @@ def test_an_image_folder_that_refuses_a_deletion_is_one_clear_error(tmp_path):
     """``check --repair`` and ``remove`` delete images from a shared folder, where another
     machine's file may not be ours to delete: one CollectionError line (the CLI prints it),
     not an OSError traceback. (A directory in a file's place refuses even root.)"""
-    from indexer.stores.milvus_images import FolderImages
+    from indexer.stores.milvus.images import FolderImages
 
     images = FolderImages(tmp_path / "images")
     images.put("pages/1/00001.png", b"png")
@@ -146,7 +146,7 @@ def test_keys_and_hashes_from_page_rows_cannot_leave_the_image_store(tmp_path):
     """Page rows live in Milvus, which others may write to: a row's image key (``..``, an
     absolute path) or image hash (the bucket cache's file name) never makes PageLens read,
     write or delete a file outside the image folder or its cache."""
-    from indexer.stores.milvus_images import FolderImages, open_images
+    from indexer.stores.milvus.images import FolderImages, open_images
 
     outside = tmp_path / "outside.txt"
     outside.write_text("not an image")
@@ -199,7 +199,7 @@ def test_migration_round_trip_gives_identical_results(milvus_server, tmp_path):
 
 def test_interrupted_migration_resumes_without_duplicates(milvus_server, tmp_path, monkeypatch):
     from indexer import migrate as migrate_mod
-    from indexer.stores.milvus import MilvusCollection
+    from indexer.stores.milvus.collection import MilvusCollection
 
     files = [make_text_pdf(tmp_path / f"{i}.pdf", TOPICS[i : i + 3]) for i in range(3)]
     local = str(tmp_path / "local")
@@ -341,7 +341,7 @@ def test_bulk_writes_go_in_bounded_chunks(milvus_server, monkeypatch):
     timeout) and every page arrives whole: row, vector and ``embedded`` together."""
     from PIL import Image
 
-    import indexer.stores.milvus as milvus_store
+    import indexer.stores.milvus.client as milvus_store
 
     monkeypatch.setattr(milvus_store, "UPSERT_ROWS", 4)
     store = open_collection(_spec(milvus_server), model_id="m", dim=8)
