@@ -69,6 +69,32 @@ def test_unreachable_address_is_one_clear_line(monkeypatch):
     assert f"Cannot reach Milvus at 127.0.0.1:{port}" in lines[0]
 
 
+def test_pymilvus_logging_is_quieted_only_during_calls(monkeypatch):
+    """The engine quiets pymilvus's own records (PageLens says each failure in one line)
+    while its calls run, and leaves a library user's logging as it found it afterwards."""
+    import logging
+
+    from indexer.stores.milvus.client import quiet_pymilvus
+
+    logger = logging.getLogger("pymilvus")
+    before = logger.level
+    monkeypatch.setenv("PAGELENS_MILVUS_TIMEOUT", "2")
+    monkeypatch.delenv("PAGELENS_MILVUS_LOG", raising=False)
+    try:
+        logger.setLevel(logging.INFO)
+        with quiet_pymilvus(), quiet_pymilvus():  # nested (or concurrent) calls
+            assert logger.level == logging.CRITICAL
+        assert logger.level == logging.INFO
+        with pytest.raises(CollectionError, match="Cannot reach Milvus"):
+            open_collection(f"milvus://127.0.0.1:{free_port()}/docs")
+        assert logger.level == logging.INFO
+        monkeypatch.setenv("PAGELENS_MILVUS_LOG", "1")  # keeps pymilvus's records
+        with quiet_pymilvus():
+            assert logger.level == logging.INFO
+    finally:
+        logger.setLevel(before)
+
+
 def test_bad_addresses_are_clear_errors(milvus_server):
     with pytest.raises(CollectionError, match="letters, digits and '_'"):
         open_collection(f"milvus://{milvus_server.address}/has-dash")
