@@ -165,6 +165,14 @@ def configure_logging(verbose: bool) -> None:
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         for noisy in ("transformers", "httpx", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+    from indexer import config
+
+    # pymilvus logs every failed RPC and background reconnect with a traceback on stderr
+    # (its own handler, any verbosity); PageLens says each failure once, in one line.
+    # The Milvus engine quiets it during its own calls; the CLI does it for good, as it
+    # did before. PAGELENS_MILVUS_LOG set keeps pymilvus's records.
+    if not config.get(config.MILVUS_LOG_ENV):
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 
 
 def check_search_usage(

@@ -100,7 +100,7 @@ def run_stores(
             server = MilvusServer(Path(tmp) / "milvus").start()
             try:
                 store = open_collection(f"milvus://{server.address}/bench")
-                from indexer.stores.milvus import DENSE_INDEX
+                from indexer.stores.milvus.schema import DENSE_INDEX
 
                 section["engines"]["milvus"] = {
                     "engine": "milvus-lite gRPC server (development engine: a floor), "

@@ -222,6 +222,25 @@ EMBEDDER_CA_ENV = variable(
 
 
 # -- stores: Milvus engine (indexer/stores/milvus/)
+MILVUS_TOKEN_ENV = variable(
+    "PAGELENS_MILVUS_TOKEN", "the Milvus server's token (user:password or an API key)"
+)
+MILVUS_CA_ENV = variable(
+    "PAGELENS_MILVUS_CA", "the PEM file of the CA that signed a milvuss:// server's certificate"
+)
+MILVUS_TIMEOUT_ENV = variable(
+    "PAGELENS_MILVUS_TIMEOUT", "seconds each Milvus call may take (default 10)"
+)
+MILVUS_IMAGES_ENV = variable(
+    "PAGELENS_MILVUS_IMAGES", "where this machine finds a Milvus collection's page images"
+)
+MILVUS_ORPHAN_GRACE_ENV = variable(
+    "PAGELENS_MILVUS_ORPHAN_GRACE",
+    "seconds before check --repair deletes a Milvus image no page names (default 3600)",
+)
+MILVUS_LOG_ENV = variable(
+    "PAGELENS_MILVUS_LOG", "set: keep pymilvus's own log records (quieted by default)"
+)
 
 
 

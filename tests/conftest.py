@@ -125,7 +125,7 @@ def store_spec(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
 
     spec = f"milvus://{server.address}/t_{uuid.uuid4().hex[:12]}"
     yield spec
-    from indexer.stores.milvus import MilvusCollection
+    from indexer.stores.milvus.collection import MilvusCollection
 
     try:
         store = MilvusCollection.from_spec(spec, create=False)

@@ -69,6 +69,32 @@ def test_unreachable_address_is_one_clear_line(monkeypatch):
     assert f"Cannot reach Milvus at 127.0.0.1:{port}" in lines[0]
 
 
+def test_pymilvus_logging_is_quieted_only_during_calls(monkeypatch):
+    """The engine quiets pymilvus's own records (PageLens says each failure in one line)
+    while its calls run, and leaves a library user's logging as it found it afterwards."""
+    import logging
+
+    from indexer.stores.milvus.client import quiet_pymilvus
+
+    logger = logging.getLogger("pymilvus")
+    before = logger.level
+    monkeypatch.setenv("PAGELENS_MILVUS_TIMEOUT", "2")
+    monkeypatch.delenv("PAGELENS_MILVUS_LOG", raising=False)
+    try:
+        logger.setLevel(logging.INFO)
+        with quiet_pymilvus(), quiet_pymilvus():  # nested (or concurrent) calls
+            assert logger.level == logging.CRITICAL
+        assert logger.level == logging.INFO
+        with pytest.raises(CollectionError, match="Cannot reach Milvus"):
+            open_collection(f"milvus://127.0.0.1:{free_port()}/docs")
+        assert logger.level == logging.INFO
+        monkeypatch.setenv("PAGELENS_MILVUS_LOG", "1")  # keeps pymilvus's records
+        with quiet_pymilvus():
+            assert logger.level == logging.INFO
+    finally:
+        logger.setLevel(before)
+
+
 def test_bad_addresses_are_clear_errors(milvus_server):
     with pytest.raises(CollectionError, match="letters, digits and '_'"):
         open_collection(f"milvus://{milvus_server.address}/has-dash")
@@ -112,7 +138,7 @@ def test_an_image_location_with_credentials_is_refused_and_never_echoed(monkeypa
     """``?images=s3://KEY:SECRET@bucket/...`` would be recorded in the collection (which
     every process reads) and shown in messages, as a Milvus address with credentials would:
     refused before anything is contacted, the secret masked in every message."""
-    from indexer.stores.milvus_images import open_images
+    from indexer.stores.milvus.images import open_images
 
     located = "s3://AKIAEXAMPLE:topsecret@bucket/pages"
     for spec, expected in (
@@ -132,7 +158,7 @@ def test_an_image_folder_that_refuses_a_deletion_is_one_clear_error(tmp_path):
     """``check --repair`` and ``remove`` delete images from a shared folder, where another
     machine's file may not be ours to delete: one CollectionError line (the CLI prints it),
     not an OSError traceback. (A directory in a file's place refuses even root.)"""
-    from indexer.stores.milvus_images import FolderImages
+    from indexer.stores.milvus.images import FolderImages
 
     images = FolderImages(tmp_path / "images")
     images.put("pages/1/00001.png", b"png")
@@ -146,7 +172,7 @@ def test_keys_and_hashes_from_page_rows_cannot_leave_the_image_store(tmp_path):
     """Page rows live in Milvus, which others may write to: a row's image key (``..``, an
     absolute path) or image hash (the bucket cache's file name) never makes PageLens read,
     write or delete a file outside the image folder or its cache."""
-    from indexer.stores.milvus_images import FolderImages, open_images
+    from indexer.stores.milvus.images import FolderImages, open_images
 
     outside = tmp_path / "outside.txt"
     outside.write_text("not an image")
@@ -199,7 +225,7 @@ def test_migration_round_trip_gives_identical_results(milvus_server, tmp_path):
 
 def test_interrupted_migration_resumes_without_duplicates(milvus_server, tmp_path, monkeypatch):
     from indexer import migrate as migrate_mod
-    from indexer.stores.milvus import MilvusCollection
+    from indexer.stores.milvus.collection import MilvusCollection
 
     files = [make_text_pdf(tmp_path / f"{i}.pdf", TOPICS[i : i + 3]) for i in range(3)]
     local = str(tmp_path / "local")
@@ -341,7 +367,7 @@ def test_bulk_writes_go_in_bounded_chunks(milvus_server, monkeypatch):
     timeout) and every page arrives whole: row, vector and ``embedded`` together."""
     from PIL import Image
 
-    import indexer.stores.milvus as milvus_store
+    import indexer.stores.milvus.client as milvus_store
 
     monkeypatch.setattr(milvus_store, "UPSERT_ROWS", 4)
     store = open_collection(_spec(milvus_server), model_id="m", dim=8)

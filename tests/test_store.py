@@ -235,7 +235,7 @@ def test_text_search_matches_word_forms(open_store):
 
 def test_milvus_terms_are_the_local_tokenizer_words():
     from indexer.catalog import FTS_TOKENIZE, MIGRATIONS
-    from indexer.stores.milvus import text_terms
+    from indexer.stores.milvus.schema import text_terms
 
     assert f"tokenize='{FTS_TOKENIZE}'" in MIGRATIONS[0]
     assert text_terms("Customers churned; b.pdf Café") == "custom churn b pdf cafe"

@@ -54,7 +54,7 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
 
 def milvus_key(spec: str) -> str:
     """A Milvus address without its options, spelled one way (lower-case scheme and host)."""
-    from indexer.stores.milvus import MilvusAddress
+    from indexer.stores.milvus.address import MilvusAddress
 
     return MilvusAddress.parse(spec).spec
 
@@ -139,7 +139,7 @@ class CollectionCache:
         path = Path(spec)
         label = repr(name or path.name)
         if is_milvus_spec(spec):  # the server's Milvus address is not the client's business
-            from indexer.stores.milvus import MilvusAddress
+            from indexer.stores.milvus.address import MilvusAddress
 
             address = MilvusAddress.parse(str(spec))
             message = message.replace(str(spec), label).replace(address.spec, label)

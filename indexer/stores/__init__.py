@@ -46,7 +46,7 @@ def open_collection(
 ) -> Store:
     """Open (or, with ``create``, create) the collection a spec names; see module docs."""
     if is_milvus_spec(spec):
-        from indexer.stores.milvus import MilvusCollection
+        from indexer.stores.milvus.collection import MilvusCollection
 
         return MilvusCollection.from_spec(str(spec), create=create, model_id=model_id, dim=dim)
     from indexer.config import collection_path

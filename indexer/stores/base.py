@@ -5,7 +5,7 @@ collection only through :class:`Store`. Two engines implement it:
 
 * :class:`indexer.stores.local.LocalCollection`: one folder (SQLite catalog + FAISS +
   page images), the default, no extra dependency;
-* :class:`indexer.stores.milvus.MilvusCollection`: documents and pages in Milvus, page
+* :class:`indexer.stores.milvus.collection.MilvusCollection`: documents and pages in Milvus, page
   images in a shared folder or an S3-compatible bucket, for many processes on many machines.
 
 A new engine (Qdrant, pgvector, ...) is one module implementing :class:`Store` plus a branch

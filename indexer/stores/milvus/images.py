@@ -247,6 +247,17 @@ class FsspecImages:
 ImageStore = FolderImages | FsspecImages
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
+#: An atomic write's temporary file (``.NAME.<random>.tmp``) lives for milliseconds; one this
+#: old is the leftover of a killed process, never another writer's work in progress.
+TEMP_FILE_GRACE = 300.0
+
+
+def is_temp_file(key: str) -> bool:
+    """Whether an image-store key is an atomic write's temporary file (``.NAME.<rand>.tmp``,
+    see :func:`indexer.stores.base.atomic_write_bytes`)."""
+    name = key.rsplit("/", 1)[-1]
+    return name.startswith(".") and name.endswith(".tmp")
+
 
 def redact_userinfo(text: str) -> str:
     """``text`` with the ``user:secret@`` part of every URL in it replaced by ``***@``."""
