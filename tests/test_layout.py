@@ -256,8 +256,8 @@ SWITCHES_FOR_PROGRAMS = {
 
 def _scoped(stack: list[ast.AST], subject: str) -> bool:
     """The change is undone before the call returns: it sits in a ``@contextmanager``
-    function, a ``with warnings.catch_warnings()`` block, or a function whose ``finally``
-    sets ``subject`` back."""
+    function or a context manager class, a ``with warnings.catch_warnings()`` block, or a
+    function whose ``finally`` sets ``subject`` back."""
     functions = [n for n in stack if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
     if functions:
         for node in ast.walk(functions[-1]):
@@ -265,6 +265,10 @@ def _scoped(stack: list[ast.AST], subject: str) -> bool:
                 if subject in "\n".join(ast.unparse(s) for s in node.finalbody):
                     return True
     for node in stack:
+        if isinstance(node, ast.ClassDef) and {"__enter__", "__exit__"} <= {
+            f.name for f in node.body if isinstance(f, ast.FunctionDef)
+        }:
+            return True  # a context manager class: what __enter__ sets, __exit__ restores
         if isinstance(node, ast.FunctionDef) and any(
             "contextmanager" in ast.unparse(d) for d in node.decorator_list
         ):
