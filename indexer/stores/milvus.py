@@ -59,7 +59,6 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 
-from indexer.catalog import Document, Page
 from indexer.errors import CollectionError, CollectionNotFoundError, DocumentNotFoundError
 from indexer.stores.base import (
     RRF_K,
@@ -79,6 +78,7 @@ from indexer.stores.milvus_images import (
     redact_userinfo,
     refuse_credentials,
 )
+from indexer.stores.types import Document, Page
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def _quote(text: str) -> str:
 
 def text_terms(text: str) -> str:
     """The words BM25 indexes and queries, made by the local engine's own FTS5 tokenizer
-    (:data:`indexer.catalog.FTS_TOKENIZE`: lower case, accents folded, split on non-word
+    (:data:`indexer.stores.types.FTS_TOKENIZE`: lower case, accents folded, split on non-word
     characters, Porter-stemmed), so both engines match the same word forms: ``churned``
     finds ``churn``, ``b.pdf`` is ``b pdf``. The words are read back from an in-memory FTS5
     table through its ``fts5vocab`` view, in text order."""
@@ -236,7 +236,7 @@ def text_terms(text: str) -> str:
         return ""
     con = getattr(_TOKENIZER, "con", None)
     if con is None:
-        from indexer.catalog import FTS_TOKENIZE
+        from indexer.stores.types import FTS_TOKENIZE
 
         con = sqlite3.connect(":memory:", check_same_thread=False)
         con.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize='{FTS_TOKENIZE}')")
