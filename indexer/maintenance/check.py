@@ -3,7 +3,8 @@
 A healthy collection keeps three things in step: the catalog's page rows (the source of
 truth), the FAISS ids (a cache of the catalog's vectors) and the page image files. A crash,
 a full disk or a hand-deleted file can leave them out of step; :func:`check` says how, one
-:class:`Problem` per kind, and :func:`repair` fixes what it can and says what it could not.
+:class:`Problem` per kind, and :func:`indexer.maintenance.repair.repair` fixes what it can
+and says what it could not.
 
 Problem kinds (stable, used in ``--json`` output):
 
@@ -40,45 +41,29 @@ its image store (a folder or a bucket), where ``image-missing`` and ``orphan-fil
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
+from indexer.errors import CollectionError, PageLensError
+from indexer.stores import catalog_file, describe_unopenable, open_collection
+from indexer.stores.base import ImageAudit, StorageChecks, Store
+from indexer.stores.types import Document, Page, Problem, StorageFindings
 
-from indexer.catalog import Document, Page
-from indexer.embedder import Embedder
-from indexer.errors import PageLensError
-from indexer.store import PAGES_DIR, VECTORS, Collection
-from indexer.stores.base import Store
-
-if TYPE_CHECKING:
-    from indexer.pages import RenderSettings
+__all__ = [
+    "CheckReport",
+    "Problem",
+    "Scan",
+    "check",
+    "image_audit",
+    "model_problem",
+    "open_for_check",
+    "scan_collection",
+]
 
 log = logging.getLogger(__name__)
 
-#: Problem kinds that a rebuild of the FAISS file fixes.
-FAISS_KINDS = frozenset(
-    {"faiss-unreadable", "faiss-missing-ids", "faiss-orphan-ids", "faiss-stale-vectors"}
-)
-
 _SAMPLE = 10  # how many examples a problem lists
-
-
-@dataclass
-class Problem:
-    """One kind of problem; ``extra`` holds machine-readable details (counts, ids, names)."""
-
-    kind: str
-    detail: str
-    extra: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {"kind": self.kind, "detail": self.detail, **self.extra}
 
 
 @dataclass
@@ -112,7 +97,7 @@ class CheckReport:
 
 
 @dataclass
-class _Scan:
+class Scan:
     """What check found, kept for repair."""
 
     report: CheckReport
@@ -126,6 +111,8 @@ class _Scan:
     count_mismatch: list[Document]
     #: Placeholders of pages that failed to render (``Collection.failed_pages``).
     failed: list[dict] = field(default_factory=list)
+    #: What the engine's own checks found (:class:`StorageChecks`), for its repairs.
+    findings: StorageFindings | None = None
     #: The engine's image store holds none of the collection's page images: most likely the
     #: wrong location (``?images=``, ``PAGELENS_MILVUS_IMAGES``), so repair deletes nothing
     #: there and drops no page for a missing image.
@@ -144,7 +131,7 @@ def check(
     ``model_id``/``fingerprint``: the model the user means to use (``fingerprint`` from
     :func:`indexer.identity.identify`); a different one is a ``model-mismatch`` problem.
     """
-    return _scan(store, model_id=model_id, dim=dim, fingerprint=fingerprint).report
+    return scan_collection(store, model_id=model_id, dim=dim, fingerprint=fingerprint).report
 
 
 def model_problem(
@@ -182,88 +169,71 @@ def model_problem(
     )
 
 
-def _scan(
+def scan_collection(
     store: Store, *, model_id: str | None, dim: int | None, fingerprint: str | None = None
-) -> _Scan:
-    """Every check, in order: catalog file, model, vectors, FAISS cache, images, documents."""
+) -> Scan:
+    """Every check, in order: catalog file, model, vectors, vector cache, images, documents
+    (an engine with :class:`StorageChecks` adds its own findings in their places)."""
     report = CheckReport(collection=str(store.location))
     meta = store.all_meta()
-    report.meta = {
-        k: meta[k]
-        for k in (
-            "model_id",
-            "dim",
-            "model_fingerprint",
-            "model_revision",
-            "schema_version",
-            "created_at",
-        )
-        if k in meta
-    }
+    report.meta = {k: meta[k] for k in _META_KEYS if k in meta}
     add = report.problems.append
-
-    local = store if isinstance(store, Collection) else None
-    rows = local.quick_check() if local is not None else ["ok"]
-    if rows != ["ok"]:
-        add(
-            Problem(
-                "catalog-corrupt",
-                "SQLite integrity check failed: "
-                + "; ".join(rows[:_SAMPLE])
-                + ". Restore the collection from a backup, or index the files again "
-                "into a new collection.",
-            )
-        )
-    mismatch = model_problem(store, model_id, dim, fingerprint)
-    if mismatch is not None:
-        add(mismatch)
-
     docs = {d.id: d for d in store.documents()}
     # Page rows without their text (a big collection's text would not fit in memory).
     pages = store.pages(with_text=False)
-    embedded = np.array(sorted(p.id for p in pages if p.embedded), dtype=np.int64)
+    own = store.extra_checks(pages) if isinstance(store, StorageChecks) else None
+    for problem in own.catalog if own is not None else []:
+        add(problem)
+    mismatch = model_problem(store, model_id, dim, fingerprint)
+    if mismatch is not None:
+        add(mismatch)
     report.stats = {
         "documents": len(docs),
         "pages": len(pages),
-        "embedded": int(len(embedded)),
+        "embedded": sum(1 for p in pages if p.embedded),
     }
-    bad_vectors = _check_catalog_vectors(store, pages, add)
-    if local is not None:
-        good = np.setdiff1d(embedded, np.array(bad_vectors, dtype=np.int64))
-        _check_faiss(local, good, store.dim, add)
-    missing_images, orphan_files = _check_images(store, docs, pages, add)
+    for problem in own.vectors if own is not None else []:
+        add(problem)
+    _check_pending(pages, add)
+    for problem in own.cache if own is not None else []:
+        add(problem)
+    if own is not None:
+        missing_images: list[Page] = own.missing_images
+        orphan_files: list[Path] | list[str] = own.orphan_files
+        _report_images(missing_images, orphan_files, own.orphan_names, docs, pages, None, add)
+    else:
+        missing_images, orphan_files = _check_image_store(image_audit(store), docs, pages, add)
     orphan_rows, stuck, failed, count_mismatch = _check_documents(store, docs, pages, add)
-    elsewhere = local is None and bool(pages) and len(missing_images) == len(pages)
-    return _Scan(
+    elsewhere = own is None and bool(pages) and len(missing_images) == len(pages)
+    return Scan(
         report,
         docs,
         pages,
         missing_images,
         orphan_files,
         orphan_rows,
-        bad_vectors,
+        own.bad_vectors if own is not None else [],
         stuck,
         count_mismatch,
         failed,
+        own,
         elsewhere,
     )
 
 
-def _check_catalog_vectors(store: Store, pages: list[Page], add) -> list[int]:
-    """Vectors of the wrong length, and pages still waiting for one; returns the bad ids.
-    (A Milvus vector field has the collection's width by schema: only pending is checked.)"""
-    stored_dim = store.dim
-    bad_vectors: list[int] = []
-    if stored_dim and isinstance(store, Collection):
-        bad_vectors = store.pages_with_vector_not_of_dim(stored_dim)
-        if bad_vectors:
-            add(
-                Problem(
-                    "vector-bad",
-                    f"{len(bad_vectors)} stored vector(s) are not of dim {stored_dim}",
-                    {"count": len(bad_vectors), "pages": bad_vectors[:_SAMPLE]},
-                )
-            )
+_META_KEYS = (
+    "model_id",
+    "dim",
+    "model_fingerprint",
+    "model_revision",
+    "schema_version",
+    "created_at",
+)
+
+
+def _check_pending(pages: list[Page], add) -> None:
+    """Pages still waiting for a vector. (Vectors of the wrong length are the engine's own
+    check: a Milvus vector field has the collection's width by schema.)"""
     pending = [p for p in pages if not p.embedded]
     if pending:
         add(
@@ -273,50 +243,32 @@ def _check_catalog_vectors(store: Store, pages: list[Page], add) -> list[int]:
                 {"count": len(pending)},
             )
         )
-    return bad_vectors
 
 
-class ImageAudit(Protocol):
-    """What an engine whose page images live outside a local collection folder offers the
-    check (the Milvus engine: its image store, a folder or a bucket)."""
-
-    @property
-    def image_location(self) -> str:
-        """Where the page images live (a folder, ``s3://bucket/prefix``), for messages."""
-        ...
-
-    def image_sizes(self) -> dict[str, int]:
-        """Every page image in the image store as ``{key: size}`` (one listing)."""
-        ...
-
-    def delete_images(self, keys: list[str]) -> int:
-        """Delete these images no row names, except any too young to be sure another
-        process is not about to write its row; returns how many were deleted."""
-        ...
+def _check_image_store(
+    audit: ImageAudit, docs: dict[int, Document], pages: list[Page], add
+) -> tuple[list[Page], list[str]]:
+    """Page images missing or empty in an engine's image store, and keys no page names."""
+    sizes = audit.image_sizes()
+    named = {page.image for page in pages}
+    missing_images = [page for page in pages if not sizes.get(page.image)]
+    orphan_files = sorted(k for k in sizes if k not in named)
+    names = list(orphan_files[:_SAMPLE])
+    _report_images(missing_images, orphan_files, names, docs, pages, audit, add)
+    return missing_images, orphan_files
 
 
-def _check_images(
-    store: Store, docs: dict[int, Document], pages: list[Page], add
-) -> tuple[list[Page], list[Path] | list[str]]:
-    """Page images missing or empty, and files no page names; returns both lists
-    (orphans: paths in a local folder, else keys of the engine's image store)."""
-    named = set()
-    missing_images = []
-    audit: ImageAudit | None = None if isinstance(store, Collection) else _audit(store)
-    sizes = audit.image_sizes() if audit is not None else {}
-    for page in pages:
-        named.add(page.image)
-        if audit is not None:
-            if not sizes.get(page.image):
-                missing_images.append(page)
-            continue
-        assert isinstance(store, Collection)
-        path = store.path / page.image
-        try:
-            if path.stat().st_size == 0:
-                missing_images.append(page)
-        except OSError:
-            missing_images.append(page)
+def _report_images(
+    missing_images: list[Page],
+    orphan_files: list[Path] | list[str],
+    names: list[str],
+    docs: dict[int, Document],
+    pages: list[Page],
+    audit: ImageAudit | None,
+    add,
+) -> None:
+    """The ``image-missing`` and ``orphan-files`` problems (orphans: paths in a local
+    folder, else keys of the engine's image store)."""
     if missing_images:
         none_there = audit is not None and len(missing_images) == len(pages)
         add(
@@ -336,14 +288,6 @@ def _check_images(
                 },
             )
         )
-    orphan_files: list[Path] | list[str]
-    if audit is not None:
-        orphan_files = sorted(k for k in sizes if k not in named)
-        names = list(orphan_files[:_SAMPLE])
-    else:
-        assert isinstance(store, Collection)
-        orphan_files = _orphan_files(store, named)
-        names = [str(f.relative_to(store.path)) for f in orphan_files[:_SAMPLE]]
     if orphan_files:
         add(
             Problem(
@@ -352,13 +296,13 @@ def _check_images(
                 {"count": len(orphan_files), "files": names},
             )
         )
-    return missing_images, orphan_files
 
 
-def _audit(store: Store) -> ImageAudit:
-    if not all(hasattr(store, m) for m in ("image_location", "image_sizes", "delete_images")):
+def image_audit(store: Store) -> ImageAudit:
+    """The store as an :class:`ImageAudit`, or :class:`PageLensError` when it is not one."""
+    if not isinstance(store, ImageAudit):
         raise PageLensError(f"Collection {store.location} cannot list its page images.")
-    return store  # type: ignore[return-value]
+    return store
 
 
 def _check_documents(
@@ -432,97 +376,25 @@ def _check_documents(
     return orphan_rows, stuck, failed, count_mismatch
 
 
-def _check_faiss(store: Collection, want: np.ndarray, dim: int | None, add) -> None:
-    from indexer.vectors import VectorIndex
-
-    path = store.path / VECTORS
-    if not path.exists():
-        if len(want):
-            add(
-                Problem(
-                    "faiss-missing-ids",
-                    f"no {VECTORS} file, but {len(want)} vector(s) in the catalog",
-                    {"count": int(len(want))},
-                )
-            )
-        return
-    try:
-        index = VectorIndex.load(path)
-    except Exception as exc:  # any failure to read the cache means: rebuild it
-        add(Problem("faiss-unreadable", f"{VECTORS} cannot be read ({exc})"))
-        return
-    if dim and index.dim != dim and (len(index) or len(want)):
-        add(Problem("faiss-unreadable", f"{VECTORS} has dim {index.dim}, the collection {dim}"))
-        return
-    have = index.ids()
-    unique = np.unique(have)
-    if len(unique) != len(have):
-        add(
-            Problem(
-                "faiss-orphan-ids",
-                f"{len(have) - len(unique)} duplicate id(s) in {VECTORS}",
-                {"count": int(len(have) - len(unique))},
-            )
-        )
-    missing = np.setdiff1d(want, unique)
-    orphans = np.setdiff1d(unique, want)
-    if len(missing):
-        add(
-            Problem(
-                "faiss-missing-ids",
-                f"{len(missing)} vector(s) of the catalog are not in {VECTORS}",
-                {"count": int(len(missing)), "pages": missing[:_SAMPLE].tolist()},
-            )
-        )
-    if len(orphans):
-        add(
-            Problem(
-                "faiss-orphan-ids",
-                f"{len(orphans)} id(s) in {VECTORS} have no vector in the catalog",
-                {"count": int(len(orphans)), "ids": orphans[:_SAMPLE].tolist()},
-            )
-        )
-    both = np.intersect1d(want, unique)
-    stale = []
-    for start in range(0, len(both), 1024):
-        chunk = [int(i) for i in both[start : start + 1024]]
-        for pid, ours in store.vectors(chunk).items():
-            if ours.shape != (index.dim,) or not np.allclose(
-                index.reconstruct(int(pid)), ours, atol=1e-5
-            ):
-                stale.append(int(pid))
-    if stale:
-        add(
-            Problem(
-                "faiss-stale-vectors",
-                f"{len(stale)} vector(s) in {VECTORS} differ from the catalog's",
-                {"count": len(stale), "pages": stale[:_SAMPLE]},
-            )
-        )
-
-
-def _orphan_files(store: Collection, named: set[str]) -> list[Path]:
-    """Files under pages/ that no row names, and temporary files of interrupted writes."""
-    out: list[Path] = []
-    root = store.path / PAGES_DIR
-    if root.is_dir():
-        for dirpath, _dirs, files in os.walk(root):
-            for name in files:
-                path = Path(dirpath) / name
-                if path.relative_to(store.path).as_posix() not in named:
-                    out.append(path)
-    for path in store.path.iterdir():
-        if (
-            path.is_file()
-            and path.name.endswith(".tmp")
-            and (path.name.startswith(VECTORS + ".") or path.name.startswith("."))
-        ):
-            out.append(path)
-    return sorted(out)
-
-
 def _page_name(docs: dict[int, Document], page: Page) -> str:
     doc = docs.get(page.document_id)
     return f"{doc.name if doc else page.document_id} p.{page.number}"
 
 
+def open_for_check(path: Path) -> tuple[Store | None, CheckReport | None]:
+    """Open a local collection folder for checking; a catalog that SQLite cannot read is a
+    problem to report (with ``ok`` false), not a crash."""
+    try:
+        return open_collection(Path(path), create=False), None
+    except CollectionError:
+        if not catalog_file(path).is_file():
+            raise
+        report = CheckReport(collection=str(path))
+        report.problems.append(
+            Problem(
+                "catalog-corrupt",
+                describe_unopenable(path) + ": restore the collection from a backup, or index "
+                "the files again into a new collection",
+            )
+        )
+        return None, report
