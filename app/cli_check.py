@@ -35,8 +35,8 @@ def check_cmd(
 ) -> None:
     """Check that catalog rows, vectors and page images agree (exit 4 if not)."""
     from indexer.identity import identify
-    from indexer.integrity import CheckReport, check, open_for_check
-    from indexer.integrity import repair as do_repair
+    from indexer.maintenance.check import CheckReport, check, open_for_check
+    from indexer.maintenance.repair import repair as do_repair
     from indexer.stores import Store
 
     opts = options(ctx)

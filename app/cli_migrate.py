@@ -19,7 +19,7 @@ def migrate_cmd(
 ) -> None:
     """Copy documents, pages, images, vectors and model identity; verify counts and a sample
     of vectors. Interrupt it any time: running it again continues where it stopped."""
-    from indexer.migrate import check_distinct, migrate
+    from indexer.maintenance.migrate import check_distinct, migrate
     from indexer.stores import open_collection
 
     def body() -> int:

@@ -26,13 +26,13 @@ from pathlib import Path
 
 from app.uploads import discard_upload
 from app.warmup import prepare_queries
-from indexer.catalog import Document, Page
 from indexer.config import collection_path
 from indexer.embedder import Embedder
 from indexer.errors import CollectionError, PageLensError
 from indexer.pipeline import FileResult, Indexer, IndexReport, Progress
 from indexer.settings import ModelSettings
 from indexer.stores import Store, is_milvus_spec, open_collection
+from indexer.stores.types import Document, Page
 
 #: Rough pages/s of GME-2B at 1280 visual tokens per page, used for an estimate before the
 #: first batch has been timed (then the measured rate replaces it).
@@ -401,7 +401,7 @@ class Workspace:
         """Why the loaded model cannot search this collection (the ``model-mismatch``
         problem of ``pagelens check``, same rule: weights fingerprint, else name), or None."""
         from indexer.identity import ModelIdentity
-        from indexer.integrity import model_problem
+        from indexer.maintenance.check import model_problem
 
         embedder = self.model.embedder
         if embedder is None:

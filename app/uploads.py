@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from indexer.errors import DocumentError, PageLensError
-from indexer.store import UPLOADS_DIR
+from indexer.stores import UPLOADS_DIR
 
 DEFAULT_MAX_UPLOAD_MB = 200
 _CHUNK = 1 << 20

@@ -778,7 +778,7 @@ def query_latency(emb: Any, index: Any, queries: list[str], *, cached: bool) -> 
 
 def _query_index(page_vecs: np.ndarray, n: int, seed: int):
     """A flat index: the benchmark's page vectors plus clustered synthetic filler up to n."""
-    from indexer.vectors import VectorIndex
+    from indexer.stores.local.vector_index import VectorIndex
 
     dim = page_vecs.shape[1]
     idx = VectorIndex(dim, kind="flat")
@@ -1246,7 +1246,7 @@ def run_vectors(cfg: BenchConfig, report: dict) -> None:
                 # What a collection actually uses past APPROX_THRESHOLD: the store's own
                 # VectorIndex("ivf") (IVF1024-SQ8, nprobe 24), then an exact re-rank of the
                 # top max(4k, 50) candidates (the store reads those vectors from SQLite).
-                from indexer.vectors import VectorIndex
+                from indexer.stores.local.vector_index import VectorIndex
 
                 t = time.perf_counter()
                 vindex = VectorIndex(dim, kind="ivf")
@@ -1546,7 +1546,7 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-        from indexer.vectors import set_threads
+        from indexer.stores.local.vector_index import set_threads
 
         set_threads(cfg.threads)
     started = time.time()

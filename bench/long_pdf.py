@@ -110,8 +110,7 @@ def child(
         Indexer(store, emb, settings=settings, batch_size=batch).add([warm])
     trace: list[dict[str, float]] = []
     with Collection(Path(folder) / "col") as store:
-        cache = store._db.execute("PRAGMA cache_size").fetchone()[0]
-        page_size = store._db.execute("PRAGMA page_size").fetchone()[0]
+        sqlite_cache = store.sqlite_cache_bytes()
         indexer = Indexer(store, emb, settings=settings, batch_size=batch)
         gc.collect()
         release_free_heap()
@@ -140,7 +139,7 @@ def child(
         "seconds": report.seconds,
         "page_sizes": sizes,
         "png_max_bytes": png_max,
-        "sqlite_cache_bytes": -cache * 1024 if cache < 0 else cache * page_size,
+        "sqlite_cache_bytes": sqlite_cache,
         "rss_start_mib": start,
         "rss_peak_mib": peak,
         "rss_growth_mib": peak - start,

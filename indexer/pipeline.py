@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from indexer.catalog import Document, Page
 from indexer.embedder import Embedder
 from indexer.errors import DocumentError, EmbeddingError, PageLensError
 from indexer.memory import BatchChoice, release_free_heap
@@ -43,7 +42,7 @@ from indexer.pages import (
     render_pages,
 )
 from indexer.stores import Store
-from indexer.stores.base import EncodedImage
+from indexer.stores.types import Document, EncodedImage, Page
 
 log = logging.getLogger(__name__)
 

@@ -64,8 +64,8 @@ from indexer.pipeline import (
     collection_settings,
 )
 from indexer.ray_writer import VectorWriter, worker_spec
-from indexer.store import EncodedImage
 from indexer.stores import Store
+from indexer.stores.types import EncodedImage
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ opens. To open any collection spec (a name, a folder, ``milvus://host:port/name`
 
 from __future__ import annotations
 
+from indexer.stores import UPLOADS_DIR
 from indexer.stores.base import (
     CollectionStats,
     EncodedImage,
@@ -20,15 +21,16 @@ from indexer.stores.base import (
     utcnow,
 )
 from indexer.stores.local import (
+    APPROX_THRESHOLD,
     CATALOG,
     LOCK,
     PAGES_DIR,
-    UPLOADS_DIR,
+    VECTORS,
+    VECTORS_STATE,
     LocalCollection,
     fts_query,
+    write_failure,
 )
-from indexer.stores.local_files import write_failure
-from indexer.stores.local_vectors import APPROX_THRESHOLD, VECTORS, VECTORS_STATE
 
 #: The embedded local engine (one folder), under its historical name.
 Collection = LocalCollection

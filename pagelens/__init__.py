@@ -26,10 +26,10 @@ from typing import Any
 
 from PIL import Image
 
-from indexer.catalog import Document
 from indexer.embedder import Embedder
 from indexer.pipeline import Indexer, IndexReport, ProgressFn
 from indexer.stores import Store, open_collection
+from indexer.stores.types import Document
 from retriever.ask import Answer, AnswerStream, LLMSettings, ask, ask_stream, check_page_count
 from retriever.export import to_markdown, to_openai_messages
 from retriever.search import Hit, PageRange, Retriever

@@ -34,13 +34,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from indexer import pipeline, vectors  # noqa: E402
+from indexer import pipeline  # noqa: E402
 from indexer.embedder import FakeEmbedder  # noqa: E402
 from indexer.pages import RenderSettings  # noqa: E402
 from indexer.pipeline import Indexer  # noqa: E402
 from indexer.store import Collection  # noqa: E402
-from indexer.stores import local as store_mod  # noqa: E402
 from indexer.stores import open_collection  # noqa: E402
+from indexer.stores.local import collection as store_mod  # noqa: E402
+from indexer.stores.local import vector_index as vectors  # noqa: E402
 from tests.peak_rss import own_peak_mb  # noqa: E402
 
 #: Small pages (16 visual tokens) keep the subprocess tests fast; the logic is the same.

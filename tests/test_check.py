@@ -18,12 +18,13 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from indexer.embedder import FakeEmbedder
-from indexer.integrity import check, repair
+from indexer.maintenance.check import check
+from indexer.maintenance.repair import repair
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.store import VECTORS, Collection
 from indexer.stores import open_collection
-from indexer.vectors import VectorIndex
+from indexer.stores.local.vector_index import VectorIndex
 from tests.pdfs import TOPICS, make_text_pdf
 
 SMALL = RenderSettings(max_pixels=64 * 28 * 28)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from indexer.integrity import check
+from indexer.maintenance.check import check
 from indexer.store import Collection
 from tests.pdfs import TOPICS, make_text_pdf
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.integrity import check
+from indexer.maintenance.check import check
 from indexer.store import PAGES_DIR, VECTORS, Collection
 from tests.pdfs import TOPICS, make_image_only_pdf, make_png, make_text_pdf
 

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from indexer.embedder import FakeEmbedder
-from indexer.integrity import check
+from indexer.maintenance.check import check
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.store import Collection

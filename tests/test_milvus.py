@@ -224,7 +224,7 @@ def test_migration_round_trip_gives_identical_results(milvus_server, tmp_path):
 
 
 def test_interrupted_migration_resumes_without_duplicates(milvus_server, tmp_path, monkeypatch):
-    from indexer import migrate as migrate_mod
+    from indexer.maintenance import migrate as migrate_mod
     from indexer.stores.milvus.collection import MilvusCollection
 
     files = [make_text_pdf(tmp_path / f"{i}.pdf", TOPICS[i : i + 3]) for i in range(3)]
@@ -253,7 +253,7 @@ def test_interrupted_migration_resumes_without_duplicates(milvus_server, tmp_pat
 
 
 def test_two_indexers_and_a_searcher_share_one_collection(milvus_server, tmp_path):
-    from indexer.integrity import check
+    from indexer.maintenance.check import check
 
     spec = _spec(milvus_server)
     shared = make_text_pdf(tmp_path / "shared.pdf", TOPICS[:3])
@@ -403,7 +403,8 @@ def test_repair_clears_a_killed_writers_temp_image_without_the_hour_of_grace(
     ``check --repair`` deletes it once it is minutes old (such a file only lives for one
     write), while a fresh temp file and a young image without a row (another machine's work
     in progress) are kept for their grace."""
-    from indexer.integrity import check, repair
+    from indexer.maintenance.check import check
+    from indexer.maintenance.repair import repair
 
     spec = _spec(milvus_server)
     _index(spec, [make_text_pdf(tmp_path / "a.pdf", TOPICS[:2])])

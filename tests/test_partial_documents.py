@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from indexer.embedder import FakeEmbedder
-from indexer.integrity import check, repair
+from indexer.maintenance.check import check
+from indexer.maintenance.repair import repair
 from indexer.pipeline import Indexer
 from tests.pdfs import TOPICS, make_text_pdf
 

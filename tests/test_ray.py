@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 
 from indexer import load_embedder, ray_job  # noqa: E402
 from indexer.errors import PageLensError  # noqa: E402
-from indexer.integrity import check  # noqa: E402
+from indexer.maintenance.check import check  # noqa: E402
 from indexer.pages import RenderSettings  # noqa: E402
 from indexer.pipeline import Indexer  # noqa: E402
 from indexer.ray_job import (  # noqa: E402

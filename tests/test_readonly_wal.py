@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from indexer import catalog
 from indexer.embedder import FakeEmbedder
 from indexer.pipeline import Indexer
 from indexer.store import CATALOG, Collection
+from indexer.stores.local import catalog
 
 
 class _NoShm:

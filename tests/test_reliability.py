@@ -25,14 +25,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer import catalog
 from indexer.embedder import FakeEmbedder
 from indexer.errors import CollectionError
-from indexer.integrity import check
+from indexer.maintenance.check import check
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.store import PAGES_DIR, Collection
-from indexer.stores import local as store_mod
+from indexer.stores.local import catalog
+from indexer.stores.local import collection as store_mod
 from tests.pdfs import (
     TOPICS,
     make_broken_xref_pdf,
@@ -366,7 +366,7 @@ def test_disk_full_in_sqlite_is_a_clear_error(indexed, tmp_path, monkeypatch):
 
 
 def test_disk_full_while_saving_vectors_loses_nothing(indexed, tmp_path, monkeypatch):
-    from indexer import vectors
+    from indexer.stores.local import vector_index as vectors
 
     monkeypatch.setattr(vectors.faiss, "write_index", _enospc)
     store = Collection(indexed)

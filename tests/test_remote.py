@@ -658,7 +658,7 @@ def test_failed_pages_stay_pending_are_named_and_filled_in_later(tmp_path, make_
     assert (stats.documents, stats.pages, stats.pending) == (2, 8, 0)
     vectors = _page_vectors(store)
     assert len(vectors) == 8
-    from indexer.integrity import check
+    from indexer.maintenance.check import check
 
     assert check(store).ok
     store.close()
@@ -909,7 +909,7 @@ def test_server_killed_and_restarted_mid_run_resumes(
     keys = sorted(want)
     assert sorted(got) == keys
     assert cosines([got[k] for k in keys], [want[k] for k in keys]).min() >= 0.9999
-    from indexer.integrity import check
+    from indexer.maintenance.check import check
 
     assert check(store).ok
     store.close()

@@ -178,8 +178,8 @@ def test_index_built_before_model_bound_is_rebuilt(tmp_path):
 
 
 def test_large_collection_switches_to_ivf_and_stays_exact_enough(tmp_path, monkeypatch):
-    import indexer.stores.local_vectors as store_mod
-    from indexer.vectors import VectorIndex
+    import indexer.stores.local.faiss_cache as store_mod
+    from indexer.stores.local.vector_index import VectorIndex
 
     monkeypatch.setattr(store_mod, "APPROX_THRESHOLD", 2000)
     rng = np.random.default_rng(3)
@@ -220,7 +220,7 @@ def test_large_collection_switches_to_ivf_and_stays_exact_enough(tmp_path, monke
 
 def test_text_search_matches_word_forms(open_store):
     """Both engines stem alike (Milvus's BM25 field holds the words of the local FTS5
-    tokenizer, :data:`indexer.catalog.FTS_TOKENIZE`), accents folded."""
+    tokenizer, :data:`indexer.stores.types.FTS_TOKENIZE`), accents folded."""
     store = open_store(model_id="m", dim=8)
     with store.writing():
         doc = store.add_document(name="r.pdf", path="/r", sha256="r", kind="pdf", page_count=2)
@@ -234,7 +234,7 @@ def test_text_search_matches_word_forms(open_store):
 
 
 def test_milvus_terms_are_the_local_tokenizer_words():
-    from indexer.catalog import FTS_TOKENIZE, MIGRATIONS
+    from indexer.stores.local.catalog import FTS_TOKENIZE, MIGRATIONS
     from indexer.stores.milvus.schema import text_terms
 
     assert f"tokenize='{FTS_TOKENIZE}'" in MIGRATIONS[0]

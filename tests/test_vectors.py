@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer.vectors import INDEX_KINDS, VectorIndex
+from indexer.stores.local.vector_index import INDEX_KINDS, VectorIndex
 
 
 def _unit(n: int, dim: int, seed: int = 0) -> np.ndarray:

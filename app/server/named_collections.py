@@ -23,8 +23,14 @@ from pathlib import Path
 from app.server.errors import ApiError
 from indexer.config import collection_path, home
 from indexer.errors import CollectionError, CollectionNotFoundError
-from indexer.store import CATALOG
-from indexer.stores import Store, is_milvus_spec, open_collection
+from indexer.stores import (
+    Store,
+    canonical_spec,
+    catalog_file,
+    is_milvus_spec,
+    open_collection,
+    server_of,
+)
 
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -54,9 +60,7 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
 
 def milvus_key(spec: str) -> str:
     """A Milvus address without its options, spelled one way (lower-case scheme and host)."""
-    from indexer.stores.milvus.address import MilvusAddress
-
-    return MilvusAddress.parse(spec).spec
+    return canonical_spec(spec)
 
 
 def make_resolver(
@@ -107,7 +111,7 @@ class CollectionCache:
             store = self._open.get(path)
             if store is not None:
                 return store
-            if isinstance(path, Path) and not (path / CATALOG).is_file():
+            if isinstance(path, Path) and not catalog_file(path).is_file():
                 raise ApiError(
                     404,
                     f"No collection {name or Path(path).name!r} on this server.",
@@ -139,19 +143,17 @@ class CollectionCache:
         path = Path(spec)
         label = repr(name or path.name)
         if is_milvus_spec(spec):  # the server's Milvus address is not the client's business
-            from indexer.stores.milvus.address import MilvusAddress
-
-            address = MilvusAddress.parse(str(spec))
-            message = message.replace(str(spec), label).replace(address.spec, label)
+            message = message.replace(str(spec), label).replace(canonical_spec(str(spec)), label)
             store = self._open.get(spec)  # no lock: get() calls this while holding it
             images = getattr(store, "image_location", None)  # a folder, or s3://bucket/...
             if images:
                 message = message.replace(f"Image store {images}", "The collection's image store")
                 message = message.replace(str(images), "the collection's image store")
-            message = message.replace(f"{address.host}:{address.port}", "the collection's server")
+            message = message.replace(server_of(str(spec)), "the collection's server")
             # what a client library adds (an S3 endpoint URL with the bucket and key) too
             return _URL.sub("(an address of the server's)", message)
-        for folder in sorted({str(path / CATALOG), str(path.resolve() / CATALOG)}, key=len)[::-1]:
+        catalogs = {str(catalog_file(path)), str(catalog_file(path.resolve()))}
+        for folder in sorted(catalogs, key=len)[::-1]:
             message = message.replace(folder, f"the catalog of collection {label}")
         for folder in sorted({str(path), str(path.resolve())}, key=len, reverse=True):
             message = message.replace(folder, label)

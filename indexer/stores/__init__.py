@@ -9,7 +9,12 @@
   one (Zilliz Cloud style ``user:password`` or an API key), comes from
   ``PAGELENS_MILVUS_TOKEN``, never from the address, so it stays out of logs and shell history.
 
-Nothing outside this package names an engine class.
+Nothing outside this package names an engine class: callers use :class:`Store`, the
+optional capabilities in :mod:`indexer.stores.base` (``StorageChecks``, ``ImageAudit``) and
+the functions here. Holds ``base`` (the protocol), ``types`` (the value types), ``binding``
+(the model-identity rule) and one subpackage or module per engine (``local``, ``milvus``).
+May import :mod:`indexer.errors`, :mod:`indexer.identity` and :mod:`indexer.config`; never
+the pipeline, the model or the maintenance code above it.
 """
 
 from __future__ import annotations
@@ -20,16 +25,25 @@ from pathlib import Path
 from indexer.stores.base import CollectionStats, PageFilter, Store
 
 __all__ = [
+    "UPLOADS_DIR",
     "CollectionStats",
     "PageFilter",
     "Store",
+    "canonical_spec",
+    "catalog_file",
+    "describe_unopenable",
     "is_milvus_spec",
     "open_collection",
     "server_collections",
+    "server_of",
     "spec_exists",
 ]
 
 MILVUS_SCHEMES = ("milvus://", "milvuss://")
+
+#: The folder of a collection's uploaded source files (inside a local collection's folder;
+#: the app's work folder for a Milvus collection).
+UPLOADS_DIR = "uploads"
 
 
 def is_milvus_spec(spec: str | os.PathLike[str] | None) -> bool:
@@ -50,7 +64,7 @@ def open_collection(
 
         return MilvusCollection.from_spec(str(spec), create=create, model_id=model_id, dim=dim)
     from indexer.config import collection_path
-    from indexer.stores.local import LocalCollection
+    from indexer.stores.local.collection import LocalCollection
 
     # A Path is a folder already resolved (by the CLI, the app, the server); only text is
     # read with the name-or-path rule (a bare word is a collection under PAGELENS_HOME).
@@ -69,10 +83,41 @@ def spec_exists(spec: str | os.PathLike[str] | None) -> bool:
             return False
         return True
     from indexer.config import collection_path
-    from indexer.stores.local import CATALOG
 
     path = spec if isinstance(spec, Path) else collection_path(spec)
-    return (Path(path) / CATALOG).is_file()
+    return catalog_file(path).is_file()
+
+
+def catalog_file(folder: str | os.PathLike[str]) -> Path:
+    """The catalog file of a local collection folder (whether the folder holds a
+    collection; where its messages may name it)."""
+    from indexer.stores.local.files import CATALOG
+
+    return Path(folder) / CATALOG
+
+
+def describe_unopenable(folder: str | os.PathLike[str]) -> str:
+    """Why a local collection whose catalog exists could not be opened, for a check report:
+    whether SQLite can read the catalog at all."""
+    from indexer.stores.local.catalog import describe_unopenable as describe
+
+    return describe(catalog_file(folder))
+
+
+def canonical_spec(spec: str) -> str:
+    """A server collection's address without its options, spelled one way (lower-case
+    scheme and host); :class:`~indexer.errors.CollectionError` when it is not one."""
+    from indexer.stores.milvus.address import MilvusAddress
+
+    return MilvusAddress.parse(spec).spec
+
+
+def server_of(spec: str) -> str:
+    """``host:port`` of a server collection's address (to keep it out of messages)."""
+    from indexer.stores.milvus.address import MilvusAddress
+
+    address = MilvusAddress.parse(spec)
+    return f"{address.host}:{address.port}"
 
 
 def server_collections(store: Store) -> list[str]:

@@ -3,7 +3,7 @@
 Indexer, Retriever, the CLI, the app, the API server, export and evaluation talk to a
 collection only through :class:`Store`. Two engines implement it:
 
-* :class:`indexer.stores.local.LocalCollection`: one folder (SQLite catalog + FAISS +
+* :class:`indexer.stores.local.collection.LocalCollection`: one folder (SQLite catalog + FAISS +
   page images), the default, no extra dependency;
 * :class:`indexer.stores.milvus.collection.MilvusCollection`: documents and pages in Milvus, page
   images in a shared folder or an S3-compatible bucket, for many processes on many machines.
@@ -13,20 +13,21 @@ in :func:`indexer.stores.open_collection`; the behavioural tests are parametrize
 engines (``tests/conftest.py``: ``ENGINES``, fixtures ``store_spec`` and ``open_store``), and
 ``tests/test_engine_parity.py`` compares their answers, so it cannot quietly support less.
 
-This module also holds the small pieces both engines share, so that they rank, name models
-and encode images the same way (reciprocal rank fusion, model identity, PNG encoding).
+Beside :class:`Store`, two optional capabilities that an engine may implement and that
+callers test with ``isinstance`` (never by engine class): :class:`StorageChecks` (checks and
+repairs of what only the engine's own storage can suffer) and :class:`ImageAudit` (an image
+store outside a local folder). The value types live in :mod:`indexer.stores.types` (and are
+importable from here too). This module also holds the small pieces both engines share, so
+that they rank and name models the same way (reciprocal rank fusion, model identity).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -34,46 +35,46 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from indexer.catalog import Document, Page
 from indexer.errors import ModelMismatchError
 from indexer.identity import ModelIdentity
+from indexer.stores.binding import ModelBinding, _model_key, mismatch_message
+from indexer.stores.types import (
+    CollectionStats,
+    Document,
+    EncodedImage,
+    Page,
+    PageFilter,
+    PageInput,
+    StorageFindings,
+    encode_png,
+)
+
+__all__ = [
+    "RRF_K",
+    "CollectionStats",
+    "Document",
+    "EncodedImage",
+    "ImageAudit",
+    "ModelBinding",
+    "Page",
+    "PageFilter",
+    "PageInput",
+    "StorageChecks",
+    "Store",
+    "_model_key",
+    "atomic_write_bytes",
+    "encode_png",
+    "iter_chunks",
+    "mismatch_message",
+    "query_words",
+    "reciprocal_rank_fusion",
+    "utcnow",
+    "vectors_to_store",
+]
 
 #: Reciprocal rank fusion constant (Cormack et al. 2009): ``1 / (RRF_K + rank)``. Both
 #: engines fuse with it (Milvus through its ``RRFRanker(RRF_K)``), so they rank alike.
 RRF_K = 60
-
-
-@dataclass(frozen=True)
-class CollectionStats:
-    documents: int
-    pages: int
-    embedded: int
-
-    @property
-    def pending(self) -> int:
-        return self.pages - self.embedded
-
-
-@dataclass(frozen=True)
-class PageFilter:
-    """Which pages a search may return: document ids and/or a 1-based inclusive page range.
-
-    Engines translate it into their own filter (SQLite ``WHERE`` over page ids, a Milvus
-    boolean expression) and apply it *inside* the search, never to a top-k afterwards.
-    """
-
-    documents: tuple[int, ...] | None = None
-    first: int | None = None
-    last: int | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self.documents is None and self.first is None and self.last is None
-
-
-PageInput = tuple[int, str, "Image.Image | EncodedImage"]
-"""A page to store: (1-based number, text layer, image); an :class:`EncodedImage` is stored
-as it is (Ray render tasks and migration hand over PNG bytes, never re-encoded)."""
 
 
 @runtime_checkable
@@ -271,6 +272,52 @@ class Store(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+@runtime_checkable
+class StorageChecks(Protocol):
+    """Capability: an engine whose own storage can suffer more than :class:`Store` shows.
+
+    The local engine has it: a damaged SQLite file, stored vectors of the wrong width, a
+    FAISS cache out of step with the catalog, image files missing or named by no row.
+    :mod:`indexer.maintenance` runs these beside its engine-neutral checks, placing each
+    finding where the report has always listed it, and never names an engine.
+    """
+
+    def extra_checks(self, pages: Sequence[Page]) -> StorageFindings:
+        """Check the engine's storage against these page rows (all of them, without text);
+        read only."""
+        ...
+
+    def delete_orphan_files(self, files: Sequence[Path]) -> int:
+        """Delete the files :meth:`extra_checks` found no row names; returns how many went."""
+        ...
+
+    def extra_repairs(self, findings: StorageFindings) -> list[dict]:
+        """After the engine-neutral repairs: fix what ``findings`` says about the engine's
+        own storage (e.g. rebuild a vector cache); returns what was done, as report notes
+        (``{"kind", "detail", ...}``)."""
+        ...
+
+
+@runtime_checkable
+class ImageAudit(Protocol):
+    """Capability: an engine whose page images live outside a local collection folder (the
+    Milvus engine: its image store, a folder or a bucket), so that a check can list them."""
+
+    @property
+    def image_location(self) -> str:
+        """Where the page images live (a folder, ``s3://bucket/prefix``), for messages."""
+        ...
+
+    def image_sizes(self) -> dict[str, int]:
+        """Every page image in the image store as ``{key: size}`` (one listing)."""
+        ...
+
+    def delete_images(self, keys: list[str]) -> int:
+        """Delete these images no row names, except any too young to be sure another
+        process is not about to write its row; returns how many were deleted."""
+        ...
+
+
 # -- shared helpers ---------------------------------------------------------------------
 
 
@@ -301,160 +348,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-@dataclass(frozen=True)
-class EncodedImage:
-    """A page image already encoded as PNG (by :func:`encode_png`, e.g. in a Ray render task),
-    so that the single writer stores the bytes as they are instead of decoding and re-encoding
-    them; the bytes are exactly what :meth:`Collection.add_pages` would have written."""
-
-    data: bytes
-    width: int
-    height: int
-
-    @classmethod
-    def of(cls, image: Image.Image) -> EncodedImage:
-        return cls(encode_png(image), image.width, image.height)
-
-
-def encode_png(image: Image.Image) -> bytes:
-    """The PNG bytes a collection stores for a page image (lossless, fast compression)."""
-    buf = io.BytesIO()
-    # convert() copies even an image already in RGB (4 MiB a page at GME's budget).
-    (image if image.mode == "RGB" else image.convert("RGB")).save(
-        buf, format="PNG", compress_level=1
-    )
-    return buf.getvalue()
-
-
-def mismatch_message(
-    location: str | Path,
-    stored: ModelIdentity,
-    model_id: str,
-    dim: int | None,
-    fingerprint: str | None,
-) -> str:
-    """One sentence naming both models (by weights when both have a fingerprint)."""
-    given = f"'{model_id}' (dim {dim}" + (f", weights {fingerprint})" if fingerprint else ")")
-    had = f"'{stored.display}' (dim {stored.dim}" + (
-        f", weights {stored.fingerprint})" if stored.fingerprint else ")"
-    )
-    return (
-        f"Collection {location} was built with model {had}, but {given} was given. Use the same "
-        "model (--model / PAGELENS_MODEL), or index into another collection (--collection)."
-    )
-
-
-def _model_key(model_id: str) -> str:
-    """Name rule, only for models without a fingerprint: compare the last path component."""
-    text = str(model_id).rstrip("/\\")
-    return os.path.basename(text).lower()
-
-
-class ModelBinding:
-    """The model-identity rule, shared by every engine (it needs ``meta``, ``_set_meta`` and
-    ``location``): vectors of two models live in different spaces, so the first model to
-    embed a page owns the collection (see :mod:`indexer.identity`)."""
-
-    read_only: bool
-
-    def meta(self, key: str) -> str | None:  # pragma: no cover - provided by the engine
-        raise NotImplementedError
-
-    def _set_meta(self, values: dict[str, str]) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    @property
-    def location(self) -> str:  # pragma: no cover - provided by the engine
-        raise NotImplementedError
-
-    @property
-    def model_id(self) -> str | None:
-        return self.meta("model_id")
-
-    @property
-    def dim(self) -> int | None:
-        value = self.meta("dim")
-        return int(value) if value else None
-
-    @property
-    def model_fingerprint(self) -> str | None:
-        """The recorded weights fingerprint (see :mod:`indexer.identity`); None in
-        collections made before fingerprints, or by a model that has none."""
-        return self.meta("model_fingerprint") or None
-
-    def model_identity(self) -> ModelIdentity | None:
-        """The model this collection records, or None before anything was embedded."""
-        if self.model_id is None:
-            return None
-        return ModelIdentity(
-            name=self.model_id,
-            dim=self.dim,
-            fingerprint=self.model_fingerprint,
-            revision=self.meta("model_revision") or None,
-        )
-
-    def bind_model(
-        self,
-        model_id: str,
-        dim: int | None,
-        *,
-        fingerprint: str | None = None,
-        revision: str | None = None,
-    ) -> None:
-        """Record the model that embeds this collection, or fail if another one did.
-
-        Vectors of two models live in different spaces: mixing them would return nonsense,
-        so the first model to embed a page owns the collection. A collection recorded before
-        fingerprints existed adopts the fingerprint of the first matching model (by name).
-        """
-        stored = self.model_identity()
-        if stored is None:
-            if not self.read_only:
-                values = {"model_id": model_id, "dim": str(dim or "")}
-                if fingerprint:
-                    values["model_fingerprint"] = fingerprint
-                if revision:
-                    values["model_revision"] = revision
-                self._set_meta(values)
-            return
-        if not self.same_model(model_id, dim, fingerprint=fingerprint):
-            raise ModelMismatchError(
-                mismatch_message(self.location, stored, model_id, dim, fingerprint)
-            )
-        if fingerprint and not stored.fingerprint and not self.read_only:
-            self._set_meta({"model_fingerprint": fingerprint})
-
-    def bind_embedder(self, embedder: object) -> None:
-        """:meth:`bind_model` with an embedder's identity (name, dim, fingerprint)."""
-        ident = ModelIdentity.of(embedder)
-        self.bind_model(
-            ident.name, ident.dim, fingerprint=ident.fingerprint, revision=ident.revision
-        )
-
-    def same_model(self, model_id: str, dim: int | None, *, fingerprint: str | None = None) -> bool:
-        """Whether the given model is the one this collection records (True when none is).
-
-        When both sides have a weights fingerprint, it decides alone: the same weights match
-        from any folder or hub id, different weights never do. Otherwise (an old collection,
-        or a model that cannot fingerprint itself) models compare by name.
-        """
-        stored = self.model_identity()
-        if stored is None:
-            return True
-        if dim is not None and stored.dim is not None and stored.dim != dim:
-            return False
-        if fingerprint and stored.fingerprint:
-            return fingerprint == stored.fingerprint
-        return _model_key(stored.name) == _model_key(model_id)
-
-    def render_settings(self) -> dict | None:
-        value = self.meta("render_settings")
-        return json.loads(value) if value else None
-
-    def set_render_settings(self, settings: dict) -> None:
-        self._set_meta({"render_settings": json.dumps(settings, sort_keys=True)})
 
 
 def reciprocal_rank_fusion(

@@ -37,7 +37,7 @@ Every call has a bounded timeout (``PAGELENS_MILVUS_TIMEOUT``, default 10 s) and
 of the server becomes one :class:`~indexer.errors.CollectionError` line.
 
 The package, one module per concern (each imports only those above it in this list, plus
-:mod:`indexer.config`, :mod:`indexer.errors`, :mod:`indexer.catalog` for the row types and
+:mod:`indexer.config`, :mod:`indexer.errors`, :mod:`indexer.stores.types` for the row types and
 :mod:`indexer.stores.base`; pymilvus is imported inside functions, so importing the package
 never needs the ``milvus`` extra):
 

@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image
 
 from indexer import config
-from indexer.catalog import Page
 from indexer.config import MILVUS_IMAGES_ENV as IMAGES_ENV
 from indexer.config import MILVUS_ORPHAN_GRACE_ENV as ORPHAN_GRACE_ENV
 from indexer.config import MILVUS_TIMEOUT_ENV as TIMEOUT_ENV
@@ -46,6 +45,7 @@ from indexer.stores.milvus.schema import (
     page_id_for,
     text_terms,
 )
+from indexer.stores.types import Page
 
 DEFAULT_ORPHAN_GRACE = 3600.0
 

@@ -8,12 +8,12 @@ import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
-from indexer.catalog import Document
 from indexer.errors import DocumentNotFoundError
 from indexer.stores.base import utcnow
 from indexer.stores.milvus.images import ImageStore
 from indexer.stores.milvus.query import quote
 from indexer.stores.milvus.schema import DOC_FIELDS, DUMMY_VECTOR, MilvusSchema, document_id_for
+from indexer.stores.types import Document
 
 _FRACTION = re.compile(r"\.\d+(?=[+-]\d\d:\d\d$|Z$)")  # an ISO time's fraction of a second
 

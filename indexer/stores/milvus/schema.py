@@ -70,7 +70,7 @@ def page_id_for(document_id: int, number: int) -> int:
 
 def text_terms(text: str) -> str:
     """The words BM25 indexes and queries, made by the local engine's own FTS5 tokenizer
-    (:data:`indexer.catalog.FTS_TOKENIZE`: lower case, accents folded, split on non-word
+    (:data:`indexer.stores.types.FTS_TOKENIZE`: lower case, accents folded, split on non-word
     characters, Porter-stemmed), so both engines match the same word forms: ``churned``
     finds ``churn``, ``b.pdf`` is ``b pdf``. The words are read back from an in-memory FTS5
     table through its ``fts5vocab`` view, in text order."""
@@ -78,7 +78,7 @@ def text_terms(text: str) -> str:
         return ""
     con = getattr(_TOKENIZER, "con", None)
     if con is None:
-        from indexer.catalog import FTS_TOKENIZE
+        from indexer.stores.types import FTS_TOKENIZE
 
         con = sqlite3.connect(":memory:", check_same_thread=False)
         con.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize='{FTS_TOKENIZE}')")

@@ -12,7 +12,7 @@ Nothing else in PageLens touches these files. Layout::
 Why it survives ``kill -9``: page images are written (temp file + ``os.replace``) before the
 rows that name them; rows and vectors are committed in SQLite transactions; the FAISS file
 is written atomically and is only a cache of the vectors stored in SQLite, brought back in
-step on open (:mod:`indexer.stores.local_vectors`). So a crash at any instant leaves a
+step on open (:mod:`indexer.stores.local.faiss_cache`). So a crash at any instant leaves a
 collection that opens, searches what was committed, and resumes where it stopped.
 """
 
@@ -24,51 +24,53 @@ import logging
 import os
 import shutil
 import sqlite3
-import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from indexer import catalog
-from indexer.catalog import DOCUMENT_COLUMNS, PAGE_COLUMNS, Document, Page, page_from_row
+import indexer.stores.local.catalog as catalog
 from indexer.errors import (
     CollectionError,
-    CollectionLockedError,
     CollectionNotFoundError,
     DocumentNotFoundError,
 )
-from indexer.stores.base import (
-    CollectionStats,
-    EncodedImage,
-    ModelBinding,
-    PageFilter,
-    PageInput,
-    atomic_write_bytes,
-    query_words,
-    reciprocal_rank_fusion,
-    utcnow,
+from indexer.stores.base import ModelBinding, atomic_write_bytes, utcnow
+from indexer.stores.local.catalog import DOCUMENT_COLUMNS, PAGE_COLUMNS, page_from_row
+from indexer.stores.local.check import LocalChecks
+from indexer.stores.local.faiss_cache import (
+    APPROX_THRESHOLD,
+    VECTORS,
+    VECTORS_STATE,
+    FaissCache,
 )
-from indexer.stores.local_files import write_failure
-from indexer.stores.local_vectors import APPROX_THRESHOLD, VECTORS, VECTORS_STATE, FaissCache
-from indexer.vectors import VectorIndex
+from indexer.stores.local.files import (
+    CATALOG,
+    LOCK,
+    PAGES_DIR,
+    WriteLock,
+    write_failure,
+)
+from indexer.stores.local.text import TextSearch, fts_query
+from indexer.stores.local.vector_index import VectorIndex
+from indexer.stores.types import (
+    CollectionStats,
+    Document,
+    EncodedImage,
+    Page,
+    PageInput,
+)
 
 log = logging.getLogger(__name__)
-
-CATALOG = "catalog.sqlite"
-PAGES_DIR = "pages"
-LOCK = "write.lock"
-UPLOADS_DIR = "uploads"
 
 __all__ = [
     "APPROX_THRESHOLD",
     "CATALOG",
     "LOCK",
     "PAGES_DIR",
-    "UPLOADS_DIR",
     "VECTORS",
     "VECTORS_STATE",
     "LocalCollection",
@@ -77,7 +79,7 @@ __all__ = [
 ]
 
 
-class LocalCollection(ModelBinding, FaissCache):
+class LocalCollection(ModelBinding, WriteLock, FaissCache, TextSearch, LocalChecks):
     """The persistent store of one collection (catalog + vectors + page images).
 
     Reading needs no lock and sees everything committed, even while another process indexes.
@@ -132,7 +134,9 @@ class LocalCollection(ModelBinding, FaissCache):
                     self._db.execute("SELECT COUNT(*) FROM meta").fetchone()
                 except sqlite3.OperationalError:
                     self._db.close()
-                    self._db = self._open_read_only_snapshot()
+                    self._db, self._snapshot_dir = catalog.open_read_only_snapshot(
+                        self.path / CATALOG
+                    )
             else:
                 self._db = catalog.connect(self.path / CATALOG)
                 catalog.migrate(self._db)
@@ -173,88 +177,6 @@ class LocalCollection(ModelBinding, FaissCache):
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 list(values.items()),
             )
-
-    # -- locking -----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def writing(
-        self, *, timeout: float = -1, on_wait: Callable[[str], None] | None = None
-    ) -> Iterator[LocalCollection]:
-        """Hold the collection's write lock (re-entrant within this object).
-
-        ``on_wait`` is told once, with a readable message, when another process holds the
-        lock and we start waiting; ``timeout`` < 0 waits for ever.
-        """
-        if self.read_only:
-            raise CollectionError(f"Collection folder {self.path} is read-only.")
-        from filelock import FileLock, Timeout
-
-        with self._mutex:
-            if self._lock_depth == 0:
-                lock = FileLock(str(self.path / LOCK))
-                try:
-                    lock.acquire(timeout=0)
-                except Timeout:
-                    if on_wait:
-                        on_wait(f"waiting for another process indexing into {self.path} ...")
-                    try:
-                        lock.acquire(timeout=timeout)
-                    except Timeout as exc:
-                        raise CollectionLockedError(
-                            f"Collection {self.path} is busy: another process is writing to it."
-                        ) from exc
-                self._filelock = lock
-            self._lock_depth += 1
-        try:
-            yield self
-        except (OSError, sqlite3.OperationalError) as exc:
-            failure = write_failure(self.path, exc)
-            if failure is None:
-                raise
-            raise failure from exc
-        finally:
-            with self._mutex:
-                if self._lock_depth == 1:
-                    try:
-                        self.flush()  # while the lock is still ours: flush() needs it
-                    finally:
-                        self._lock_depth = 0
-                        self._filelock.release()
-                        self._filelock = None
-                else:
-                    self._lock_depth -= 1
-
-    @contextlib.contextmanager
-    def lock_if_free(self) -> Iterator[bool]:
-        """Hold the write lock if no other process does, without waiting; yields whether the
-        view is now free of concurrent writers.
-
-        For readers that want a consistent view but write nothing (``pagelens check``): none
-        of :meth:`writing`'s side effects (no flush, no write-failure mapping). A read-only
-        folder, or one where the lock file cannot be created, has no writers: True.
-        """
-        from filelock import FileLock, Timeout
-
-        if self.read_only or self._lock_depth:  # no one can write / we already hold it
-            yield True
-            return
-        lock = FileLock(str(self.path / LOCK))
-        held = free = False
-        try:
-            lock.acquire(timeout=0)
-            held = free = True
-        except Timeout:
-            pass
-        except OSError:  # cannot even create the lock file, so nobody writes here either
-            free = True
-        try:
-            yield free
-        finally:
-            if held:
-                lock.release()
-
-    def _require_lock(self) -> None:
-        if self._lock_depth == 0:
-            raise RuntimeError("write outside Collection.writing()")
 
     # -- documents ---------------------------------------------------------------------
     def documents(self) -> list[Document]:
@@ -522,19 +444,14 @@ class LocalCollection(ModelBinding, FaissCache):
         )
         return np.frombuffer(row[0], dtype=np.float32).copy() if row else None
 
-    def pages_with_vector_not_of_dim(self, dim: int) -> list[int]:
-        """Ids of pages whose stored vector does not have ``dim`` float32 values."""
-        return [
-            r[0]
-            for r in self._query(
-                "SELECT id FROM pages WHERE vector IS NOT NULL AND length(vector) != ? ORDER BY id",
-                (int(dim) * 4,),
-            )
-        ]
-
-    def quick_check(self) -> list[str]:
-        """SQLite's ``PRAGMA quick_check`` of the catalog: ``["ok"]`` when it is sound."""
-        return [str(r[0]) for r in self._query("PRAGMA quick_check")]
+    def sqlite_cache_bytes(self) -> int:
+        """The most memory SQLite's page cache of this catalog may hold, in bytes (from
+        ``PRAGMA cache_size``: negative is KiB, positive a number of pages of
+        ``PRAGMA page_size`` bytes). Fixed, whatever the collection's size."""
+        cache = self._one("PRAGMA cache_size")
+        page_size = self._one("PRAGMA page_size")
+        assert cache is not None and page_size is not None  # pragmas always return a row
+        return -cache[0] * 1024 if cache[0] < 0 else cache[0] * page_size[0]
 
     def stats(self) -> CollectionStats:
         docs = self._one("SELECT COUNT(*) FROM documents")
@@ -558,83 +475,7 @@ class LocalCollection(ModelBinding, FaissCache):
         for page in pages.values():
             (self.path / page.image).unlink(missing_ok=True)
 
-    def search_text(
-        self,
-        query: str,
-        k: int,
-        *,
-        page_ids: Iterable[int] | None = None,
-        where: PageFilter | None = None,
-    ) -> list[tuple[int, float]]:
-        """BM25 over the pages' text layer (SQLite FTS5): ``[(page_id, score), ...]``."""
-        page_ids = self._filter_ids(page_ids, where)
-        match = fts_query(query)
-        if not match:
-            return []
-        sql = "SELECT rowid, -bm25(pages_fts) FROM pages_fts WHERE pages_fts MATCH ?"
-        args: list = [match]
-        if page_ids is not None:
-            allowed = [int(i) for i in page_ids]
-            if not allowed:
-                return []
-            sql += f" AND rowid IN ({','.join('?' * len(allowed))})"
-            args.extend(allowed)
-        sql += " ORDER BY bm25(pages_fts) LIMIT ?"
-        args.append(int(k))
-        try:
-            return [(int(r[0]), float(r[1])) for r in self._query(sql, args)]
-        except sqlite3.OperationalError as exc:
-            log.warning("full-text query %r failed: %s", match, exc)
-            return []
-
-    def search_hybrid(
-        self,
-        query: np.ndarray | None,
-        text: str,
-        k: int,
-        *,
-        depth: int,
-        where: PageFilter | None = None,
-    ) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
-        """Both rankings to ``depth``, fused by RRF here (Milvus fuses server-side)."""
-        allowed = self._filter_ids(None, where)
-        if allowed is not None and not allowed:
-            return [], {}
-        vis = self.search(query, depth, page_ids=allowed) if query is not None else []
-        txt = self.search_text(text, depth, page_ids=allowed) if text else []
-        return reciprocal_rank_fusion({"visual": vis, "text": txt}, k)
-
-    def _filter_ids(
-        self, page_ids: Iterable[int] | None, where: PageFilter | None
-    ) -> list[int] | None:
-        """A :class:`PageFilter` as the page ids it allows (SQLite filters by id sets)."""
-        if where is None or where.empty:
-            return None if page_ids is None else [int(i) for i in page_ids]
-        docs = list(where.documents) if where.documents is not None else None
-        allowed = self.page_ids(documents=docs, first=where.first, last=where.last)
-        if page_ids is not None:
-            keep = {int(i) for i in page_ids}
-            allowed = [i for i in allowed if i in keep]
-        return allowed
-
     # -- housekeeping ------------------------------------------------------------------
-
-    def _open_read_only_snapshot(self) -> sqlite3.Connection:
-        """The catalog of a truly read-only folder, where SQLite cannot create the WAL's
-        shared-memory file. Without a WAL (closing a collection checkpoints it) the file is
-        read as immutable; with one (a writer that never closed), catalog and WAL are copied
-        to a private temporary folder and read there, so the last commits are seen too."""
-        wal = self.path / (CATALOG + "-wal")
-        if not (wal.is_file() and wal.stat().st_size > 0):
-            return sqlite3.connect(
-                f"file:{self.path / CATALOG}?mode=ro&immutable=1",
-                uri=True,
-                check_same_thread=False,
-            )
-        self._snapshot_dir = tempfile.mkdtemp(prefix="pagelens-ro-")
-        for name in (CATALOG, CATALOG + "-wal"):
-            shutil.copyfile(self.path / name, Path(self._snapshot_dir) / name)
-        return catalog.connect(Path(self._snapshot_dir) / CATALOG, read_only=True)
 
     def close(self) -> None:
         with self._mutex:
@@ -655,12 +496,3 @@ class LocalCollection(ModelBinding, FaissCache):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def fts_query(text: str) -> str:
-    """Turn free text into a safe FTS5 query: every word quoted, joined by OR.
-
-    Quoting makes user input (quotes, colons, hyphens) harmless; OR with BM25 ranking lets
-    pages that contain more of the words rank first.
-    """
-    return " OR ".join(f'"{w}"' for w in query_words(text))

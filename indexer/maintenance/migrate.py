@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from indexer.errors import CollectionError
-from indexer.stores.base import EncodedImage, Store
+from indexer.stores.base import Store
+from indexer.stores.types import EncodedImage
 
 log = logging.getLogger(__name__)
 

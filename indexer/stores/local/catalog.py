@@ -1,4 +1,4 @@
-"""The SQLite catalog: schema, numbered migrations and the row types read from it.
+"""The local engine's SQLite catalog: schema, numbered migrations, reading rows as types.
 
 The catalog is the source of truth of a collection: documents, pages (with their text layer,
 image file and vector), and the collection's identity in ``meta``. Migrations are numbered
@@ -7,16 +7,29 @@ and applied in order inside a transaction, so an old collection opens with a new
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+from indexer.stores.types import FTS_TOKENIZE, Document, Page
 
-#: How the full-text index splits and stems words (migration 1 created ``pages_fts`` with
-#: it). The Milvus engine feeds its BM25 field the words this tokenizer makes, so both
-#: engines match the same word forms (``churned`` finds ``churn``).
-FTS_TOKENIZE = "porter unicode61 remove_diacritics 2"
+__all__ = [
+    "DOCUMENT_COLUMNS",
+    "FTS_TOKENIZE",
+    "MIGRATIONS",
+    "PAGE_COLUMNS",
+    "SCHEMA_VERSION",
+    "Document",
+    "Page",
+    "connect",
+    "describe_unopenable",
+    "migrate",
+    "open_read_only_snapshot",
+    "page_from_row",
+]
+
+SCHEMA_VERSION = 2
 
 MIGRATIONS: list[str] = [
     # 1: documents, pages (vector NULL = not embedded yet), meta, full-text index
@@ -78,58 +91,6 @@ MIGRATIONS: list[str] = [
 ]
 
 
-@dataclass(frozen=True)
-class Document:
-    """A file in a collection. ``status`` is ``indexing`` until every page is stored."""
-
-    id: int
-    name: str
-    path: str
-    sha256: str
-    kind: str
-    page_count: int
-    title: str | None
-    bytes: int
-    status: str
-    added_at: str
-    pages_stored: int = 0
-    pages_embedded: int = 0
-
-    @property
-    def ready(self) -> bool:
-        return self.status == "ready"
-
-    def as_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "path": self.path,
-            "pages": self.page_count,
-            "pages_embedded": self.pages_embedded,
-            "sha256": self.sha256,
-            "kind": self.kind,
-            "title": self.title,
-            "bytes": self.bytes,
-            "status": self.status,
-            "added_at": self.added_at,
-        }
-
-
-@dataclass(frozen=True)
-class Page:
-    """One stored page; ``image`` is a path relative to the collection folder."""
-
-    id: int
-    document_id: int
-    number: int
-    text: str
-    image: str
-    image_sha256: str
-    width: int
-    height: int
-    embedded: bool
-
-
 DOCUMENT_COLUMNS = (
     "d.id, d.name, d.path, d.sha256, d.kind, d.page_count, d.title, d.bytes, d.status, d.added_at"
 )
@@ -167,3 +128,33 @@ def migrate(conn: sqlite3.Connection) -> None:
             continue
         with conn:
             conn.executescript("BEGIN;" + script + f"PRAGMA user_version={number};COMMIT;")
+
+
+def open_read_only_snapshot(path: Path) -> tuple[sqlite3.Connection, str | None]:
+    """The catalog ``path`` of a truly read-only folder, where SQLite cannot create the WAL's
+    shared-memory file, and the private folder of its copy (None: no copy was made).
+
+    Without a WAL (closing a collection checkpoints it) the file is read as immutable; with
+    one (a writer that never closed), catalog and WAL are copied to a private temporary
+    folder and read there, so the last commits are seen too."""
+    wal = path.with_name(path.name + "-wal")
+    if not (wal.is_file() and wal.stat().st_size > 0):
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False
+        )
+        return conn, None
+    snapshot_dir = tempfile.mkdtemp(prefix="pagelens-ro-")
+    for name in (path.name, path.name + "-wal"):
+        shutil.copyfile(path.parent / name, Path(snapshot_dir) / name)
+    return connect(Path(snapshot_dir) / path.name, read_only=True), snapshot_dir
+
+
+def describe_unopenable(path: Path) -> str:
+    """Why a catalog file that exists could not be opened, in a few words."""
+    try:
+        sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute(
+            "SELECT COUNT(*) FROM sqlite_master"
+        ).fetchone()
+        return "the catalog cannot be opened"
+    except sqlite3.DatabaseError as exc:
+        return f"the catalog cannot be read ({exc})"

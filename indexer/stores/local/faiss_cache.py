@@ -3,7 +3,7 @@
 SQLite holds every vector (``pages.vector``, float32 BLOB); ``vectors.faiss`` is a cache of
 them, saved atomically with the catalog version it reflects (``vectors.state``) and synced on
 open. Collections use exact search up to :data:`APPROX_THRESHOLD` vectors, then IVF-SQ8 with
-an exact re-rank from the catalog (see :mod:`indexer.vectors`).
+an exact re-rank from the catalog (see :mod:`indexer.stores.local.vector_index`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.catalog import Page
-from indexer.stores.base import PageFilter, atomic_write_bytes, utcnow, vectors_to_store
-from indexer.vectors import VectorIndex
+from indexer.stores.base import atomic_write_bytes, utcnow, vectors_to_store
+from indexer.stores.local.vector_index import VectorIndex
+from indexer.stores.types import Page, PageFilter
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ APPROX_THRESHOLD = 50_000
 
 
 class FaissCache:
-    """Mixin of :class:`~indexer.stores.local.LocalCollection`: vectors, FAISS sync, search.
+    """Mixin of :class:`~indexer.stores.local.collection.LocalCollection`: vectors, FAISS
+    sync, search.
 
     It relies on the engine's catalog helpers (``_query``, ``_one``, ``meta``, ``dim``,
     ``pages_by_id``, ``_require_lock``, ``_filter_ids``), which ``LocalCollection`` provides.
@@ -288,7 +289,7 @@ class FaissCache:
                 self._index.save(self.path / VECTORS)
                 atomic_write_bytes(self.path / VECTORS_STATE, str(self._index_version).encode())
             except OSError as exc:  # the catalog holds every vector: nothing is lost
-                from indexer.stores.local_files import write_failure
+                from indexer.stores.local.files import write_failure
 
                 raise (write_failure(self.path, exc) or exc) from exc
             self._unsaved = 0
