@@ -96,7 +96,7 @@ def child(
 ) -> dict[str, Any]:
     """In a fresh process: warm up, index ``pdf`` with the fake embedder and return the
     figures (see the module docstring). Printed as one JSON line by :func:`measure`."""
-    from bench.bench import make_text_pdf
+    from bench.corpus import make_text_pdf
     from indexer.embedder import FakeEmbedder
     from indexer.memory import release_free_heap
     from indexer.pages import RenderSettings
@@ -188,7 +188,7 @@ def measure(
     """Index a ``pages``-page PDF (the bench's text-heavy A4 pages unless ``pdf`` is given)
     in a fresh subprocess; returns its figures, the bound's terms and whether it held.
     Raises RuntimeError with the child's stderr when it fails."""
-    from bench.bench import make_text_pdf
+    from bench.corpus import make_text_pdf
 
     with tempfile.TemporaryDirectory() as tmp:
         if pdf is None:
