@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
@@ -91,6 +91,12 @@ class _AnonPeak:
         return self.peak - self.start
 
 
+class _SqliteCache(Protocol):
+    """The local engine's capability the bound needs (a folder collection's catalog)."""
+
+    def sqlite_cache_bytes(self) -> int: ...
+
+
 def child(
     pdf: str, folder: str, *, batch: int, tokens: int, dim: int, checkpoints: int = 4
 ) -> dict[str, Any]:
@@ -101,17 +107,16 @@ def child(
     from indexer.memory import release_free_heap
     from indexer.pages import RenderSettings
     from indexer.pipeline import Indexer, Progress
-    from indexer.store import Collection
+    from indexer.stores import open_collection
 
     settings = RenderSettings.for_tokens(tokens)
     emb = FakeEmbedder(dim=dim)
     warm = make_text_pdf(Path(folder) / "warm.pdf", 2)
-    with Collection(Path(folder) / "warm") as store:  # imports, fonts, a first batch
+    with open_collection(Path(folder) / "warm") as store:  # imports, fonts, a first batch
         Indexer(store, emb, settings=settings, batch_size=batch).add([warm])
     trace: list[dict[str, float]] = []
-    with Collection(Path(folder) / "col") as store:
-        cache = store._db.execute("PRAGMA cache_size").fetchone()[0]
-        page_size = store._db.execute("PRAGMA page_size").fetchone()[0]
+    with open_collection(Path(folder) / "col") as store:
+        cache_bytes = cast(_SqliteCache, store).sqlite_cache_bytes()
         indexer = Indexer(store, emb, settings=settings, batch_size=batch)
         gc.collect()
         release_free_heap()
@@ -140,7 +145,7 @@ def child(
         "seconds": report.seconds,
         "page_sizes": sizes,
         "png_max_bytes": png_max,
-        "sqlite_cache_bytes": -cache * 1024 if cache < 0 else cache * page_size,
+        "sqlite_cache_bytes": cache_bytes,
         "rss_start_mib": start,
         "rss_peak_mib": peak,
         "rss_growth_mib": peak - start,
