@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
@@ -91,26 +91,32 @@ class _AnonPeak:
         return self.peak - self.start
 
 
+class _SqliteCache(Protocol):
+    """The local engine's capability the bound needs (a folder collection's catalog)."""
+
+    def sqlite_cache_bytes(self) -> int: ...
+
+
 def child(
     pdf: str, folder: str, *, batch: int, tokens: int, dim: int, checkpoints: int = 4
 ) -> dict[str, Any]:
     """In a fresh process: warm up, index ``pdf`` with the fake embedder and return the
     figures (see the module docstring). Printed as one JSON line by :func:`measure`."""
-    from bench.bench import make_text_pdf
+    from bench.corpus import make_text_pdf
     from indexer.embedder import FakeEmbedder
     from indexer.memory import release_free_heap
     from indexer.pages import RenderSettings
     from indexer.pipeline import Indexer, Progress
-    from indexer.store import Collection
+    from indexer.stores import open_collection
 
     settings = RenderSettings.for_tokens(tokens)
     emb = FakeEmbedder(dim=dim)
     warm = make_text_pdf(Path(folder) / "warm.pdf", 2)
-    with Collection(Path(folder) / "warm") as store:  # imports, fonts, a first batch
+    with open_collection(Path(folder) / "warm") as store:  # imports, fonts, a first batch
         Indexer(store, emb, settings=settings, batch_size=batch).add([warm])
     trace: list[dict[str, float]] = []
-    with Collection(Path(folder) / "col") as store:
-        sqlite_cache = store.sqlite_cache_bytes()
+    with open_collection(Path(folder) / "col") as store:
+        cache_bytes = cast(_SqliteCache, store).sqlite_cache_bytes()
         indexer = Indexer(store, emb, settings=settings, batch_size=batch)
         gc.collect()
         release_free_heap()
@@ -139,7 +145,7 @@ def child(
         "seconds": report.seconds,
         "page_sizes": sizes,
         "png_max_bytes": png_max,
-        "sqlite_cache_bytes": sqlite_cache,
+        "sqlite_cache_bytes": cache_bytes,
         "rss_start_mib": start,
         "rss_peak_mib": peak,
         "rss_growth_mib": peak - start,
@@ -187,7 +193,7 @@ def measure(
     """Index a ``pages``-page PDF (the bench's text-heavy A4 pages unless ``pdf`` is given)
     in a fresh subprocess; returns its figures, the bound's terms and whether it held.
     Raises RuntimeError with the child's stderr when it fails."""
-    from bench.bench import make_text_pdf
+    from bench.corpus import make_text_pdf
 
     with tempfile.TemporaryDirectory() as tmp:
         if pdf is None:

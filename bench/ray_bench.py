@@ -33,7 +33,7 @@ def run_ray(cfg: Any, report: dict, workdir: Path, make_pdf: Any) -> None:
     from indexer.pipeline import Indexer
     from indexer.random_model import build_random_gme
     from indexer.ray_job import EmbedPool, RayIndexer, RayOptions, connect
-    from indexer.store import Collection
+    from indexer.stores import open_collection
 
     tokens = int(cfg.ray_tokens)
     pages = int(cfg.ray_pages)
@@ -62,8 +62,9 @@ def run_ray(cfg: Any, report: dict, workdir: Path, make_pdf: Any) -> None:
             pool.start()
             start_s = time.perf_counter() - t0
             res = pool.resources
+            assert res is not None  # planned by start()
             try:
-                store = Collection(workdir / f"ray-{actors}")
+                store = open_collection(workdir / f"ray-{actors}")
                 with RayIndexer(
                     store, pool=pool, settings=settings, batch_size=cfg.batch_size
                 ) as job:
@@ -85,7 +86,7 @@ def run_ray(cfg: Any, report: dict, workdir: Path, make_pdf: Any) -> None:
             )
             print(f"[bench] ray {actors} actor(s): {pages / rep.seconds:.2f} pages/s", flush=True)
         embedder = load_embedder(model, **load)
-        store = Collection(workdir / "ray-inprocess")
+        store = open_collection(workdir / "ray-inprocess")
         rep = Indexer(store, embedder, settings=settings, batch_size=cfg.batch_size).add([pdf])
         store.close()
         section["in_process"] = {

@@ -8,7 +8,7 @@ search, SIMD HNSW/DiskANN/GPU indexes, horizontal query nodes) deliver.
 
 Per engine: insert rate (pages/s, row + image + vector, batches of ``BATCH``), single-query
 search latency (p50/p95 over the queries), and recall@10 against exact search on the same
-vectors (structured synthetic vectors, see :func:`bench.bench.clustered_vectors`).
+vectors (structured synthetic vectors, see :func:`bench.vectors.clustered_vectors`).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def run_stores(
     n: int, *, queries: int = 100, engines: tuple[str, ...] = ("local", "milvus")
 ) -> dict:
     """The ``stores`` section of a bench report (see module docs)."""
-    from bench.bench import clustered_vectors
+    from bench.vectors import clustered_vectors
     from indexer.stores import open_collection
 
     vecs, qs = clustered_vectors(n, queries, DIM, seed=7)

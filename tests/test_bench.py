@@ -53,7 +53,8 @@ def test_int8_quantize_agrees_roughly(tiny_model_dir, make_pdf):
 
 
 def test_bench_tiny_report(tmp_path):
-    from bench.bench import CANDIDATE_KERNELS, BenchConfig, main
+    from bench.bench import BenchConfig, main
+    from bench.query_phase import CANDIDATE_KERNELS
 
     out = tmp_path / "report.json"
     code = main(
@@ -154,7 +155,7 @@ def test_bench_tiny_report(tmp_path):
 
 
 def test_flops_count_full_model_is_plausible():
-    from bench.bench import flops_per_input
+    from bench.flops import flops_per_input
     from indexer.random_model import make_config
 
     # A 1024-visual-token page: 64x64 patches, ~1050-token sequence.
@@ -300,7 +301,9 @@ def test_bench_isa_emulation_reruns_under_the_caps(tmp_path):
 
 def test_depth_cut_keeps_the_width(capsys):
     """--depth V,T: the random model at full width, V vision blocks and T decoder layers."""
-    from bench.bench import _build_cut, flops_per_input, parse_args
+    from bench.bench import parse_args
+    from bench.flops import flops_per_input
+    from bench.model_build import _build_cut
 
     cfg = parse_args(["--size", "tiny", "--depth", "1,1"])
     assert cfg.depth == (1, 1)

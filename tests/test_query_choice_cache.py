@@ -365,7 +365,7 @@ def test_the_app_model_loader_decides_after_loading():
 def test_the_bench_measures_deciding_without_the_users_cache(tiny_model_dir, avx2, tmp_path):
     """`pagelens bench` reports calibration, cached-decision and copy-building times; it
     always measures (a temporary cache) and leaves the user's decisions alone."""
-    from bench.bench import auto_decision_phase
+    from bench.query_phase import auto_decision_phase
 
     load(tiny_model_dir).prepare_queries()  # the user's own cached decision
     before = {p: p.read_bytes() for p in cache_files(tmp_path)}

@@ -132,7 +132,7 @@ def test_bench_ray_phase_reports_pages_per_second(ray_local, tiny_model_dir, tmp
     pool exists, for the same reason as the CLI test."""
     from types import SimpleNamespace
 
-    from bench.bench import make_text_pdf
+    from bench.corpus import make_text_pdf
     from bench.ray_bench import run_ray, summary_lines
 
     cfg = SimpleNamespace(
