@@ -1,6 +1,7 @@
 """Phase D: vector search on clustered synthetic unit vectors: exact (flat), HNSW, IVF-SQ8
 and the store's own index (IVF-SQ8 + exact re-rank), recall@10 against exact search,
-single-query latency, build time and memory per vector. Imports faiss and indexer.stores.local.vector_index."""
+single-query latency, build time and memory per vector. Imports faiss and
+indexer.stores.local.vector_index."""
 
 from __future__ import annotations
 
