@@ -22,7 +22,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,11 +120,24 @@ class IndexReport:
 ProgressFn = Callable[[Progress], None]
 
 
-class _Meter:
-    """Pages/s and ETA over a phase, for progress bars."""
+class Meter:
+    """Pages/s and ETA over a phase, for progress bars.
 
-    def __init__(self, phase: str, total: int, callback: ProgressFn | None) -> None:
+    With ``render_total`` (a Ray job, whose stages overlap) the phase is the vectors, the
+    slow stage, and the message counts the pages rendered so far; without it the pages
+    rendered (:meth:`rendered`) are the phase's own steps.
+    """
+
+    def __init__(
+        self,
+        phase: str,
+        total: int,
+        callback: ProgressFn | None,
+        *,
+        render_total: int | None = None,
+    ) -> None:
         self.phase, self.total, self.callback = phase, total, callback
+        self.render_total, self.rendered_n = render_total, 0
         self.done = 0
         self.start = time.perf_counter()
 
@@ -132,12 +145,33 @@ class _Meter:
         self.done += n
         self.report(file=file, message=message)
 
+    def rendered(self, n: int, file: str | None) -> None:
+        """``n`` pages of ``file`` were rendered and stored."""
+        if self.render_total is None:
+            self.step(n, file=file)
+            return
+        self.rendered_n += n
+        self.report(file=file)
+
+    def drop(self, pages: int, rendered: int) -> None:
+        """A refused document's ``pages`` leave the job (``rendered`` of them were counted)."""
+        self.total -= pages
+        if self.render_total is None:
+            self.done -= rendered
+        else:
+            self.render_total -= pages
+            self.rendered_n -= rendered
+        self.done = min(self.done, self.total)
+        self.report()
+
     def report(self, *, file: str | None = None, message: str | None = None) -> None:
         if self.callback is None:
             return
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         rate = self.done / elapsed if self.done else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else None
+        if message is None and self.render_total is not None:
+            message = f"rendered {self.rendered_n}/{self.render_total}"
         self.callback(
             Progress(self.phase, self.done, self.total, rate, eta, file=file, message=message)
         )
@@ -204,6 +238,87 @@ def add_file_document(store: Store, name: str, path: Path, info: DocumentInfo) -
     )
 
 
+@dataclass
+class FilePlan:
+    """An input file to store pages of: what :func:`inspect_document` said of it, and what
+    the collection already holds of the same content."""
+
+    path: Path
+    info: DocumentInfo
+    password: str | None
+    name: str
+    existing: Document | None
+    stored: set[int]
+    todo: int  # pages this run renders
+
+    def already_stored(self, *, embedding: bool) -> FileResult | None:
+        """The ``skipped`` result when the collection holds this content complete, else
+        None; ``embedding``: this run embeds the pages that wait for vectors."""
+        path, existing = self.path, self.existing
+        if existing is None or not existing.ready:
+            return None
+        waiting = existing.pages_stored - existing.pages_embedded
+        if waiting > 0 and embedding:
+            message = (
+                f"{path.name} is already stored; embedding its {waiting} page(s) "
+                "that wait for vectors."
+            )
+        else:
+            message = (
+                f"{path.name} is already in the collection (same content as '{existing.name}')."
+            )
+        return FileResult(
+            str(path),
+            "skipped",
+            existing.id,
+            existing.name,
+            existing.page_count,
+            message=message,
+        )
+
+
+def plan_files(
+    store: Store,
+    files: Iterable[Path],
+    inspect: Callable[[Path, str | None], DocumentInfo],
+    *,
+    password: str | None = None,
+    passwords: dict[str, str] | None = None,
+    names: dict[str, str] | None = None,
+) -> Iterator[FilePlan | FileResult]:
+    """Per input file, in order: a refusal (``inspect`` raised :class:`DocumentError`), a
+    skip (the same bytes as an earlier file of this batch: stored once), or a plan.
+
+    ``inspect(path, password)`` describes a file (:func:`inspect_document`, or what a Ray
+    task found). Shared by the local and the Ray indexers; it writes nothing.
+    """
+    planned: dict[str, Path] = {}
+    for path in files:
+        pw = (passwords or {}).get(str(path), password)
+        name = (names or {}).get(str(path)) or path.name
+        try:
+            info = inspect(path, pw)
+        except DocumentError as exc:
+            yield FileResult(str(path), "refused", reason=exc.reason, message=str(exc))
+            continue
+        twin = planned.get(info.sha256)
+        if twin is not None:  # the same bytes twice in one batch: store them once
+            yield FileResult(
+                str(path),
+                "skipped",
+                name=name,
+                pages=info.page_count,
+                message=f"{path.name} has the same content as {twin.name} in this batch; "
+                "stored once.",
+            )
+            continue
+        planned[info.sha256] = path
+        existing = store.find_by_sha256(info.sha256)
+        stored = store.stored_page_numbers(existing.id) if existing else set()
+        todo = 0 if existing and existing.ready else info.page_count - len(stored)
+        yield FilePlan(path, info, pw, name, existing, stored, todo)
+
+
 class Indexer:
     """Adds files to a collection with an injected embedder.
 
@@ -266,34 +381,23 @@ class Indexer:
                 self.store.bind_embedder(self.embedder)
             if self.store.render_settings() is None:
                 self.store.set_render_settings(self.settings.as_dict())
-            plans: list[dict] = []
-            for path in iter_input_files(paths):
-                pw = (passwords or {}).get(str(path), password)
-                name = (names or {}).get(str(path))
-                try:
-                    plan = self._plan(path, pw, name)
-                    twin = next((p for p in plans if p["info"].sha256 == plan["info"].sha256), None)
-                    if twin is not None:  # the same bytes twice in one batch: store them once
-                        result = FileResult(
-                            str(path),
-                            "skipped",
-                            name=plan["name"],
-                            pages=plan["info"].page_count,
-                            message=f"{path.name} has the same content as {twin['path'].name} "
-                            "in this batch; stored once.",
-                        )
-                        report.files.append(result)
-                        if on_file:
-                            on_file(result)
-                        continue
-                    plans.append(plan)
-                except DocumentError as exc:
-                    result = FileResult(str(path), "refused", reason=exc.reason, message=str(exc))
-                    report.files.append(result)
-                    if on_file:
-                        on_file(result)
-            total = sum(p["todo"] for p in plans)
-            meter = _Meter("pages", total, progress)
+            plans: list[FilePlan] = []
+            for planned in plan_files(
+                self.store,
+                iter_input_files(paths),
+                lambda path, pw: inspect_document(path, password=pw, settings=self.settings),
+                password=password,
+                passwords=passwords,
+                names=names,
+            ):
+                if isinstance(planned, FilePlan):
+                    plans.append(planned)
+                    continue
+                report.files.append(planned)
+                if on_file:
+                    on_file(planned)
+            total = sum(p.todo for p in plans)
+            meter = Meter("pages", total, progress)
             meter.report()
             for plan in plans:
                 result = self._store_pages(plan, meter, report)
@@ -307,46 +411,15 @@ class Indexer:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _plan(self, path: Path, password: str | None, name: str | None) -> dict:
-        info = inspect_document(path, password=password, settings=self.settings)
-        existing = self.store.find_by_sha256(info.sha256)
-        stored = self.store.stored_page_numbers(existing.id) if existing else set()
-        todo = 0 if existing and existing.ready else info.page_count - len(stored)
-        return {
-            "path": path,
-            "info": info,
-            "password": password,
-            "existing": existing,
-            "stored": stored,
-            "todo": todo,
-            "name": name or path.name,
-        }
-
-    def _store_pages(self, plan: dict, meter: _Meter, report: IndexReport) -> FileResult:
-        path, info, existing = plan["path"], plan["info"], plan["existing"]
-        if existing is not None and existing.ready:
-            waiting = existing.pages_stored - existing.pages_embedded
-            if waiting > 0 and self.embedder is not None:
-                message = (
-                    f"{path.name} is already stored; embedding its {waiting} page(s) "
-                    "that wait for vectors."
-                )
-            else:
-                message = (
-                    f"{path.name} is already in the collection (same content as '{existing.name}')."
-                )
-            return FileResult(
-                str(path),
-                "skipped",
-                existing.id,
-                existing.name,
-                existing.page_count,
-                message=message,
-            )
-        doc = existing or add_file_document(self.store, plan["name"], path, info)
-        wanted = [n for n in range(1, info.page_count + 1) if n not in plan["stored"]]
+    def _store_pages(self, plan: FilePlan, meter: Meter, report: IndexReport) -> FileResult:
+        skipped = plan.already_stored(embedding=self.embedder is not None)
+        if skipped is not None:
+            return skipped
+        path, info, existing = plan.path, plan.info, plan.existing
+        doc = existing or add_file_document(self.store, plan.name, path, info)
+        wanted = [n for n in range(1, info.page_count + 1) if n not in plan.stored]
         try:
-            failed = self._render_into(doc, path, wanted, plan["password"], meter, report)
+            failed = self._render_into(doc, path, wanted, plan.password, meter, report)
         except DocumentError as exc:
             # The file itself cannot be read (not one page of it): it is absent, not partial.
             self.store.remove_document(doc.id)
@@ -371,7 +444,7 @@ class Indexer:
         path: Path,
         wanted: list[int],
         password: str | None,
-        meter: _Meter,
+        meter: Meter,
         report: IndexReport,
     ) -> list[tuple[int, str]]:
         """Render and store ``wanted`` pages in batches; a page that fails to render becomes
@@ -406,7 +479,7 @@ class Indexer:
                 self._commit(doc, batch, meter, report)
         return failed
 
-    def _commit(self, doc, batch: list, meter: _Meter, report: IndexReport) -> None:
+    def _commit(self, doc, batch: list, meter: Meter, report: IndexReport) -> None:
         self.store.add_pages(doc.id, batch)
         for number, _text, _image in batch:
             self.store.clear_failed_page(doc.id, number)
@@ -434,7 +507,7 @@ class Indexer:
             pending = self.store.page_ids(embedded=False)
             if limit:
                 pending = pending[: int(limit)]
-            meter = _Meter("vectors", len(pending), progress)
+            meter = Meter("vectors", len(pending), progress)
             meter.report()
             size = self._batch_size() if pending else 1
             batches = [pending[i : i + size] for i in range(0, len(pending), size)]
