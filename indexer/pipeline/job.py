@@ -1,17 +1,6 @@
-"""Indexing: files -> pages -> vectors, into a store (:class:`~indexer.stores.base.Store`).
+"""The in-process indexing job (:class:`Indexer`): files -> pages -> vectors, into a store.
 
-Two phases, so that a person can search at once and nothing is lost on interruption:
-
-1. *Pages*: every file is inspected (bad files are refused by name with a reason, the others
-   go on), its pages rendered, their text layer extracted, and both committed in small
-   batches. Text search works as soon as this phase ends, in seconds.
-2. *Vectors*: pages without a vector are embedded in batches and committed batch by batch.
-   A page whose image is byte-identical to one already embedded (blank pages, repeated
-   slides) reuses that vector instead of running the model.
-
-Re-running the same command after a crash finishes the job: files whose content hash is
-already complete are skipped, a half-stored file resumes at its first missing page, and
-pending pages are embedded. The whole job holds the collection's write lock.
+See :mod:`indexer.pipeline` for the two phases and what a re-run resumes.
 """
 
 from __future__ import annotations
@@ -22,301 +11,36 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from indexer.catalog import Document, Page
+from indexer.catalog import Page
 from indexer.embedder import Embedder
 from indexer.errors import DocumentError, EmbeddingError, PageLensError
 from indexer.memory import BatchChoice, release_free_heap
 from indexer.pages import (
-    DocumentInfo,
     PageRenderError,
     RenderSettings,
     inspect_document,
     iter_input_files,
     render_pages,
 )
+from indexer.pipeline.plan import FilePlan, add_file_document, collection_settings, plan_files
+from indexer.pipeline.results import (
+    FileResult,
+    IndexReport,
+    Meter,
+    ProgressFn,
+    partial_result,
+)
 from indexer.stores import Store
 from indexer.stores.base import EncodedImage
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress report: pages ``done`` of ``total`` in ``phase`` ("pages" or "vectors")."""
-
-    phase: str
-    done: int
-    total: int
-    rate: float = 0.0
-    eta_s: float | None = None
-    file: str | None = None
-    message: str | None = None
-
-
-@dataclass
-class FileResult:
-    """What happened to one input file. ``status``: added, resumed, skipped, refused, or
-    partial (indexed, but the pages in ``failed_pages`` could not be rendered)."""
-
-    path: str
-    status: str
-    document_id: int | None = None
-    name: str | None = None
-    pages: int = 0
-    reason: str | None = None
-    message: str | None = None
-    failed_pages: list[int] | None = None
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-@dataclass
-class IndexReport:
-    files: list[FileResult] = field(default_factory=list)
-    pages_stored: int = 0
-    pages_embedded: int = 0
-    pages_reused: int = 0
-    pending: int = 0
-    seconds: float = 0.0
-    #: Pages whose embedding failed after every retry: ``{"page_id", "document", "page",
-    #: "reason"}``; they stay pending (no vector is stored) and the next run retries them.
-    failed: list[dict] = field(default_factory=list)
-    #: Why the vectors phase stopped early (the embedder became unreachable), if it did.
-    stopped: str | None = None
-
-    @property
-    def refused(self) -> list[FileResult]:
-        return [f for f in self.files if f.status == "refused"]
-
-    @property
-    def partial(self) -> list[FileResult]:
-        """Files indexed without some pages (failed to render; placeholders recorded)."""
-        return [f for f in self.files if f.status == "partial"]
-
-    def as_dict(self) -> dict:
-        return {
-            "files": [f.as_dict() for f in self.files],
-            "pages_stored": self.pages_stored,
-            "pages_embedded": self.pages_embedded,
-            "pages_reused": self.pages_reused,
-            "pending": self.pending,
-            "refused": len(self.refused),
-            "partial": len(self.partial),
-            "failed": list(self.failed),
-            "stopped": self.stopped,
-            "seconds": round(self.seconds, 3),
-        }
-
-
-ProgressFn = Callable[[Progress], None]
-
-
-class Meter:
-    """Pages/s and ETA over a phase, for progress bars.
-
-    With ``render_total`` (a Ray job, whose stages overlap) the phase is the vectors, the
-    slow stage, and the message counts the pages rendered so far; without it the pages
-    rendered (:meth:`rendered`) are the phase's own steps.
-    """
-
-    def __init__(
-        self,
-        phase: str,
-        total: int,
-        callback: ProgressFn | None,
-        *,
-        render_total: int | None = None,
-    ) -> None:
-        self.phase, self.total, self.callback = phase, total, callback
-        self.render_total, self.rendered_n = render_total, 0
-        self.done = 0
-        self.start = time.perf_counter()
-
-    def step(self, n: int = 1, *, file: str | None = None, message: str | None = None) -> None:
-        self.done += n
-        self.report(file=file, message=message)
-
-    def rendered(self, n: int, file: str | None) -> None:
-        """``n`` pages of ``file`` were rendered and stored."""
-        if self.render_total is None:
-            self.step(n, file=file)
-            return
-        self.rendered_n += n
-        self.report(file=file)
-
-    def drop(self, pages: int, rendered: int) -> None:
-        """A refused document's ``pages`` leave the job (``rendered`` of them were counted)."""
-        self.total -= pages
-        if self.render_total is None:
-            self.done -= rendered
-        else:
-            self.render_total -= pages
-            self.rendered_n -= rendered
-        self.done = min(self.done, self.total)
-        self.report()
-
-    def report(self, *, file: str | None = None, message: str | None = None) -> None:
-        if self.callback is None:
-            return
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = self.done / elapsed if self.done else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else None
-        if message is None and self.render_total is not None:
-            message = f"rendered {self.rendered_n}/{self.render_total}"
-        self.callback(
-            Progress(self.phase, self.done, self.total, rate, eta, file=file, message=message)
-        )
-
-
-def partial_result(
-    store: Store,
-    doc_id: int,
-    path: str,
-    name: str,
-    page_count: int,
-    failed: Sequence[tuple[int, str]],
-) -> FileResult | None:
-    """The result of a file some of whose pages failed to render (placeholders already
-    recorded): ``partial`` (and the document marked ready) if any page rendered, else
-    ``refused`` with the document removed. None when no page failed."""
-    if not failed:
-        return None
-    if not store.stored_page_numbers(doc_id):  # not one page renders: refused as a whole
-        store.remove_document(doc_id)
-        return FileResult(path, "refused", reason="damaged", message=failed[0][1])
-    store.mark_ready(doc_id)
-    numbers = sorted(n for n, _why in failed)
-    return FileResult(
-        path,
-        "partial",
-        doc_id,
-        name,
-        page_count,
-        reason="damaged",
-        message=f"{name}: {len(numbers)} of {page_count} page(s) could not be rendered "
-        f"(page {', '.join(map(str, numbers))}: {failed[0][1]}); the other pages are "
-        "indexed, and 'pagelens check --repair' retries the failed ones.",
-        failed_pages=numbers,
-    )
-
-
-def collection_settings(
-    store: Store, settings: RenderSettings | None, max_image_tokens: int | None
-) -> RenderSettings:
-    """The render settings an indexer uses: those given, else the ones the collection
-    recorded (so later files render like earlier ones), else the model's image budget
-    (1280 tokens when it names none). Shared by the local and the Ray indexers."""
-    stored = store.render_settings()
-    if settings is None and stored:
-        settings = RenderSettings(
-            **{k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__}
-        )
-    if settings is None:
-        settings = RenderSettings.for_tokens(int(max_image_tokens or 1280))
-    return settings
-
-
-def add_file_document(store: Store, name: str, path: Path, info: DocumentInfo) -> Document:
-    """Record a new input file (status ``indexing``) as ``inspect_document`` described it."""
-    return store.add_document(
-        name=name,
-        path=str(Path(path).resolve()),
-        sha256=info.sha256,
-        kind=info.kind,
-        page_count=info.page_count,
-        title=info.title,
-        size=Path(path).stat().st_size,
-    )
-
-
-@dataclass
-class FilePlan:
-    """An input file to store pages of: what :func:`inspect_document` said of it, and what
-    the collection already holds of the same content."""
-
-    path: Path
-    info: DocumentInfo
-    password: str | None
-    name: str
-    existing: Document | None
-    stored: set[int]
-    todo: int  # pages this run renders
-
-    def already_stored(self, *, embedding: bool) -> FileResult | None:
-        """The ``skipped`` result when the collection holds this content complete, else
-        None; ``embedding``: this run embeds the pages that wait for vectors."""
-        path, existing = self.path, self.existing
-        if existing is None or not existing.ready:
-            return None
-        waiting = existing.pages_stored - existing.pages_embedded
-        if waiting > 0 and embedding:
-            message = (
-                f"{path.name} is already stored; embedding its {waiting} page(s) "
-                "that wait for vectors."
-            )
-        else:
-            message = (
-                f"{path.name} is already in the collection (same content as '{existing.name}')."
-            )
-        return FileResult(
-            str(path),
-            "skipped",
-            existing.id,
-            existing.name,
-            existing.page_count,
-            message=message,
-        )
-
-
-def plan_files(
-    store: Store,
-    files: Iterable[Path],
-    inspect: Callable[[Path, str | None], DocumentInfo],
-    *,
-    password: str | None = None,
-    passwords: dict[str, str] | None = None,
-    names: dict[str, str] | None = None,
-) -> Iterator[FilePlan | FileResult]:
-    """Per input file, in order: a refusal (``inspect`` raised :class:`DocumentError`), a
-    skip (the same bytes as an earlier file of this batch: stored once), or a plan.
-
-    ``inspect(path, password)`` describes a file (:func:`inspect_document`, or what a Ray
-    task found). Shared by the local and the Ray indexers; it writes nothing.
-    """
-    planned: dict[str, Path] = {}
-    for path in files:
-        pw = (passwords or {}).get(str(path), password)
-        name = (names or {}).get(str(path)) or path.name
-        try:
-            info = inspect(path, pw)
-        except DocumentError as exc:
-            yield FileResult(str(path), "refused", reason=exc.reason, message=str(exc))
-            continue
-        twin = planned.get(info.sha256)
-        if twin is not None:  # the same bytes twice in one batch: store them once
-            yield FileResult(
-                str(path),
-                "skipped",
-                name=name,
-                pages=info.page_count,
-                message=f"{path.name} has the same content as {twin.name} in this batch; "
-                "stored once.",
-            )
-            continue
-        planned[info.sha256] = path
-        existing = store.find_by_sha256(info.sha256)
-        stored = store.stored_page_numbers(existing.id) if existing else set()
-        todo = 0 if existing and existing.ready else info.page_count - len(stored)
-        yield FilePlan(path, info, pw, name, existing, stored, todo)
 
 
 class Indexer:
@@ -688,12 +412,3 @@ class _StopEmbedding(Exception):
         super().__init__(reason)
         self.reason = reason
         self.stored = 0
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
