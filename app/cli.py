@@ -224,9 +224,9 @@ def _index_on_ray(
     ocr: bool | None,
     ocr_language: str | None,
 ):
-    """``index --ray``: the same job on a Ray cluster (indexer/ray_job.py)."""
+    """``index --ray``: the same job on a Ray cluster (indexer/ray/)."""
 
-    from indexer.ray_job import RayIndexer, RayOptions, check_address
+    from indexer.ray import RayIndexer, RayOptions, check_address
 
     ray_options = RayOptions(
         address=check_address(address), actors=actors, actor_cpus=actor_cpus, num_cpus=cpus

@@ -1,7 +1,7 @@
 """Bench phase G: ``pagelens index --ray`` throughput with 1, 2, ... embedding actors.
 
 Each run indexes the same generated PDF into a fresh collection through
-:class:`indexer.ray_job.RayIndexer` on a local Ray instance (render tasks, actor pool,
+:class:`indexer.ray.RayIndexer` on a local Ray instance (render tasks, actor pool,
 single-writer driver), with the pool already started, so ``pages_per_s`` is the job's steady
 throughput and ``pool_start_s`` (workers importing torch and loading the model) is reported
 apart. The same pages indexed in-process (:class:`indexer.pipeline.Indexer`) give the
@@ -32,7 +32,7 @@ def run_ray(cfg: Any, report: dict, workdir: Path, make_pdf: Any) -> None:
     from indexer.pages import RenderSettings
     from indexer.pipeline import Indexer
     from indexer.random_model import build_random_gme
-    from indexer.ray_job import EmbedPool, RayIndexer, RayOptions, connect
+    from indexer.ray import EmbedPool, RayIndexer, RayOptions, connect
     from indexer.stores import open_collection
 
     tokens = int(cfg.ray_tokens)

@@ -34,10 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from indexer import pipeline  # noqa: E402
 from indexer.embedder import FakeEmbedder  # noqa: E402
 from indexer.pages import RenderSettings  # noqa: E402
 from indexer.pipeline import Indexer  # noqa: E402
+from indexer.pipeline import job as pipeline  # noqa: E402
 from indexer.store import Collection  # noqa: E402
 from indexer.stores import open_collection  # noqa: E402
 from indexer.stores.local import collection as store_mod  # noqa: E402

@@ -112,7 +112,7 @@ def test_a_file_whose_every_page_fails_is_refused(tmp_path, monkeypatch, open_st
 def test_ray_render_task_keeps_the_pages_that_render(tmp_path, bad_page_3):
     """The Ray path renders in tasks: a bad page there is a placeholder too."""
     from indexer.pages import RenderSettings
-    from indexer.ray_job import _render_task
+    from indexer.ray.tasks import render_task as _render_task
 
     pdf = make_text_pdf(tmp_path / "manual.pdf", TOPICS[:5])
     result = _render_task(str(pdf), None, RenderSettings(), [2, 3, 4, 5])

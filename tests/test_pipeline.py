@@ -99,7 +99,7 @@ def test_interrupted_document_resumes_without_duplicates(store, make_pdf):
                 raise KeyboardInterrupt
             yield page
 
-    import indexer.pipeline as pipeline_mod
+    import indexer.pipeline.job as pipeline_mod
 
     pipeline_mod.render_pages = crashing
     try:

@@ -1,4 +1,4 @@
-"""Bulk indexing on Ray (indexer/ray_job.py) on a real local Ray instance with the tiny GME.
+"""Bulk indexing on Ray (indexer/ray/) on a real local Ray instance with the tiny GME.
 
 One small Ray instance (3 logical CPUs, 128 MiB object store) serves the whole module, and
 one pool of two embedding actors (each loads the tiny model once) serves every job that
@@ -17,12 +17,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from indexer import load_embedder, ray_job  # noqa: E402
+from indexer import load_embedder  # noqa: E402
 from indexer.errors import PageLensError  # noqa: E402
 from indexer.maintenance.check import check  # noqa: E402
 from indexer.pages import RenderSettings  # noqa: E402
 from indexer.pipeline import Indexer  # noqa: E402
-from indexer.ray_job import (  # noqa: E402
+from indexer.ray import (  # noqa: E402
     EmbedPool,
     RayIndexer,
     RayOptions,
@@ -30,6 +30,7 @@ from indexer.ray_job import (  # noqa: E402
     connect,
     plan_resources,
 )
+from indexer.ray import driver as ray_driver  # noqa: E402
 from indexer.store import Collection  # noqa: E402
 from tests.pdfs import TOPICS, make_image_only_pdf, make_png, make_text_pdf  # noqa: E402
 
@@ -248,7 +249,7 @@ def test_text_only_on_ray_then_vectors_later(pool, reference, inputs, tmp_path, 
     by_id = store.pages_by_id
     monkeypatch.setattr(store, "pages_by_id", lambda ids: reads.append(len(ids)) or by_id(ids))
     monkeypatch.setattr(store, "pending_pages", lambda *a, **k: pytest.fail("all rows read"))
-    monkeypatch.setattr(ray_job, "_ROWS_AT_ONCE", 4, raising=False)  # fails below if unused
+    monkeypatch.setattr(ray_driver, "_ROWS_AT_ONCE", 4, raising=False)  # fails below if unused
     with RayIndexer(store, pool=pool, settings=SETTINGS, batch_size=2) as job:
         later = job.add(inputs)
     assert later.pages_stored == 0 and later.pages_embedded + later.pages_reused == 14
@@ -339,7 +340,7 @@ def _render_with_page_3_broken(path, password, settings, numbers):
     """The real render task, in a Ray worker where page 3 of any PDF fails to render."""
     import pymupdf
 
-    from indexer.ray_job import _render_task
+    from indexer.ray.tasks import render_task as _render_task
 
     real = pymupdf.Page.get_pixmap
 
@@ -446,7 +447,7 @@ def test_missing_model_is_one_clear_error(tmp_path):
     import torch
 
     from indexer.errors import ModelNotAvailableError
-    from indexer.ray_job import EmbedActor
+    from indexer.ray.tasks import EmbedActor
 
     threads = torch.get_num_threads()
     try:
@@ -519,14 +520,14 @@ def test_a_local_instance_that_misses_its_start_deadline_is_started_again(
     machine whose raylet missed Ray's fixed 30 s registration deadline, which Ray reports
     as a bare ``Exception``: that escaped as a traceback); the last failure is one line; a
     cluster address is not retried."""
-    import indexer.ray_job as ray_job
+    from indexer.ray import cluster
 
     fake = _FlakyRay(failures, error)
-    monkeypatch.setattr(ray_job, "import_ray", lambda: fake)
-    monkeypatch.setattr(ray_job.time, "sleep", lambda s: None)
+    monkeypatch.setattr(cluster, "import_ray", lambda: fake)
+    monkeypatch.setattr(cluster.time, "sleep", lambda s: None)
     if ok:
-        assert ray_job.connect(address) is True
+        assert cluster.connect(address) is True
     else:
         with pytest.raises(PageLensError, match="Cannot connect to Ray"):
-            ray_job.connect(address)
+            cluster.connect(address)
     assert fake.inits == inits and fake.shutdowns == inits - 1

@@ -1,17 +1,6 @@
-"""Indexing: files -> pages -> vectors, into a store (:class:`~indexer.stores.base.Store`).
+"""The in-process indexing job (:class:`Indexer`): files -> pages -> vectors, into a store.
 
-Two phases, so that a person can search at once and nothing is lost on interruption:
-
-1. *Pages*: every file is inspected (bad files are refused by name with a reason, the others
-   go on), its pages rendered, their text layer extracted, and both committed in small
-   batches. Text search works as soon as this phase ends, in seconds.
-2. *Vectors*: pages without a vector are embedded in batches and committed batch by batch.
-   A page whose image is byte-identical to one already embedded (blank pages, repeated
-   slides) reuses that vector instead of running the model.
-
-Re-running the same command after a crash finishes the job: files whose content hash is
-already complete are skipped, a half-stored file resumes at its first missing page, and
-pending pages are embedded. The whole job holds the collection's write lock.
+See :mod:`indexer.pipeline` for the two phases and what a re-run resumes.
 """
 
 from __future__ import annotations
@@ -24,7 +13,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,173 +22,24 @@ from indexer.embedder import Embedder
 from indexer.errors import DocumentError, EmbeddingError, PageLensError
 from indexer.memory import BatchChoice, release_free_heap
 from indexer.pages import (
-    DocumentInfo,
     PageRenderError,
     RenderSettings,
     inspect_document,
     iter_input_files,
     render_pages,
 )
+from indexer.pipeline.plan import FilePlan, add_file_document, collection_settings, plan_files
+from indexer.pipeline.results import (
+    FileResult,
+    IndexReport,
+    Meter,
+    ProgressFn,
+    partial_result,
+)
 from indexer.stores import Store
-from indexer.stores.types import Document, EncodedImage, Page
+from indexer.stores.types import EncodedImage, Page
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress report: pages ``done`` of ``total`` in ``phase`` ("pages" or "vectors")."""
-
-    phase: str
-    done: int
-    total: int
-    rate: float = 0.0
-    eta_s: float | None = None
-    file: str | None = None
-    message: str | None = None
-
-
-@dataclass
-class FileResult:
-    """What happened to one input file. ``status``: added, resumed, skipped, refused, or
-    partial (indexed, but the pages in ``failed_pages`` could not be rendered)."""
-
-    path: str
-    status: str
-    document_id: int | None = None
-    name: str | None = None
-    pages: int = 0
-    reason: str | None = None
-    message: str | None = None
-    failed_pages: list[int] | None = None
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-@dataclass
-class IndexReport:
-    files: list[FileResult] = field(default_factory=list)
-    pages_stored: int = 0
-    pages_embedded: int = 0
-    pages_reused: int = 0
-    pending: int = 0
-    seconds: float = 0.0
-    #: Pages whose embedding failed after every retry: ``{"page_id", "document", "page",
-    #: "reason"}``; they stay pending (no vector is stored) and the next run retries them.
-    failed: list[dict] = field(default_factory=list)
-    #: Why the vectors phase stopped early (the embedder became unreachable), if it did.
-    stopped: str | None = None
-
-    @property
-    def refused(self) -> list[FileResult]:
-        return [f for f in self.files if f.status == "refused"]
-
-    @property
-    def partial(self) -> list[FileResult]:
-        """Files indexed without some pages (failed to render; placeholders recorded)."""
-        return [f for f in self.files if f.status == "partial"]
-
-    def as_dict(self) -> dict:
-        return {
-            "files": [f.as_dict() for f in self.files],
-            "pages_stored": self.pages_stored,
-            "pages_embedded": self.pages_embedded,
-            "pages_reused": self.pages_reused,
-            "pending": self.pending,
-            "refused": len(self.refused),
-            "partial": len(self.partial),
-            "failed": list(self.failed),
-            "stopped": self.stopped,
-            "seconds": round(self.seconds, 3),
-        }
-
-
-ProgressFn = Callable[[Progress], None]
-
-
-class _Meter:
-    """Pages/s and ETA over a phase, for progress bars."""
-
-    def __init__(self, phase: str, total: int, callback: ProgressFn | None) -> None:
-        self.phase, self.total, self.callback = phase, total, callback
-        self.done = 0
-        self.start = time.perf_counter()
-
-    def step(self, n: int = 1, *, file: str | None = None, message: str | None = None) -> None:
-        self.done += n
-        self.report(file=file, message=message)
-
-    def report(self, *, file: str | None = None, message: str | None = None) -> None:
-        if self.callback is None:
-            return
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = self.done / elapsed if self.done else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else None
-        self.callback(
-            Progress(self.phase, self.done, self.total, rate, eta, file=file, message=message)
-        )
-
-
-def partial_result(
-    store: Store,
-    doc_id: int,
-    path: str,
-    name: str,
-    page_count: int,
-    failed: Sequence[tuple[int, str]],
-) -> FileResult | None:
-    """The result of a file some of whose pages failed to render (placeholders already
-    recorded): ``partial`` (and the document marked ready) if any page rendered, else
-    ``refused`` with the document removed. None when no page failed."""
-    if not failed:
-        return None
-    if not store.stored_page_numbers(doc_id):  # not one page renders: refused as a whole
-        store.remove_document(doc_id)
-        return FileResult(path, "refused", reason="damaged", message=failed[0][1])
-    store.mark_ready(doc_id)
-    numbers = sorted(n for n, _why in failed)
-    return FileResult(
-        path,
-        "partial",
-        doc_id,
-        name,
-        page_count,
-        reason="damaged",
-        message=f"{name}: {len(numbers)} of {page_count} page(s) could not be rendered "
-        f"(page {', '.join(map(str, numbers))}: {failed[0][1]}); the other pages are "
-        "indexed, and 'pagelens check --repair' retries the failed ones.",
-        failed_pages=numbers,
-    )
-
-
-def collection_settings(
-    store: Store, settings: RenderSettings | None, max_image_tokens: int | None
-) -> RenderSettings:
-    """The render settings an indexer uses: those given, else the ones the collection
-    recorded (so later files render like earlier ones), else the model's image budget
-    (1280 tokens when it names none). Shared by the local and the Ray indexers."""
-    stored = store.render_settings()
-    if settings is None and stored:
-        settings = RenderSettings(
-            **{k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__}
-        )
-    if settings is None:
-        settings = RenderSettings.for_tokens(int(max_image_tokens or 1280))
-    return settings
-
-
-def add_file_document(store: Store, name: str, path: Path, info: DocumentInfo) -> Document:
-    """Record a new input file (status ``indexing``) as ``inspect_document`` described it."""
-    return store.add_document(
-        name=name,
-        path=str(Path(path).resolve()),
-        sha256=info.sha256,
-        kind=info.kind,
-        page_count=info.page_count,
-        title=info.title,
-        size=Path(path).stat().st_size,
-    )
 
 
 class Indexer:
@@ -265,34 +104,23 @@ class Indexer:
                 self.store.bind_embedder(self.embedder)
             if self.store.render_settings() is None:
                 self.store.set_render_settings(self.settings.as_dict())
-            plans: list[dict] = []
-            for path in iter_input_files(paths):
-                pw = (passwords or {}).get(str(path), password)
-                name = (names or {}).get(str(path))
-                try:
-                    plan = self._plan(path, pw, name)
-                    twin = next((p for p in plans if p["info"].sha256 == plan["info"].sha256), None)
-                    if twin is not None:  # the same bytes twice in one batch: store them once
-                        result = FileResult(
-                            str(path),
-                            "skipped",
-                            name=plan["name"],
-                            pages=plan["info"].page_count,
-                            message=f"{path.name} has the same content as {twin['path'].name} "
-                            "in this batch; stored once.",
-                        )
-                        report.files.append(result)
-                        if on_file:
-                            on_file(result)
-                        continue
-                    plans.append(plan)
-                except DocumentError as exc:
-                    result = FileResult(str(path), "refused", reason=exc.reason, message=str(exc))
-                    report.files.append(result)
-                    if on_file:
-                        on_file(result)
-            total = sum(p["todo"] for p in plans)
-            meter = _Meter("pages", total, progress)
+            plans: list[FilePlan] = []
+            for planned in plan_files(
+                self.store,
+                iter_input_files(paths),
+                lambda path, pw: inspect_document(path, password=pw, settings=self.settings),
+                password=password,
+                passwords=passwords,
+                names=names,
+            ):
+                if isinstance(planned, FilePlan):
+                    plans.append(planned)
+                    continue
+                report.files.append(planned)
+                if on_file:
+                    on_file(planned)
+            total = sum(p.todo for p in plans)
+            meter = Meter("pages", total, progress)
             meter.report()
             for plan in plans:
                 result = self._store_pages(plan, meter, report)
@@ -306,46 +134,15 @@ class Indexer:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _plan(self, path: Path, password: str | None, name: str | None) -> dict:
-        info = inspect_document(path, password=password, settings=self.settings)
-        existing = self.store.find_by_sha256(info.sha256)
-        stored = self.store.stored_page_numbers(existing.id) if existing else set()
-        todo = 0 if existing and existing.ready else info.page_count - len(stored)
-        return {
-            "path": path,
-            "info": info,
-            "password": password,
-            "existing": existing,
-            "stored": stored,
-            "todo": todo,
-            "name": name or path.name,
-        }
-
-    def _store_pages(self, plan: dict, meter: _Meter, report: IndexReport) -> FileResult:
-        path, info, existing = plan["path"], plan["info"], plan["existing"]
-        if existing is not None and existing.ready:
-            waiting = existing.pages_stored - existing.pages_embedded
-            if waiting > 0 and self.embedder is not None:
-                message = (
-                    f"{path.name} is already stored; embedding its {waiting} page(s) "
-                    "that wait for vectors."
-                )
-            else:
-                message = (
-                    f"{path.name} is already in the collection (same content as '{existing.name}')."
-                )
-            return FileResult(
-                str(path),
-                "skipped",
-                existing.id,
-                existing.name,
-                existing.page_count,
-                message=message,
-            )
-        doc = existing or add_file_document(self.store, plan["name"], path, info)
-        wanted = [n for n in range(1, info.page_count + 1) if n not in plan["stored"]]
+    def _store_pages(self, plan: FilePlan, meter: Meter, report: IndexReport) -> FileResult:
+        skipped = plan.already_stored(embedding=self.embedder is not None)
+        if skipped is not None:
+            return skipped
+        path, info, existing = plan.path, plan.info, plan.existing
+        doc = existing or add_file_document(self.store, plan.name, path, info)
+        wanted = [n for n in range(1, info.page_count + 1) if n not in plan.stored]
         try:
-            failed = self._render_into(doc, path, wanted, plan["password"], meter, report)
+            failed = self._render_into(doc, path, wanted, plan.password, meter, report)
         except DocumentError as exc:
             # The file itself cannot be read (not one page of it): it is absent, not partial.
             self.store.remove_document(doc.id)
@@ -370,7 +167,7 @@ class Indexer:
         path: Path,
         wanted: list[int],
         password: str | None,
-        meter: _Meter,
+        meter: Meter,
         report: IndexReport,
     ) -> list[tuple[int, str]]:
         """Render and store ``wanted`` pages in batches; a page that fails to render becomes
@@ -405,7 +202,7 @@ class Indexer:
                 self._commit(doc, batch, meter, report)
         return failed
 
-    def _commit(self, doc, batch: list, meter: _Meter, report: IndexReport) -> None:
+    def _commit(self, doc, batch: list, meter: Meter, report: IndexReport) -> None:
         self.store.add_pages(doc.id, batch)
         for number, _text, _image in batch:
             self.store.clear_failed_page(doc.id, number)
@@ -433,7 +230,7 @@ class Indexer:
             pending = self.store.page_ids(embedded=False)
             if limit:
                 pending = pending[: int(limit)]
-            meter = _Meter("vectors", len(pending), progress)
+            meter = Meter("vectors", len(pending), progress)
             meter.report()
             size = self._batch_size() if pending else 1
             batches = [pending[i : i + size] for i in range(0, len(pending), size)]
@@ -614,12 +411,3 @@ class _StopEmbedding(Exception):
         super().__init__(reason)
         self.reason = reason
         self.stored = 0
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

@@ -1,0 +1,125 @@
+"""Which input files a job stores, and how: refused, the same bytes twice in one batch,
+already in the collection, or pages to store (:func:`plan_files`). Shared by the in-process
+and the Ray indexers; nothing here writes, except :func:`add_file_document`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer.errors import DocumentError
+from indexer.pages import DocumentInfo, RenderSettings
+from indexer.pipeline.results import FileResult
+from indexer.stores import Store
+from indexer.stores.types import Document
+
+
+def collection_settings(
+    store: Store, settings: RenderSettings | None, max_image_tokens: int | None
+) -> RenderSettings:
+    """The render settings an indexer uses: those given, else the ones the collection
+    recorded (so later files render like earlier ones), else the model's image budget
+    (1280 tokens when it names none). Shared by the local and the Ray indexers."""
+    stored = store.render_settings()
+    if settings is None and stored:
+        settings = RenderSettings(
+            **{k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__}
+        )
+    if settings is None:
+        settings = RenderSettings.for_tokens(int(max_image_tokens or 1280))
+    return settings
+
+
+def add_file_document(store: Store, name: str, path: Path, info: DocumentInfo) -> Document:
+    """Record a new input file (status ``indexing``) as ``inspect_document`` described it."""
+    return store.add_document(
+        name=name,
+        path=str(Path(path).resolve()),
+        sha256=info.sha256,
+        kind=info.kind,
+        page_count=info.page_count,
+        title=info.title,
+        size=Path(path).stat().st_size,
+    )
+
+
+@dataclass
+class FilePlan:
+    """An input file to store pages of: what :func:`inspect_document` said of it, and what
+    the collection already holds of the same content."""
+
+    path: Path
+    info: DocumentInfo
+    password: str | None
+    name: str
+    existing: Document | None
+    stored: set[int]
+    todo: int  # pages this run renders
+
+    def already_stored(self, *, embedding: bool) -> FileResult | None:
+        """The ``skipped`` result when the collection holds this content complete, else
+        None; ``embedding``: this run embeds the pages that wait for vectors."""
+        path, existing = self.path, self.existing
+        if existing is None or not existing.ready:
+            return None
+        waiting = existing.pages_stored - existing.pages_embedded
+        if waiting > 0 and embedding:
+            message = (
+                f"{path.name} is already stored; embedding its {waiting} page(s) "
+                "that wait for vectors."
+            )
+        else:
+            message = (
+                f"{path.name} is already in the collection (same content as '{existing.name}')."
+            )
+        return FileResult(
+            str(path),
+            "skipped",
+            existing.id,
+            existing.name,
+            existing.page_count,
+            message=message,
+        )
+
+
+def plan_files(
+    store: Store,
+    files: Iterable[Path],
+    inspect: Callable[[Path, str | None], DocumentInfo],
+    *,
+    password: str | None = None,
+    passwords: dict[str, str] | None = None,
+    names: dict[str, str] | None = None,
+) -> Iterator[FilePlan | FileResult]:
+    """Per input file, in order: a refusal (``inspect`` raised :class:`DocumentError`), a
+    skip (the same bytes as an earlier file of this batch: stored once), or a plan.
+
+    ``inspect(path, password)`` describes a file (:func:`inspect_document`, or what a Ray
+    task found). Shared by the local and the Ray indexers; it writes nothing.
+    """
+    planned: dict[str, Path] = {}
+    for path in files:
+        pw = (passwords or {}).get(str(path), password)
+        name = (names or {}).get(str(path)) or path.name
+        try:
+            info = inspect(path, pw)
+        except DocumentError as exc:
+            yield FileResult(str(path), "refused", reason=exc.reason, message=str(exc))
+            continue
+        twin = planned.get(info.sha256)
+        if twin is not None:  # the same bytes twice in one batch: store them once
+            yield FileResult(
+                str(path),
+                "skipped",
+                name=name,
+                pages=info.page_count,
+                message=f"{path.name} has the same content as {twin.name} in this batch; "
+                "stored once.",
+            )
+            continue
+        planned[info.sha256] = path
+        existing = store.find_by_sha256(info.sha256)
+        stored = store.stored_page_numbers(existing.id) if existing else set()
+        todo = 0 if existing and existing.ready else info.page_count - len(stored)
+        yield FilePlan(path, info, pw, name, existing, stored, todo)
