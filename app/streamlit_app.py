@@ -16,10 +16,10 @@ from pathlib import Path
 import streamlit as st
 
 from app import ui_helpers as ui
-from app.services import AppSettings, ModelLoader, Workspace, validate_collection_name
-from app.ui_ask import ask_panel
-from app.ui_auth import require_password
-from app.uploads import discard_upload, max_upload_mb, save_upload
+from app.web.services import AppSettings, ModelLoader, Workspace, validate_collection_name
+from app.web.ask import ask_panel
+from app.web.auth import require_password
+from app.web.uploads import discard_upload, max_upload_mb, save_upload
 from indexer.config import collection_path, home, list_collections
 from indexer.cpu_heap import keep_freed_memory
 from indexer.errors import PageLensError

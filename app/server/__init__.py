@@ -48,7 +48,7 @@ Endpoints
 Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}`` objects. With an
 ``api_key`` every path but ``/health`` needs ``Authorization: Bearer KEY``.
 
-Model work goes through one :class:`~app.batching.DynamicBatcher` (one worker thread owns
+Model work goes through one :class:`~app.server.batching.DynamicBatcher` (one worker thread owns
 the model and its tokenizer), so concurrent requests are embedded together.
 
 Layout (one job per module)

@@ -13,7 +13,7 @@ import os
 
 import streamlit as st
 
-from app.app_launch import PASSWORD_ENV
+from app.web.launch import PASSWORD_ENV
 
 _OK = "pagelens_authenticated"
 

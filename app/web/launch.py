@@ -7,7 +7,7 @@ shows a "Deploy" button. PageLens turns all of that off:
 
 * it listens on ``127.0.0.1`` unless another address is asked for explicitly (``--host``
   or Streamlit's ``--server.address``); then ``PAGELENS_APP_PASSWORD`` is required (the
-  page asks for it and compares it in constant time, see :mod:`app.ui_auth`) and a loud
+  page asks for it and compares it in constant time, see :mod:`app.web.auth`) and a loud
   warning says the app is exposed;
 * usage statistics off, headless (no browser auto-open, no first-run e-mail prompt),
   toolbar in "minimal" mode (no Deploy button);
@@ -126,7 +126,7 @@ def _local_only_lookups() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m app.app_launch run SCRIPT [streamlit options]``: Streamlit, private."""
+    """``python -m app.web.launch run SCRIPT [streamlit options]``: Streamlit, private."""
     _local_only_lookups()
     from streamlit.web import cli as stcli
 

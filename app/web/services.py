@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.uploads import discard_upload
+from app.web.uploads import discard_upload
 from app.warmup import prepare_queries
 from indexer.catalog import Document, Page
 from indexer.config import collection_path
