@@ -25,9 +25,9 @@ from app.cli import (  # noqa: F401
     bench,
     check,
     eval,
+    serve,
     mcp,
     migrate,
-    serve,
 )
 
 # isort: on
