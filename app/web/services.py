@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.web.uploads import discard_upload
 from app.warmup import prepare_queries
+from app.web.uploads import discard_upload
 from indexer.catalog import Document, Page
 from indexer.config import collection_path
 from indexer.embedder import Embedder
