@@ -25,6 +25,8 @@ from app.cli.common import (
     say,
 )
 from app.cli.root import cli
+from indexer import config
+from indexer.config import COLLECTION_ENV, MAX_UPLOAD_MB_ENV
 from indexer.errors import UsageError
 from retriever.escaping import for_terminal
 
@@ -215,11 +217,12 @@ def app_cmd(
     script = Path(__file__).parent.parent / "streamlit_app.py"
     env = os.environ.copy()
     if opts.collection:
-        env["PAGELENS_COLLECTION"] = opts.collection
+        env[COLLECTION_ENV] = opts.collection
     env.update(opts.settings.to_env())
-    if env.get("PAGELENS_MAX_UPLOAD_MB") and not any("maxUploadSize" in a for a in ctx.args):
+    limit = config.get(MAX_UPLOAD_MB_ENV, env)
+    if limit and not any("maxUploadSize" in a for a in ctx.args):
         # Streamlit's own upload cap must be at least PageLens's limit.
-        env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", env["PAGELENS_MAX_UPLOAD_MB"])
+        env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", limit)
     try:
         launch = app_launch.plan(str(script), ctx.args, host=host, environ=env)
     except UsageError as exc:

@@ -13,6 +13,7 @@ import typer
 
 from app.cli.common import fail, is_loopback_bind, options, run_guarded, say
 from app.cli.root import cli
+from indexer.config import API_KEY_ENV
 
 
 @cli.command("mcp")
@@ -26,7 +27,7 @@ def mcp_cmd(
     api_key: str = typer.Option(
         None,
         "--api-key",
-        envvar="PAGELENS_API_KEY",
+        envvar=API_KEY_ENV,
         help="With --http: require 'Authorization: Bearer KEY' (needed beyond loopback).",
     ),
     max_side: int = typer.Option(

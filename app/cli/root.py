@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from app.cli.common import Options, configure_logging, fail
-from indexer.config import HOME_RULE
+from indexer.config import COLLECTION_ENV, HOME_RULE
 from indexer.cpu_heap import keep_freed_memory
 from indexer.errors import UsageError
 from indexer.settings import ModelSettings
@@ -79,7 +79,7 @@ def _root_signature() -> None:
                 None,
                 "--collection",
                 "-c",
-                envvar="PAGELENS_COLLECTION",
+                envvar=COLLECTION_ENV,
                 help="Collection name, folder path or milvus://HOST:PORT/NAME (default "
                 f"'default'). {HOME_RULE}.",
             ),

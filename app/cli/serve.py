@@ -6,6 +6,7 @@ import typer
 
 from app.cli.common import fail, is_loopback_bind, options, run_guarded, say
 from app.cli.root import cli
+from indexer.config import API_KEY_ENV
 from indexer.stores import is_milvus_spec
 
 
@@ -17,7 +18,7 @@ def serve(
     api_key: str = typer.Option(
         None,
         "--api-key",
-        envvar="PAGELENS_API_KEY",
+        envvar=API_KEY_ENV,
         help="Require 'Authorization: Bearer KEY' on every endpoint but /health. Prefer "
         "the PAGELENS_API_KEY variable: a key on the command line shows in `ps`.",
     ),

@@ -22,10 +22,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from indexer import config
+from indexer.config import APP_PASSWORD_ENV
 from indexer.errors import UsageError
 
 LOOPBACK = "127.0.0.1"
-PASSWORD_ENV = "PAGELENS_APP_PASSWORD"
+PASSWORD_ENV = APP_PASSWORD_ENV
 #: Host names a loopback app answers to (``server.allowedHosts``; ports are ignored).
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 #: Streamlit settings PageLens always sets (a user's explicit command-line option wins).
@@ -99,7 +101,7 @@ def plan(
                 args += ["--server.allowedHosts", name]
     launch = AppLaunch(args=["run", script, *args], host=address, exposed=exposed)
     if exposed:
-        if not environ.get(PASSWORD_ENV):
+        if not config.get(PASSWORD_ENV, environ):
             raise UsageError(
                 f"the app would listen on {address}, reachable from other machines, without a "
                 f"password: set {PASSWORD_ENV} (everyone must enter it), or leave --host "
