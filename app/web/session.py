@@ -59,7 +59,7 @@ def flash(kind: str, message: str) -> None:
     st.session_state.flash.append((kind, message))
 
 
-def _showflash() -> None:
+def show_flash() -> None:
     for kind, message in st.session_state.flash:
         getattr(st, kind)(message)
     st.session_state.flash = []
