@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.web.launch import PASSWORD_ENV, is_loopback, plan
 from app.cli import cli
+from app.web.launch import PASSWORD_ENV, is_loopback, plan
 from indexer.errors import UsageError
 from tests.pdfs import TOPICS, make_text_pdf
 from tests.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
