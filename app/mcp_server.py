@@ -130,8 +130,9 @@ def build_server(
     or at once in the background with ``preload`` (``pagelens mcp``: then the model is
     loaded and its text-query weights decided before the first search comes).
 
-    Long because the MCP SDK registers each tool as a decorated closure over the store, the
-    lazy model and the image settings; each tool itself is short.
+    The MCP SDK registers each tool as a function (its signature is the tool's schema): the
+    ``_*_tool`` factories below make them as closures over the store, the lazy model and the
+    image settings.
     """
     image_settings = image_settings or ExportSettings()
     model = LazyModel(model_loader)
@@ -139,6 +140,31 @@ def build_server(
         model.preload()
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
     server = MCPServer(name, instructions=INSTRUCTIONS, log_level="WARNING")
+    server.add_tool(
+        _search_tool(store, model, image_settings),
+        title="Search pages",
+        description=SEARCH_DESCRIPTION,
+        annotations=read_only,
+    )
+    server.add_tool(
+        _page_tool(store, image_settings),
+        title="Get a page",
+        description=GET_PAGE_DESCRIPTION,
+        annotations=read_only,
+    )
+    server.add_tool(
+        _list_tool(store),
+        title="List documents",
+        description=LIST_DESCRIPTION,
+        annotations=read_only,
+    )
+    return server
+
+
+def _search_tool(
+    store: Store, model: LazyModel, image_settings: ExportSettings
+) -> Callable[..., CallToolResult]:
+    """The ``search_pages`` tool over ``store``."""
 
     def search_pages(
         question: Annotated[str, Field(description="The question, in plain language.")],
@@ -184,27 +210,40 @@ def build_server(
                 f"Note: {pending} page(s) are not embedded yet, so visual search has not "
                 "seen them; mode 'text' covers every page."
             )
-        if not hits:
-            return CallToolResult(
-                content=[_text(" ".join(["No pages found.", *notes]))],
-                structured_content={"hits": []},
-            )
-        content: list[ContentBlock] = [
-            _text(
-                f"{len(hits)} page(s) for: {question}\n"
-                + "\n".join(f"[{i}] {citation(h)}" for i, h in enumerate(hits, 1))
-                + "\nCite pages as [document, p. N]."
-                + ("\n" + "\n".join(notes) if notes else "")
-            )
-        ]
-        for i, hit in enumerate(hits, start=1):
-            line = f"[{i}] {citation(hit)} (score {hit.score:.4f})"
-            if hit.snippet:
-                line += f"\n{hit.snippet}"
-            content.append(_text(line))
-            content.append(_image_content(hit, image_settings))
-        structured = {"hits": [_hit_dict(h) for h in hits], "pending": pending}
-        return CallToolResult(content=content, structured_content=structured)
+        return _search_result(question, hits, notes, pending, image_settings)
+
+    return search_pages
+
+
+def _search_result(
+    question: str, hits: list[Hit], notes: list[str], pending: int, settings: ExportSettings
+) -> CallToolResult:
+    """``search_pages``'s answer: a summary with citations, then each page's line and image."""
+    if not hits:
+        return CallToolResult(
+            content=[_text(" ".join(["No pages found.", *notes]))],
+            structured_content={"hits": []},
+        )
+    content: list[ContentBlock] = [
+        _text(
+            f"{len(hits)} page(s) for: {question}\n"
+            + "\n".join(f"[{i}] {citation(h)}" for i, h in enumerate(hits, 1))
+            + "\nCite pages as [document, p. N]."
+            + ("\n" + "\n".join(notes) if notes else "")
+        )
+    ]
+    for i, hit in enumerate(hits, start=1):
+        line = f"[{i}] {citation(hit)} (score {hit.score:.4f})"
+        if hit.snippet:
+            line += f"\n{hit.snippet}"
+        content.append(_text(line))
+        content.append(_image_content(hit, settings))
+    structured = {"hits": [_hit_dict(h) for h in hits], "pending": pending}
+    return CallToolResult(content=content, structured_content=structured)
+
+
+def _page_tool(store: Store, image_settings: ExportSettings) -> Callable[..., CallToolResult]:
+    """The ``get_page`` tool over ``store``."""
 
     def get_page(
         document: Annotated[str, Field(description="Document name (or id).")],
@@ -223,6 +262,12 @@ def build_server(
             structured_content=_hit_dict(hit) | {"text": hit.text},
         )
 
+    return get_page
+
+
+def _list_tool(store: Store) -> Callable[[], CallToolResult]:
+    """The ``list_documents`` tool over ``store``."""
+
     def list_documents() -> CallToolResult:
         docs = [d.as_dict() for d in store.documents()]
         lines = [
@@ -233,19 +278,7 @@ def build_server(
             content=[_text("\n".join(lines))], structured_content={"documents": docs}
         )
 
-    server.add_tool(
-        search_pages, title="Search pages", description=SEARCH_DESCRIPTION, annotations=read_only
-    )
-    server.add_tool(
-        get_page, title="Get a page", description=GET_PAGE_DESCRIPTION, annotations=read_only
-    )
-    server.add_tool(
-        list_documents,
-        title="List documents",
-        description=LIST_DESCRIPTION,
-        annotations=read_only,
-    )
-    return server
+    return list_documents
 
 
 def _hit_dict(hit: Hit) -> dict:

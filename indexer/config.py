@@ -253,6 +253,14 @@ MILVUS_LOG_ENV = variable(
 
 
 # -- app, servers, MCP (app/)
+COLLECTION_ENV = variable("PAGELENS_COLLECTION", "the collection the CLI and the app open")
+MAX_UPLOAD_MB_ENV = variable("PAGELENS_MAX_UPLOAD_MB", "the app's upload limit per file, in MB")
+APP_PASSWORD_ENV = variable(
+    "PAGELENS_APP_PASSWORD", "the app's password (required when it listens beyond loopback)"
+)
+API_KEY_ENV = variable(
+    "PAGELENS_API_KEY", "the bearer key: of pagelens serve/mcp, and sent to a remote embedder"
+)
 
 
 

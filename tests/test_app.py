@@ -209,7 +209,7 @@ def _fake_loader(model, **_):
 
 
 def test_model_loader_reports_failure_as_a_message() -> None:
-    from app.services import ModelLoader
+    from app.web.services import ModelLoader
     from indexer.errors import ModelNotAvailableError, PageLensError
 
     def broken(model, **_):
@@ -225,8 +225,8 @@ def test_model_loader_reports_failure_as_a_message() -> None:
 
 
 def test_workspace_two_phase_add_and_cleanup(tmp_path: Path) -> None:
-    from app.services import ModelLoader, Workspace
-    from app.uploads import save_upload
+    from app.web.services import ModelLoader, Workspace
+    from app.web.uploads import save_upload
     from tests.pdfs import make_encrypted_pdf
 
     ws = Workspace(tmp_path / "c", ModelLoader("fake", loader=_fake_loader))
@@ -267,7 +267,7 @@ def test_workspace_two_phase_add_and_cleanup(tmp_path: Path) -> None:
 
 
 def test_embed_job_pauses_for_writers(tmp_path: Path) -> None:
-    from app.services import ModelLoader, Workspace
+    from app.web.services import ModelLoader, Workspace
 
     ws = Workspace(tmp_path / "c", ModelLoader("fake", loader=_fake_loader))
     pdf = make_text_pdf(tmp_path / "many.pdf", [f"page {i} {TOPICS[i % 12]}" for i in range(24)])
@@ -287,7 +287,7 @@ def test_embed_job_pauses_for_writers(tmp_path: Path) -> None:
 
 
 def test_collection_names_are_validated() -> None:
-    from app.services import validate_collection_name
+    from app.web.services import validate_collection_name
     from indexer.errors import CollectionError
 
     assert validate_collection_name(" reports-2024 ") == "reports-2024"

@@ -34,7 +34,7 @@ runner = CliRunner()
 def _healthy(spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A healthy collection of two documents (4 + 3 pages) at ``spec``; the CLI points at
     it and its model loader gives the fake embedder."""
-    from app import cli_common
+    from app.cli import common as cli_common
 
     store = open_collection(spec)
     Indexer(store, FakeEmbedder(), settings=SMALL).add(
@@ -249,7 +249,7 @@ def test_unreadable_faiss_file_is_rebuilt(local_coll):
 
 
 def test_pending_pages_without_a_model_are_reported(coll, monkeypatch, tmp_path):
-    from app import cli_common
+    from app.cli import common as cli_common
 
     monkeypatch.setattr(cli_common.Options, "embedder", lambda self: _no_model())
     store = open_collection(coll)

@@ -131,7 +131,7 @@ def test_loopback_app_accepts_only_loopback_host_names():
     from streamlit import config as st_config
     from streamlit.web.server.starlette.starlette_websocket import is_host_allowed
 
-    from app.app_launch import LOOPBACK_NAMES, plan
+    from app.web.launch import LOOPBACK_NAMES, plan
 
     launch = plan("app.py", [], environ={})
     given = [launch.args[i + 1] for i, a in enumerate(launch.args) if a == "--server.allowedHosts"]

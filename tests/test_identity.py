@@ -175,7 +175,7 @@ def test_check_flags_other_weights(two_models, open_store, store_spec):
 
 
 def test_app_flags_a_collection_of_other_weights(two_models, tmp_path):
-    from app.services import ModelLoader, Workspace
+    from app.web.services import ModelLoader, Workspace
     from indexer.embedder import FakeEmbedder
 
     a, b = two_models

@@ -125,7 +125,7 @@ def test_mcp_streamable_http_with_key(tmp_path):
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    from app.cli_mcp import _BearerGuard
+    from app.cli.mcp import _BearerGuard
     from app.mcp_server import build_server
     from tests.test_server import live_server
 

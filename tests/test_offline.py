@@ -109,7 +109,7 @@ def test_index_without_paths_embeds_pending_pages(tmp_path, make_pdf, tiny_model
 
 
 def test_visual_and_hybrid_search_cover_pending_pages_by_their_text(tmp_path, make_pdf):
-    from app.ui_helpers import score_text
+    from app.web.widgets import score_text
     from indexer.embedder import FakeEmbedder
     from indexer.pipeline import Indexer
     from retriever.search import Retriever

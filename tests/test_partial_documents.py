@@ -68,7 +68,7 @@ def test_other_pages_are_indexed_and_the_failed_one_recorded(tmp_path, bad_page_
 def test_cli_reports_the_page_exits_3_and_repair_retries(
     tmp_path, bad_page_3, monkeypatch, store_spec, tiny_model_dir
 ):
-    from app import cli_common
+    from app.cli import common as cli_common
     from indexer.errors import ModelNotAvailableError
 
     def no_weights(self):

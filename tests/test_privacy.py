@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.app_launch import PASSWORD_ENV, is_loopback, plan
 from app.cli import cli
+from app.web.launch import PASSWORD_ENV, is_loopback, plan
 from indexer.errors import UsageError
 from tests.pdfs import TOPICS, make_text_pdf
 from tests.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
@@ -68,14 +68,14 @@ def test_exposing_the_app_needs_a_password_and_says_so(monkeypatch):
     r = CliRunner().invoke(cli, ["app", "--host", "0.0.0.0"])
     assert r.exit_code == 0 and "WARNING: the PageLens app is EXPOSED" in r.output
     argv = execs[0][1]
-    assert argv[1:3] == ["-m", "app.app_launch"]
+    assert argv[1:3] == ["-m", "app.web.launch"]
     assert argv[argv.index("--server.address") + 1] == "0.0.0.0"
 
 
 def test_password_gate_shows_nothing_before_the_password(monkeypatch, tiny_model_dir):
     from streamlit.testing.v1 import AppTest
 
-    from app.ui_auth import password_ok
+    from app.web.auth import password_ok
 
     assert password_ok("s3cret", "s3cret") and not password_ok("s3cre", "s3cret")
     monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))

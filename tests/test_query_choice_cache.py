@@ -284,7 +284,7 @@ def test_pagelens_serve_decides_at_start_up(tiny_model_dir, avx2, monkeypatch):
     from fastapi.testclient import TestClient
     from typer.testing import CliRunner
 
-    import app.cli_common
+    import app.cli.common
     from app.cli import cli
     from app.server import create_app
     from indexer.embedder import FakeEmbedder
@@ -306,7 +306,7 @@ def test_pagelens_serve_decides_at_start_up(tiny_model_dir, avx2, monkeypatch):
         assert failing.calls == 1 and client.get("/health").status_code == 200
     # `pagelens serve` builds its app with the start-up decision on
     spy, calls = _Preparing(), {}
-    monkeypatch.setattr(app.cli_common.Options, "embedder", lambda self: spy)
+    monkeypatch.setattr(app.cli.common.Options, "embedder", lambda self: spy)
     monkeypatch.setattr(
         "app.server.create_app", lambda e, **kw: calls.update(kw) or create_app(e, **kw)
     )
@@ -322,7 +322,7 @@ def test_pagelens_mcp_loads_and_decides_at_start_up(monkeypatch, tmp_path):
     pytest.importorskip("mcp", reason="the mcp extra is part of dev installs")
     from typer.testing import CliRunner
 
-    import app.cli_common
+    import app.cli.common
     from app.cli import cli
     from app.mcp_server import build_server
     from indexer.store import Collection
@@ -346,7 +346,7 @@ def test_pagelens_mcp_loads_and_decides_at_start_up(monkeypatch, tmp_path):
         return _Server()
 
     monkeypatch.setattr("app.mcp_server.build_server", fake_build)
-    monkeypatch.setattr(app.cli_common.Options, "store", lambda self, create=True: store)
+    monkeypatch.setattr(app.cli.common.Options, "store", lambda self, create=True: store)
     result = CliRunner().invoke(cli, ["mcp"])
     assert result.exit_code == 0, result.output
     assert seen["preload"] is True and seen["transport"] == "stdio"
@@ -354,7 +354,7 @@ def test_pagelens_mcp_loads_and_decides_at_start_up(monkeypatch, tmp_path):
 
 
 def test_the_app_model_loader_decides_after_loading():
-    from app.services import ModelLoader
+    from app.web.services import ModelLoader
 
     spy = _Preparing()
     loader = ModelLoader("spy", loader=lambda *a, **k: spy).start()

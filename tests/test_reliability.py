@@ -292,7 +292,7 @@ def test_cli_names_every_refused_file_and_exits_3(zoo, monkeypatch):
 def _fake_model(monkeypatch) -> None:
     """The CLI's model loader gives the fake embedder (the real GME path is tested in
     test_cli.py; here only the handling of files matters)."""
-    from app import cli_common
+    from app.cli import common as cli_common
 
     monkeypatch.setattr(cli_common.Options, "embedder", lambda self: FakeEmbedder())
 

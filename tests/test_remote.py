@@ -123,7 +123,7 @@ def test_library_and_env_select_the_endpoint(fake_server, monkeypatch):
     by_url.close()
     with pytest.raises(Exception, match="remote embedder"):
         load_embedder(fake_server, quantize="int8")
-    from app.services import AppSettings, ModelLoader
+    from app.web.services import AppSettings, ModelLoader
 
     settings = AppSettings.from_env()  # the web app: the endpoint stands in for the model
     app_model = ModelLoader(settings.model).wait(timeout=30)
@@ -666,7 +666,7 @@ def test_failed_pages_stay_pending_are_named_and_filled_in_later(tmp_path, make_
 
 def test_app_job_names_failed_pages(tmp_path, make_pdf):
     """The web app's background embedding says which pages got no vector, and why."""
-    from app.services import EmbedJob, ModelLoader
+    from app.web.services import EmbedJob, ModelLoader
 
     endpoint = ScriptedEndpoint(lambda n, inputs: "ok" if n == 1 else ("status", 503, {}))
     store = Collection(tmp_path / "c")

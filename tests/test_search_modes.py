@@ -338,7 +338,7 @@ def test_cli_text_only_then_search_and_pending(cli_env, tmp_path):
 def test_cli_image_with_text_mode_is_a_usage_error_before_anything_loads(tmp_path, monkeypatch):
     """Text search cannot take an image: exit 2 with the way out, before the collection is
     opened or a model loads (the collection named here does not even exist)."""
-    from app import cli_common
+    from app.cli import common as cli_common
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("loaded something before checking the usage")

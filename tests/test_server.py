@@ -573,11 +573,11 @@ def test_search_model_mismatch(indexed):
 def test_serve_command_builds_the_app(monkeypatch):
     from typer.testing import CliRunner
 
-    import app.cli_common
+    import app.cli.common
     from app.cli import cli
 
     calls = {}
-    monkeypatch.setattr(app.cli_common.Options, "embedder", lambda self: FakeEmbedder())
+    monkeypatch.setattr(app.cli.common.Options, "embedder", lambda self: FakeEmbedder())
     monkeypatch.setattr("uvicorn.run", lambda a, **kw: calls.update(app=a, **kw))
     monkeypatch.setenv("PAGELENS_API_KEY", "k")
     result = CliRunner().invoke(

@@ -205,11 +205,11 @@ def test_loopback_names_only(recorder):
 def test_serve_guards_loopback_and_refuses_empty_key(monkeypatch):
     from typer.testing import CliRunner
 
-    import app.cli_common
+    import app.cli.common
     from app.cli import cli
 
     calls = {}
-    monkeypatch.setattr(app.cli_common.Options, "embedder", lambda self: FakeEmbedder())
+    monkeypatch.setattr(app.cli.common.Options, "embedder", lambda self: FakeEmbedder())
     monkeypatch.setattr("uvicorn.run", lambda a, **kw: calls.update(app=a, **kw))
     monkeypatch.delenv("PAGELENS_API_KEY", raising=False)
     assert CliRunner().invoke(cli, ["serve"]).exit_code == 0

@@ -70,7 +70,7 @@ def test_index_with_model_honours_image_tokens(tmp_path, make_pdf, tiny_model_di
 
 
 def test_app_honours_image_tokens(tmp_path, make_pdf, monkeypatch):
-    from app.services import AppSettings, ModelLoader, Workspace
+    from app.web.services import AppSettings, ModelLoader, Workspace
     from indexer.embedder import FakeEmbedder
 
     monkeypatch.setenv("PAGELENS_IMAGE_TOKENS", str(TOKENS))
@@ -126,7 +126,7 @@ def test_check_repair_rerenders_at_the_collection_budget(tmp_path, make_pdf):
 
 
 def test_bench_gets_the_budget():
-    from app.cli_bench import bench_args
+    from app.cli.bench import bench_args
 
     assert bench_args(ModelSettings(image_tokens=256, dtype="float32"), []) == [
         "--dtype",

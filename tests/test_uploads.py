@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.uploads import (
+from app.web.uploads import (
     discard_upload,
     is_upload,
     max_upload_bytes,

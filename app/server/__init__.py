@@ -48,7 +48,7 @@ Endpoints
 Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}`` objects. With an
 ``api_key`` every path but ``/health`` needs ``Authorization: Bearer KEY``.
 
-Model work goes through one :class:`~app.batching.DynamicBatcher` (one worker thread owns
+Model work goes through one :class:`~app.server.batching.DynamicBatcher` (one worker thread owns
 the model and its tokenizer), so concurrent requests are embedded together.
 
 Layout (one job per module)
@@ -69,6 +69,9 @@ Layout (one job per module)
 ``tokens``             token counts and the model-length check (batcher thread).
 ``named_collections``  collection names -> folders -> open stores.
 ``limits``             the size limits.
+``batching``           the dynamic batcher in front of the embedder (only the server uses it).
+
+This package may import app.warmup, retriever and indexer; never app.cli or app.web.
 
 A new endpoint goes in its own ``routes_*.py`` (an ``APIRouter``) added to
 :data:`app.server.factory.ROUTERS`.

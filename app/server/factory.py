@@ -9,8 +9,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from app.batching import BatchedEmbedder, DynamicBatcher
 from app.server import routes_ask, routes_embeddings, routes_meta, routes_search
+from app.server.batching import BatchedEmbedder, DynamicBatcher
 from app.server.errors import install_error_handlers
 from app.server.fetch import UrlImageFetcher
 from app.server.guard import GuardMiddleware

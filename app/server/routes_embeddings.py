@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from app.batching import BatcherClosedError, Job, QueueFullError, WorkItem
+from app.server.batching import BatcherClosedError, Job, QueueFullError, WorkItem
 from app.server.errors import ApiError, InputTooLongError, overloaded
 from app.server.images import PixelBudget
 from app.server.limits import MAX_INSTRUCTION_CHARS, MAX_TEXT_CHARS

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
-from app.batching import BatcherClosedError, QueueFullError
+from app.server.batching import BatcherClosedError, QueueFullError
 from app.server.errors import ApiError, InputTooLongError, overloaded
 from app.server.limits import MAX_K, MAX_TEXT_CHARS
 from app.server.schemas import SearchRequest

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.batching import BatchedEmbedder, DynamicBatcher
+from app.server.batching import BatchedEmbedder, DynamicBatcher
 from app.server.errors import ApiError
 from app.server.images import ImageLoader
 from app.server.limits import MAX_ITEMS, MAX_REQUEST_PIXELS

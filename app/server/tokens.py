@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from app.batching import WorkItem
+from app.server.batching import WorkItem
 from app.server.errors import InputTooLongError
 from indexer.embedder import Embedder, TokenCounter
 

@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.uploads import discard_upload
 from app.warmup import prepare_queries
-from indexer.config import collection_path
+from app.web.uploads import discard_upload
+from indexer import config
+from indexer.config import COLLECTION_ENV, collection_path
 from indexer.embedder import Embedder
 from indexer.errors import CollectionError, PageLensError
 from indexer.pipeline import FileResult, Indexer, IndexReport, Progress
@@ -52,7 +53,7 @@ class AppSettings:
     @classmethod
     def from_env(cls) -> AppSettings:
         return cls(
-            collection=os.environ.get("PAGELENS_COLLECTION") or None,
+            collection=config.get(COLLECTION_ENV),
             model=ModelSettings.from_env(),
         )
 

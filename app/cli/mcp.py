@@ -11,9 +11,9 @@ from typing import Any
 
 import typer
 
-from app.cli_common import fail, options, run_guarded, say
-from app.cli_root import cli
-from app.cli_serve import _is_loopback
+from app.cli.common import fail, is_loopback_bind, options, run_guarded, say
+from app.cli.root import cli
+from indexer.config import API_KEY_ENV
 
 
 @cli.command("mcp")
@@ -27,7 +27,7 @@ def mcp_cmd(
     api_key: str = typer.Option(
         None,
         "--api-key",
-        envvar="PAGELENS_API_KEY",
+        envvar=API_KEY_ENV,
         help="With --http: require 'Authorization: Bearer KEY' (needed beyond loopback).",
     ),
     max_side: int = typer.Option(
@@ -43,7 +43,7 @@ def mcp_cmd(
         fail("the MCP SDK is not installed: pip install 'pagelens[mcp]'")
     if max_side < 64:
         fail("--max-side must be at least 64 pixels", 2)
-    if http and not _is_loopback(host) and not api_key:
+    if http and not is_loopback_bind(host) and not api_key:
         fail(f"--host {host} is not loopback: set --api-key (or PAGELENS_API_KEY) too", 2)
     opts = options(ctx)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from app.cli_common import options, print_json, run_guarded, say
-from app.cli_root import cli
+from app.cli.common import options, print_json, run_guarded, say
+from app.cli.root import cli
 
 
 @cli.command("eval")

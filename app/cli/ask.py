@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli_common import (
+from app.cli.common import (
     check_search_usage,
     fail,
     open_retriever,
@@ -18,7 +18,7 @@ from app.cli_common import (
     run_guarded,
     say,
 )
-from app.cli_root import cli
+from app.cli.root import cli
 from retriever.escaping import for_terminal
 
 

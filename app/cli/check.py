@@ -11,8 +11,8 @@ import contextlib
 
 import typer
 
-from app.cli_common import fail, options, plural, print_json, run_guarded, say
-from app.cli_root import cli
+from app.cli.common import fail, options, plural, print_json, run_guarded, say
+from app.cli.root import cli
 
 #: Exit code when the check finds problems that remain (documented in the README).
 EXIT_PROBLEMS = 4

@@ -1,9 +1,9 @@
 """The ``pagelens`` Typer app and its global options, in a module of their own.
 
-Every command module (the core ones in :mod:`app.cli`, and ``app.cli_check``,
-``app.cli_serve``, ...) registers on :data:`cli` from here, and :mod:`app.cli` imports them
-all: the import graph is a tree (cli -> command modules -> cli_root -> cli_common), so no
-module depends on another having been imported first.
+Every command module (``app.cli.index``, ``app.cli.core``, ``app.cli.check``, ...)
+registers on :data:`cli` from here, and the package :mod:`app.cli` imports them all: the
+import graph is a tree (app.cli -> command modules -> root -> common), so no module depends
+on another having been imported first.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import typer
 
-from app.cli_common import Options, configure_logging, fail
-from indexer.config import HOME_RULE
+from app.cli.common import Options, configure_logging, fail
+from indexer.config import COLLECTION_ENV, HOME_RULE
 from indexer.cpu_heap import keep_freed_memory
 from indexer.errors import UsageError
 from indexer.settings import ModelSettings
@@ -79,7 +79,7 @@ def _root_signature() -> None:
                 None,
                 "--collection",
                 "-c",
-                envvar="PAGELENS_COLLECTION",
+                envvar=COLLECTION_ENV,
                 help="Collection name, folder path or milvus://HOST:PORT/NAME (default "
                 f"'default'). {HOME_RULE}.",
             ),

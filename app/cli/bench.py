@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from app.cli_common import options, run_guarded, say
-from app.cli_root import cli
+from app.cli.common import options, run_guarded, say
+from app.cli.root import cli
 from indexer.settings import ModelSettings
 
 
@@ -50,7 +50,7 @@ def bench_cmd(ctx: typer.Context) -> None:
     try:
         from bench.bench import main as bench_main
     except ImportError:
-        from app.cli_common import fail
+        from app.cli.common import fail
 
         fail("the benchmark lives in bench/ of a PageLens checkout; run it from there")
 

@@ -9,11 +9,11 @@ how much of a guess was right.
 from __future__ import annotations
 
 import hmac
-import os
 
 import streamlit as st
 
-from app.app_launch import PASSWORD_ENV
+from app.web.launch import PASSWORD_ENV
+from indexer import config
 
 _OK = "pagelens_authenticated"
 
@@ -25,7 +25,7 @@ def password_ok(given: str, expected: str) -> bool:
 
 def require_password() -> bool:
     """True when the session may see the app: no password is set, or it was entered."""
-    expected = os.environ.get(PASSWORD_ENV) or ""
+    expected = config.get(PASSWORD_ENV) or ""
     if not expected or st.session_state.get(_OK):
         return True
     st.title("PageLens")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from app.cli_common import fail, print_json, run_guarded, say
-from app.cli_root import cli
+from app.cli.common import fail, print_json, run_guarded, say
+from app.cli.root import cli
 
 
 @cli.command("migrate")

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+from indexer import config
+from indexer.config import MAX_UPLOAD_MB_ENV
 from indexer.errors import DocumentError, PageLensError
 from indexer.stores import UPLOADS_DIR
 
@@ -37,7 +39,7 @@ _UNSAFE = re.compile(r"[^\w .()+,=@\[\]-]", re.UNICODE)
 
 def max_upload_mb() -> int:
     """The upload limit in megabytes: ``$PAGELENS_MAX_UPLOAD_MB`` or 200."""
-    raw = os.environ.get("PAGELENS_MAX_UPLOAD_MB", "").strip()
+    raw = (config.get(MAX_UPLOAD_MB_ENV) or "").strip()
     if not raw:
         return DEFAULT_MAX_UPLOAD_MB
     try:

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import typer
 
-from app.cli_common import fail, options, run_guarded, say
-from app.cli_root import cli
+from app.cli.common import fail, is_loopback_bind, options, run_guarded, say
+from app.cli.root import cli
+from indexer.config import API_KEY_ENV
 from indexer.stores import is_milvus_spec
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @cli.command("serve")
@@ -28,7 +18,7 @@ def serve(
     api_key: str = typer.Option(
         None,
         "--api-key",
-        envvar="PAGELENS_API_KEY",
+        envvar=API_KEY_ENV,
         help="Require 'Authorization: Bearer KEY' on every endpoint but /health. Prefer "
         "the PAGELENS_API_KEY variable: a key on the command line shows in `ps`.",
     ),
@@ -99,9 +89,9 @@ def serve(
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
             llm=llm,
-            allowed_hosts=(LOOPBACK_HOSTS | set(allow_host)) if _is_loopback(host) else None,
+            allowed_hosts=(LOOPBACK_HOSTS | set(allow_host)) if is_loopback_bind(host) else None,
         )
-        if not _is_loopback(host) and not api_key:
+        if not is_loopback_bind(host) and not api_key:
             say(f"warning: serving on {host} without --api-key: anyone who can reach it can use it")
         say(f"PageLens API on http://{host}:{port}/v1 (model {embedder.model_id}); Ctrl+C stops")
         say(f"/v1/ask sends pages to {llm.destination()}")

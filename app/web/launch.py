@@ -7,7 +7,7 @@ shows a "Deploy" button. PageLens turns all of that off:
 
 * it listens on ``127.0.0.1`` unless another address is asked for explicitly (``--host``
   or Streamlit's ``--server.address``); then ``PAGELENS_APP_PASSWORD`` is required (the
-  page asks for it and compares it in constant time, see :mod:`app.ui_auth`) and a loud
+  page asks for it and compares it in constant time, see :mod:`app.web.auth`) and a loud
   warning says the app is exposed;
 * usage statistics off, headless (no browser auto-open, no first-run e-mail prompt),
   toolbar in "minimal" mode (no Deploy button);
@@ -22,10 +22,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from indexer import config
+from indexer.config import APP_PASSWORD_ENV
 from indexer.errors import UsageError
 
 LOOPBACK = "127.0.0.1"
-PASSWORD_ENV = "PAGELENS_APP_PASSWORD"
+PASSWORD_ENV = APP_PASSWORD_ENV
 #: Host names a loopback app answers to (``server.allowedHosts``; ports are ignored).
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 #: Streamlit settings PageLens always sets (a user's explicit command-line option wins).
@@ -99,7 +101,7 @@ def plan(
                 args += ["--server.allowedHosts", name]
     launch = AppLaunch(args=["run", script, *args], host=address, exposed=exposed)
     if exposed:
-        if not environ.get(PASSWORD_ENV):
+        if not config.get(PASSWORD_ENV, environ):
             raise UsageError(
                 f"the app would listen on {address}, reachable from other machines, without a "
                 f"password: set {PASSWORD_ENV} (everyone must enter it), or leave --host "
@@ -126,7 +128,7 @@ def _local_only_lookups() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m app.app_launch run SCRIPT [streamlit options]``: Streamlit, private."""
+    """``python -m app.web.launch run SCRIPT [streamlit options]``: Streamlit, private."""
     _local_only_lookups()
     from streamlit.web import cli as stcli
 

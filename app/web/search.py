@@ -1,0 +1,184 @@
+"""Searching: the search form, running a search, and the grid of result pages (each
+opens in a dialog); the Ask panel and the export section follow the results."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from app.web import widgets as ui
+from app.web.ask import ask_panel
+from app.web.export import export_section, tick_key
+from app.web.services import ModelLoader, Workspace
+from app.web.session import get_model, model_key, thumb
+from indexer.errors import PageLensError
+from indexer.pages import IMAGE_SUFFIXES
+from retriever.escaping import for_markdown
+from retriever.search import MODES, PageRange, Retriever
+
+GRID_COLUMNS = 4
+MODE_HELP = {
+    "visual": "GME: the meaning of the question against the page images",
+    "text": "BM25 over the pages' text layer: exact words, names, numbers",
+    "hybrid": "both rankings fused (reciprocal rank fusion)",
+}
+
+
+def search_form(ws: Workspace, model: ModelLoader) -> None:
+    docs = ws.store.documents()
+    names = {d.id: d.name for d in docs}
+    default_mode = "text" if model.state == "failed" else "visual"
+    with st.form("search", border=True):
+        col_q, col_img = st.columns([4, 1.3])
+        question = col_q.text_input(
+            "Question",
+            key="question",
+            placeholder="Ask a question and press Enter, e.g. which quarter had the best revenue?",
+        )
+        image_file = col_img.file_uploader(
+            "Image (optional)",
+            type=sorted(s.lstrip(".") for s in IMAGE_SUFFIXES),
+            key="query_image",
+            help="Search by an image, alone or with the question (visual or hybrid mode).",
+        )
+        col_mode, col_k, col_docs, col_pages = st.columns([1.6, 0.8, 2.2, 1])
+        mode = col_mode.radio(
+            "Mode",
+            MODES,
+            index=MODES.index(default_mode),
+            horizontal=True,
+            key="mode",
+            captions=None,
+            help=" · ".join(f"{m}: {h}" for m, h in MODE_HELP.items()),
+        )
+        k = col_k.number_input("Pages (k)", min_value=1, max_value=50, value=8, key="k")
+        only = col_docs.multiselect(
+            "Only in documents",
+            list(names),
+            format_func=lambda i: names.get(i, str(i)),
+            key="only_docs",
+            placeholder="all documents",
+        )
+        page_range = col_pages.text_input("Page range", key="page_range", placeholder="e.g. 3-7")
+        submitted = st.form_submit_button("Search", type="primary", icon=":material/search:")
+    if submitted:
+        run_search(ws, model, question, image_file, mode, int(k), only, page_range)
+
+
+def run_search(ws, model, question, image_file, mode, k, only, page_range) -> None:
+    question = (question or "").strip()
+    if not question and image_file is None:
+        st.session_state.results = None
+        st.info("Type a question (or add an image) and press Enter to search.")
+        return
+    try:
+        pages = PageRange.parse(page_range)
+        image = _open_query_image(image_file) if image_file is not None else None
+        if image is not None and mode == "text":
+            st.warning("The image is not used in text mode; choose visual or hybrid for it.")
+            image = None
+        embedder = None
+        if mode != "text":
+            if model.state != "ready":
+                with st.spinner("Loading the model (first search only)…"):
+                    embedder = model.wait(timeout=1800)
+            else:
+                embedder = model.wait()
+        retriever = Retriever(embedder, ws.store)
+        with st.spinner("Searching…"):
+            hits = retriever.search(
+                question, k, image=image, documents=only or None, pages=pages, mode=mode
+            )
+        pending = retriever.pending() if mode != "text" else 0
+    except PageLensError as exc:
+        st.error(str(exc))
+        return
+    st.session_state.results = {
+        "id": time.time_ns(),
+        "query": question,
+        "image": image_file.name if image_file is not None else None,
+        "mode": mode,
+        "hits": hits,
+        "pending": pending,
+        # A text question can be asked again as more pages get their vectors.
+        "rerun": (question, None, mode, k, only, page_range) if image_file is None else None,
+    }
+
+
+def _open_query_image(upload):
+    """The uploaded query image, decoded as every user image is (format allow-list, pixel
+    cap): a QueryError with the file's name otherwise."""
+    from retriever.search import load_query_image
+
+    return load_query_image(upload)
+
+
+def open_page(hit, query: str) -> None:
+    @st.dialog(f"{for_markdown(hit.document)} · page {hit.page}", width="large")
+    def body() -> None:
+        st.caption(f"score {hit.score:.4f}")
+        left, right = st.columns([3, 2])
+        left.image(hit.image, width="stretch")
+        with right.expander("Text layer", expanded=True):
+            if hit.text.strip():
+                st.markdown(ui.highlight_html(hit.text, query), unsafe_allow_html=True)
+            else:
+                st.caption("This page has no text layer (a scan or a picture).")
+
+    body()
+
+
+def results_section(ws: Workspace) -> None:
+    res = st.session_state.results
+    if not res:
+        return
+    alive = {d.id for d in ws.store.documents()}
+    hits = [h for h in res["hits"] if h.document_id in alive]
+    query, mode = res["query"], res["mode"]
+    shown = f"“{query}”" if query else "the image"
+    if res["image"] and query:
+        shown += f" + image {res['image']}"
+    st.subheader(f"{len(hits)} page(s) for {shown}")
+    st.caption(f"{mode} search · best first")
+    if res["pending"]:
+        st.info(
+            f"{res['pending']} page(s) still wait for vectors: until they have them, "
+            f"{mode} search finds them through their text layer (marked “not embedded yet”)."
+        )
+        done = res["pending"] - ws.store.stats().pending
+        if (
+            done > 0
+            and res.get("rerun")
+            and st.button(
+                f"Refresh results ({done} more page(s) embedded since this search)",
+                key=f"refresh-{res['id']}",
+                icon=":material/refresh:",
+            )
+        ):
+            run_search(ws, get_model(model_key()), *res["rerun"])
+            st.rerun()
+    if not hits and res["hits"]:
+        st.info("These results came from a document that has since been removed; search again.")
+        return
+    if not hits:
+        st.warning("No pages found. Try other words, another mode, or fewer filters.")
+        return
+    ask_panel(res, [h for h in hits if st.session_state.get(tick_key(res, h), True)], open_page)
+    for start in range(0, len(hits), GRID_COLUMNS):
+        cols = st.columns(GRID_COLUMNS)
+        for offset, hit in enumerate(hits[start : start + GRID_COLUMNS]):
+            rank = start + offset + 1
+            with cols[offset], st.container(border=True):
+                image = thumb(hit.image, 640)
+                if image:
+                    st.image(image, width="stretch")
+                st.markdown(f"**#{rank} · {for_markdown(hit.document)}**")
+                st.caption(f"page {hit.page} · {ui.score_text(hit, mode)}")
+                left, right = st.columns(2, vertical_alignment="center")
+                left.checkbox("Export", value=True, key=tick_key(res, hit))
+                if right.button(
+                    "Open", key=f"open-{res['id']}-{hit.page_id}", icon=":material/zoom_in:"
+                ):
+                    open_page(hit, query)
+    export_section(res, hits)
