@@ -165,13 +165,26 @@ def _environment_reads(path: Path) -> list[str]:
             return value(key.values[0])
         return ""
 
+    readers = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "indexer.config"
+        for alias in node.names
+        if alias.name in {"get", "get_float", "get_int", "get_flag"}
+    }
     found = []
     for node in ast.walk(tree):
         key: ast.AST | None = None
         if isinstance(node, ast.Call) and node.args:
             func = node.func
-            if isinstance(func, ast.Attribute) and func.attr in {"get", "pop", "setdefault"}:
-                key = node.args[0]
+            if ast.unparse(func).rpartition(".")[0] in {"config", "indexer.config"}:
+                continue  # the registry's own readers
+            if isinstance(func, ast.Name) and func.id in readers:
+                continue
+            if isinstance(func, ast.Attribute) and func.attr == "get":
+                key = node.args[0]  # os.environ.get, or a copy of the environment passed on
+            elif isinstance(func, ast.Attribute) and func.attr in {"pop", "setdefault"}:
+                key = node.args[0] if _is_environ(func.value) else None
             elif ast.unparse(func) in {"os.getenv", "getenv"}:
                 key = node.args[0]
         elif isinstance(node, ast.Subscript) and _is_environ(node.value):
@@ -218,6 +231,10 @@ def test_the_environment_check_can_fail(tmp_path):
             c = os.getenv(MODEL_ENV)
             d = "PAGELENS_CACHE" in os.environ
             e = os.environ.get("HOME")
+            from indexer import config
+            f = config.get(MODEL_ENV)
+            child = dict(os.environ)
+            child.pop("PAGELENS_API_KEY", None)
             """
         )
     )
@@ -247,10 +264,12 @@ PROCESS_WIDE_CALLS = {
 }
 #: Attributes whose assignment changes the whole process.
 PROCESS_WIDE_ATTRIBUTES = {"sys.stdout", "sys.stderr", "Image.MAX_IMAGE_PIXELS"}
-#: Library modules whose job is a process-wide switch that only programs call.
+#: Process-wide switches in library modules that only a process's owner runs: (module, call).
 SWITCHES_FOR_PROGRAMS = {
-    "indexer/model/runtime/cpu_heap.py": "glibc's allocator: turned on by the CLI root, the "
-    "web app, Ray actors and the bench, which own their process",
+    ("indexer/model/runtime/cpu_heap.py", "mallopt"): "glibc's allocator: turned on by the "
+    "CLI root, the web app, Ray actors and the bench, which own their process",
+    ("indexer/ray/tasks.py", "torch.set_num_threads"): "in a Ray actor, whose worker process "
+    "runs nothing else: its CPU share is its thread count",
 }
 
 
@@ -310,18 +329,21 @@ def _process_changes(path: Path) -> list[str]:
 
 
 def test_library_modules_change_no_process_wide_state():
+    allowed = {(module, call) for module, call in SWITCHES_FOR_PROGRAMS}
     changes = [
         c
         for p in _files(LIBRARY)
-        if _rel(p) not in SWITCHES_FOR_PROGRAMS
         for c in _process_changes(p)
+        if not any(
+            (_rel(p), call) == pair and c.endswith(call) for pair in allowed for call in [pair[1]]
+        )
     ]
     assert not changes, (
         "library code changes process-wide state (scope it in a context manager that "
         "restores it, or leave it to the program):\n" + "\n".join(changes)
     )
-    for module in SWITCHES_FOR_PROGRAMS:
-        assert (ROOT / module).is_file(), f"{module} moved: update SWITCHES_FOR_PROGRAMS"
+    for module, call in SWITCHES_FOR_PROGRAMS:
+        assert call in (ROOT / module).read_text(), f"{module}: update SWITCHES_FOR_PROGRAMS"
 
 
 def test_the_process_state_check_can_fail(tmp_path):
@@ -484,6 +506,12 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _bench_may_use(ref: str) -> bool:
+    """The bench measures engine parts (the FAISS index, Milvus's index parameters) on their
+    own: it may import those modules, never an engine class or the compat shim."""
+    return "indexer.stores." in ref and "Collection" not in ref and "collection" not in ref
+
+
 def test_nothing_outside_the_stores_names_an_engine():
     inside = (ROOT / "indexer" / "stores", ROOT / "indexer" / "store.py")
     refs = [
@@ -491,6 +519,7 @@ def test_nothing_outside_the_stores_names_an_engine():
         for p in _files()
         if not any(p == i or i in p.parents for i in inside)
         for r in _engine_references(p, _module_name(p))
+        if not (r.startswith("bench/") and _bench_may_use(r))
     ]
     assert not refs, (
         "engines are reached through indexer.stores (open_collection, the Store protocol "
