@@ -193,35 +193,35 @@ CACHE_ENV = variable("PAGELENS_CACHE", "small re-creatable caches (weight hashes
 
 
 # -- model settings and loading (indexer/settings.py, indexer/model/)
-
+DEVICE_ENV = variable("PAGELENS_DEVICE", "where the model runs: cuda, mps or cpu (default: auto)")
+DTYPE_ENV = variable("PAGELENS_DTYPE", "the model's dtype: bfloat16, float16, float32 (auto)")
+IMAGE_TOKENS_ENV = variable("PAGELENS_IMAGE_TOKENS", "visual-token budget per page (1280)")
+QUANTIZE_ENV = variable("PAGELENS_QUANTIZE", "opt-in CPU fast path: int8 (default: off)")
+COMPILE_ENV = variable("PAGELENS_COMPILE", "1: torch.compile the model's blocks (opt-in)")
+EMBEDDER_URL_ENV = variable(
+    "PAGELENS_EMBEDDER_URL", "embed on this OpenAI-compatible endpoint instead of here"
+)
 
 
 # -- remote embedder (indexer/model/remote/)
 
 
-
 # -- pages (indexer/pages/)
-
 
 
 # -- stores: local engine (indexer/stores/local/)
 
 
-
 # -- stores: Milvus engine (indexer/stores/milvus/)
-
 
 
 # -- bulk jobs (indexer/ray/, indexer/pipeline.py)
 
 
-
 # -- retriever and LLMs (retriever/)
 
 
-
 # -- app, servers, MCP (app/)
-
 
 
 # -- bench (bench/)

@@ -1,4 +1,4 @@
-"""CPU features and the low-precision text-query path.
+"""Low-precision copies of a model's linear weights, for the text-query path.
 
 Why: a text query runs ~20 tokens through GME's 28-layer decoder, so on a CPU it is bound by
 memory bandwidth, not arithmetic: the ~1.3 B decoder weights are read once per query (5.2 GB
@@ -27,62 +27,43 @@ Candidates (:data:`CANDIDATES`), measured by ``pagelens bench`` (``model.query_w
 * ``fp16``: fp16 weights, **float32** activations and accumulation, fbgemm's FP16 GEMM
   (``quantized.linear_dynamic_fp16``, the kernel of torch's dynamic fp16 quantisation):
   2 bytes per weight, vectorised for AVX2 (F16C) and AVX-512, and the closest to exact.
-* ``int8s-fp32``: int8 weights (one scale per output channel, fbgemm's int8 GEMM) with
-  **split** float32 activations: each token row becomes :data:`SPLIT_LEVELS` 7-bit levels
-  (one scale per row, each level the rounding of the previous ones' error), stacked as rows
-  of one int8 GEMM call with float32 output, recombined in float32. Unlike dynamic int8
-  (one 7-bit level per tensor) the activations keep ~14 bits per row; the weight rounding
-  stays, so the first :data:`SPLIT_FP16_LAYERS` decoder layers use ``fp16``. ~1.1 bytes per
-  weight, at twice the int8 rows: on AVX2 (int8 at ~2x the float32 FMA rate, no VNNI) that
-  spends what int8 saves, so it is measured but not in :data:`AUTO_ORDER`.
 * ``int8-fp32``: int8 weights, float32 activations; the kernel's float32 path is not
   vectorised (10-20x slower than a float32 matmul on AVX2 and AVX-512), kept for the record.
 
 A query multiplies ~15 token rows by every weight. At that width the ATen weight-only
 kernels are compute-bound on AVX2 (they widen each weight once per row block), so fewer
 bytes do not by themselves mean faster: which candidate wins is measured
-(:data:`AUTO_ORDER` holds the order measured on AVX2).
+(:data:`indexer.model.gme.query_weights.AUTO_ORDER` holds the order measured on AVX2).
 
 Only text inputs take this path (queries); pages keep the exact weights, so a copy is extra
-memory (1.3-2.6 GB for GME-2B), made by :meth:`indexer.gme.GmeEmbedder.prepare_queries`
-(at a server's start-up or a process's second text query; the decision is kept on disk,
-:mod:`indexer.query_choice_cache`), which keeps a candidate only if, measured
+memory (1.3-2.6 GB for GME-2B), made by the query-weights policy
+(:class:`indexer.model.gme.query_weights.QueryWeightsPolicy`, at a server's start-up or a
+process's second text query; the decision is kept on disk,
+:mod:`indexer.model.gme.query_weights_cache`), which keeps a candidate only if, measured
 there on whole queries, it agrees with the exact path (cosine >= :data:`MIN_QUERY_COSINE`)
-and is faster. CPU features are read at run time (:func:`cpu_flags`, injectable): ``auto``
-tries candidates only on x86 CPUs with AVX2/AVX-512 and **without** native bf16 (those run
-the whole model in bf16 already). An instruction-set cap in the environment
-(``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``,
-``FBGEMM_ENABLE_INSTRUCTIONS``; :func:`isa_cap`) counts: the kernels cannot use what is
-capped, so neither do the decisions (``pagelens bench --isa avx2`` uses this to emulate an
-AVX2-only CPU).
+and is faster. Which candidates a CPU tries is decided from its features
+(:mod:`indexer.model.runtime.cpu_features`).
+
+A decision (:class:`QueryChoice`) is defined here, beside the copies it names, because both
+the policy and the decision cache below it read and write it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
-import platform
 import threading
-import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
-
 #: Agreement a non-exact query path must keep with the exact float32 vectors.
 MIN_QUERY_COSINE = 0.999
-#: ``query_weights`` settings: "auto" (decide from the CPU and a self-check), "exact", or an
-#: explicit int8 candidate (weights int8, activations in the named dtype).
-#: Candidates: weights int8 (one scale per output channel), two-level int8 (~15-bit), or
-#: bf16; activations in the named dtype.
+#: Candidates: weights int8 (one scale per output channel), two-level int8 (~15-bit), int8
+#: plus int4, bf16 or fp16; activations in the named dtype.
 CANDIDATES = (
     "int8-bf16",
     "int8-fp32",
@@ -91,7 +72,6 @@ CANDIDATES = (
     "int8+int4-bf16",
     "int8mix-bf16",
     "fp16",
-    "int8s-fp32",
 )
 #: ``int8mix-bf16``: the first decoder layers keep two int8 levels, the rest one. Measured on
 #: the full-size random-weight decoder (int8 rounding of one group at a time, 8 queries):
@@ -101,15 +81,6 @@ CANDIDATES = (
 #: 2 / 3 / 4 layers: 1 - cos 5.2e-4 / 4.1e-4 / 3.1e-4 (float32 activations; bf16 ones add
 #: ~2e-4). Four keep a margin under the 1e-3 bar for 4/28 of the weights at 2 bytes.
 MIX_PRECISE_LAYERS = 4
-QUERY_WEIGHTS = ("auto", "exact", "int8", *CANDIDATES)
-#: What ``auto`` tries, fastest first as measured on an AVX2 CPU without native bf16 at a
-#: query's ~15 tokens (see README, Performance); the first that agrees and beats the exact
-#: path there is kept (trying them all would hold two extra weight copies at once).
-#: Not tried: ``int8-bf16`` (cosine ~0.998 on the full-size model) and ``int8mix-bf16``
-#: (cosine 0.9995 but one top-10 swap in 80 on the bench's check), ``int8s-fp32`` (no faster
-#: than ``fp16`` at a query's ~15 rows under AVX2: both kernels are compute-bound there and
-#: its two activation levels double the int8 rows; README, Performance).
-AUTO_ORDER = ("fp16", "int8+int4-bf16", "int8x2-bf16", "bf16")
 _ACT_DTYPES = {
     "int8-bf16": torch.bfloat16,
     "int8-fp32": torch.float32,
@@ -118,163 +89,14 @@ _ACT_DTYPES = {
     "int8+int4-bf16": torch.bfloat16,
     "int8mix-bf16": torch.bfloat16,
     "fp16": torch.float32,
-    "int8s-fp32": torch.float32,
 }
-#: ``int8s-fp32``: a float32 activation row is split into this many 7-bit integer levels,
-#: ``x ~= r * (q1 + q2 / 126 + ...)`` with one scale ``r`` per token row, each level the
-#: rounding of what the previous ones missed: two levels bound the error by ``max|x| / 2**14``
-#: per row (three by ``2**-21``), so activations stay precise with outlier channels too.
-SPLIT_LEVELS = 2
-#: Largest magnitude of one level. fbgemm's AVX2 int8 kernel (no VNNI) sums pairs of
-#: uint8 x int8 products in int16 with saturation: activations stored as ``q + 64`` in
-#: [1, 127] against int8 weights in [-127, 127] keep ``2 * 127 * 127 < 2**15``.
-SPLIT_STEP = 63
-#: ``int8s-fp32``: the first decoder layers keep fp16 weights (layer 0 alone causes over half
-#: of int8's loss; see :data:`MIX_PRECISE_LAYERS`), the rest int8 per output channel.
-SPLIT_FP16_LAYERS = 4
 #: Group size (along the input dimension) of the int4 level, largest that divides K.
 INT4_GROUPS = (128, 64, 32)
 
 
-# --------------------------------------------------------------------------- CPU features
-
-
-#: ISA levels, lowest first: what an instruction-set cap allows (see :func:`isa_cap`).
-ISA_LEVELS = (
-    "sse",
-    "avx2",
-    "avx2_vnni",
-    "avx512",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx",
-)
-#: The environment variables that cap the instructions the kernels PageLens relies on may
-#: use, with the level each documented value allows (values compared case-insensitively;
-#: a value not listed caps nothing). ATen's own kernels (``_weight_int8pack_mm``, the
-#: non-oneDNN bf16 paths), oneDNN (bf16/fp32 matmuls, SDPA), MKL (float32 GEMM) and
-#: fbgemm (dynamic int8).
-ISA_CAP_ENV: dict[str, dict[str, str]] = {
-    "ATEN_CPU_CAPABILITY": {"default": "sse", "avx2": "avx2"},
-    "ONEDNN_MAX_CPU_ISA": {
-        "sse41": "sse",
-        "avx": "sse",
-        "avx2": "avx2",
-        "avx2_vnni": "avx2_vnni",
-        "avx2_vnni_2": "avx2_vnni",
-        "avx512_core": "avx512",
-        "avx512_core_vnni": "avx512_vnni",
-        "avx512_core_bf16": "avx512_bf16",
-        "avx10_1_512": "avx512_fp16",
-        "avx512_core_fp16": "avx512_fp16",
-    },
-    "DNNL_MAX_CPU_ISA": {},  # oneDNN's older name: same values (filled in below)
-    "MKL_ENABLE_INSTRUCTIONS": {
-        "sse4_2": "sse",
-        "avx": "sse",
-        "avx2": "avx2",
-        "avx512": "avx512",
-        "avx512_e1": "avx512_vnni",
-    },
-    "FBGEMM_ENABLE_INSTRUCTIONS": {
-        "avx2": "avx2",
-        "avx512": "avx512",
-        "avx512_256": "avx512",
-        "avx512_e1": "avx512_vnni",
-        "avx512_e1_256": "avx512_vnni",
-    },
-}
-ISA_CAP_ENV["DNNL_MAX_CPU_ISA"] = ISA_CAP_ENV["ONEDNN_MAX_CPU_ISA"]
-
-
-def _flag_level(flag: str) -> str:
-    """The lowest ISA level at which a ``/proc/cpuinfo`` flag may be used."""
-    if flag.startswith("amx"):
-        return "amx"
-    if flag in ("avx512_fp16", "avx512_bf16", "avx512_vnni"):
-        return flag
-    if flag.startswith("avx512"):
-        return "avx512"
-    if flag == "avx_vnni":
-        return "avx2_vnni"
-    if flag in ("avx", "avx2", "fma", "f16c"):
-        return "avx2"
-    return "sse"
-
-
-def isa_cap(env: Mapping[str, str] | None = None) -> tuple[str | None, dict[str, str]]:
-    """The instruction-set cap set in the environment: (lowest level allowed or None, the
-    capping variables that are set).
-
-    Why: ``ATEN_CPU_CAPABILITY=avx2`` (and oneDNN's, MKL's and fbgemm's equivalents) forbid
-    the kernels instructions the CPU has; a plan that still assumed them (native bf16, say)
-    would pick a path the kernels cannot run fast. The lowest cap of all those set wins,
-    so the decisions are those of a CPU that has only what every library may use.
-    """
-    env = os.environ if env is None else env
-    found: dict[str, str] = {}
-    level: str | None = None
-    for var, values in ISA_CAP_ENV.items():
-        raw = env.get(var)
-        if not raw:
-            continue
-        allowed = values.get(raw.strip().lower())
-        if allowed is None:
-            continue
-        found[var] = raw
-        if level is None or ISA_LEVELS.index(allowed) < ISA_LEVELS.index(level):
-            level = allowed
-    return level, found
-
-
-def cap_flags(flags: Iterable[str], level: str | None) -> frozenset[str]:
-    """``flags`` without those above ``level`` (all of them when ``level`` is None)."""
-    if level is None:
-        return frozenset(flags)
-    top = ISA_LEVELS.index(level)
-    return frozenset(f for f in flags if ISA_LEVELS.index(_flag_level(f)) <= top)
-
-
-@lru_cache(maxsize=1)
-def _read_cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):  # x86 / arm64
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_flags(env: Mapping[str, str] | None = None) -> frozenset[str]:
-    """This CPU's feature flags (``/proc/cpuinfo``; empty where unreadable, e.g. macOS),
-    less those an instruction-set cap in the environment forbids (:func:`isa_cap`).
-
-    Callers take it as a default argument so tests can inject another machine's flags.
-    """
-    return cap_flags(_read_cpu_flags(), isa_cap(env)[0])
-
-
-def has_native_bf16(flags: Iterable[str] | None = None) -> bool:
-    """Whether the CPU computes bf16 natively (AMX-BF16 or AVX512-BF16)."""
-    flags = set(cpu_flags() if flags is None else flags)
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
-
-
-def int8_weight_kernel_vectorised(
-    flags: Iterable[str] | None = None, machine: str | None = None
-) -> bool:
-    """Whether ``_weight_int8pack_mm``'s bf16 path is vectorised here (x86 with AVX2/AVX-512).
-
-    Elsewhere (ARM, unknown CPUs) it is not assumed: the int8 query path then stays off
-    unless asked for.
-    """
-    flags = set(cpu_flags() if flags is None else flags)
-    machine = (machine or platform.machine()).lower()
-    x86 = machine in {"x86_64", "amd64", "i686", "x86"}
-    return x86 and bool(flags & {"avx2", "avx512f"})
+def act_dtype(mode: str) -> torch.dtype:
+    """The activation dtype of an int8 candidate."""
+    return _ACT_DTYPES[mode]
 
 
 def kernel_available(mode: str) -> bool:
@@ -282,66 +104,7 @@ def kernel_available(mode: str) -> bool:
     x86 builds only)."""
     if mode == "fp16":
         return "fbgemm" in torch.backends.quantized.supported_engines
-    if mode == "int8s-fp32":
-        return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(
-            torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32"
-        )
     return True
-
-
-@dataclass(frozen=True)
-class QueryPlan:
-    """Which query-path candidates to try, most promising first, and why."""
-
-    candidates: tuple[str, ...]
-    reason: str
-
-
-def plan_query_weights(
-    setting: str = "auto",
-    *,
-    device: str = "cpu",
-    dtype: str = "float32",
-    hidden: int = 0,
-    min_hidden: int = 1024,
-    flags: Iterable[str] | None = None,
-    machine: str | None = None,
-) -> QueryPlan:
-    """The int8 query candidates for a model, from the setting and the CPU's features.
-
-    ``auto`` tries ``int8-bf16`` only on a CPU device, for a float32 model of GME size
-    (``hidden >= min_hidden``: small matrices are not bandwidth-bound), on an x86 CPU whose
-    kernel is vectorised and which has **no** native bf16 (those run the whole model in bf16
-    already). The caller keeps a candidate only if it passes the agreement self-check and
-    beats the exact path's measured time.
-    """
-    if setting not in QUERY_WEIGHTS:
-        raise ValueError(f"unknown query_weights {setting!r}; expected one of {QUERY_WEIGHTS}")
-    if setting == "exact":
-        return QueryPlan((), "query_weights='exact'")
-    if torch.device(device).type != "cpu":
-        if setting != "auto":
-            raise ValueError("int8 query weights are for CPU inference (use bf16 on GPUs)")
-        return QueryPlan((), f"device {device}: not a CPU")
-    if setting != "auto":
-        mode = "int8-bf16" if setting == "int8" else setting
-        if not kernel_available(mode):
-            raise ValueError(
-                f"query_weights {mode!r} needs fbgemm, which this torch build lacks "
-                "(x86 builds only); use 'auto' or 'exact'"
-            )
-        return QueryPlan((mode,), "asked for")
-    if dtype != "float32":
-        return QueryPlan((), f"model runs in {dtype}, not float32")
-    if hidden < min_hidden:
-        return QueryPlan((), f"model too small (hidden {hidden} < {min_hidden})")
-    if has_native_bf16(flags):
-        return QueryPlan((), "CPU has native bf16 (the model's auto dtype covers it)")
-    if not int8_weight_kernel_vectorised(flags, machine):
-        return QueryPlan((), "no AVX2/AVX-512: the int8 kernel is not vectorised here")
-    return QueryPlan(
-        tuple(c for c in AUTO_ORDER if kernel_available(c)), "x86 CPU without native bf16"
-    )
 
 
 # --------------------------------------------------------------------------- int8 weights
@@ -408,74 +171,6 @@ def quantize_int8_int4(
     return q8, s8, packed, sz, group
 
 
-def split_rows(x: torch.Tensor, levels: int = SPLIT_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``x`` (m, k) as ``levels`` stacked integer-valued levels (levels * m, k) in
-    [-SPLIT_STEP, SPLIT_STEP] and one scale per row (m, 1), so that
-    :func:`merge_levels` of their products gives ``x @ W.T`` to ~``2**(-7 * levels)`` of
-    each row's largest element.
-
-    Why per row and residual levels: one 7-bit level per tensor (dynamic int8) loses the
-    small channels of every row next to an outlier; here each level re-quantises what the
-    previous one missed, magnified ``2 * SPLIT_STEP`` times, so the GEMM stays int8 and
-    the activations precise.
-    """
-    if levels < 1:
-        raise ValueError(f"levels must be >= 1, got {levels}")
-    x = x.float()
-    scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-30) / SPLIT_STEP
-    u = x / scale
-    parts = []
-    for _ in range(levels):
-        q = torch.round(u)
-        parts.append(q)
-        u = (u - q) * (2 * SPLIT_STEP)
-    return torch.cat(parts), scale
-
-
-def merge_levels(y: torch.Tensor, levels: int, scale: torch.Tensor) -> torch.Tensor:
-    """Recombine the GEMM outputs of :func:`split_rows`' stacked levels (levels * m, n)."""
-    m = y.shape[0] // levels
-    out = y[(levels - 1) * m :]
-    for i in range(levels - 2, -1, -1):
-        out = y[i * m : (i + 1) * m] + out / (2 * SPLIT_STEP)
-    return out * scale
-
-
-def pack_int8_fbgemm(weight: torch.Tensor) -> Any:
-    """fbgemm's prepacked int8 weight (per output channel, symmetric, no bias: the bias is
-    added once after the levels are merged) for
-    ``quantized.linear_with_input_q_dq_qweight_dq_output_fp32``."""
-    q, scale = quantize_weight(weight)
-    with warnings.catch_warnings():
-        # quantized tensors are deprecated as a user type; fbgemm's prepack still takes them
-        warnings.simplefilter("ignore")
-        qw = torch._make_per_channel_quantized_tensor(
-            q, scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0
-        )
-        with _quantized_engine("fbgemm"):
-            return torch.ops.quantized.linear_prepack(qw, None)
-
-
-@contextlib.contextmanager
-def _quantized_engine(name: str) -> Iterator[None]:
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = name
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = previous
-
-
-def int8s_linear(rows: torch.Tensor, packed: Any, levels: int = SPLIT_LEVELS) -> torch.Tensor:
-    """``rows @ W.T`` (float32) with ``W`` from :func:`pack_int8_fbgemm`, activations split."""
-    stacked, scale = split_rows(rows, levels)
-    # integer-valued input, scale 1 and zero point 64: fbgemm stores q + 64 exactly
-    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-        stacked, 1.0, SPLIT_STEP + 1, packed
-    )
-    return merge_levels(y, levels, scale)
-
-
 class QueryWeights:
     """Low-precision copies of the ``nn.Linear`` weights under ``root``, used while
     :meth:`active`; ``mode`` is one of :data:`CANDIDATES`.
@@ -500,16 +195,12 @@ class QueryWeights:
         precise: set[int] = set()
         if mode == "int8mix-bf16":
             precise = _first_layers(root, MIX_PRECISE_LAYERS)
-        elif mode == "int8s-fp32":
-            precise = _first_layers(root, SPLIT_FP16_LAYERS)
         kinds: list[tuple[torch.nn.Linear, str]] = []
         for module in root.modules():
             if isinstance(module, torch.nn.Linear) and module.weight.dtype.is_floating_point:
                 kind = mode
                 if mode == "int8mix-bf16":
                     kind = "int8x2-bf16" if id(module) in precise else "int8-bf16"
-                elif mode == "int8s-fp32" and id(module) in precise:
-                    kind = "fp16"
                 kinds.append((module, kind))
         fp16_packed = _prepack_fp16([m for m, kind in kinds if kind == "fp16"])
         for module, kind in kinds:
@@ -521,9 +212,6 @@ class QueryWeights:
                 # and accumulation (the bias is packed with them)
                 packed = (fp16_packed[id(module)],)
                 nbytes = module.weight.numel() * 2
-            elif kind == "int8s-fp32":
-                packed = (pack_int8_fbgemm(module.weight),)
-                nbytes = module.weight.numel() + module.out_features * 12
             elif kind == "int8+int4-bf16":
                 q8, s8, q4, sz, group = quantize_int8_int4(module.weight)
                 packed = (q8, s8, q4, sz, group)
@@ -611,9 +299,7 @@ def _lowp_forward(
         if kind == "fp16":  # bias already inside
             out = torch.ops.quantized.linear_dynamic_fp16(rows, packed[0]).to(x.dtype)
             return out.reshape(*x.shape[:-1], n)
-        if kind == "int8s-fp32":
-            out = int8s_linear(rows, packed[0]).to(x.dtype)
-        elif kind == "int8+int4-bf16":
+        if kind == "int8+int4-bf16":
             q8, s8, q4, sz, group = packed
             hi = torch.ops.aten._weight_int8pack_mm(rows, q8, s8).float()
             lo = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, q4, group, sz).float()
@@ -632,7 +318,7 @@ def _lowp_forward(
     return forward
 
 
-# --------------------------------------------------------------------------- selection
+# --------------------------------------------------------------------------- decisions
 
 
 @dataclass
@@ -640,7 +326,7 @@ class QueryChoice:
     """What the self-check decided: the mode in use and the measurements behind it.
 
     ``source``: "measured" (calibrated in this process), "cache" (measured by an earlier
-    process, :mod:`indexer.query_choice_cache`; ``cache_file`` names the file), "plan"
+    process, :mod:`indexer.model.gme.query_weights_cache`; ``cache_file`` names the file), "plan"
     (nothing to try here) or "memory" (no room for a copy). ``timings``: seconds spent
     deciding (``calibration_s``, ``prepare_s`` to build the kept copy,
     ``cached_decision_s`` to read a cached decision).
@@ -666,93 +352,19 @@ class QueryChoice:
         }
 
 
-def choose(
-    plan: QueryPlan,
-    *,
-    run_exact: Callable[[], torch.Tensor],
-    make: Callable[[str], QueryWeights],
-    run_with: Callable[[QueryWeights], torch.Tensor],
-    forced: bool = False,
-    min_cosine: float | None = None,
-) -> tuple[QueryChoice, QueryWeights | None]:
-    """Measure the candidates, in order, on whole queries against the exact path; keep the
-    first that agrees (cosine >= ``min_cosine`` on every query) and, unless ``forced``, is
-    faster. Candidates come fewest weight bytes first, so the first that holds is also the
-    one that can go fastest; stopping there keeps at most one extra copy in memory.
-
-    ``run_exact``/``run_with`` embed a fixed set of calibration queries (unit rows); each
-    runs twice and the second run is timed (the first pays one-off allocations).
-    """
-    if min_cosine is None:
-        min_cosine = MIN_QUERY_COSINE
-    choice = QueryChoice(reason=plan.reason)
-    if not plan.candidates:
-        return choice, None
-
-    def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
-        fn()
-        t = time.perf_counter()
-        out = fn()
-        return out, time.perf_counter() - t
-
-    exact, exact_s = timed(run_exact)
-    choice.exact_s = round(exact_s, 4)
-    best: tuple[float, str, QueryWeights] | None = None
-    for name in plan.candidates:
-        weights = make(name)
-
-        def candidate(w: QueryWeights = weights) -> torch.Tensor:
-            return run_with(w)
-
-        vecs, secs = timed(candidate)
-        cos = float((vecs * exact).sum(-1).min())
-        holds = cos >= min_cosine
-        faster = secs < exact_s
-        choice.candidates[name] = {
-            "cosine_min": round(cos, 6),
-            "s": round(secs, 4),
-            "holds": holds,
-            "faster": faster,  # as measured: "s" and exact_s are rounded to 0.1 ms
-        }
-        if holds and (faster or forced):
-            best = (secs, name, weights)
-            break
-        weights.remove()
-    if best is None:
-        choice.reason += "; no candidate held (agreement or speed): exact"
-        return choice, None
-    choice.mode = best[1]
-    return choice, best[2]
-
-
-def act_dtype(mode: str) -> torch.dtype:
-    """The activation dtype of an int8 candidate."""
-    return _ACT_DTYPES[mode]
-
-
 __all__ = [
-    "MIN_QUERY_COSINE",
-    "QUERY_WEIGHTS",
-    "AUTO_ORDER",
     "CANDIDATES",
+    "INT4_GROUPS",
+    "MIN_QUERY_COSINE",
+    "MIX_PRECISE_LAYERS",
     "Int8Weights",
-    "QueryWeights",
     "QueryChoice",
-    "QueryPlan",
+    "QueryWeights",
     "act_dtype",
-    "choose",
-    "cap_flags",
-    "cpu_flags",
-    "has_native_bf16",
-    "isa_cap",
-    "int8_weight_kernel_vectorised",
+    "int4_group",
     "kernel_available",
-    "plan_query_weights",
     "quantize_int4",
     "quantize_int8_int4",
     "quantize_weight",
-    "int8s_linear",
-    "merge_levels",
-    "pack_int8_fbgemm",
-    "split_rows",
+    "quantize_weight_2level",
 ]
