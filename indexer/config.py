@@ -203,25 +203,33 @@ EMBEDDER_URL_ENV = variable(
 )
 
 
+
 # -- remote embedder (indexer/model/remote/)
+
 
 
 # -- pages (indexer/pages/)
 
 
+
 # -- stores: local engine (indexer/stores/local/)
+
 
 
 # -- stores: Milvus engine (indexer/stores/milvus/)
 
 
+
 # -- bulk jobs (indexer/ray/, indexer/pipeline.py)
+
 
 
 # -- retriever and LLMs (retriever/)
 
 
+
 # -- app, servers, MCP (app/)
+
 
 
 # -- bench (bench/)
