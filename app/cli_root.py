@@ -17,7 +17,7 @@ import typer
 
 from app.cli_common import Options, configure_logging, fail
 from indexer.config import HOME_RULE
-from indexer.cpu_heap import keep_freed_memory
+from indexer.model.runtime.cpu_heap import keep_freed_memory
 from indexer.errors import UsageError
 from indexer.settings import ModelSettings
 

@@ -27,7 +27,7 @@ from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent, T
 from pydantic import Field
 
 from app.warmup import prepare_queries
-from indexer.embedder import Embedder
+from indexer.model import Embedder
 from indexer.errors import ModelNotAvailableError, PageLensError
 from indexer.stores import Store
 from retriever.export import ExportSettings, citation, encode_page

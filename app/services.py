@@ -28,7 +28,7 @@ from app.uploads import discard_upload
 from app.warmup import prepare_queries
 from indexer.catalog import Document, Page
 from indexer.config import collection_path
-from indexer.embedder import Embedder
+from indexer.model import Embedder
 from indexer.errors import CollectionError, PageLensError
 from indexer.pipeline import FileResult, Indexer, IndexReport, Progress
 from indexer.settings import ModelSettings

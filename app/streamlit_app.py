@@ -21,7 +21,7 @@ from app.ui_ask import ask_panel
 from app.ui_auth import require_password
 from app.uploads import discard_upload, max_upload_mb, save_upload
 from indexer.config import collection_path, home, list_collections
-from indexer.cpu_heap import keep_freed_memory
+from indexer.model.runtime.cpu_heap import keep_freed_memory
 from indexer.errors import PageLensError
 from indexer.pages import IMAGE_SUFFIXES, SUPPORTED_SUFFIXES
 from indexer.pipeline import format_duration

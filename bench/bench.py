@@ -191,7 +191,7 @@ def machine_info() -> dict:
         mem = psutil.virtual_memory().total
     except Exception:  # pragma: no cover
         mem = 0
-    from indexer import quant
+    from indexer.model.runtime import cpu_features as quant
 
     level, caps = quant.isa_cap()
     effective = quant.cap_flags(flags, level)
@@ -262,7 +262,7 @@ def _native_bf16() -> bool:
     """
     import torch
 
-    from indexer import quant
+    from indexer.model.runtime import cpu_features as quant
 
     return torch.backends.mkldnn.is_available() and quant.has_native_bf16(quant.cpu_flags())
 
@@ -505,13 +505,13 @@ def _build(cfg: BenchConfig, dtype: str, **options: Any):
     """A fresh embedder: the given weights, or random ones of ``cfg.size``; it neither
     reads nor writes the user's query-weights decisions (the bench measures)."""
     if cfg.model:
-        from indexer.gme import load_embedder
+        from indexer.model.gme.loading import load_embedder
 
         emb = load_embedder(cfg.model, device=cfg.device, dtype=dtype, **options)
     elif cfg.depth:
         emb = _build_cut(cfg, dtype, **options)
     else:
-        from indexer.random_model import random_embedder
+        from indexer.model.gme.random import random_embedder
 
         emb = random_embedder(cfg.size, seed=cfg.seed, device=cfg.device, dtype=dtype, **options)
     emb.decision_cache = None
@@ -527,8 +527,8 @@ def _build_cut(cfg: BenchConfig, dtype: str, **options: Any) -> Any:
     from transformers import Qwen2VLForConditionalGeneration
     from transformers.initialization import no_init_weights
 
-    from indexer import random_model as rm
-    from indexer.gme import GmeEmbedder
+    from indexer.model.gme import random as rm
+    from indexer.model.gme.embedder import GmeEmbedder
 
     vision, text = cfg.depth
     config = rm.make_config(cfg.size)
@@ -558,8 +558,8 @@ def _build_text_only(cfg: BenchConfig) -> Any:
     from transformers import Qwen2VLForConditionalGeneration
     from transformers.initialization import no_init_weights
 
-    from indexer import random_model as rm
-    from indexer.gme import GmeEmbedder
+    from indexer.model.gme import random as rm
+    from indexer.model.gme.embedder import GmeEmbedder
 
     config = rm.make_config(cfg.size)
     config.vision_config.depth = 1
@@ -634,7 +634,7 @@ def _log(msg: str) -> None:
 
 
 def _set_budget(emb: Any, tokens: int) -> None:
-    from indexer.gme import MIN_IMAGE_TOKENS
+    from indexer.model.gme.recipe import MIN_IMAGE_TOKENS
 
     emb.max_image_tokens = int(tokens)
     emb.min_image_tokens = min(MIN_IMAGE_TOKENS, int(tokens))
@@ -652,7 +652,7 @@ def page_kernels(emb: Any) -> dict:
     """Which kernels a page goes through in this embedder (the README table's "kernel")."""
     import torch
 
-    from indexer import quant
+    from indexer.model.runtime import cpu_features as quant
 
     dtype = str(emb.dtype)
     cuda = str(emb.device).startswith("cuda")
@@ -833,7 +833,7 @@ def query_weights_phase(
     in one run on a shared machine); agreement is the cosine of the candidate's query vectors
     to the exact float32 ones and the top-10 overlap of their rankings of the exact corpus.
     """
-    from indexer.quant import QueryWeights, act_dtype
+    from indexer.model.runtime.lowp import QueryWeights, act_dtype
 
     emb.set_query_weights("exact")
     emb.prefix_cache = True
@@ -902,7 +902,7 @@ def auto_decision_phase(emb: Any) -> dict[str, Any]:
     then as a later process meets it, from the decision cache (``cached_decision_s`` to
     read it, ``prepare_s`` to build the kept copy). The cache is a temporary folder: the
     bench always measures, and never reads or writes the user's decisions."""
-    from indexer.query_choice_cache import DecisionCache
+    from indexer.model.gme.query_weights_cache import DecisionCache
 
     _log("text-query weights: what auto chooses here (measured, then read back from a cache)")
     previous = emb.decision_cache
@@ -948,7 +948,8 @@ def _topk_overlap(qa: np.ndarray, ca: np.ndarray, qb: np.ndarray, cb: np.ndarray
 def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: list[str]) -> None:
     import torch
 
-    from indexer.gme import quantize_embedder, resolve_dtype
+    from indexer.model.gme.speedups import quantize_embedder
+    from indexer.model.runtime.device import resolve_dtype
 
     dtype = str(resolve_dtype(cfg.dtype, cfg.device)).removeprefix("torch.")
     on_cpu = cfg.device == "cpu"
@@ -977,7 +978,7 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
         t = time.perf_counter()
         emb = _build(cfg, "float32", batch_size=1)
         # the recipe runs transformers' own vision forward, not indexer.page_kernels'
-        from indexer import page_kernels as fast_kernels
+        from indexer.model.gme import page_kernels as fast_kernels
 
         fast_kernels.uninstall(emb.vision_model)
         emb.page_kernels = []
@@ -1104,7 +1105,7 @@ def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: l
     section["phases"]["exact"] = phase
     if cfg.compile:
         # D (opt-in): the same model with torch.compile'd blocks (pagelens --compile).
-        from indexer.gme import compile_embedder
+        from indexer.model.gme.speedups import compile_embedder
 
         log("phase D: exact path with torch.compile")
         compile_embedder(emb)
@@ -1527,7 +1528,7 @@ def run_remote_section(cfg: BenchConfig, report: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = cfg.model
         if not model_dir:  # the overhead does not depend on the model: the tiny one is enough
-            from indexer.random_model import build_random_gme
+            from indexer.model.gme.random import build_random_gme
 
             model_dir = str(build_random_gme(Path(tmp) / "tiny-gme", size="tiny"))
         pdf = Path(cfg.pdf) if cfg.pdf else _default_pdf(cfg.remote_pages, Path(tmp))
@@ -1540,7 +1541,7 @@ def run_remote_section(cfg: BenchConfig, report: dict) -> None:
 def run(cfg: BenchConfig) -> tuple[dict, Path]:
     import torch
 
-    from indexer.cpu_heap import keep_freed_memory
+    from indexer.model.runtime.cpu_heap import keep_freed_memory
 
     keep_freed_memory()  # as the CLI does: the bench measures the app's page path
 

@@ -31,7 +31,7 @@ def run_ray(cfg: Any, report: dict, workdir: Path, make_pdf: Any) -> None:
     from indexer import load_embedder
     from indexer.pages import RenderSettings
     from indexer.pipeline import Indexer
-    from indexer.random_model import build_random_gme
+    from indexer.model.gme.random import build_random_gme
     from indexer.ray_job import EmbedPool, RayIndexer, RayOptions, connect
     from indexer.store import Collection
 

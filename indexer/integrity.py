@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from indexer.catalog import Document, Page
-from indexer.embedder import Embedder
+from indexer.model import Embedder
 from indexer.errors import PageLensError
 from indexer.store import PAGES_DIR, VECTORS, Collection
 from indexer.stores.base import Store

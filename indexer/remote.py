@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, EmbedderBase, require_pairs
+from indexer.model import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, EmbedderBase, require_pairs
 from indexer.errors import (
     EmbeddingError,
     EndpointError,

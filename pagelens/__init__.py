@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image
 
 from indexer.catalog import Document
-from indexer.embedder import Embedder
+from indexer.model import Embedder
 from indexer.pipeline import Indexer, IndexReport, ProgressFn
 from indexer.stores import Store, open_collection
 from retriever.ask import Answer, AnswerStream, LLMSettings, ask, ask_stream, check_page_count

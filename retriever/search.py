@@ -24,7 +24,7 @@ from typing import IO
 import numpy as np
 from PIL import Image
 
-from indexer.embedder import Embedder
+from indexer.model import Embedder
 from indexer.errors import QueryError
 from indexer.imageio import ImageRefusedError, decode_image
 from indexer.pages import RenderSettings, fit_image

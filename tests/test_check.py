@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.integrity import check, repair
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.errors import DocumentNotFoundError, QueryError
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.errors import CollectionError, QueryError
 from indexer.pipeline import Indexer
 from retriever.evaluate import (

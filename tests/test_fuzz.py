@@ -26,7 +26,7 @@ import pymupdf
 import pytest
 from PIL import Image, ImageDraw
 
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.integrity import check
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import indexer
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.errors import CollectionError
 from pagelens import PageLens
 

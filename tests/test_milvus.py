@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.errors import CollectionError
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer

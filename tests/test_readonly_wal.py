@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from indexer import catalog
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.pipeline import Indexer
 from indexer.store import CATALOG, Collection
 

@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 
 from app.server import create_app
 from indexer import load_embedder
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.errors import (
     EmbeddingError,
     EndpointError,

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import QUERY_INSTRUCTION, EmbedderBase, FakeEmbedder
+from indexer.model import QUERY_INSTRUCTION, EmbedderBase, FakeEmbedder
 from indexer.errors import DocumentNotFoundError, QueryError
 from indexer.pages import RenderSettings, fit_image
 from indexer.pipeline import Indexer
