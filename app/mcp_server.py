@@ -27,8 +27,8 @@ from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent, T
 from pydantic import Field
 
 from app.warmup import prepare_queries
-from indexer.embedder import Embedder
 from indexer.errors import ModelNotAvailableError, PageLensError
+from indexer.model import Embedder
 from indexer.stores import Store
 from retriever.export import ExportSettings, citation, encode_page
 from retriever.search import Hit, Retriever, snippet

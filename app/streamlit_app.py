@@ -19,8 +19,8 @@ from app.web.search import results_section, search_form
 from app.web.services import AppSettings
 from app.web.session import current_workspace, get_model, model_key, show_flash, state_defaults
 from app.web.sidebar import collection_picker, documents_panel, live_status
-from indexer.cpu_heap import keep_freed_memory
 from indexer.errors import PageLensError
+from indexer.model.runtime.cpu_heap import keep_freed_memory
 from indexer.stores import is_milvus_spec
 from retriever.escaping import for_markdown
 

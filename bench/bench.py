@@ -123,7 +123,7 @@ def run_remote_section(cfg: BenchConfig, report: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = cfg.model
         if not model_dir:  # the overhead does not depend on the model: the tiny one is enough
-            from indexer.random_model import build_random_gme
+            from indexer.model.gme.random import build_random_gme
 
             model_dir = str(build_random_gme(Path(tmp) / "tiny-gme", size="tiny"))
         pdf = Path(cfg.pdf) if cfg.pdf else default_pdf(cfg.remote_pages, Path(tmp))
@@ -136,7 +136,7 @@ def run_remote_section(cfg: BenchConfig, report: dict) -> None:
 def run(cfg: BenchConfig) -> tuple[dict, Path]:
     import torch
 
-    from indexer.cpu_heap import keep_freed_memory
+    from indexer.model.runtime.cpu_heap import keep_freed_memory
 
     keep_freed_memory()  # as the CLI does: the bench measures the app's page path
 

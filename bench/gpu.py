@@ -178,8 +178,8 @@ def prepare(kit: Path, pages: int) -> None:
     Runs where PageLens is installed (PyMuPDF renders the pages); the result, a few MiB,
     travels with the repository to the GPU machine, which can fetch nothing.
     """
+    from indexer.model.gme.random import build_tokenizer
     from indexer.pages import RenderSettings, render_pages
-    from indexer.random_model import build_tokenizer
 
     pdf = Path(__file__).resolve().parent.parent / "tests" / "data" / "camlidl-manual.pdf"
     (kit / "pages").mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,7 @@ def build(size: str, dtype: str, device: str, kit: Path | None, **options: Any) 
     """A random-weight GME of ``size`` on ``device`` behind PageLens's GmeEmbedder."""
     import torch
 
-    from indexer.random_model import random_embedder
+    from indexer.model.gme.random import random_embedder
 
     if kit and (kit / "tokenizer" / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
@@ -209,7 +209,7 @@ def build(size: str, dtype: str, device: str, kit: Path | None, **options: Any) 
 
 def as_recipe(emb: Any) -> Any:
     """The recipe: transformers' own vision forward, no prompt-prefix cache."""
-    from indexer import page_kernels
+    from indexer.model.gme import page_kernels
 
     page_kernels.uninstall(emb.vision_model)
     emb.page_kernels = []
@@ -218,7 +218,7 @@ def as_recipe(emb: Any) -> Any:
 
 
 def set_budget(emb: Any, tokens: int) -> None:
-    from indexer.gme import MIN_IMAGE_TOKENS
+    from indexer.model.gme.recipe import MIN_IMAGE_TOKENS
 
     emb.max_image_tokens = int(tokens)
     emb.min_image_tokens = min(MIN_IMAGE_TOKENS, int(tokens))

@@ -103,8 +103,8 @@ def child(
     """In a fresh process: warm up, index ``pdf`` with the fake embedder and return the
     figures (see the module docstring). Printed as one JSON line by :func:`measure`."""
     from bench.corpus import make_text_pdf
-    from indexer.embedder import FakeEmbedder
-    from indexer.memory import release_free_heap
+    from indexer.model import FakeEmbedder
+    from indexer.model.runtime.memory import release_free_heap
     from indexer.pages import RenderSettings
     from indexer.pipeline import Indexer, Progress
     from indexer.stores import open_collection

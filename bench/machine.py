@@ -122,7 +122,7 @@ def machine_info() -> dict:
         mem = psutil.virtual_memory().total
     except Exception:  # pragma: no cover
         mem = 0
-    from indexer import quant
+    from indexer.model.runtime import cpu_features as quant
 
     level, caps = quant.isa_cap()
     effective = quant.cap_flags(flags, level)
@@ -193,7 +193,7 @@ def native_bf16() -> bool:
     """
     import torch
 
-    from indexer import quant
+    from indexer.model.runtime import cpu_features as quant
 
     return torch.backends.mkldnn.is_available() and quant.has_native_bf16(quant.cpu_flags())
 

@@ -14,13 +14,13 @@ def build(cfg: BenchConfig, dtype: str, **options: Any):
     """A fresh embedder: the given weights, or random ones of ``cfg.size``; it neither
     reads nor writes the user's query-weights decisions (the bench measures)."""
     if cfg.model:
-        from indexer.gme import load_embedder
+        from indexer.model.gme.loading import load_embedder
 
         emb = load_embedder(cfg.model, device=cfg.device, dtype=dtype, **options)
     elif cfg.depth:
         emb = _build_cut(cfg, dtype, **options)
     else:
-        from indexer.random_model import random_embedder
+        from indexer.model.gme.random import random_embedder
 
         emb = random_embedder(cfg.size, seed=cfg.seed, device=cfg.device, dtype=dtype, **options)
     emb.decision_cache = None
@@ -36,8 +36,8 @@ def _build_cut(cfg: BenchConfig, dtype: str, **options: Any) -> Any:
     from transformers import Qwen2VLForConditionalGeneration
     from transformers.initialization import no_init_weights
 
-    from indexer import random_model as rm
-    from indexer.gme import GmeEmbedder
+    from indexer.model.gme import random as rm
+    from indexer.model.gme.embedder import GmeEmbedder
 
     assert cfg.depth is not None, "--depth V,T"
     vision, text = cfg.depth
@@ -68,8 +68,8 @@ def build_text_only(cfg: BenchConfig) -> Any:
     from transformers import Qwen2VLForConditionalGeneration
     from transformers.initialization import no_init_weights
 
-    from indexer import random_model as rm
-    from indexer.gme import GmeEmbedder
+    from indexer.model.gme import random as rm
+    from indexer.model.gme.embedder import GmeEmbedder
 
     config = rm.make_config(cfg.size)
     config.vision_config.depth = 1

@@ -41,7 +41,7 @@ class _Run:
 
 
 def run_model(cfg: BenchConfig, report: dict, peak: dict, images: list, texts: list[str]) -> None:
-    from indexer.gme import resolve_dtype
+    from indexer.model.gme.loading import resolve_dtype
 
     dtype = str(resolve_dtype(cfg.dtype, cfg.device)).removeprefix("torch.")
     on_cpu = cfg.device == "cpu"
@@ -84,7 +84,7 @@ def _recipe_phase(run: _Run) -> tuple[Any, Any]:
     t = time.perf_counter()
     emb = build(cfg, "float32", batch_size=1)
     # the recipe runs transformers' own vision forward, not indexer.page_kernels'
-    from indexer import page_kernels as fast_kernels
+    from indexer.model.gme import page_kernels as fast_kernels
 
     fast_kernels.uninstall(emb.vision_model)
     emb.page_kernels = []
@@ -143,7 +143,7 @@ def _query_weights_phase(run: _Run, emb: Any) -> None:
 
 def _int8_phase(run: _Run, emb: Any, idx: Any) -> None:
     """B: int8 dynamic quantisation of the same weights."""
-    from indexer.gme import quantize_embedder
+    from indexer.model.gme.loading import quantize_embedder
 
     cfg, ref_text = run.cfg, run.ref_text
     log("phase B: int8 dynamic quantisation")
@@ -252,7 +252,7 @@ def _compiled_phase(
     run: _Run, emb: Any, exact: dict[str, Any], eager_vecs: dict[int, np.ndarray]
 ) -> None:
     """D (opt-in): the same model with torch.compile'd blocks (pagelens --compile)."""
-    from indexer.gme import compile_embedder
+    from indexer.model.gme.loading import compile_embedder
 
     cfg = run.cfg
     log("phase D: exact path with torch.compile")

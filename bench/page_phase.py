@@ -15,7 +15,7 @@ from bench.machine import ModuleTimer, RssSampler, matmul_peak
 
 
 def set_budget(emb: Any, tokens: int) -> None:
-    from indexer.gme import MIN_IMAGE_TOKENS
+    from indexer.model.gme.recipe import MIN_IMAGE_TOKENS
 
     emb.max_image_tokens = int(tokens)
     emb.min_image_tokens = min(MIN_IMAGE_TOKENS, int(tokens))
@@ -25,7 +25,7 @@ def page_kernels(emb: Any) -> dict:
     """Which kernels a page goes through in this embedder (the README table's "kernel")."""
     import torch
 
-    from indexer import quant
+    from indexer.model.runtime import cpu_features as quant
 
     dtype = str(emb.dtype)
     cuda = str(emb.device).startswith("cuda")

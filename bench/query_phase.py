@@ -68,10 +68,8 @@ CANDIDATE_WEIGHTS = {
     "int8+int4-bf16": "int8 per output channel + int4 level for its error (groups of 128 "
     "inputs), ~1.5 bytes",
     "int8mix-bf16": "int8 per output channel; two int8 levels in the first decoder layers "
-    "(indexer.quant.MIX_PRECISE_LAYERS), the most sensitive",
+    "(indexer.model.runtime.lowp.MIX_PRECISE_LAYERS), the most sensitive",
     "fp16": "float16",
-    "int8s-fp32": "int8 per output channel; float16 in the first decoder layers "
-    "(indexer.quant.SPLIT_FP16_LAYERS)",
 }
 CANDIDATE_KERNELS = {
     "int8-bf16": "aten._weight_int8pack_mm",
@@ -81,8 +79,6 @@ CANDIDATE_KERNELS = {
     "int8+int4-bf16": "aten._weight_int8pack_mm + aten._weight_int4pack_mm_for_cpu",
     "int8mix-bf16": "aten._weight_int8pack_mm",
     "fp16": "fbgemm FP16 GEMM (quantized.linear_dynamic_fp16)",
-    "int8s-fp32": "fbgemm int8 GEMM, activations split into 7-bit levels per token row "
-    "(quantized.linear_with_input_q_dq_qweight_dq_output_fp32); fp16 GEMM in the first layers",
 }
 
 
@@ -102,7 +98,7 @@ def query_weights_phase(
     in one run on a shared machine); agreement is the cosine of the candidate's query vectors
     to the exact float32 ones and the top-10 overlap of their rankings of the exact corpus.
     """
-    from indexer.quant import QueryWeights, act_dtype
+    from indexer.model.runtime.lowp import QueryWeights, act_dtype
 
     emb.set_query_weights("exact")
     emb.prefix_cache = True
@@ -171,7 +167,7 @@ def auto_decision_phase(emb: Any) -> dict[str, Any]:
     then as a later process meets it, from the decision cache (``cached_decision_s`` to
     read it, ``prepare_s`` to build the kept copy). The cache is a temporary folder: the
     bench always measures, and never reads or writes the user's decisions."""
-    from indexer.query_choice_cache import DecisionCache
+    from indexer.model.gme.query_weights_cache import DecisionCache
 
     log("text-query weights: what auto chooses here (measured, then read back from a cache)")
     previous = emb.decision_cache

@@ -29,9 +29,9 @@ def run_ray(cfg: Any, report: dict, workdir: Path, make_pdf: Any) -> None:
         report["ray"] = {"skipped": "ray is not installed (pip install 'pagelens[ray]')"}
         return
     from indexer import load_embedder
+    from indexer.model.gme.random import build_random_gme
     from indexer.pages import RenderSettings
     from indexer.pipeline import Indexer
-    from indexer.random_model import build_random_gme
     from indexer.ray import EmbedPool, RayIndexer, RayOptions, connect
     from indexer.stores import open_collection
 

@@ -56,7 +56,7 @@ def _serve(model_dir: str, tokens: int, port: int, threads: int | None) -> subpr
 _FAKE_SERVER = """
 import sys, uvicorn
 from app.server import create_app
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 uvicorn.run(create_app(FakeEmbedder(dim=1536, model_id="overhead-probe")), host="127.0.0.1",
             port=int(sys.argv[1]), log_level="warning")
 """
@@ -135,8 +135,8 @@ def run_remote(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Both measurements (see the module docstring) for ``images``; the report section."""
-    from indexer.embedder import FakeEmbedder
-    from indexer.gme import load_embedder
+    from indexer.model import FakeEmbedder
+    from indexer.model.gme.loading import load_embedder
     from indexer.model.remote import (
         DEFAULT_BATCH_SIZE,
         DEFAULT_CONCURRENCY,

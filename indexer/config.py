@@ -138,6 +138,8 @@ def variable(name: str, help: str) -> str:
     """Declare a PAGELENS_* variable; returns its name, to keep in a module constant."""
     if not name.startswith("PAGELENS_"):
         raise ValueError(f"{name}: PageLens's own variables start with PAGELENS_")
+    if name in VARIABLES:
+        raise ValueError(f"{name} is declared twice")
     VARIABLES[name] = Variable(name, help)
     return name
 
@@ -193,14 +195,17 @@ CACHE_ENV = variable("PAGELENS_CACHE", "small re-creatable caches (weight hashes
 
 
 # -- model settings and loading (indexer/settings.py, indexer/model/)
-
+DEVICE_ENV = variable("PAGELENS_DEVICE", "where the model runs: cuda, mps or cpu (default: auto)")
+DTYPE_ENV = variable("PAGELENS_DTYPE", "the model's dtype: bfloat16, float16, float32 (auto)")
+IMAGE_TOKENS_ENV = variable("PAGELENS_IMAGE_TOKENS", "visual-token budget per page (1280)")
+QUANTIZE_ENV = variable("PAGELENS_QUANTIZE", "opt-in CPU fast path: int8 (default: off)")
+COMPILE_ENV = variable("PAGELENS_COMPILE", "1: torch.compile the model's blocks (opt-in)")
 
 
 # -- remote embedder (indexer/model/remote/)
 EMBEDDER_URL_ENV = variable(
     "PAGELENS_EMBEDDER_URL", "embed through this OpenAI-compatible endpoint instead of here"
 )
-API_KEY_ENV = variable("PAGELENS_API_KEY", "the endpoint's API key (sent as a bearer token)")
 EMBEDDER_BATCH_ENV = variable("PAGELENS_EMBEDDER_BATCH", "inputs per request to the endpoint")
 EMBEDDER_CONCURRENCY_ENV = variable(
     "PAGELENS_EMBEDDER_CONCURRENCY", "requests to the endpoint in flight at once"
@@ -210,15 +215,6 @@ EMBEDDER_RETRIES_ENV = variable("PAGELENS_EMBEDDER_RETRIES", "retries per failed
 EMBEDDER_CA_ENV = variable(
     "PAGELENS_EMBEDDER_CA", "a CA bundle (PEM) to trust for an https endpoint"
 )
-
-
-
-# -- pages (indexer/pages/)
-
-
-
-# -- stores: local engine (indexer/stores/local/)
-
 
 
 # -- stores: Milvus engine (indexer/stores/milvus/)
@@ -243,13 +239,16 @@ MILVUS_LOG_ENV = variable(
 )
 
 
-
-# -- bulk jobs (indexer/ray/, indexer/pipeline.py)
-
-
-
 # -- retriever and LLMs (retriever/)
-
+LLM_URL_ENV = variable("PAGELENS_LLM_URL", "the OpenAI-compatible chat endpoint ask sends to")
+LLM_MODEL_ENV = variable("PAGELENS_LLM_MODEL", "the vision LLM's model name at that endpoint")
+LLM_API_KEY_ENV = variable("PAGELENS_LLM_API_KEY", "the LLM endpoint's API key")
+LLM_TIMEOUT_ENV = variable("PAGELENS_LLM_TIMEOUT", "seconds one LLM request may take")
+LLM_RETRIES_ENV = variable("PAGELENS_LLM_RETRIES", "retries of a failed LLM request")
+LLM_MAX_IMAGES_ENV = variable("PAGELENS_LLM_MAX_IMAGES", "page images per LLM request")
+LLM_MAX_IMAGE_MB_ENV = variable("PAGELENS_LLM_MAX_IMAGE_MB", "MB per page image sent")
+LLM_MAX_REQUEST_MB_ENV = variable("PAGELENS_LLM_MAX_REQUEST_MB", "MB per LLM request")
+LLM_MAX_SIDE_ENV = variable("PAGELENS_LLM_MAX_SIDE", "longest image side sent, in pixels")
 
 
 # -- app, servers, MCP (app/)
@@ -261,7 +260,3 @@ APP_PASSWORD_ENV = variable(
 API_KEY_ENV = variable(
     "PAGELENS_API_KEY", "the bearer key: of pagelens serve/mcp, and sent to a remote embedder"
 )
-
-
-
-# -- bench (bench/)

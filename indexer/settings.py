@@ -10,16 +10,16 @@ is one edit here (the CLI's global options are generated from these fields too).
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from indexer import config
 from indexer.config import default_model
 from indexer.errors import UsageError
 
 if TYPE_CHECKING:
-    from indexer.embedder import Embedder
+    from indexer.model import Embedder
     from indexer.pages import RenderSettings
 
 #: GME's published visual-token budget per page.
@@ -108,11 +108,10 @@ class ModelSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ModelSettings:
         """The settings the environment holds (what ``pagelens app`` hands to Streamlit)."""
-        env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            raw = env.get(f.metadata["env"])
-            if raw is None or raw == "":
+            raw = config.get(f.metadata["env"], environ)  # unset or empty: the default
+            if raw is None:
                 continue
             values[f.name] = _parse(f, raw)
         return cls(**values)

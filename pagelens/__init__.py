@@ -26,7 +26,7 @@ from typing import Any
 
 from PIL import Image
 
-from indexer.embedder import Embedder
+from indexer.model import Embedder
 from indexer.pipeline import Indexer, IndexReport, ProgressFn
 from indexer.stores import Store, open_collection
 from indexer.stores.types import Document

@@ -12,13 +12,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from indexer import config
 from indexer.errors import PageLensError
 from retriever.export import ExportSettings
 
@@ -68,8 +68,12 @@ class AskLimitError(LLMError):
 # --------------------------------------------------------------------------- settings
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
-    raw = env.get(name, "").strip()
+def _env_text(env: Mapping[str, str] | None, name: str) -> str:
+    return (config.get(name, env) or "").strip()
+
+
+def _env_int(env: Mapping[str, str] | None, name: str, default: int, minimum: int = 1) -> int:
+    raw = _env_text(env, name)
     if not raw:
         return default
     try:
@@ -81,8 +85,8 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
     return value
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
+def _env_float(env: Mapping[str, str] | None, name: str, default: float) -> float:
+    raw = _env_text(env, name)
     if not raw:
         return default
     try:
@@ -137,20 +141,19 @@ class LLMSettings:
         ``PAGELENS_LLM_MAX_REQUEST_MB``, ``PAGELENS_LLM_MAX_SIDE`` (pixels),
         ``PAGELENS_LLM_TIMEOUT`` (seconds), ``PAGELENS_LLM_RETRIES``.
         """
-        env = os.environ if env is None else env
-        max_side = _env_int(env, "PAGELENS_LLM_MAX_SIDE", ExportSettings.max_side)
+        max_side = _env_int(env, config.LLM_MAX_SIDE_ENV, ExportSettings.max_side)
         values: dict[str, Any] = {
-            "url": env.get("PAGELENS_LLM_URL", "").strip() or None,
-            "model": env.get("PAGELENS_LLM_MODEL", "").strip() or DEFAULT_MODEL,
-            "api_key": env.get("PAGELENS_LLM_API_KEY", "").strip() or None,
-            "timeout_s": _env_float(env, "PAGELENS_LLM_TIMEOUT", cls.timeout_s),
-            "retries": _env_int(env, "PAGELENS_LLM_RETRIES", cls.retries, minimum=0),
-            "max_images": _env_int(env, "PAGELENS_LLM_MAX_IMAGES", cls.max_images),
+            "url": _env_text(env, config.LLM_URL_ENV) or None,
+            "model": _env_text(env, config.LLM_MODEL_ENV) or DEFAULT_MODEL,
+            "api_key": _env_text(env, config.LLM_API_KEY_ENV) or None,
+            "timeout_s": _env_float(env, config.LLM_TIMEOUT_ENV, cls.timeout_s),
+            "retries": _env_int(env, config.LLM_RETRIES_ENV, cls.retries, minimum=0),
+            "max_images": _env_int(env, config.LLM_MAX_IMAGES_ENV, cls.max_images),
             "max_image_bytes": int(
-                _env_float(env, "PAGELENS_LLM_MAX_IMAGE_MB", cls.max_image_bytes / MB) * MB
+                _env_float(env, config.LLM_MAX_IMAGE_MB_ENV, cls.max_image_bytes / MB) * MB
             ),
             "max_request_bytes": int(
-                _env_float(env, "PAGELENS_LLM_MAX_REQUEST_MB", cls.max_request_bytes / MB) * MB
+                _env_float(env, config.LLM_MAX_REQUEST_MB_ENV, cls.max_request_bytes / MB) * MB
             ),
             "image": ExportSettings(max_side=max_side),
         }

@@ -24,8 +24,8 @@ from typing import IO
 import numpy as np
 from PIL import Image
 
-from indexer.embedder import Embedder
 from indexer.errors import QueryError
+from indexer.model import Embedder
 from indexer.pages import RenderSettings, fit_image
 from indexer.pages.raster import ImageRefusedError, decode_image
 from indexer.stores.base import (  # noqa: F401 (RRF_K, reciprocal_rank_fusion: re-exported)

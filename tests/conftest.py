@@ -23,7 +23,7 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from indexer.random_model import build_random_gme
+    from indexer.model.gme.random import build_random_gme
 
     return build_random_gme(tmp_path_factory.mktemp("tiny-gme") / "model", size="tiny")
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from indexer.embedder import FakeEmbedder  # noqa: E402
+from indexer.model import FakeEmbedder  # noqa: E402
 from indexer.pages import RenderSettings  # noqa: E402
 from indexer.pipeline import Indexer  # noqa: E402
 from indexer.pipeline import job as pipeline  # noqa: E402

@@ -19,7 +19,7 @@ def main() -> None:
     import uvicorn
 
     from app.server import create_app
-    from indexer.embedder import FakeEmbedder
+    from indexer.model import FakeEmbedder
     from tests.peak_rss import own_peak_mb
 
     app = create_app(FakeEmbedder(), max_wait_ms=1)

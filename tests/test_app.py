@@ -203,7 +203,7 @@ def test_model_that_cannot_load_leaves_text_search(
 
 # -- the app's services, without Streamlit -------------------------------------------------
 def _fake_loader(model, **_):
-    from indexer.embedder import FakeEmbedder
+    from indexer.model import FakeEmbedder
 
     return FakeEmbedder(model_id="fake")
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from indexer.embedder import QUERY_INSTRUCTION
+from indexer.model import QUERY_INSTRUCTION
 
 QUERIES = [
     "what is camlidl",
@@ -156,7 +156,7 @@ def test_bench_tiny_report(tmp_path):
 
 def test_flops_count_full_model_is_plausible():
     from bench.flops import flops_per_input
-    from indexer.random_model import make_config
+    from indexer.model.gme.random import make_config
 
     # A 1024-visual-token page: 64x64 patches, ~1050-token sequence.
     f = flops_per_input(make_config("full"), grid_hw=(64, 64), seq_len=1050)
@@ -251,7 +251,7 @@ def test_bench_isa_emulation_reruns_under_the_caps(tmp_path):
     """``--isa avx2`` re-runs the bench with ATen, oneDNN, MKL and fbgemm capped at AVX2; the
     report names the real CPU and the cap, and PageLens's own plan follows it."""
     from bench.bench import ISA_EMULATION, isa_env, main
-    from indexer import quant
+    from indexer.model.runtime import cpu_features
 
     env = isa_env("avx2", {"PATH": "/bin"})
     assert env is not None and all(env[k] == v for k, v in ISA_EMULATION["avx2"].items())
@@ -290,7 +290,7 @@ def test_bench_isa_emulation_reruns_under_the_caps(tmp_path):
     assert report["config"]["isa"] == "avx2"
     assert not cap["onednn_bf16"]  # oneDNN no longer offers its bf16 kernels
     assert not any(v for f, v in cap["cpu_flags_effective"].items() if f.startswith("avx512"))
-    if "avx2" in quant._read_cpu_flags():
+    if "avx2" in cpu_features._read_cpu_flags():
         assert cap["torch_cpu_capability"] == "AVX2"
     qw = report["model"]["query_weights"]
     assert set(qw["candidates"]) == {"int8-bf16"} and qw["floor_s_exact"] > 0
@@ -317,7 +317,7 @@ def test_depth_cut_keeps_the_width(capsys):
     vec = emb.embed_images([Image.new("RGB", (120, 90), "white")])
     assert vec.shape == (1, 64) and abs(float((vec**2).sum()) - 1) < 1e-5
     # FLOPs follow the cut config: half the tiny model's 2 vision blocks and 2 layers
-    from indexer.random_model import make_config
+    from indexer.model.gme.random import make_config
 
     cut = flops_per_input(config, grid_hw=(8, 8), seq_len=40)
     whole = flops_per_input(make_config("tiny"), grid_hw=(8, 8), seq_len=40)

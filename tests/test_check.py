@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import FakeEmbedder
 from indexer.maintenance.check import check
 from indexer.maintenance.repair import repair
+from indexer.model import FakeEmbedder
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.store import VECTORS, Collection

@@ -1,4 +1,4 @@
-"""indexer.cpu_heap: freed large buffers are reused instead of mapped and zeroed again."""
+"""indexer.model.runtime.cpu_heap: freed large buffers are reused, not mapped and zeroed again."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer import cpu_heap
+from indexer.model.runtime import cpu_heap
 
 ROOT = Path(__file__).resolve().parent.parent
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
@@ -20,7 +20,7 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 # after keep_freed_memory(), in a fresh process (the setting is process-wide).
 _PROBE = """
 import json, resource, sys, torch
-from indexer import cpu_heap
+from indexer.model.runtime import cpu_heap
 
 def faults():
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -78,7 +78,8 @@ def test_the_cli_turns_it_on_loading_an_embedder_does_not(tiny_model_dir, tmp_pa
     code = (
         "import json\n"
         "from typer.testing import CliRunner\n"
-        "from indexer import cpu_heap, load_embedder\n"
+        "from indexer import load_embedder\n"
+        "from indexer.model.runtime import cpu_heap\n"
         f"emb = load_embedder({str(tiny_model_dir)!r}, device='cpu')\n"
         "lib = [cpu_heap.in_effect(), emb.heap_reuse]\n"
         "from app.cli import cli\n"

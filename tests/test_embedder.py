@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.embedder import (
+from indexer.model import (
     DEFAULT_INSTRUCTION,
     QUERY_INSTRUCTION,
     Embedder,

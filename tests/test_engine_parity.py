@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.embedder import FakeEmbedder
 from indexer.errors import DocumentNotFoundError, QueryError
+from indexer.model import FakeEmbedder
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.stores import open_collection

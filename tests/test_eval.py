@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import FakeEmbedder
 from indexer.errors import CollectionError, QueryError
+from indexer.model import FakeEmbedder
 from indexer.pipeline import Indexer
 from retriever.evaluate import (
     evaluate,

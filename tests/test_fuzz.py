@@ -26,8 +26,8 @@ import pymupdf
 import pytest
 from PIL import Image, ImageDraw
 
-from indexer.embedder import FakeEmbedder
 from indexer.maintenance.check import check
+from indexer.model import FakeEmbedder
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.store import Collection

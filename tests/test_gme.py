@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from indexer import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, ModelNotAvailableError, load_embedder
-from indexer.gme import MAX_LENGTH, GmeEmbedder, build_prompt, resolve_dtype
+from indexer.model.gme.embedder import GmeEmbedder
+from indexer.model.gme.recipe import MAX_LENGTH, build_prompt
+from indexer.model.runtime.device import resolve_dtype
 
 IMAGE_PAD_ID = 151655
 
@@ -326,7 +328,7 @@ def test_dtype_resolution():
 
 
 def test_in_memory_random_model_matches_the_saved_one(fp32):
-    from indexer.random_model import random_embedder
+    from indexer.model.gme.random import random_embedder
 
     mem = random_embedder("tiny", device="cpu", dtype="float32")
     image = _image(300, 200)
@@ -337,7 +339,7 @@ def test_in_memory_random_model_matches_the_saved_one(fp32):
 
 
 def test_full_config_is_the_published_gme_2b_shape():
-    from indexer.random_model import make_config
+    from indexer.model.gme.random import make_config
 
     cfg = make_config("full")
     text, vision = cfg.text_config, cfg.vision_config
@@ -357,7 +359,7 @@ def test_full_config_is_the_published_gme_2b_shape():
 def test_cpu_auto_dtype_keeps_small_models_in_float32(tiny_embedder):
     from types import SimpleNamespace
 
-    from indexer.gme import cpu_auto_dtype
+    from indexer.model.runtime.device import cpu_auto_dtype
 
     assert tiny_embedder.dtype == "float32"  # tiny checkpoint: bf16 would only cost accuracy
     big = SimpleNamespace(text_config=SimpleNamespace(hidden_size=1536))

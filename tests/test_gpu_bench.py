@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
 ABSENT_ON_GPU = [

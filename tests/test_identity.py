@@ -20,7 +20,7 @@ from indexer.store import Collection
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory) -> tuple[Path, Path]:
     """Two different random checkpoints, each in a folder called ``model``."""
-    from indexer.random_model import build_random_gme
+    from indexer.model.gme.random import build_random_gme
 
     root = tmp_path_factory.mktemp("two")
     return (
@@ -176,7 +176,7 @@ def test_check_flags_other_weights(two_models, open_store, store_spec):
 
 def test_app_flags_a_collection_of_other_weights(two_models, tmp_path):
     from app.web.services import ModelLoader, Workspace
-    from indexer.embedder import FakeEmbedder
+    from indexer.model import FakeEmbedder
 
     a, b = two_models
     fa, fb = identify(a), identify(b)

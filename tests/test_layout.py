@@ -424,7 +424,7 @@ imported = state()
 
 import pymupdf as fitz
 from pathlib import Path
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.pipeline import Indexer
 from indexer.stores import open_collection
 from retriever.export import to_markdown

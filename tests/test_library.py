@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import indexer
-from indexer.embedder import FakeEmbedder
 from indexer.errors import CollectionError
+from indexer.model import FakeEmbedder
 from pagelens import PageLens
 
 

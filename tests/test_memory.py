@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import memory
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
+from indexer.model.runtime import memory
 
 GIB = 2**30
 
@@ -20,7 +20,7 @@ class _Shaped(FakeEmbedder):
 
     def __init__(self, dtype="float32", tokens=1280):
         super().__init__(dim=16)
-        from indexer.random_model import make_config
+        from indexer.model.gme.random import make_config
 
         self.model = torch.nn.Module()
         self.model.config = make_config("full")
@@ -35,7 +35,7 @@ class _Shaped(FakeEmbedder):
 
 
 def test_page_estimate_scales_with_budget_and_dtype():
-    from indexer.random_model import make_config
+    from indexer.model.gme.random import make_config
 
     cfg = make_config("full")
     full = memory.page_bytes(cfg, 1280, 4)

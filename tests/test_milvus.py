@@ -19,8 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import FakeEmbedder
 from indexer.errors import CollectionError
+from indexer.model import FakeEmbedder
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.stores import open_collection

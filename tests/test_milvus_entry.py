@@ -265,7 +265,7 @@ def test_serve_when_its_milvus_server_dies_answers_503(tmp_path, monkeypatch):
 
     from app.server import create_app
     from app.server.named_collections import make_resolver
-    from indexer.embedder import FakeEmbedder
+    from indexer.model import FakeEmbedder
     from indexer.pages import RenderSettings
     from indexer.pipeline import Indexer
     from tests.milvus_server import MilvusServer

@@ -21,8 +21,8 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import FakeEmbedder
 from indexer.errors import CollectionError
+from indexer.model import FakeEmbedder
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.stores import open_collection
@@ -164,7 +164,7 @@ def test_check_sees_a_missing_image_object_and_repair_then_index_restores_it(
 SECOND_MACHINE = """
 import hashlib, json, sys
 import numpy as np
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.errors import CollectionError
 from indexer.stores import open_collection
 from retriever.search import Retriever

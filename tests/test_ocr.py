@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.pages import (
     OcrUnavailableError,
     RenderSettings,

@@ -23,7 +23,7 @@ from indexer.store import Collection
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import json, sys, time
-import indexer.gme as gme  # torch and transformers imported before the clock starts
+import indexer.model.gme.loading as gme  # torch and transformers imported before the clock starts
 from indexer.errors import ModelNotAvailableError
 t = time.monotonic()
 try:
@@ -110,7 +110,7 @@ def test_index_without_paths_embeds_pending_pages(tmp_path, make_pdf, tiny_model
 
 def test_visual_and_hybrid_search_cover_pending_pages_by_their_text(tmp_path, make_pdf):
     from app.web.widgets import score_text
-    from indexer.embedder import FakeEmbedder
+    from indexer.model import FakeEmbedder
     from indexer.pipeline import Indexer
     from retriever.search import Retriever
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer import load_embedder, page_kernels
-from indexer.gme import _decoder_mask
+from indexer import load_embedder
+from indexer.model.gme import page_kernels
+from indexer.model.gme.embedder import _decoder_mask
 
 
 def _image(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -89,7 +90,7 @@ def test_rotary_matches_transformers():
 
 
 def test_int8_keeps_the_attention_forward_only(tiny_model_dir):
-    from indexer.gme import quantize_embedder
+    from indexer.model.gme.speedups import quantize_embedder
 
     emb = load_embedder(tiny_model_dir, device="cpu", dtype="float32")
     img = _image(300, 200)
@@ -119,7 +120,7 @@ def test_right_padded_batch_equals_masked_decoder(fp32):
     batch = fp32.encode([None] * 3, images)
     assert (batch["attention_mask"] == 0).any()  # really padded
     fast = fp32.forward(**batch)
-    import indexer.gme as gme
+    import indexer.model.gme.embedder as gme
 
     original = gme._decoder_mask
     gme._decoder_mask = lambda m: m  # force the padding mask through

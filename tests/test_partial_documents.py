@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import FakeEmbedder
 from indexer.maintenance.check import check
 from indexer.maintenance.repair import repair
+from indexer.model import FakeEmbedder
 from indexer.pipeline import Indexer
 from tests.pdfs import TOPICS, make_text_pdf
 

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.pipeline import Indexer
 from retriever import Retriever, to_markdown, to_openai_messages, zip_bytes
 from retriever.search import PageRange, reciprocal_rank_fusion, snippet

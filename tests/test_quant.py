@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import quant
-from indexer.embedder import QUERY_INSTRUCTION
+from indexer.model import QUERY_INSTRUCTION
+from indexer.model.gme import query_weights
+from indexer.model.runtime import cpu_features, lowp
 
 AVX2_ONLY = frozenset({"fpu", "sse4_2", "avx", "avx2", "fma"})
 AVX512_BF16 = AVX2_ONLY | {"avx512f", "avx512_vnni", "avx512_bf16"}
@@ -18,13 +19,13 @@ QUERIES = ["what is camlidl", "x", "a much longer query about interface definiti
 
 def plan(**kw):
     args = {"dtype": "float32", "hidden": 1536, "flags": AVX2_ONLY, "machine": "x86_64"}
-    return quant.plan_query_weights(kw.pop("setting", "auto"), **{**args, **kw})
+    return query_weights.plan_query_weights(kw.pop("setting", "auto"), **{**args, **kw})
 
 
 def test_auto_plan_follows_cpu_features():
     # AVX2 without native bf16: the candidates, fastest there first (fp16 needs fbgemm)
-    assert plan().candidates == quant.AUTO_ORDER
-    assert quant.AUTO_ORDER[0] == "fp16" and "int8-bf16" not in quant.AUTO_ORDER
+    assert plan().candidates == query_weights.AUTO_ORDER
+    assert query_weights.AUTO_ORDER[0] == "fp16" and "int8-bf16" not in query_weights.AUTO_ORDER
     assert plan(flags=AVX512_BF16).candidates == ()  # native bf16: the model runs bf16
     assert plan(flags=AMX).candidates == ()
     assert "native bf16" in plan(flags=AMX).reason
@@ -44,9 +45,9 @@ def test_auto_plan_follows_cpu_features():
 
 
 def test_native_bf16_reads_flags():
-    assert quant.has_native_bf16(AMX) and quant.has_native_bf16(AVX512_BF16)
-    assert not quant.has_native_bf16(AVX2_ONLY)
-    assert isinstance(quant.cpu_flags(), frozenset)
+    assert cpu_features.has_native_bf16(AMX) and cpu_features.has_native_bf16(AVX512_BF16)
+    assert not cpu_features.has_native_bf16(AVX2_ONLY)
+    assert isinstance(cpu_features.cpu_flags(), frozenset)
 
 
 class _FakeWeights:
@@ -91,9 +92,9 @@ def test_choose_keeps_only_a_candidate_that_holds(monkeypatch, cos, secs, forced
         now[0] += times["cand"]
         return other
 
-    monkeypatch.setattr(quant.time, "perf_counter", fake_perf_counter)
-    choice, weights = quant.choose(
-        quant.QueryPlan(("int8-bf16",), "test"),
+    monkeypatch.setattr(query_weights.time, "perf_counter", fake_perf_counter)
+    choice, weights = query_weights.choose(
+        query_weights.QueryPlan(("int8-bf16",), "test"),
         run_exact=run_exact,
         make=_FakeWeights,
         run_with=run_with,
@@ -101,7 +102,7 @@ def test_choose_keeps_only_a_candidate_that_holds(monkeypatch, cos, secs, forced
     )
     assert choice.mode == mode
     assert (weights is not None) == (mode != "exact")
-    assert choice.candidates["int8-bf16"]["holds"] == (cos >= quant.MIN_QUERY_COSINE)
+    assert choice.candidates["int8-bf16"]["holds"] == (cos >= lowp.MIN_QUERY_COSINE)
 
 
 def test_choose_takes_the_first_candidate_that_holds_and_is_faster(monkeypatch):
@@ -110,7 +111,7 @@ def test_choose_takes_the_first_candidate_that_holds_and_is_faster(monkeypatch):
     order = ("int8-bf16", "int8x2-bf16", "bf16")
     results = {"int8-bf16": (drift, 0.2), "int8x2-bf16": (exact, 0.5), "bf16": (exact, 0.1)}
     now = [0.0]
-    monkeypatch.setattr(quant.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(query_weights.time, "perf_counter", lambda: now[0])
     made = []
 
     def run_exact():
@@ -126,8 +127,8 @@ def test_choose_takes_the_first_candidate_that_holds_and_is_faster(monkeypatch):
         made.append(name)
         return _FakeWeights(name)
 
-    choice, weights = quant.choose(
-        quant.QueryPlan(order, "t"), run_exact=run_exact, make=make, run_with=run_with
+    choice, weights = query_weights.choose(
+        query_weights.QueryPlan(order, "t"), run_exact=run_exact, make=make, run_with=run_with
     )
     assert choice.mode == "int8x2-bf16" and weights.name == "int8x2-bf16"
     assert made == ["int8-bf16", "int8x2-bf16"]  # bf16 never built: one extra copy at most
@@ -142,7 +143,7 @@ def _dequantised_copy(tiny_model_dir):
     with torch.no_grad():
         for mod in emb._text_model.modules():
             if isinstance(mod, torch.nn.Linear):
-                q, scale = quant.quantize_weight(mod.weight)
+                q, scale = lowp.quantize_weight(mod.weight)
                 mod.weight.copy_(q.float() * scale[:, None])
     return emb
 
@@ -158,10 +159,10 @@ def test_int8_weights_compute_the_dequantised_model(tiny_model_dir):
     deq_model.prefix_cache = False  # the whole prompt through the (dequantised) weights
     deq = deq_model.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
     got, whole = {}, {}
-    for mode in quant.CANDIDATES:
+    for mode in lowp.CANDIDATES:
         emb = load_embedder(tiny_model_dir, device="cpu", dtype="float32", query_weights="exact")
         emb.embed_texts(["warm"], instruction=QUERY_INSTRUCTION)  # exact prompt-prefix cache
-        weights = quant.QueryWeights(emb._text_model, mode)
+        weights = lowp.QueryWeights(emb._text_model, mode)
         assert weights.bytes > 0 and len(weights.linears) == 2 * 7  # 2 layers x q,k,v,o,3 mlp
         fp32_bytes = sum(m.weight.numel() * 4 for m in weights.linears)
         assert weights.bytes < fp32_bytes / (3 if mode.startswith("int8-") else 1.9)
@@ -191,9 +192,7 @@ def test_int8_weights_compute_the_dequantised_model(tiny_model_dir):
     fp16_model.prefix_cache = False
     rounded = fp16_model.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
     assert np.sum(whole["fp16"] * rounded, axis=1).min() > 0.99999
-    # (int8s-fp32 keeps its first SPLIT_FP16_LAYERS layers fp16: all of the tiny model's two)
-    assert torch.equal(torch.from_numpy(got["int8s-fp32"]), torch.from_numpy(got["fp16"]))
-    assert err["fp16"] < min(err[m] for m in got if m not in ("fp16", "int8-fp32", "int8s-fp32"))
+    assert err["fp16"] < min(err[m] for m in got if m not in ("fp16", "int8-fp32"))
     # the tiny model's weights (std 0.5) are far rougher than GME's; the full-size figure
     # (cosine >= 0.999) is measured by `pagelens bench`
     for vecs in got.values():
@@ -204,18 +203,19 @@ def test_int8_weights_compute_the_dequantised_model(tiny_model_dir):
 def test_no_native_bf16_cpu_takes_the_int8_path(tiny_model_dir, monkeypatch):
     """An AVX2-only CPU (flags injected) with a GME-sized model (size gate lowered) measures
     the candidates against the exact path; pages never use it."""
-    from indexer import gme, load_embedder
+    from indexer import load_embedder
+    from indexer.model.runtime import device as runtime_device
 
-    monkeypatch.setattr(gme, "CPU_BF16_MIN_HIDDEN", 0)
-    monkeypatch.setattr(quant.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(quant, "MIN_QUERY_COSINE", 0.98)  # tiny model: see above
+    monkeypatch.setattr(runtime_device, "CPU_BF16_MIN_HIDDEN", 0)
+    monkeypatch.setattr(cpu_features.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(lowp, "MIN_QUERY_COSINE", 0.98)  # tiny model: see above
     emb = load_embedder(tiny_model_dir, device="cpu", dtype="float32")
     emb.cpu_flags = AVX2_ONLY
     exact_pages = None
     choice = emb.prepare_queries()
-    assert quant.AUTO_ORDER[0] in choice.candidates and choice.exact_s is not None
+    assert query_weights.AUTO_ORDER[0] in choice.candidates and choice.exact_s is not None
     tried = list(choice.candidates)
-    assert tried == list(quant.AUTO_ORDER[: len(tried)])  # in order, stopping at a winner
+    assert tried == list(query_weights.AUTO_ORDER[: len(tried)])  # in order, stopping at a winner
     ok = [n for n in tried if choice.candidates[n]["holds"] and choice.candidates[n]["faster"]]
     assert choice.mode == (ok[0] if ok else "exact")
     assert ok == [] or ok[0] == tried[-1]
@@ -262,8 +262,8 @@ def test_isa_caps_in_the_environment_remove_the_instructions_they_forbid():
     """ATEN_CPU_CAPABILITY=avx2 (and oneDNN's, MKL's, fbgemm's caps) make this CPU plan like
     an AVX2-only one: no native bf16, the int8 query path is tried."""
     zen4 = AVX512_BF16 | {"avx512bw", "avx512_fp16", "avx_vnni"}
-    assert quant.isa_cap({}) == (None, {})
-    assert quant.cap_flags(zen4, None) == zen4
+    assert cpu_features.isa_cap({}) == (None, {})
+    assert cpu_features.cap_flags(zen4, None) == zen4
     for var, value in [
         ("ATEN_CPU_CAPABILITY", "avx2"),
         ("ONEDNN_MAX_CPU_ISA", "AVX2"),
@@ -271,42 +271,52 @@ def test_isa_caps_in_the_environment_remove_the_instructions_they_forbid():
         ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
         ("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2"),
     ]:
-        level, found = quant.isa_cap({var: value})
+        level, found = cpu_features.isa_cap({var: value})
         assert level == "avx2" and found == {var: value}
-        capped = quant.cap_flags(zen4, level)
+        capped = cpu_features.cap_flags(zen4, level)
         assert {"avx2", "fma"} <= capped and not any(f.startswith("avx512") for f in capped)
-        assert not quant.has_native_bf16(capped)
-        assert plan(flags=capped).candidates == quant.AUTO_ORDER
+        assert not cpu_features.has_native_bf16(capped)
+        assert plan(flags=capped).candidates == query_weights.AUTO_ORDER
     # the lowest cap wins; oneDNN's bf16 level keeps bf16 but drops AMX
     both = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "MKL_ENABLE_INSTRUCTIONS": "AVX512"}
-    assert quant.isa_cap(both)[0] == "avx512"
-    level = quant.isa_cap({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})[0]
-    bf16_only = quant.cap_flags(AMX | {"avx512_bf16"}, level)
+    assert cpu_features.isa_cap(both)[0] == "avx512"
+    level = cpu_features.isa_cap({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})[0]
+    bf16_only = cpu_features.cap_flags(AMX | {"avx512_bf16"}, level)
     assert "avx512_bf16" in bf16_only and not bf16_only & {"amx_tile", "amx_bf16"}
-    assert quant.cap_flags(AVX2_ONLY, quant.isa_cap({"ATEN_CPU_CAPABILITY": "default"})[0]) == {
+    assert cpu_features.cap_flags(
+        AVX2_ONLY, cpu_features.isa_cap({"ATEN_CPU_CAPABILITY": "default"})[0]
+    ) == {
         "fpu",
         "sse4_2",
     }
     # values that cap nothing are ignored (and not reported as a cap)
-    assert quant.isa_cap({"ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": ""}) == (
+    assert cpu_features.isa_cap(
+        {"ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": ""}
+    ) == (
         None,
         {},
     )
 
 
 def test_cpu_flags_and_the_model_dtype_follow_the_cap(monkeypatch):
-    from indexer import gme
+    from indexer.model.runtime import device as runtime_device
 
-    monkeypatch.setattr(quant, "_read_cpu_flags", lambda: AVX512_BF16)
+    monkeypatch.setattr(cpu_features, "_read_cpu_flags", lambda: AVX512_BF16)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
     monkeypatch.delenv("FBGEMM_ENABLE_INSTRUCTIONS", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
-    assert gme.cpu_has_native_bf16() and gme.resolve_dtype(None, "cpu") == torch.bfloat16
+    assert (
+        runtime_device.cpu_has_native_bf16()
+        and runtime_device.resolve_dtype(None, "cpu") == torch.bfloat16
+    )
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
-    assert quant.cpu_flags() == quant.cap_flags(AVX512_BF16, "avx2")
-    assert not gme.cpu_has_native_bf16() and gme.resolve_dtype(None, "cpu") == torch.float32
+    assert cpu_features.cpu_flags() == cpu_features.cap_flags(AVX512_BF16, "avx2")
+    assert (
+        not runtime_device.cpu_has_native_bf16()
+        and runtime_device.resolve_dtype(None, "cpu") == torch.float32
+    )
 
 
 def test_int8_int4_levels_reconstruct_the_weight():
@@ -317,13 +327,13 @@ def test_int8_int4_levels_reconstruct_the_weight():
     with torch.no_grad():
         lin.weight.copy_(torch.randn(96, 256, generator=gen) * 0.02)
     w = lin.weight.detach()
-    q8, s8, packed, sz, group = quant.quantize_int8_int4(w)
-    assert group == 128 and quant.int4_group(96) == 32
+    q8, s8, packed, sz, group = lowp.quantize_int8_int4(w)
+    assert group == 128 and lowp.int4_group(96) == 32
     with pytest.raises(ValueError, match="multiple of 32"):
-        quant.int4_group(80)
+        lowp.int4_group(80)
     int8_only = q8.float() * s8.float()[:, None]
     # rebuild the int4 level from its scales and zeros: w ~= (q - 8) * scale + zero
-    q4, sz2 = quant.quantize_int4(w - int8_only, group)
+    q4, sz2 = lowp.quantize_int4(w - int8_only, group)
     assert torch.equal(sz, sz2) and int(q4.min()) >= 0 and int(q4.max()) <= 15
     scale = sz[..., 0].float().t().repeat_interleave(group, dim=1)
     zero = sz[..., 1].float().t().repeat_interleave(group, dim=1)
@@ -332,7 +342,7 @@ def test_int8_int4_levels_reconstruct_the_weight():
     e84 = (w - both).pow(2).mean().sqrt()
     assert e84 < e8 / 8
     x = torch.randn(5, 256, generator=gen)
-    weights = quant.QueryWeights(lin, "int8+int4-bf16")
+    weights = lowp.QueryWeights(lin, "int8+int4-bf16")
     assert 1.5 * w.numel() < weights.bytes < 1.6 * w.numel() + 2 * 96
     with weights.active():
         got = lin(x)
@@ -346,14 +356,14 @@ def test_int8mix_keeps_two_levels_in_the_first_layers(tiny_model_dir, monkeypatc
     int8 levels, the others one; ~1 byte per weight for a 28-layer model."""
     from indexer import load_embedder
 
-    monkeypatch.setattr(quant, "MIX_PRECISE_LAYERS", 1)
+    monkeypatch.setattr(lowp, "MIX_PRECISE_LAYERS", 1)
     emb = load_embedder(tiny_model_dir, device="cpu", dtype="float32", query_weights="exact")
     text = emb._text_model
     x = torch.randn(3, text.config.hidden_size)
     exact = {name: text.layers[i].self_attn.o_proj(x) for i, name in enumerate(("l0", "l1"))}
     sizes = {}
     for mode in ("int8-bf16", "int8x2-bf16", "int8mix-bf16"):
-        weights = quant.QueryWeights(text, mode)
+        weights = lowp.QueryWeights(text, mode)
         sizes[mode] = weights.bytes
         with weights.active():
             got = {name: text.layers[i].self_attn.o_proj(x) for i, name in enumerate(("l0", "l1"))}
@@ -371,110 +381,19 @@ def test_int8mix_keeps_two_levels_in_the_first_layers(tiny_model_dir, monkeypatc
     assert sizes["int8-bf16"] < sizes["int8mix-bf16"] < sizes["int8x2-bf16"]
 
 
-def test_split_rows_keep_activations_precise_next_to_an_outlier():
-    """Two 7-bit levels per token row bound the error by max|x| / 2**14 per row, whatever
-    the other rows or channels hold; one level would lose the small channels."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 300, generator=gen)
-    x[:, 7] *= 300  # an outlier channel, as real hidden states have
-    x[3] *= 1e-4  # a row far smaller than the others: its own scale
-    for levels, bound in ((1, 1 / (2 * 63)), (2, 1 / (63 * 252)), (3, 1 / (63 * 252 * 126))):
-        stacked, scale = quant.split_rows(x, levels)
-        assert stacked.shape == (levels * 5, 300) and scale.shape == (5, 1)
-        assert torch.equal(stacked, stacked.round()) and stacked.abs().max() <= quant.SPLIT_STEP
-        # multiply by the identity: what the GEMM gives back for each level
-        back = quant.merge_levels(stacked, levels, scale)
-        err = (back - x).abs().amax(1) / x.abs().amax(1)
-        assert float(err.max()) <= bound * 1.01
-    one_s, one_r = quant.split_rows(x, 1)
-    one = quant.merge_levels(one_s, 1, one_r)
-    small = [c for c in range(300) if c != 7]
-    rel = lambda y: float((y - x)[:, small].norm() / x[:, small].norm())  # noqa: E731
-    two_s, two_r = quant.split_rows(x, 2)
-    two = rel(quant.merge_levels(two_s, 2, two_r))
-    three_s, three_r = quant.split_rows(x, 3)
-    # a 300x outlier still costs the small channels ~2% at two levels, ~2e-4 at three
-    assert two < rel(one) / 30 and rel(quant.merge_levels(three_s, 3, three_r)) < two / 60
-    with pytest.raises(ValueError, match="levels"):
-        quant.split_rows(x, 0)
-
-
-@pytest.mark.skipif(not quant.kernel_available("int8s-fp32"), reason="needs fbgemm")
-def test_int8s_linear_is_the_dequantised_weight_times_precise_activations():
-    """fbgemm's int8 GEMM on the split rows equals float32 math on the int8-rounded weights
-    (no int16 saturation on AVX2, bias added once); dynamic int8 drifts far more."""
-    gen = torch.Generator().manual_seed(1)
-    lin = torch.nn.Linear(512, 192)
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(192, 512, generator=gen) * 0.02)
-        lin.weight[:, :8] = 0.02 * 4  # extreme weights next to extreme activations
-    x = torch.randn(15, 512, generator=gen)
-    x[:, :8] = 60.0
-    x[:, 100] *= 100
-    q, scale = quant.quantize_weight(lin.weight)
-    deq = q.float() * scale[:, None]
-    want = torch.nn.functional.linear(x, deq, lin.bias)
-    weights = quant.QueryWeights(lin, "int8s-fp32")  # no decoder layers: all int8
-    assert weights.bytes < lin.weight.numel() * 1.1
-    with weights.active():
-        got = lin(x)
-    weights.remove()
-    err = float((got - want).norm() / want.norm())
-    assert err < 2e-4
-    dyn = torch.ao.quantization.quantize_dynamic(
-        torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8
-    )
-    assert float((dyn(x) - want).norm() / want.norm()) > 10 * err
-    # the plain forward is back
-    assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias))
-
-
-@pytest.mark.skipif(not quant.kernel_available("int8s-fp32"), reason="needs fbgemm")
-def test_int8s_keeps_fp16_in_the_first_layers(tiny_model_dir, monkeypatch):
-    """int8s-fp32: the first SPLIT_FP16_LAYERS decoder layers compute like ``fp16``, the
-    others like int8 weights with float32 activations; whole queries stay close to float32
-    math on those weights."""
-    from indexer import load_embedder
-
-    monkeypatch.setattr(quant, "SPLIT_FP16_LAYERS", 1)
-    emb = load_embedder(tiny_model_dir, device="cpu", dtype="float32", query_weights="exact")
-    text = emb._text_model
-    x = torch.randn(15, text.config.hidden_size)
-    got = {}
-    for mode in ("fp16", "int8s-fp32"):
-        weights = quant.QueryWeights(text, mode)
-        with weights.active():
-            got[mode] = [
-                text.layers[i].mlp.down_proj(text.layers[i].mlp.up_proj(x)) for i in (0, 1)
-            ]
-        weights.remove()
-    assert torch.equal(got["int8s-fp32"][0], got["fp16"][0])
-    assert not torch.equal(got["int8s-fp32"][1], got["fp16"][1])
-    # whole queries, all layers int8: float32 math on the int8-rounded weights
-    monkeypatch.setattr(quant, "SPLIT_FP16_LAYERS", 0)
-    deq_model = _dequantised_copy(tiny_model_dir)
-    deq_model.prefix_cache = False
-    want = deq_model.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
-    emb.prefix_cache = False
-    weights = quant.QueryWeights(text, "int8s-fp32")
-    with weights.active():
-        vecs = emb.embed_texts(QUERIES, instruction=QUERY_INSTRUCTION)
-    assert np.sum(vecs * want, axis=1).min() > 0.9999
-
-
 def test_a_candidate_without_its_kernel_is_refused(monkeypatch):
-    """A torch build without fbgemm: the int8s/fp16 candidates are neither planned nor made."""
-    monkeypatch.setattr(quant, "kernel_available", lambda mode: mode not in ("fp16", "int8s-fp32"))
-    assert not {"fp16", "int8s-fp32"} & set(plan().candidates)
+    """A torch build without fbgemm: the fp16 candidate is neither planned nor made."""
+    monkeypatch.setattr(lowp, "kernel_available", lambda mode: mode != "fp16")
+    assert "fp16" not in plan().candidates
     with pytest.raises(RuntimeError, match="kernel"):
-        quant.QueryWeights(torch.nn.Linear(4, 4), "int8s-fp32")
-    for mode in ("fp16", "int8s-fp32"):  # asked for by name: a clear error, not a crash later
-        with pytest.raises(ValueError, match="fbgemm"):
-            plan(setting=mode)
+        lowp.QueryWeights(torch.nn.Linear(4, 4), "fp16")
+    # asked for by name: a clear error, not a crash later
+    with pytest.raises(ValueError, match="fbgemm"):
+        plan(setting="fp16")
     assert plan(setting="int8").candidates == ("int8-bf16",)
 
 
-@pytest.mark.skipif(not quant.kernel_available("fp16"), reason="no fbgemm in this torch build")
+@pytest.mark.skipif(not lowp.kernel_available("fp16"), reason="no fbgemm in this torch build")
 def test_fp16_packing_in_a_pool_is_the_same_packing(monkeypatch):
     """The fp16 copy is packed on torch's threads (the copy took 12-19 s on one thread for
     GME-2B); each linear gets its own packing, the same as packed one at a time."""
@@ -482,9 +401,9 @@ def test_fp16_packing_in_a_pool_is_the_same_packing(monkeypatch):
     linears = [torch.nn.Linear(64, 48), torch.nn.Linear(48, 64, bias=False)]
     x = torch.randn(5, 64)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    one = quant._prepack_fp16(linears)
+    one = lowp._prepack_fp16(linears)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    pool = quant._prepack_fp16(linears)
+    pool = lowp._prepack_fp16(linears)
     assert set(one) == set(pool) == {id(m) for m in linears}
     for m, inp in ((linears[0], x), (linears[1], torch.randn(5, 48))):
         a = torch.ops.quantized.linear_dynamic_fp16(inp, one[id(m)])

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import quant
-from indexer.query_choice_cache import CACHE_FOLDER, DecisionCache, memory_shortfall
+from indexer.model.gme import query_weights
+from indexer.model.gme.query_weights_cache import CACHE_FOLDER, DecisionCache, memory_shortfall
+from indexer.model.runtime import cpu_features, lowp
 
 AVX2_ONLY = frozenset({"fpu", "sse4_2", "avx", "avx2", "fma", "f16c"})
 
@@ -21,22 +22,22 @@ AVX2_ONLY = frozenset({"fpu", "sse4_2", "avx", "avx2", "fma", "f16c"})
 @pytest.fixture
 def avx2(monkeypatch):
     """A CPU without native bf16 for the plan, and the size gate lowered for the tiny model."""
-    from indexer import gme
+    from indexer.model.runtime import device as runtime_device
 
-    monkeypatch.setattr(gme, "CPU_BF16_MIN_HIDDEN", 0)
-    monkeypatch.setattr(quant.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(quant, "_read_cpu_flags", lambda: AVX2_ONLY)
-    monkeypatch.setattr(quant, "MIN_QUERY_COSINE", 0.98)  # the tiny model's rough weights
+    monkeypatch.setattr(runtime_device, "CPU_BF16_MIN_HIDDEN", 0)
+    monkeypatch.setattr(cpu_features.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(cpu_features, "_read_cpu_flags", lambda: AVX2_ONLY)
+    monkeypatch.setattr(lowp, "MIN_QUERY_COSINE", 0.98)  # the tiny model's rough weights
 
 
 @pytest.fixture
 def spies(monkeypatch):
-    """Counts calibrations (``quant.choose``), exact calibration runs and copies built."""
-    from indexer import gme
+    """Counts calibrations (``query_weights.choose``), exact calibration runs and copies built."""
+    from indexer.model.gme import embedder as gme_embedder
 
     counts = {"choose": 0, "copies": 0, "exact_runs": 0}
-    real_choose, real_weights = quant.choose, quant.QueryWeights
-    real_now = gme.GmeEmbedder._embed_texts_now
+    real_choose, real_weights = query_weights.choose, lowp.QueryWeights
+    real_now = gme_embedder.GmeEmbedder._embed_texts_now
 
     def choose(*args, **kw):
         counts["choose"] += 1
@@ -51,9 +52,9 @@ def spies(monkeypatch):
         counts["exact_runs"] += 1
         return real_now(self, texts)
 
-    monkeypatch.setattr(quant, "choose", choose)
-    monkeypatch.setattr(quant, "QueryWeights", Weights)
-    monkeypatch.setattr(gme.GmeEmbedder, "_embed_texts_now", now)
+    monkeypatch.setattr(query_weights, "choose", choose)
+    monkeypatch.setattr(lowp, "QueryWeights", Weights)
+    monkeypatch.setattr(gme_embedder.GmeEmbedder, "_embed_texts_now", now)
     return counts
 
 
@@ -76,11 +77,11 @@ def test_a_second_process_reads_the_decision(tiny_model_dir, avx2, spies, tmp_pa
     assert first.cache_file == str(path)
     saved = json.loads(path.read_text())
     assert saved["choice"]["mode"] == first.mode and saved["key"]["cpu_flags"] == sorted(AVX2_ONLY)
-    assert saved["key"]["candidates"] == list(quant.AUTO_ORDER)
+    assert saved["key"]["candidates"] == list(query_weights.AUTO_ORDER)
 
     spies.update(choose=0, exact_runs=0, copies=0)
     again = load(tiny_model_dir)  # a new embedder over the same weights: what a process loads
-    with caplog.at_level(logging.INFO, logger="indexer.gme"):
+    with caplog.at_level(logging.INFO, logger="indexer.model.gme.query_weights"):
         second = again.prepare_queries()
     assert f"decided by an earlier process, from {path}" in caplog.text  # what -v shows
     assert spies["choose"] == 0 and spies["exact_runs"] == 0  # no calibration at all
@@ -111,14 +112,16 @@ def test_a_changed_key_measures_again(tiny_model_dir, avx2, spies, monkeypatch, 
     emb = load(tiny_model_dir)
     emb.cpu_flags = AVX2_ONLY | {"avx512f"}  # another CPU (still no native bf16)
     assert emb.prepare_queries().source == "measured" and spies["choose"] == 2
-    monkeypatch.setattr(quant, "MIN_QUERY_COSINE", 0.97)  # another agreement bar
+    monkeypatch.setattr(lowp, "MIN_QUERY_COSINE", 0.97)  # another agreement bar
     assert load(tiny_model_dir).prepare_queries().source == "measured"
-    monkeypatch.setattr(quant, "AUTO_ORDER", tuple(reversed(quant.AUTO_ORDER)))  # other order
+    monkeypatch.setattr(
+        query_weights, "AUTO_ORDER", tuple(reversed(query_weights.AUTO_ORDER))
+    )  # other order
     assert load(tiny_model_dir).prepare_queries().source == "measured"
     assert spies["choose"] == 4 and len(cache_files(tmp_path)) == 4
     # and the first key is still answered from its file
-    monkeypatch.setattr(quant, "MIN_QUERY_COSINE", 0.98)
-    monkeypatch.setattr(quant, "AUTO_ORDER", tuple(reversed(quant.AUTO_ORDER)))
+    monkeypatch.setattr(lowp, "MIN_QUERY_COSINE", 0.98)
+    monkeypatch.setattr(query_weights, "AUTO_ORDER", tuple(reversed(query_weights.AUTO_ORDER)))
     assert load(tiny_model_dir).prepare_queries().source == "cache"
 
 
@@ -155,8 +158,8 @@ def test_one_text_query_never_decides(tiny_model_dir, avx2, spies):
     """auto: a process's first text query runs exact without deciding (a one-shot `pagelens
     search` never calibrates or builds a copy); its second decides."""
     emb = load(tiny_model_dir)
-    plan = quant.plan_query_weights(
-        "auto", dtype=emb.dtype, hidden=emb.dim, min_hidden=0, flags=quant.cpu_flags()
+    plan = query_weights.plan_query_weights(
+        "auto", dtype=emb.dtype, hidden=emb.dim, min_hidden=0, flags=cpu_features.cpu_flags()
     )
     assert plan.candidates  # there would be something to measure
     ref = load(tiny_model_dir, query_weights="exact").embed_queries(["churn in 2023"])
@@ -202,14 +205,14 @@ def test_pagelens_search_stays_exact(tiny_model_dir, avx2, spies, make_pdf, tmp_
     assert spies == {"choose": 0, "copies": 0, "exact_runs": 0}
     assert len(loaded) == 2  # one model per command, each of which had candidates to try
     for emb in loaded:
-        plan = quant.plan_query_weights(
+        plan = query_weights.plan_query_weights(
             emb.query_weights, dtype=emb.dtype, hidden=emb.dim, min_hidden=0, flags=emb.cpu_flags
         )
         assert plan.candidates and emb.query_choice is None
 
 
 def test_no_copy_without_the_memory_for_it(tiny_model_dir, avx2, spies, monkeypatch, tmp_path):
-    from indexer import memory
+    from indexer.model.runtime import memory
 
     emb = load(tiny_model_dir)
     n = sum(m.weight.numel() for m in emb.text_model.modules() if isinstance(m, torch.nn.Linear))
@@ -239,7 +242,7 @@ def test_a_copy_is_active_only_in_the_thread_that_asked():
     root = torch.nn.Sequential(torch.nn.Linear(64, 64))
     x = torch.randn(3, 64)
     exact = root(x)
-    weights = quant.QueryWeights(root, "int8-bf16")
+    weights = lowp.QueryWeights(root, "int8-bf16")
     seen = {}
     with weights.active():
         mine = root(x)
@@ -275,7 +278,7 @@ class _Preparing:
         self.done.set()
         if self.fail:
             raise RuntimeError("no fbgemm here")
-        return quant.QueryChoice(reason="spy")
+        return lowp.QueryChoice(reason="spy")
 
 
 def test_pagelens_serve_decides_at_start_up(tiny_model_dir, avx2, monkeypatch):
@@ -287,7 +290,7 @@ def test_pagelens_serve_decides_at_start_up(tiny_model_dir, avx2, monkeypatch):
     import app.cli.common
     from app.cli import cli
     from app.server import create_app
-    from indexer.embedder import FakeEmbedder
+    from indexer.model import FakeEmbedder
 
     emb = load(tiny_model_dir)
     served = create_app(emb)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.pipeline import Indexer
 from indexer.store import CATALOG, Collection
 from indexer.stores.local import catalog

@@ -25,9 +25,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import FakeEmbedder
 from indexer.errors import CollectionError
 from indexer.maintenance.check import check
+from indexer.model import FakeEmbedder
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.store import PAGES_DIR, Collection
@@ -505,7 +505,7 @@ def test_read_only_collection_real_mount(indexed, tmp_path, monkeypatch):
 
 _PEAK_WORKER = """
 import json, sys
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.pipeline import Indexer
 from indexer.store import Collection
 

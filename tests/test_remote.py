@@ -32,13 +32,13 @@ from typer.testing import CliRunner
 
 from app.server import create_app
 from indexer import load_embedder
-from indexer.embedder import FakeEmbedder
 from indexer.errors import (
     EmbeddingError,
     EndpointError,
     ModelMismatchError,
     ModelNotAvailableError,
 )
+from indexer.model import FakeEmbedder
 from indexer.model.remote import (
     RemoteEmbedder,
     api_base,

@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app.cli import cli
-from indexer.embedder import QUERY_INSTRUCTION, EmbedderBase, FakeEmbedder
 from indexer.errors import DocumentNotFoundError, QueryError
+from indexer.model import QUERY_INSTRUCTION, EmbedderBase, FakeEmbedder
 from indexer.pages import RenderSettings, fit_image
 from indexer.pipeline import Indexer
 from retriever.search import Retriever

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.server import UrlImageFetcher, create_app
-from indexer.embedder import QUERY_INSTRUCTION, FakeEmbedder
+from indexer.model import QUERY_INSTRUCTION, FakeEmbedder
 
 # --------------------------------------------------------------------------- helpers
 

@@ -12,7 +12,7 @@ import pytest
 
 from app.server import create_app
 from indexer.config import collection_path
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.pipeline import Indexer
 from indexer.store import Collection
 from retriever.ask import LLMSettings

@@ -16,7 +16,7 @@ from PIL import EpsImagePlugin, Image
 
 from app.server import create_app
 from app.server.guard import LOOPBACK_HOSTS
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from indexer.pages.raster import TARGET_PIXELS, ImageRefusedError, decode_image
 from tests.http_helpers import post_chunked
 from tests.test_server import assert_error, data_url, embed, indexed, live_server  # noqa: F401

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from app.server import create_app
-from indexer.embedder import FakeEmbedder
+from indexer.model import FakeEmbedder
 from tests.test_server import live_server
 
 CLIENTS = 8

@@ -71,7 +71,7 @@ def test_index_with_model_honours_image_tokens(tmp_path, make_pdf, tiny_model_di
 
 def test_app_honours_image_tokens(tmp_path, make_pdf, monkeypatch):
     from app.web.services import AppSettings, ModelLoader, Workspace
-    from indexer.embedder import FakeEmbedder
+    from indexer.model import FakeEmbedder
 
     monkeypatch.setenv("PAGELENS_IMAGE_TOKENS", str(TOKENS))
     settings = AppSettings.from_env()

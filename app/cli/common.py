@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 
 from indexer.config import collection_path, is_collection_name
-from indexer.embedder import Embedder
 from indexer.errors import CollectionError, ModelNotAvailableError, PageLensError, UsageError
+from indexer.model import Embedder
 from indexer.settings import ModelSettings
 from indexer.stores import Store, is_milvus_spec, open_collection
 

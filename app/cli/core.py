@@ -243,7 +243,7 @@ def make_model(
     size: str = typer.Option("tiny", "--size", help="tiny (tests) or full (GME-2B shape)."),
 ) -> None:
     """Write a random-weight GME checkpoint (no download), e.g. for trying PageLens out."""
-    from indexer.random_model import build_random_gme
+    from indexer.model.gme.random import build_random_gme
 
     path = run_guarded(lambda: build_random_gme(folder, size=size))
     say(f"wrote a random-weight {size} GME checkpoint to {path}; use it with PAGELENS_MODEL={path}")

@@ -17,8 +17,8 @@ import typer
 
 from app.cli.common import Options, configure_logging, fail
 from indexer.config import COLLECTION_ENV, HOME_RULE
-from indexer.cpu_heap import keep_freed_memory
 from indexer.errors import UsageError
+from indexer.model.runtime.cpu_heap import keep_freed_memory
 from indexer.settings import ModelSettings
 
 

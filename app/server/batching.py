@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from indexer.embedder import Embedder, EmbedderBase, require_pairs
+from indexer.model import Embedder, EmbedderBase, require_pairs
 
 log = logging.getLogger(__name__)
 

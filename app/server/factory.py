@@ -26,7 +26,7 @@ from app.server.named_collections import CollectionCache, resolve_collection_nam
 from app.server.state import ServerState, model_names, public_model_id
 from app.server.tokens import check_item
 from app.warmup import prepare_queries_in_background
-from indexer.embedder import Embedder
+from indexer.model import Embedder
 from retriever.ask import LLMSettings
 
 #: The route modules, in the order their paths appear in the OpenAPI document.

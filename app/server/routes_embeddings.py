@@ -24,7 +24,7 @@ from app.server.images import PixelBudget
 from app.server.limits import MAX_INSTRUCTION_CHARS, MAX_TEXT_CHARS
 from app.server.schemas import EmbeddingRequest
 from app.server.state import ServerState, State
-from indexer.embedder import QUERY_INSTRUCTION
+from indexer.model import QUERY_INSTRUCTION
 
 router = APIRouter()
 

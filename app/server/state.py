@@ -19,7 +19,7 @@ from app.server.images import ImageLoader
 from app.server.limits import MAX_ITEMS, MAX_REQUEST_PIXELS
 from app.server.named_collections import CollectionCache
 from indexer.config import DEFAULT_MODEL_ID
-from indexer.embedder import Embedder
+from indexer.model import Embedder
 from retriever.ask import LLMSettings
 
 #: Names every server answers to besides its model id and that id's last path part.

@@ -6,7 +6,7 @@ import re
 
 from app.server.batching import WorkItem
 from app.server.errors import InputTooLongError
-from indexer.embedder import Embedder, TokenCounter
+from indexer.model import Embedder, TokenCounter
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 

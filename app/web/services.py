@@ -28,8 +28,8 @@ from app.warmup import prepare_queries
 from app.web.uploads import discard_upload
 from indexer import config
 from indexer.config import COLLECTION_ENV, collection_path
-from indexer.embedder import Embedder
 from indexer.errors import CollectionError, PageLensError
+from indexer.model import Embedder
 from indexer.pipeline import FileResult, Indexer, IndexReport, Progress
 from indexer.settings import ModelSettings
 from indexer.stores import Store, is_milvus_spec, open_collection

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from indexer.embedder import Embedder
 from indexer.errors import PageLensError
 from indexer.maintenance.check import CheckReport, Scan, check, image_audit, scan_collection
+from indexer.model import Embedder
 from indexer.stores.base import StorageChecks, Store
 from indexer.stores.types import Document, Page
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from indexer.embedder import Embedder
 from indexer.errors import DocumentError, EmbeddingError, PageLensError
-from indexer.memory import BatchChoice, release_free_heap
+from indexer.model import Embedder
+from indexer.model.runtime.memory import BatchChoice, release_free_heap
 from indexer.pages import (
     PageRenderError,
     RenderSettings,
@@ -270,7 +270,7 @@ class Indexer:
         embedder's own model batch follows it (it splits bigger calls otherwise)."""
         if self.batch_size is not None:
             return self.batch_size
-        from indexer.memory import auto_batch_size
+        from indexer.model.runtime.memory import auto_batch_size
 
         choice = auto_batch_size(self.embedder)
         self.batch_choice = choice
@@ -281,7 +281,7 @@ class Indexer:
 
     def _embed_images(self, embedder: Embedder, images: list) -> np.ndarray:
         """``embed_documents``, halving the batch on an allocation failure instead of dying."""
-        from indexer.memory import is_out_of_memory
+        from indexer.model.runtime.memory import is_out_of_memory
 
         try:
             return embedder.embed_documents(images)

@@ -76,7 +76,7 @@ class EmbedActor:
 
         if load.get("device") in (None, "cpu"):
             torch.set_num_threads(max(1, int(threads)))
-            from indexer.cpu_heap import keep_freed_memory
+            from indexer.model.runtime.cpu_heap import keep_freed_memory
 
             keep_freed_memory()  # this worker process is ours: see indexer.cpu_heap
         options = {k: v for k, v in load.items() if k not in ("device", "dtype")}

@@ -18,12 +18,12 @@ import numpy as np
 from PIL import Image
 
 from indexer import config
-from indexer.embedder import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, EmbedderBase, require_pairs
 from indexer.errors import (
     EmbeddingError,
     EndpointError,
     ModelNotAvailableError,
 )
+from indexer.model import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, EmbedderBase, require_pairs
 from indexer.model.remote.http import (
     DEFAULT_BACKOFF,
     DEFAULT_MAX_BACKOFF,

@@ -1,8 +1,10 @@
 """The text-query weights decision, kept on disk so that it is measured once per machine.
 
-Why: on CPUs without native bf16, :meth:`indexer.gme.GmeEmbedder.prepare_queries` decides
+Why: on CPUs without native bf16, the query-weights policy
+(:mod:`indexer.model.gme.query_weights`, behind ``GmeEmbedder.prepare_queries``) decides
 whether text queries use a lower-precision copy of the decoder weights (see
-:mod:`indexer.quant`) by embedding calibration queries exactly and with each candidate. On
+:mod:`indexer.model.runtime.lowp`) by embedding calibration queries exactly and with each
+candidate. On
 the CPUs that need it that takes tens of seconds, which every new process would pay again
 for the same answer. So the decision (mode, reason, measured figures) is written to one
 small JSON file per *key* under :func:`indexer.config.cache_dir` (``query-weights/``), and a
@@ -10,9 +12,10 @@ later process with the same key only reads it. Nothing leaves the machine.
 
 The key holds everything that can change the answer: the model (id, weights fingerprint
 of :mod:`indexer.identity`, config), the CPU as the kernels see it (model name, the effective
-flags after instruction-set caps, :func:`indexer.quant.cpu_flags`), the torch version and
-thread count, the model's dtype and device, the candidates in the order tried, whether the
-setting forces one, :data:`indexer.quant.MIN_QUERY_COSINE` and the calibration queries.
+flags after instruction-set caps, :func:`indexer.model.runtime.cpu_features.cpu_flags`), the
+torch version and thread count, the model's dtype and device, the candidates in the order
+tried, whether the setting forces one, :data:`indexer.model.runtime.lowp.MIN_QUERY_COSINE`
+and the calibration queries.
 Any change gives another file, i.e. a new measurement.
 
 The cache is best effort: an unreadable, corrupt or foreign file is ignored (the caller
@@ -39,7 +42,7 @@ from typing import Any
 
 import torch
 
-from indexer import memory, quant
+from indexer.model.runtime import cpu_features, lowp, memory
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 #: The folder under :func:`indexer.config.cache_dir` that holds the decisions.
 CACHE_FOLDER = "query-weights"
-#: Bytes per weight of each candidate's copy (what :class:`~indexer.quant.QueryWeights`
+#: Bytes per weight of each candidate's copy (what :class:`~indexer.model.runtime.lowp.QueryWeights`
 #: holds beside the float weights). A candidate not listed is assumed to take 2.
 COPY_BYTES_PER_WEIGHT: dict[str, float] = {
     "fp16": 2.0,
@@ -74,8 +77,8 @@ def copy_bytes(mode: str, weights: int) -> int:
 def memory_shortfall(mode: str, weights: int, available: int | None = None) -> str | None:
     """Why a ``mode`` copy of ``weights`` weights should not be built now, or None if it fits.
 
-    ``available`` defaults to :func:`indexer.memory.available_bytes` (``MemAvailable``,
-    capped by a cgroup limit; psutil elsewhere); tests inject a figure.
+    ``available`` defaults to :func:`indexer.model.runtime.memory.available_bytes`
+    (``MemAvailable``, capped by a cgroup limit; psutil elsewhere); tests inject a figure.
     """
     need = copy_bytes(mode, weights) + MEMORY_MARGIN
     have = memory.available_bytes("cpu") if available is None else int(available)
@@ -130,14 +133,14 @@ def decision_key(
         "cpu_model": cpu_model(),
         "machine": platform.machine(),
         "cpu_flags": sorted(flags),
-        "isa_cap": quant.isa_cap()[0],
+        "isa_cap": cpu_features.isa_cap()[0],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": str(device),
         "dtype": str(dtype),
         "candidates": list(candidates),
         "forced": bool(forced),
-        "min_cosine": quant.MIN_QUERY_COSINE if min_cosine is None else float(min_cosine),
+        "min_cosine": lowp.MIN_QUERY_COSINE if min_cosine is None else float(min_cosine),
         "calibration_sha256": hashlib.sha256("\n".join(calibration).encode()).hexdigest(),
     }
 
@@ -170,7 +173,7 @@ class DecisionCache:
         """The file that holds (or would hold) the decision for ``key``."""
         return self.root / _key_name(key)
 
-    def load(self, key: dict[str, Any]) -> quant.QueryChoice | None:
+    def load(self, key: dict[str, Any]) -> lowp.QueryChoice | None:
         """The decision stored for ``key`` (``source="cache"``), or None when there is none
         or the file cannot be trusted (unreadable, not JSON, another key, unknown mode)."""
         path = self.path(key)
@@ -180,14 +183,14 @@ class DecisionCache:
                 raise ValueError("written for another key")
             saved = data["choice"]
             mode = str(saved["mode"])
-            if mode != "exact" and mode not in quant.CANDIDATES:
+            if mode != "exact" and mode not in lowp.CANDIDATES:
                 raise ValueError(f"unknown mode {mode!r}")
             exact_s = saved.get("exact_s")
             measured = {
                 str(name): {k: v for k, v in dict(fig).items() if isinstance(v, float | int)}
                 for name, fig in dict(saved.get("candidates") or {}).items()
             }
-            choice = quant.QueryChoice(
+            choice = lowp.QueryChoice(
                 mode=mode,
                 reason=str(saved.get("reason") or ""),
                 candidates=measured,
@@ -206,7 +209,7 @@ class DecisionCache:
         choice.cache_file = str(path)
         return choice
 
-    def store(self, key: dict[str, Any], choice: quant.QueryChoice) -> Path | None:
+    def store(self, key: dict[str, Any], choice: lowp.QueryChoice) -> Path | None:
         """Write the decision for ``key`` atomically (a temporary file, then ``os.replace``,
         so a reader never sees half a file); None when the folder is not writable."""
         path = self.path(key)

