@@ -15,6 +15,8 @@ retriever and a model together. It is a thin front: the layers it composes
 :class:`retriever.Retriever`, :func:`indexer.load_embedder`) stay public for anyone who
 needs more control. The model is loaded on first need, so text search, listing and removing
 never import torch.
+
+May import :mod:`indexer` and :mod:`retriever`, never :mod:`app`.
 """
 
 from __future__ import annotations

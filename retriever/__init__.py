@@ -1,4 +1,13 @@
-"""PageLens retrieval: store -> hits -> prompt."""
+"""PageLens retrieval: store -> hits -> prompt.
+
+Holds ``search`` (:class:`Retriever`: visual, text and hybrid search with filters ->
+:class:`Hit`), ``export`` (OpenAI messages, Markdown, ZIP), ``llm`` and ``ask`` (answers from
+a configured vision LLM, citing pages; nothing is sent without one), ``evaluate`` (recall and
+nDCG on labelled queries) and ``escaping`` (text safe for prompts and terminals).
+
+May import :mod:`indexer` (the ``Store`` protocol, the ``Embedder`` interface, errors and
+config), never :mod:`app` or :mod:`pagelens`.
+"""
 
 from retriever.export import (
     ExportSettings,
