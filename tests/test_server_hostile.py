@@ -173,6 +173,25 @@ def test_search_bad_unicode_and_numbers(client, indexed):  # noqa: F811
     assert r.status_code in (400, 404)
 
 
+@pytest.mark.parametrize(
+    ("field", "body"),
+    [
+        ("question", {"question": "\ud800"}),
+        ("collection", {"question": "x", "collection": "c\udfff"}),
+        ("documents", {"question": "x", "documents": ["a.pdf", "\udc00"]}),
+    ],
+)
+def test_ask_lone_surrogates_are_400(recorder, field, body):
+    """/v1/ask refuses what /v1/search refuses, before searching or sending anything (it
+    answered 500, a traceback in the log, when a lone surrogate reached the search)."""
+    from retriever.ask import LLMSettings
+
+    llm = LLMSettings(url="http://127.0.0.1:9/v1", retries=0)  # never reached
+    with TestClient(create_app(recorder, max_wait_ms=1, llm=llm)) as c:
+        error = assert_error(post(c, "/v1/ask", body), 400)
+    assert "surrogate" in error["message"] and error["param"].startswith(field), error
+
+
 def test_errors_name_the_collection_not_its_path(client, indexed, _isolated_home):  # noqa: F811
     home = str(_isolated_home)
     checks = [
