@@ -31,7 +31,7 @@ from pydantic import Field
 from app.server.errors import ApiError
 from app.server.limits import MAX_TEXT_CHARS
 from app.server.routes_search import find_hits, hit_json, image_url
-from app.server.schemas import SearchRequest, CheckedBody
+from app.server.schemas import CheckedBody, SearchRequest
 from app.server.state import State
 from retriever.ask import (
     Answer,
