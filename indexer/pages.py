@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
@@ -50,11 +51,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import pymupdf
 from PIL import Image
 
 from indexer.errors import DocumentError, PageLensError
 from indexer.imageio import ImageRefusedError, open_image
+
+# pymupdf 2.0 imports its optional add-ons pymupdf.layout and pymupdf4llm as it is imported;
+# both load onnxruntime, whose telemetry starts at once (a DNS lookup of Microsoft's events
+# host, a device id under ~/.cache). PageLens uses neither, so pymupdf is imported with them
+# hidden (its own ``except ImportError`` skips them), then unhidden: nothing else in the
+# process changes and anyone may still import them (only pymupdf 2.0's Document.to_markdown
+# shortcut stays off; pymupdf4llm.to_markdown works). pymupdf 2.1 imports them lazily.
+_HIDDEN = [name for name in ("pymupdf.layout", "pymupdf4llm") if name not in sys.modules]
+for _name in _HIDDEN:
+    sys.modules[_name] = None  # type: ignore[assignment]  # import raises ImportError
+try:
+    import pymupdf
+finally:
+    for _name in _HIDDEN:
+        if _name in sys.modules and sys.modules[_name] is None:
+            del sys.modules[_name]
 
 logger = logging.getLogger(__name__)
 

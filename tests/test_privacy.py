@@ -2,9 +2,14 @@
 and nothing (app, browser page, API server, CLI) contacts anything but this machine.
 
 The network proof runs the real processes under an audit hook (tests/netaudit/
-sitecustomize.py records every ``socket.connect``/``sendto``/``getaddrinfo`` of every Python
-process, including the Streamlit process ``pagelens app`` execs) and loads the page in
-Debian's Chromium with every request the browser makes recorded by Playwright.
+sitecustomize.py records every connection, UDP send and name lookup of every Python process,
+including the Streamlit process ``pagelens app`` execs) and, where strace may trace, the same
+at the system-call level for native code too (tests/netaudit/syscalls.py: onnxruntime's
+telemetry, loaded by ``import pymupdf`` 2.0, resolved its host with glibc and wrote a device
+id under ``~/.cache``). No name lookup may leave the machine, and nothing may be written
+outside the data folder, the model cache and the temp folder (``HOME`` points at an empty
+folder that must stay empty). The page is loaded in Debian's Chromium with every request
+the browser makes recorded by Playwright.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typer.testing import CliRunner
 from app.app_launch import PASSWORD_ENV, is_loopback, plan
 from app.cli import cli
 from indexer.errors import UsageError
+from tests.netaudit import syscalls
 from tests.pdfs import TOPICS, make_text_pdf
 from tests.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
 
@@ -111,8 +117,9 @@ def _audited_env(tmp_path: Path, tiny_model_dir: Path) -> tuple[dict, Path]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("STREAMLIT_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+        if not k.startswith(("STREAMLIT_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ORT_"))
     }
+    (tmp_path / "user").mkdir(exist_ok=True)
     env.update(
         PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "netaudit"), str(ROOT)]),
         PAGELENS_NETAUDIT_LOG=str(log),
@@ -122,8 +129,14 @@ def _audited_env(tmp_path: Path, tiny_model_dir: Path) -> tuple[dict, Path]:
         PAGELENS_IMAGE_TOKENS="16",
         PAGELENS_CACHE=str(tmp_path / "cache"),
         HOME=str(tmp_path / "user"),  # no ~/.streamlit config or credentials of the user
+        PYTHONDONTWRITEBYTECODE="1",  # Python's own .pyc cache is not PageLens writing
     )
     return env, log
+
+
+def _traced(argv: list[str], tmp_path: Path) -> list[str]:
+    """``argv`` under strace (its record in tmp_path/strace.txt) where strace may trace."""
+    return syscalls.command(argv, tmp_path / "strace.txt") if syscalls.usable() else argv
 
 
 def _contacts(log: Path) -> list[dict]:
@@ -133,7 +146,65 @@ def _contacts(log: Path) -> list[dict]:
 
 
 def _not_local(records: list[dict]) -> list[dict]:
-    return [r for r in records if r["host"] not in ("None", "") and not is_loopback(r["host"])]
+    """Contacts and name lookups of anything but this machine; DNS (port 53) never local."""
+    return [
+        r
+        for r in records
+        if r.get("port") == 53 or (r["host"] not in ("None", "") and not is_loopback(r["host"]))
+    ]
+
+
+def _assert_stayed_here(tmp_path: Path, env: dict, tiny_model_dir: Path, tail: str = "") -> None:
+    """Nothing but loopback contacted or looked up (Python's audit hook, and strace where it
+    may trace); nothing written outside the data folder, the model cache and the temp folder,
+    and nothing under HOME."""
+    import tempfile
+
+    assert _not_local(_contacts(tmp_path / "netaudit.jsonl")) == [], tail
+    home = Path(env["HOME"])
+    left = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
+    assert left == [], f"written under HOME: {left}"
+    if not syscalls.usable():
+        return
+    record = tmp_path / "strace.txt"
+    assert "openat(" in record.read_text(errors="replace"), "strace recorded nothing"
+    contacts, writes = syscalls.read(record, cwd=tmp_path)
+    assert [c for c in contacts if not c.local] == [], tail
+    allowed = [
+        Path(env["PAGELENS_HOME"]),
+        Path(env["PAGELENS_CACHE"]),
+        tiny_model_dir,
+        Path(tempfile.gettempdir()),
+    ]
+    assert syscalls.outside(writes, allowed, forbidden=[home]) == [], tail
+
+
+def test_rendering_pages_starts_no_telemetry(tmp_path, tiny_model_dir):
+    """``import pymupdf`` (2.0) imported pymupdf.layout and pymupdf4llm, both of which load
+    onnxruntime, whose telemetry resolved mobile.events.data.microsoft.com and wrote
+    ~/.cache/Microsoft/DeveloperTools/.onnxruntime/deviceid. PageLens renders pages without
+    them (indexer/pages.py), and leaves them importable for anyone who asks."""
+    env, _log = _audited_env(tmp_path, tiny_model_dir)
+    pdf = make_text_pdf(tmp_path / "docs" / "notes.pdf", TOPICS[:1])
+    script = (
+        "import sys, time\n"
+        "from indexer.pages import RenderSettings, render_pages\n"
+        f"pages = list(render_pages({str(pdf)!r}, settings=RenderSettings()))\n"
+        "assert pages and pages[0].image.size[0] > 0\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('onnxruntime', 'pymupdf4llm') or m.startswith('pymupdf.layout'))\n"
+        "import importlib.util\n"
+        "assert importlib.util.find_spec('pymupdf.layout') is not None\n"  # not hidden
+        "time.sleep(3)\n"  # telemetry looked its host up a few seconds after the import
+        "print(loaded)\n"
+    )
+    r = subprocess.run(
+        _traced([sys.executable, "-c", script], tmp_path),
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_stayed_here(tmp_path, env, tiny_model_dir, r.stderr[-2000:])
+    assert r.stdout.strip() == "[]", r.stdout  # the add-ons were not even imported
 
 
 def _listening_hosts(pid: int, port: int) -> set[str]:
