@@ -39,7 +39,7 @@ def default_pdf(pages: int, workdir: Path) -> Path:
     """A real PDF from tests/data if present, else a generated text-heavy one."""
     real = ROOT / "tests" / "data" / "camlidl-manual.pdf"
     if real.is_file():
-        import pymupdf
+        from indexer.pages.mupdf import pymupdf
 
         with pymupdf.open(real) as doc:
             if doc.page_count >= pages:
@@ -49,7 +49,7 @@ def default_pdf(pages: int, workdir: Path) -> Path:
 
 def make_text_pdf(path: Path, pages: int) -> Path:
     """A text-heavy A4 PDF (dense paragraphs, headings) made with PyMuPDF."""
-    import pymupdf
+    from indexer.pages.mupdf import pymupdf
 
     rng = np.random.default_rng(7)
     words = (
@@ -77,7 +77,7 @@ def render(pdf: Path, pages: int, tokens: int) -> tuple[list, list[str], dict]:
     settings = RenderSettings.for_tokens(tokens)
     images, texts = [], []
     t = time.perf_counter()
-    import pymupdf
+    from indexer.pages.mupdf import pymupdf
 
     with pymupdf.open(pdf) as doc:
         count = doc.page_count

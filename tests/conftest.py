@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# PyMuPDF first through PageLens, which imports it without its telemetry add-ons (see
+# indexer/pages/mupdf.py): a test's own ``import pymupdf`` then finds that module.
+import indexer.pages.mupdf  # noqa: F401
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -59,7 +63,7 @@ def reuse_loaded_models(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def make_pdf(tmp_path: Path):
     """Write a PDF whose pages carry the given texts; returns its path."""
-    import pymupdf
+    from indexer.pages.mupdf import pymupdf
 
     def make(name: str, pages: list[str], folder: Path | None = None) -> Path:
         path = (folder or tmp_path / "docs") / name

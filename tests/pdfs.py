@@ -18,8 +18,9 @@ import struct
 import zlib
 from pathlib import Path
 
-import pymupdf
 from PIL import Image, ImageDraw
+
+from indexer.pages.mupdf import pymupdf
 
 #: One distinctive topic sentence per line; use them as page texts.
 TOPICS: list[str] = [

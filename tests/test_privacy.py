@@ -2,13 +2,19 @@
 and nothing (app, browser page, API server, CLI) contacts anything but this machine.
 
 The network proof runs the real processes under an audit hook (tests/netaudit/
-sitecustomize.py records every ``socket.connect``/``sendto``/``getaddrinfo`` of every Python
-process, including the Streamlit process ``pagelens app`` execs) and loads the page in
-Debian's Chromium with every request the browser makes recorded by Playwright.
+sitecustomize.py records every connection, UDP send and name lookup of every Python process,
+including the Streamlit process ``pagelens app`` execs) and, where strace may trace, the same
+at the system-call level for native code too (tests/netaudit/syscalls.py: onnxruntime's
+telemetry, loaded by ``import pymupdf`` 2.0, resolved its host with glibc and wrote a device
+id under ``~/.cache``). No name lookup may leave the machine, and nothing may be written
+outside the data folder, the model cache and the temp folder (``HOME`` points at an empty
+folder that must stay empty). The page is loaded in Debian's Chromium with every request
+the browser makes recorded by Playwright.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,6 +31,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.web.launch import PASSWORD_ENV, is_loopback, plan
 from indexer.errors import UsageError
+from tests.netaudit import syscalls
 from tests.pdfs import TOPICS, make_text_pdf
 from tests.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
 
@@ -111,8 +118,9 @@ def _audited_env(tmp_path: Path, tiny_model_dir: Path) -> tuple[dict, Path]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("STREAMLIT_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+        if not k.startswith(("STREAMLIT_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ORT_"))
     }
+    (tmp_path / "user").mkdir(exist_ok=True)
     env.update(
         PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "netaudit"), str(ROOT)]),
         PAGELENS_NETAUDIT_LOG=str(log),
@@ -122,8 +130,14 @@ def _audited_env(tmp_path: Path, tiny_model_dir: Path) -> tuple[dict, Path]:
         PAGELENS_IMAGE_TOKENS="16",
         PAGELENS_CACHE=str(tmp_path / "cache"),
         HOME=str(tmp_path / "user"),  # no ~/.streamlit config or credentials of the user
+        PYTHONDONTWRITEBYTECODE="1",  # Python's own .pyc cache is not PageLens writing
     )
     return env, log
+
+
+def _traced(argv: list[str], tmp_path: Path) -> list[str]:
+    """``argv`` under strace (its record in tmp_path/strace.txt) where strace may trace."""
+    return syscalls.command(argv, tmp_path / "strace.txt") if syscalls.usable() else argv
 
 
 def _contacts(log: Path) -> list[dict]:
@@ -133,15 +147,76 @@ def _contacts(log: Path) -> list[dict]:
 
 
 def _not_local(records: list[dict]) -> list[dict]:
-    return [r for r in records if r["host"] not in ("None", "") and not is_loopback(r["host"])]
+    """Contacts and name lookups of anything but this machine; DNS (port 53) never local."""
+    return [
+        r
+        for r in records
+        if r.get("port") == 53 or (r["host"] not in ("None", "") and not is_loopback(r["host"]))
+    ]
+
+
+def _assert_stayed_here(tmp_path: Path, env: dict, tiny_model_dir: Path, tail: str = "") -> None:
+    """Nothing but loopback contacted or looked up (Python's audit hook, and strace where it
+    may trace); nothing written outside the data folder, the model cache and the temp folder,
+    and nothing under HOME."""
+    import tempfile
+
+    assert _not_local(_contacts(tmp_path / "netaudit.jsonl")) == [], tail
+    home = Path(env["HOME"])
+    left = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
+    assert left == [], f"written under HOME: {left}"
+    if not syscalls.usable():
+        return
+    record = tmp_path / "strace.txt"
+    assert "openat(" in record.read_text(errors="replace"), "strace recorded nothing"
+    contacts, writes = syscalls.read(record, cwd=tmp_path)
+    assert [c for c in contacts if not c.local] == [], tail
+    allowed = [
+        Path(env["PAGELENS_HOME"]),
+        Path(env["PAGELENS_CACHE"]),
+        tiny_model_dir,
+        Path(tempfile.gettempdir()),
+    ]
+    assert syscalls.outside(writes, allowed, forbidden=[home]) == [], tail
+
+
+def test_rendering_pages_starts_no_telemetry(tmp_path, tiny_model_dir):
+    """``import pymupdf`` (2.0) imported pymupdf.layout and pymupdf4llm, both of which load
+    onnxruntime, whose telemetry resolved mobile.events.data.microsoft.com and wrote
+    ~/.cache/Microsoft/DeveloperTools/.onnxruntime/deviceid. PageLens renders pages without
+    them (indexer/pages/mupdf.py), and leaves them importable for anyone who asks."""
+    env, _log = _audited_env(tmp_path, tiny_model_dir)
+    pdf = make_text_pdf(tmp_path / "docs" / "notes.pdf", TOPICS[:1])
+    script = (
+        "import sys, time\n"
+        "from indexer.pages import RenderSettings, render_pages\n"
+        f"pages = list(render_pages({str(pdf)!r}, settings=RenderSettings()))\n"
+        "assert pages and pages[0].image.size[0] > 0\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('onnxruntime', 'pymupdf4llm') or m.startswith('pymupdf.layout'))\n"
+        "import importlib.util\n"
+        "assert importlib.util.find_spec('pymupdf.layout') is not None\n"  # not hidden
+        "time.sleep(3)\n"  # telemetry looked its host up a few seconds after the import
+        "print(loaded)\n"
+    )
+    r = subprocess.run(
+        _traced([sys.executable, "-c", script], tmp_path),
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_stayed_here(tmp_path, env, tiny_model_dir, r.stderr[-2000:])
+    assert r.stdout.strip() == "[]", r.stdout  # the add-ons were not even imported
 
 
 def _listening_hosts(pid: int, port: int) -> set[str]:
+    """Where ``pid`` or a process under it (strace runs the real one) listens on ``port``."""
     import psutil
 
+    parent = psutil.Process(pid)
     return {
         c.laddr.ip
-        for c in psutil.Process(pid).net_connections(kind="inet")
+        for p in (parent, *parent.children(recursive=True))
+        for c in p.net_connections(kind="inet")
         if c.status == psutil.CONN_LISTEN and c.laddr.port == port
     }
 
@@ -163,6 +238,17 @@ def _wait_http(url: str, proc: subprocess.Popen, out: Path) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
+    """Stop ``proc`` and what runs under it (strace detaches on SIGTERM: stop its tracee)."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    psutil.wait_procs(children, timeout=10)
     proc.terminate()
     try:
         proc.wait(timeout=10)
@@ -182,8 +268,8 @@ def test_app_in_a_browser_contacts_only_this_machine(tmp_path, tiny_model_dir):
     pdf = make_text_pdf(tmp_path / "docs" / "notes.pdf", TOPICS[:2])
     with out.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "app", "--server.port", str(port),
-             "--server.fileWatcherType", "none"],
+            _traced([sys.executable, "-m", "app.cli", "app", "--server.port", str(port),
+                     "--server.fileWatcherType", "none"], tmp_path),
             cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
     requests: list[str] = []
@@ -220,20 +306,31 @@ def test_app_in_a_browser_contacts_only_this_machine(tmp_path, tiny_model_dir):
     origin = f"http://127.0.0.1:{port}"
     outside = [u for u in requests if not u.startswith((origin, "data:", "blob:", "about:"))]
     assert requests and outside == [], outside
-    assert _not_local(_contacts(log)) == [], out.read_text()[-2000:]
+    _assert_stayed_here(tmp_path, env, tiny_model_dir, out.read_text()[-2000:])
 
 
 def test_serve_and_cli_contact_only_this_machine(tmp_path, tiny_model_dir):
     env, log = _audited_env(tmp_path, tiny_model_dir)
     # The harness sees connections: a (refused) loopback connect is recorded.
-    probe = f"import socket; socket.socket().connect_ex(('127.0.0.1', {_free_port()}))"
+    # The harness sees connections and name lookups: each is recorded.
+    probe = (
+        f"import socket; socket.socket().connect_ex(('127.0.0.1', {_free_port()})); "
+        "socket.gethostbyname('localhost'); socket.getaddrinfo('localhost', 80)"
+    )
     subprocess.run([sys.executable, "-c", probe], env=env, check=True)
-    assert [c["host"] for c in _contacts(log)] == ["127.0.0.1"]
+    seen = [(c["event"], c["host"]) for c in _contacts(log)]
+    assert seen == [
+        ("socket.connect", "127.0.0.1"),
+        ("socket.gethostbyname", "localhost"),
+        ("socket.getaddrinfo", "localhost"),
+    ]
     log.unlink()
     pdf = make_text_pdf(tmp_path / "docs" / "notes.pdf", TOPICS[:2])
     run = [sys.executable, "-m", "app.cli", "-c", "c"]
     for args in (["index", str(pdf)], ["search", "ocean trench"]):
-        r = subprocess.run([*run, *args], env=env, cwd=tmp_path, capture_output=True, text=True)
+        r = subprocess.run(
+            _traced([*run, *args], tmp_path), env=env, cwd=tmp_path, capture_output=True, text=True
+        )
         assert r.returncode == 0, r.stderr
     assert _not_local(_contacts(log)) == []
     assert any(c["event"] == "socket.connect" for c in _contacts(log)) is False  # none at all
@@ -242,7 +339,7 @@ def test_serve_and_cli_contact_only_this_machine(tmp_path, tiny_model_dir):
     out = tmp_path / "serve.log"
     with out.open("wb") as sink:
         proc = subprocess.Popen(
-            [*run, "serve", "--port", str(port)],
+            _traced([*run, "serve", "--port", str(port)], tmp_path),
             env=env, cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -255,6 +352,7 @@ def test_serve_and_cli_contact_only_this_machine(tmp_path, tiny_model_dir):
         )
         with urllib.request.urlopen(req, timeout=60) as r:
             assert json.load(r)["hits"]
+        time.sleep(6)  # onnxruntime's telemetry looked its host up ~4 s after start-up
     finally:
         _stop(proc)
-    assert _not_local(_contacts(log)) == [], out.read_text()[-2000:]
+    _assert_stayed_here(tmp_path, env, tiny_model_dir, out.read_text()[-2000:])

@@ -173,6 +173,25 @@ def test_search_bad_unicode_and_numbers(client, indexed):  # noqa: F811
     assert r.status_code in (400, 404)
 
 
+@pytest.mark.parametrize(
+    ("field", "body"),
+    [
+        ("question", {"question": "\ud800"}),
+        ("collection", {"question": "x", "collection": "c\udfff"}),
+        ("documents", {"question": "x", "documents": ["a.pdf", "\udc00"]}),
+    ],
+)
+def test_ask_lone_surrogates_are_400(recorder, field, body):
+    """/v1/ask refuses what /v1/search refuses, before searching or sending anything (it
+    answered 500, a traceback in the log, when a lone surrogate reached the search)."""
+    from retriever.ask import LLMSettings
+
+    llm = LLMSettings(url="http://127.0.0.1:9/v1", retries=0)  # never reached
+    with TestClient(create_app(recorder, max_wait_ms=1, llm=llm)) as c:
+        error = assert_error(post(c, "/v1/ask", body), 400)
+    assert "surrogate" in error["message"] and error["param"].startswith(field), error
+
+
 def test_errors_name_the_collection_not_its_path(client, indexed, _isolated_home):  # noqa: F811
     home = str(_isolated_home)
     checks = [
@@ -233,6 +252,86 @@ def test_serve_guards_loopback_and_refuses_empty_key(monkeypatch):
         assert "empty" in result.output and not calls
     with pytest.raises(ValueError, match="empty"):
         create_app(FakeEmbedder(), api_key="")
+
+
+# --------------------------------------------------------------------------- third parties
+
+
+def test_docs_load_nothing_from_elsewhere(client):
+    """/docs was Swagger UI from a CDN with the framework's favicon: opening it told third
+    parties a PageLens server runs here. Now one page, rendered here, with nothing to load."""
+    import re
+
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "/v1/search" in page and "/v1/embeddings" in page and "SearchRequest" in page
+    assert "<script" not in page.lower()
+    links = re.findall(r"""(?:src|href|action)\s*=\s*["']?([^"' >]+)""", page, re.I)
+    assert links and all(not re.match(r"(?i)([a-z][a-z0-9+.-]*:)?//", u) for u in links), links
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    assert client.get("/redoc").status_code == 404  # ReDoc loads from a CDN too
+    assert client.get("/docs/oauth2-redirect").status_code == 404
+    assert client.get("/openapi.json").json()["paths"]
+
+
+def test_api_key_in_the_url_is_not_logged(tmp_path):
+    """A key sent as ?api_key= is refused (only the header counts) and reaches the access log,
+    formatted by the real server, only as REDACTED."""
+    import logging
+    import socket
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    import uvicorn
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    access = logging.getLogger("uvicorn.access")
+    app = create_app(FakeEmbedder(), api_key="right-key", max_wait_ms=1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, log_level="info", access_log=True)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    access.addHandler(handler)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        base = f"http://127.0.0.1:{port}"
+        for url in (
+            f"{base}/v1/models?api_key=s3cret-in-url",
+            f"{base}/v1/search?collection=c&Token=s3cret-in-url",
+        ):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url, timeout=10)
+            assert refused.value.code == 401
+        request = urllib.request.Request(
+            f"{base}/v1/models?api_key=s3cret-in-url",
+            headers={"Authorization": "Bearer right-key"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as r:  # the header works as always
+            assert r.status == 200
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+        access.removeHandler(handler)
+    assert len(lines) == 3, lines
+    assert not [line for line in lines if "s3cret" in line], lines
+    assert "/v1/models?api_key=REDACTED" in lines[0] and "collection=c&Token=REDACTED" in lines[1]
+
+    from app.server.guard import redact_query
+
+    assert redact_query(b"collection=c&API-KEY=s&x=1&token=t&keys=k") == (
+        b"collection=c&API-KEY=REDACTED&x=1&token=REDACTED&keys=k"
+    )
 
 
 # --------------------------------------------------------------------------- peak memory

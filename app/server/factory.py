@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from app.server import routes_ask, routes_embeddings, routes_meta, routes_search
+from app.server import docs_page, routes_ask, routes_embeddings, routes_meta, routes_search
 from app.server.batching import BatchedEmbedder, DynamicBatcher
 from app.server.errors import install_error_handlers
 from app.server.fetch import UrlImageFetcher
@@ -107,6 +107,8 @@ def create_app(
         version="1",
         summary="OpenAI-compatible embeddings (text, image, fused) and page search, with GME.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load from a CDN: /docs is docs_page instead
+        redoc_url=None,
     )
     app.state.pagelens = state
     app.state.batcher = batcher
@@ -121,4 +123,5 @@ def create_app(
     )
     for router in ROUTERS:
         app.include_router(router)
+    docs_page.install(app)
     return app

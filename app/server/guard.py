@@ -5,6 +5,10 @@
   whose own name was rebound to 127.0.0.1 (DNS rebinding) sends its own name, so it cannot
   read a keyless local server.
 * **API key**: every path but ``/health`` needs ``Authorization: Bearer KEY``.
+* **Secrets in the URL**: a query parameter that looks like a credential (``?api_key=``,
+  ``?token=``...) is never accepted as one, and its value is replaced with ``REDACTED`` in
+  the request before anything sees it, so the access log (uvicorn formats it from the same
+  request) does not keep it in clear.
 * **Body size**: ``Content-Length`` above the limit is refused at once; a chunked body (no
   length) is counted as it arrives and answered 413 as soon as it passes the limit, so it
   never reaches the app whole.
@@ -13,6 +17,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +25,25 @@ from app.server.errors import error_response
 
 #: Host names that always mean this machine.
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+#: Query parameters redacted from every request (matched without case; ``-`` as ``_``).
+SECRET_PARAMS = frozenset(
+    {"api_key", "apikey", "key", "token", "access_token", "auth", "authorization", "password"}
+)
+_QUERY_PAIR = re.compile(rb"([^&;=]*)=([^&;]*)")
+
+
+def redact_query(query: bytes) -> bytes:
+    """``query`` with the value of every :data:`SECRET_PARAMS` parameter replaced."""
+    if b"=" not in query:
+        return query
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        name = match.group(1).decode("latin-1").lower().replace("-", "_").replace("%5f", "_")
+        return match.group(1) + b"=REDACTED" if name in SECRET_PARAMS else match.group(0)
+
+    return _QUERY_PAIR.sub(replace, query)
 
 
 def host_name(header: bytes) -> str:
@@ -88,6 +112,10 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        query = scope.get("query_string") or b""
+        redacted = redact_query(query)
+        if redacted != query:  # in place: the server logs this same scope
+            scope["query_string"] = redacted
         refusal = self.refusal(scope)
         if refusal is not None:
             await refusal(scope, receive, send)

@@ -26,12 +26,12 @@ from typing import Literal
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from app.server.errors import ApiError
 from app.server.limits import MAX_TEXT_CHARS
 from app.server.routes_search import find_hits, hit_json, image_url
-from app.server.schemas import SearchRequest
+from app.server.schemas import CheckedBody, SearchRequest
 from app.server.state import State
 from retriever.ask import (
     Answer,
@@ -48,7 +48,7 @@ from retriever.search import Hit
 router = APIRouter()
 
 
-class AskRequest(BaseModel):
+class AskRequest(CheckedBody):  # strings checked as in every body: a lone surrogate is a 400
     question: str = Field(description="The question, answered from the pages found for it.")
     k: int = Field(default=5, description="How many pages to find and send.")
     collection: str | None = Field(default=None, description="A collection name.")

@@ -24,7 +24,7 @@ def well_formed(value: Any) -> Any:
     return value
 
 
-class _Body(BaseModel):
+class CheckedBody(BaseModel):
     """Every string field of every request body is checked by :func:`well_formed`."""
 
     @field_validator("*", mode="after")
@@ -33,7 +33,7 @@ class _Body(BaseModel):
         return well_formed(value)
 
 
-class InputItem(_Body):
+class InputItem(CheckedBody):
     """One multimodal input: a text, an image (data URL or URL), or both (fused)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -41,7 +41,7 @@ class InputItem(_Body):
     image: str | None = None
 
 
-class EmbeddingRequest(_Body):
+class EmbeddingRequest(CheckedBody):
     model: str = Field(description="The served model's id, its last path part, or an alias.")
     input: str | list[str | InputItem] = Field(
         description="A string, or a list of strings and {text, image} objects."
@@ -57,7 +57,7 @@ class EmbeddingRequest(_Body):
     instruction: str | None = Field(default=None, description="A custom instruction.")
 
 
-class SearchRequest(_Body):
+class SearchRequest(CheckedBody):
     query: str | None = None
     image: str | None = Field(default=None, description="data URL (or http(s) URL if allowed)")
     k: int = 5

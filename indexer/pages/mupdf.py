@@ -1,15 +1,33 @@
-"""MuPDF's process-wide switches, flipped only while PageLens works with it, its warnings
-forwarded to logging, and the flags every text layer is read with. Imports only pymupdf."""
+"""PyMuPDF imported without its telemetry; MuPDF's process-wide switches, flipped only while
+PageLens works with it; its warnings forwarded to logging; and the flags every text layer is
+read with. Imports only pymupdf: the rest of PageLens imports pymupdf from here."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pymupdf
+# pymupdf 2.0 imports its optional add-ons pymupdf.layout and pymupdf4llm as it is imported;
+# both load onnxruntime, whose telemetry starts at once (a DNS lookup of Microsoft's events
+# host, a device id under ~/.cache). PageLens uses neither, so pymupdf is imported with them
+# hidden (its own ``except ImportError`` skips them), then unhidden: nothing else in the
+# process changes and anyone may still import them (only pymupdf 2.0's Document.to_markdown
+# shortcut stays off; pymupdf4llm.to_markdown works). pymupdf 2.1 imports them lazily.
+_HIDDEN = [name for name in ("pymupdf.layout", "pymupdf4llm") if name not in sys.modules]
+for _name in _HIDDEN:
+    sys.modules[_name] = None  # type: ignore[assignment]  # import raises ImportError
+try:
+    import pymupdf
+finally:
+    for _name in _HIDDEN:
+        if _name in sys.modules and sys.modules[_name] is None:
+            del sys.modules[_name]
+
+__all__ = ["TEXT_FLAGS", "drain_mupdf_warnings", "pymupdf", "quiet_mupdf"]
 
 logger = logging.getLogger(__name__)
 

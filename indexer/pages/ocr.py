@@ -8,11 +8,10 @@ import os
 import re
 from pathlib import Path
 
-import pymupdf
 from PIL import Image
 
 from indexer.errors import PageLensError
-from indexer.pages.mupdf import TEXT_FLAGS, quiet_mupdf
+from indexer.pages.mupdf import TEXT_FLAGS, pymupdf, quiet_mupdf
 from indexer.pages.text import normalize_text
 from indexer.pages.types import RenderSettings
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pymupdf
 from PIL import Image
 
 from indexer.errors import DocumentError
 from indexer.pages.geometry import pad, padded_size, plan_scale
-from indexer.pages.mupdf import TEXT_FLAGS, drain_mupdf_warnings, quiet_mupdf
+from indexer.pages.mupdf import TEXT_FLAGS, drain_mupdf_warnings, pymupdf, quiet_mupdf
 from indexer.pages.ocr import ocr_pdf_page
 from indexer.pages.text import normalize_text
 from indexer.pages.types import PageImage, PageRenderError, RenderSettings, check_number

@@ -1,10 +1,13 @@
-"""Test helper: record every outbound connection attempt of this Python process.
+"""Test helper: record every connection attempt and name lookup of this Python process.
 
 Put this folder first on PYTHONPATH and set PAGELENS_NETAUDIT_LOG to a file: an audit hook
-(PEP 578) appends one JSON line per ``socket.connect`` / ``socket.connect_ex`` /
-``socket.sendto`` / ``socket.getaddrinfo`` event. Child processes started with the same
-environment (``pagelens app`` execs Streamlit) record into the same file. Native code that
-opens sockets without Python's socket module is not seen (none of PageLens' own paths).
+(PEP 578) appends one JSON line per ``socket.connect`` (``connect_ex`` too) /
+``socket.sendto`` / ``socket.sendmsg`` (UDP, DNS to port 53 included) and per name lookup:
+``socket.getaddrinfo`` / ``socket.gethostbyname`` (``_ex`` too) / ``socket.gethostbyaddr`` /
+``socket.getnameinfo``. Child processes started with the same environment (``pagelens app``
+execs Streamlit) record into the same file. Native code that resolves or connects without
+Python's socket module (onnxruntime's telemetry did) is not seen here: ``syscalls.py`` is
+the same audit at the system-call level.
 """
 
 from __future__ import annotations
@@ -24,15 +27,22 @@ def _write(record: dict) -> None:
         pass
 
 
+def _record(event: str, host: object, port: object) -> None:
+    _write({"event": event, "host": str(host), "port": port, "pid": os.getpid()})
+
+
 def _hook(event: str, args: tuple) -> None:
-    if event in ("socket.connect", "socket.sendto"):
+    if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
         address = args[1] if event == "socket.connect" else args[-1]
         if isinstance(address, tuple) and address:
-            _write(
-                {"event": event, "host": str(address[0]), "port": address[1], "pid": os.getpid()}
-            )
+            _record(event, address[0], address[1])
     elif event == "socket.getaddrinfo":
-        _write({"event": event, "host": str(args[0]), "port": args[1], "pid": os.getpid()})
+        _record(event, args[0], args[1])
+    elif event in ("socket.gethostbyname", "socket.gethostbyaddr"):
+        _record(event, args[0], None)
+    elif event == "socket.getnameinfo":
+        address = args[0]
+        _record(event, address[0] if isinstance(address, tuple) else address, None)
 
 
 if _LOG:
