@@ -145,13 +145,13 @@ class GmeEmbedder(EmbedderBase):
             width, height, factor=factor, min_pixels=self._min_pixels, max_pixels=self._max_pixels
         )
 
-    def _padded_size(self, width: int, height: int) -> tuple[int, int]:
+    def _accepted_canvas(self, width: int, height: int) -> tuple[int, int]:
         """The smallest white-padded canvas (width, height) the recipe accepts."""
-        return recipe.padded_size(width, height, self._final_size)
+        return recipe.accepted_canvas(width, height, self._final_size)
 
     def _prepare_image(self, image: Image.Image) -> Image.Image:
         """RGB, padded if its aspect ratio is refused, then qwen-vl-utils' ``fetch_image``."""
-        return recipe.prepare_image(image, self._padded_size)
+        return recipe.prepare_image(image, self._accepted_canvas)
 
     def image_token_count(self, image: Image.Image | tuple[int, int]) -> int:
         """Visual tokens (``<|image_pad|>`` count) an image costs; accepts an image or (w, h)."""
@@ -163,7 +163,7 @@ class GmeEmbedder(EmbedderBase):
         after padding and resizing as the recipe does: what the vision tower's cost scales
         with (the benchmark counts FLOPs from it)."""
         width, height = image if isinstance(image, tuple) else image.size
-        fh, fw = self._final_size(*self._padded_size(int(width), int(height)))
+        fh, fw = self._final_size(*self._accepted_canvas(int(width), int(height)))
         return fh // self._patch_size, fw // self._patch_size
 
     # ----------------------------------------------------------------- for profilers

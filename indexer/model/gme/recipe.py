@@ -141,11 +141,16 @@ def final_size(
     )
 
 
-def padded_size(
+def accepted_canvas(
     width: int, height: int, final: Callable[[int, int], tuple[int, int]]
 ) -> tuple[int, int]:
     """The smallest white-padded canvas (width, height) that ``final`` (a
-    :func:`final_size` that raises ValueError for a refused size) accepts."""
+    :func:`final_size` that raises ValueError for a refused size) accepts.
+
+    A search against the processor's own acceptance, for any image a caller hands GME (a
+    query photo, a page from elsewhere). :func:`indexer.pages.geometry.padded_size` is the
+    closed form the renderer uses for its own settings, so rendered pages arrive already
+    accepted and this returns them unchanged."""
     try:
         final(width, height)
         return width, height
@@ -189,6 +194,6 @@ __all__ = [
     "MIN_IMAGE_TOKENS",
     "build_prompt",
     "final_size",
-    "padded_size",
+    "accepted_canvas",
     "prepare_image",
 ]
