@@ -167,3 +167,65 @@ def test_the_figures_match_the_limits():
     from app.server.limits import MAX_DECODE_BYTES
 
     assert MAX_DECODE_BYTES == 512 * MIB  # the 512 in the bounds above and in the docs
+
+
+# One decode in a fresh process: its peak growth, and what the budget reckoned for it.
+_ONE_DECODE = """
+import io, json, sys
+from indexer.pages.raster import decode_image, DecodeBudget
+from tests.peak_rss import own_peak_mb
+data = sys.stdin.buffer.read()
+budget = DecodeBudget(2**40)
+before = own_peak_mb()
+image = decode_image(io.BytesIO(data), budget=budget)
+print(json.dumps({"growth": own_peak_mb() - before, "estimate": budget.peak_reserved / 2**20,
+                  "size": image.size}))
+"""
+
+
+def encoded(kind: str) -> bytes:
+    """Images at the most pixels each format may have (JPEG fewer: the test stays small)."""
+    if kind.startswith("jpeg"):
+        options = {
+            "jpeg-baseline": ("RGB", {}),
+            "jpeg-progressive-420": ("RGB", {"progressive": True}),
+            "jpeg-progressive-444": ("RGB", {"progressive": True, "subsampling": 0}),
+            "jpeg-progressive-cmyk": ("CMYK", {"progressive": True}),
+        }[kind]
+        return flat_jpeg(options[0], (6000, 6000), **options[1])
+    fmt, mode = kind.split("-")
+    buf = io.BytesIO()
+    pixels = Image.effect_noise((4000, 4000), 40).convert(mode)  # 16 M pixels: the cap
+    pixels.save(buf, format=fmt.upper(), **({"quality": 50} if fmt == "webp" else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "jpeg-baseline",
+        "jpeg-progressive-420",
+        "jpeg-progressive-444",
+        "jpeg-progressive-cmyk",
+        "png-RGBA",
+        "webp-RGB",
+        "tiff-RGB",
+        "gif-P",
+    ],
+)
+def test_estimate_covers_what_a_decode_takes(kind):
+    """What the budget reserves for a decode (from the header) is at least what the decode
+    took, measured in a process of its own: the budget errs high, never low."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", _ONE_DECODE],
+        input=encoded(kind),
+        capture_output=True,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    result = json.loads(out.stdout)
+    print(kind, result)
+    assert result["growth"] <= result["estimate"], result

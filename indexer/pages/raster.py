@@ -290,10 +290,12 @@ def estimate_decode_bytes(
             cost += layout.width * len(layout.sampling) * 16 * 8
         if layout.sof in _LOSSLESS_SOF:  # decoded at full size whatever the draft asked
             cost += layout.width * layout.height * 4
-    elif im.format == "WEBP":
-        cost += 2 * pixels * 4  # the decoder's canvas (two for animations) and its copy
-    elif im.format == "TIFF":
-        cost += pixels * 4  # libtiff may decode through a whole-image RGBA buffer
+    else:  # row buffers, zlib's, and what malloc keeps around them: 2 bytes a pixel (measured)
+        cost += pixels * 2
+        if im.format == "WEBP":
+            cost += 3 * pixels * 4  # libwebp's canvases (two for animations) and their copy
+        elif im.format == "TIFF":
+            cost += pixels * 4  # libtiff may decode through a whole-image RGBA buffer
     if target_pixels is not None and pixels > target_pixels:
         if im.mode not in _REDUCIBLE:
             cost += pixels * 4  # widened before reducing
