@@ -172,7 +172,8 @@ def test_the_figures_match_the_limits():
 # One decode in a fresh process: its peak growth, and what the budget reckoned for it.
 _ONE_DECODE = """
 import io, json, sys
-from indexer.pages.raster import decode_image, DecodeBudget
+from indexer.pages.raster import decode_image
+from indexer.pages.decoding import DecodeBudget
 from tests.peak_rss import own_peak_mb
 data = sys.stdin.buffer.read()
 budget = DecodeBudget(2**40)

@@ -84,7 +84,7 @@ def _jpeg(mode: str, size: tuple[int, int], **options) -> bytes:
 
 
 def test_jpeg_layout_from_the_header():
-    from indexer.pages.raster import read_jpeg_layout
+    from indexer.pages.decoding import read_jpeg_layout
 
     cmyk = open_image(io.BytesIO(_jpeg("CMYK", (1000, 600), progressive=True)))
     layout = read_jpeg_layout(cmyk.fp)
@@ -102,7 +102,7 @@ def test_jpeg_layout_from_the_header():
 
 
 def test_estimate_counts_progressive_coefficients():
-    from indexer.pages.raster import estimate_decode_bytes
+    from indexer.pages.decoding import estimate_decode_bytes
 
     def estimate(data: bytes) -> int:
         im = open_image(io.BytesIO(data))
@@ -122,7 +122,7 @@ def test_decode_budget_admits_by_bytes():
     import threading
     import time
 
-    from indexer.pages.raster import DecodeBudget
+    from indexer.pages.decoding import DecodeBudget
 
     budget = DecodeBudget(100, wait_s=5)
     with pytest.raises(ImageRefusedError) as info, budget.reserve(101, "it"):
@@ -156,7 +156,7 @@ def test_decode_budget_admits_by_bytes():
 def test_decodes_wait_for_the_budget_and_large_ones_are_refused():
     import threading
 
-    from indexer.pages.raster import DecodeBudget, estimate_decode_bytes
+    from indexer.pages.decoding import DecodeBudget, estimate_decode_bytes
 
     data = _jpeg("RGB", (3000, 3000), progressive=True)
     im = open_image(io.BytesIO(data))
@@ -186,7 +186,7 @@ def test_decodes_wait_for_the_budget_and_large_ones_are_refused():
 def test_server_answers_busy_and_too_large(monkeypatch):
     from app.server.errors import ApiError
     from app.server.images import ImageLoader
-    from indexer.pages.raster import DecodeBudget
+    from indexer.pages.decoding import DecodeBudget
 
     data = _jpeg("CMYK", (2000, 2000), progressive=True)
     small = DecodeBudget(10 * 2**20, wait_s=0.05)

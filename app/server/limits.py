@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from indexer.pages.raster import DECODE_BUDGET_BYTES, DECODE_WAIT_S
+from indexer.pages.decoding import DECODE_BUDGET_BYTES, DECODE_WAIT_S
 
 #: Most inputs in one embeddings request (OpenAI allows 2048; images make ours heavier).
 MAX_ITEMS = 256
