@@ -11,11 +11,24 @@ from PIL import Image
 from app.server.errors import ApiError, too_large
 from app.server.fetch import UrlImageFetcher
 from app.server.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS
-from indexer.pages.raster import TARGET_PIXELS, ImageRefusedError, decode_image
+from indexer.pages.raster import (
+    DECODE_BUDGET,
+    TARGET_PIXELS,
+    DecodeBudget,
+    ImageRefusedError,
+    decode_image,
+)
 
 
 class ImageLoader:
-    """Turns a data URL (or, if allowed, an http(s) URL) into a PIL image, with limits."""
+    """Turns a data URL (or, if allowed, an http(s) URL) into a PIL image, with limits.
+
+    Decodes are admitted by bytes, not by count: each reserves what its header says it will
+    take in ``decode_budget`` (by default the process's :data:`DECODE_BUDGET`, shared with
+    every other decode of the process, :data:`app.server.limits.MAX_DECODE_BYTES`), waits
+    while other requests' decodes hold it (503 after ``MAX_DECODE_WAIT_S``), and is refused
+    with 400 ``image_too_large`` if it alone needs more than the whole budget.
+    """
 
     def __init__(
         self,
@@ -24,8 +37,10 @@ class ImageLoader:
         max_bytes: int = MAX_IMAGE_BYTES,
         max_pixels: int = MAX_IMAGE_PIXELS,
         target_pixels: int = TARGET_PIXELS,
+        decode_budget: DecodeBudget | None = DECODE_BUDGET,
     ) -> None:
         self.fetcher = fetcher
+        self.decode_budget = decode_budget
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.target_pixels = target_pixels
@@ -88,10 +103,20 @@ class ImageLoader:
                 max_pixels=self.max_pixels,
                 max_jpeg_pixels=4 * self.max_pixels,
                 target_pixels=self.target_pixels,
+                budget=self.decode_budget,
             )
         except ImageRefusedError as exc:
             if exc.reason == "too-large":
                 raise too_large(param, str(exc)) from exc
+            if exc.reason == "busy":
+                raise ApiError(
+                    503,
+                    f"The server is busy decoding other images ({exc}); retry after a short wait.",
+                    type="server_error",
+                    param=param,
+                    code="server_overloaded",
+                    headers={"Retry-After": "1"},
+                ) from exc
             raise ApiError(
                 400,
                 f"The data is not an image PageLens can read: {exc}.",

@@ -35,7 +35,8 @@ PyMuPDF documents are not thread-safe: use these functions from one thread per d
 
 Modules: ``types`` (settings, results), ``files`` (finding and recognising inputs),
 ``geometry`` (pixel budget, padding), ``text`` (text-layer cleaning), ``mupdf`` (MuPDF's
-switches), ``pdf``, ``raster`` (image decoding and image documents), ``ocr``. This
+switches), ``pdf``, ``raster`` (image decoding and image documents), ``decoding`` (what a decode
+costs, the byte budget that admits decodes), ``ocr``. This
 ``__init__`` holds the public API and imports those; they never import it. The package
 imports nothing of PageLens but :mod:`indexer.errors`.
 """

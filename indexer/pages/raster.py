@@ -7,23 +7,40 @@ the app's uploads and image queries, ``pagelens search --image``, image document
 through :func:`open_image` (format allow-list, lazy) or :func:`decode_image` (allow-list,
 pixel cap, and downscaling *while* decoding).
 
+Pixels alone do not bound a decode's memory: libjpeg keeps the whole image's DCT coefficients
+(2 bytes per sample, at full size whatever the scale asked for) for a progressive or
+multi-scan JPEG, so a 1 MB progressive CMYK file of 8000 x 8000 pixels takes ~0.5 GB however
+small it is drawn. :func:`decode_image` therefore estimates each decode's bytes from the
+header (:func:`estimate_decode_bytes`) and admits it through a byte budget
+(:class:`DecodeBudget`, :data:`DECODE_BUDGET` for the whole process; both in
+:mod:`indexer.pages.decoding`): decodes wait their turn while others hold
+the budget, and an image whose own estimate is larger is refused.
+
 Image documents (a photo, a multi-page TIFF) are opened with :func:`open_image_file` and each
 frame decoded at (or near) the pixel budget by :func:`render_image_frame`. Imports
-pages.geometry, pages.ocr, pages.types and indexer.errors.
+pages.decoding, pages.geometry, pages.ocr, pages.types and indexer.errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
-from indexer.errors import DocumentError, PageLensError
+from indexer.errors import DocumentError
+from indexer.pages.decoding import (
+    DECODE_BUDGET,
+    DecodeBudget,
+    ImageRefusedError,
+    estimate_decode_bytes,
+)
 from indexer.pages.geometry import pad, plan_scale
 from indexer.pages.ocr import ocr_image
 from indexer.pages.types import PageImage, RenderSettings
@@ -40,20 +57,12 @@ MAX_JPEG_PIXELS = 64_000_000
 GME_PIXELS = 1280 * 28 * 28
 TARGET_PIXELS = 4 * GME_PIXELS
 
+
 # Modes Image.reduce handles as they are; others are widened first.
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"})
 _WIDER = {"1": "L", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I", "YCbCr": "RGB"}
 
 Source = str | os.PathLike[str] | IO[bytes]
-
-
-class ImageRefusedError(PageLensError):
-    """Bytes that are not an image PageLens decodes. ``reason``: ``format``, ``too-large``
-    or ``unreadable``."""
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def allowed_formats_text() -> str:
@@ -78,19 +87,42 @@ def open_image(source: Source) -> Image.Image:
         ) from exc
 
 
+#: Threads that run every :func:`decode_image` decode. Few and fixed on purpose: glibc gives
+#: each thread its own malloc arena and keeps what a decode freed there for that thread's next
+#: use, so decodes spread over the server's forty worker threads left ~40 arenas each holding
+#: a decode's worth of memory (+1 GB with eight requests at once where the budget held 0.5).
+DECODE_THREADS = 2
+_DECODERS = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="pagelens-decode")
+
+
+def _load_and_reduce(im: Image.Image, target_pixels: int | None) -> Image.Image:
+    im.load()
+    if target_pixels is not None and im.width * im.height > target_pixels:
+        factor = math.ceil(math.sqrt(im.width * im.height / target_pixels))
+        if im.mode not in _REDUCIBLE:
+            im = im.convert(_WIDER.get(im.mode, "RGBA"))
+        im = im.reduce(factor)
+    return im
+
+
 def decode_image(
     source: Source,
     *,
     max_pixels: int = MAX_DECODED_PIXELS,
     max_jpeg_pixels: int = MAX_JPEG_PIXELS,
     target_pixels: int | None = TARGET_PIXELS,
+    budget: DecodeBudget | None = DECODE_BUDGET,
 ) -> Image.Image:
     """Open and decode an image, never holding more than about ``max_pixels`` of it.
 
     With ``target_pixels``, a larger JPEG is decoded at 1/2, 1/4 or 1/8 scale (Pillow's
     ``draft``) and any image still above the target is shrunk by an integer factor
     (``reduce``, a box filter) right after decoding, so the result has at most
-    ``target_pixels``. Raises :class:`ImageRefusedError` (and FileNotFoundError for paths).
+    ``target_pixels``. The decode (and that shrinking) runs inside ``budget``, holding the
+    bytes :func:`estimate_decode_bytes` reckons from the header: it waits while other
+    decodes hold the budget, and an image that needs more than the whole budget is refused
+    (``too-large``) before any of it is decoded; ``None`` decodes without a budget.
+    Raises :class:`ImageRefusedError` (and FileNotFoundError for paths).
     """
     im = open_image(source)
     try:
@@ -102,12 +134,15 @@ def decode_image(
         if target_pixels is not None and width * height > target_pixels:
             scale = math.sqrt(target_pixels / (width * height))
             im.draft(None, (max(1, int(width * scale)), max(1, int(height * scale))))
-        im.load()
-        if target_pixels is not None and im.width * im.height > target_pixels:
-            factor = math.ceil(math.sqrt(im.width * im.height / target_pixels))
-            if im.mode not in _REDUCIBLE:
-                im = im.convert(_WIDER.get(im.mode, "RGBA"))
-            im = im.reduce(factor)
+        admitted: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if budget is not None:
+            kind = f"{im.format} of {width}x{height} pixels"
+            if im.format in ("JPEG", "MPO") and im.info.get("progressive"):
+                kind = f"progressive {im.mode} JPEG of {width}x{height} pixels"
+            cost = estimate_decode_bytes(im, target_pixels, full_size=(width, height))
+            admitted = budget.reserve(cost, f"this {kind}")
+        with admitted:
+            im = _DECODERS.submit(_load_and_reduce, im, target_pixels).result()
         if im.width * im.height > limit:  # a format whose draft grew it: never trust it
             raise ImageRefusedError(f"{im.width}x{im.height} pixels after decoding", "too-large")
         return im
