@@ -31,6 +31,7 @@ from indexer.ray import (  # noqa: E402
     plan_resources,
 )
 from indexer.ray import driver as ray_driver  # noqa: E402
+from indexer.ray.cluster import local_environment  # noqa: E402
 from indexer.store import Collection  # noqa: E402
 from tests.pdfs import TOPICS, make_image_only_pdf, make_png, make_text_pdf  # noqa: E402
 
@@ -307,6 +308,7 @@ def test_driver_killed_mid_job_resumes_without_duplicates(
     cmd += ["--image-tokens", str(TOKENS), "--device", "cpu", "index", "--ray", address]
     cmd += ["--ray-actors", "1", "--ray-actor-cpus", "0.5", "--batch-size", "1", str(folder)]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    env.update(local_environment())  # the instance's token: it refuses calls without it
     proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
     at_kill = None
     try:
@@ -481,6 +483,47 @@ def test_address_spellings():
     for bad in ("", "locale", "http://head:8265", "head"):
         with pytest.raises(PageLensError, match="not a Ray address"):
             check_address(bad)
+
+
+def _loopback(ip: str) -> bool:
+    import ipaddress
+
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, a v6 socket's v4 form
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def test_a_local_instance_listens_on_loopback_only_and_needs_its_token(tmp_path):
+    """``--ray local`` is private to this machine and this user: every socket that the
+    driver and the processes Ray starts (GCS, raylet, runtime-env agent, task and actor
+    workers) listen on is a loopback one (they listened on ``*:port`` and the LAN address),
+    and the GCS refuses a call without the instance's token (Ray's token authentication).
+    The token is made for the run: nothing is written to ``~/.ray`` (Ray writes
+    ``~/.ray/auth_token`` otherwise), and the driver's environment is as it was (Ray sets
+    ``RAY_AUTH_MODE=token`` in it otherwise). In a subprocess: its own instance and HOME."""
+    import json
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(home)
+    probe = Path(__file__).with_name("ray_loopback_probe.py")
+    done = subprocess.run(
+        [sys.executable, str(probe)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    sockets = report["sockets"]
+    names = {s["name"] for s in sockets}
+    assert {"gcs_server", "raylet"} <= names, sockets  # the probe saw Ray's servers
+    exposed = [s for s in sockets if not _loopback(s["ip"])]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    assert report["gcs_without_token"] == "UNAUTHENTICATED", report
+    changed = set(report["environment_changed"]) - {"PYTHONBREAKPOINT"}  # Ray's debugger hook
+    assert not changed, report["environment_changed"]
+    assert list(home.iterdir()) == [], list(home.rglob("*"))
 
 
 class _FlakyRay:

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,14 @@ LOCAL_START_TRIES = 3
 AUTO = "auto"
 #: Ray's own switch for its usage statistics (set to "0" while Ray starts, see connect).
 USAGE_STATS_VAR = "RAY_USAGE_STATS_ENABLED"
+#: Ray's token authentication (Ray 2.52+): the mode, and the token itself (see connect).
+AUTH_MODE_VAR = "RAY_AUTH_MODE"
+AUTH_TOKEN_VAR = "RAY_AUTH_TOKEN"
+#: Ray's switch that, off, gives a node the loopback address instead of the machine's LAN
+#: address (its default on macOS and Windows), and so makes every Ray server listen there.
+CLUSTER_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: Where a ``local`` instance's processes listen: loopback only.
+LOOPBACK = "127.0.0.1"
 _ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
 
@@ -93,9 +102,13 @@ def import_ray() -> Any:
 def connect(address: str, *, options: RayOptions | None = None) -> bool:
     """Connect to Ray (or start a local instance); True when this call started/joined it.
 
-    A ``local`` instance is small and private: no dashboard, no usage statistics (nothing
-    leaves the machine), a bounded object store. If Ray is already initialised in this
-    process (tests, notebooks), that instance is used as it is and False is returned.
+    A ``local`` instance is small and private: every process of it (GCS, raylet, workers,
+    agents, this driver's own gRPC server) listens on loopback only, and each call to it
+    needs a random token made for this process (Ray's token authentication, so another
+    user of the machine cannot use it either); no dashboard, no usage statistics (nothing
+    leaves the machine), a bounded object store, nothing written to ``~/.ray``. If Ray is
+    already initialised in this process (tests, notebooks), that instance is used as it is
+    and False is returned.
     """
     address = check_address(address)
     options = options or RayOptions(address=address)
@@ -108,10 +121,16 @@ def connect(address: str, *, options: RayOptions | None = None) -> bool:
         "logging_level": logging.WARNING,
         "configure_logging": False,
     }
+    environment = {USAGE_STATS_VAR: "0"}
     if address == LOCAL:
         cpus = options.num_cpus or os.cpu_count() or 1
         store_mb = options.object_store_mb or _default_object_store_mb()
-        kwargs.update(num_cpus=cpus, object_store_memory=store_mb * 1024 * 1024)
+        kwargs.update(
+            num_cpus=cpus,
+            object_store_memory=store_mb * 1024 * 1024,
+            _node_ip_address=LOOPBACK,
+        )
+        environment.update(local_environment())
         target = "local"
     else:
         target = address
@@ -119,7 +138,7 @@ def connect(address: str, *, options: RayOptions | None = None) -> bool:
     tries = LOCAL_START_TRIES if address == LOCAL else 1
     for attempt in range(1, tries + 1):
         try:
-            with _usage_stats_off():
+            with _environment(environment), _local_driver(ray, address == LOCAL):
                 ray.init(address=target, **kwargs)
             break
         except Exception as exc:  # Ray raises a bare Exception when its raylet is late
@@ -136,23 +155,78 @@ def connect(address: str, *, options: RayOptions | None = None) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _usage_stats_off() -> Iterator[None]:
-    """Ray's usage statistics off for one ``ray.init`` (nothing leaves the machine).
+_TOKEN: list[str] = []
 
-    Ray reads this only from its environment variable, in the driver while ``init`` runs and
-    in the processes ``init`` starts (they inherit it then); the variable is put back as it
-    was afterwards, so the process around this call sees no change.
+
+def local_environment() -> dict[str, str]:
+    """The variables a ``local`` instance starts with (besides usage statistics off); a
+    driver in another process joins the instance with them (the tests do).
+
+    * ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: the node's address is loopback in the
+      processes Ray starts (see :func:`_local_driver` for this driver), and Ray's servers
+      listen on the node's address when it is loopback, on every interface otherwise.
+    * ``RAY_AUTH_MODE=token`` with ``RAY_AUTH_TOKEN``: every call to the instance must carry
+      the token (Ray 2.52+). It is random, one per process (Ray's driver keeps the first
+      token it reads, so a second local instance in the same process gets the same), kept
+      in this process's memory and in the environment of the instance's processes: Ray
+      would otherwise write one to ``~/.ray/auth_token`` (and Ray 2.60 sets
+      ``RAY_AUTH_MODE`` in this process for good). A token already in ``RAY_AUTH_TOKEN`` is
+      used as it is.
     """
-    before = os.environ.get(USAGE_STATS_VAR)
-    os.environ[USAGE_STATS_VAR] = "0"
+    if not _TOKEN:
+        _TOKEN.append(os.environ.get(AUTH_TOKEN_VAR) or secrets.token_hex(32))
+    return {CLUSTER_VAR: "0", AUTH_MODE_VAR: "token", AUTH_TOKEN_VAR: _TOKEN[0]}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in the environment for one ``ray.init``, put back as they were after.
+
+    Ray reads these only from its environment variables, in the driver while ``init`` runs
+    and in the processes ``init`` starts (they inherit them then, and the workers the raylet
+    starts later inherit the raylet's); the process around this call sees no change.
+    """
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(USAGE_STATS_VAR, None)
-        else:
-            os.environ[USAGE_STATS_VAR] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _local_driver(ray: Any, local: bool) -> Iterator[None]:
+    """For a ``local`` start, this driver joins the instance as its processes do, for one
+    ``ray.init`` (inside :func:`_environment`, whose variables it reads).
+
+    * The node's address is loopback: Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once,
+      on import, into ``ray._private.ray_constants.ENABLE_RAY_CLUSTER``, and with it on
+      replaces even an explicit ``127.0.0.1`` by the LAN address. Put back afterwards.
+    * Token mode: Ray's C++ side reads ``RAY_AUTH_MODE`` into its configuration when that
+      is loaded, which may have happened before the variable was set, so it is loaded again
+      (as Ray itself does when it turns token mode on). This one stays as it is after the
+      call: the driver's calls to the instance carry the token as long as it runs.
+    """
+    if not local:
+        yield
+        return
+    config = getattr(getattr(ray, "_raylet", None), "Config", None)
+    if config is not None:
+        config.initialize("")
+    constants: Any = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if not hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        yield
+        return
+    before = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = before
 
 
 def _default_object_store_mb() -> int:

@@ -38,21 +38,29 @@ class MilvusAddress:
 
     @classmethod
     def parse(cls, spec: str) -> MilvusAddress:
-        parts = urlsplit(spec)
         shown = redact_address(spec)  # errors never echo credentials
-        scheme = parts.scheme.lower()
+        scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
         if scheme not in ("milvus", "milvuss"):
             raise CollectionError(f"'{shown}' is not a Milvus address (milvus://HOST:PORT/NAME).")
-        if "@" in parts.netloc:
+        # Any '@' first, before the URL is split: a password may hold '/', '?', '#', '@' or
+        # a space, which would end the host part early and put pieces of it in the port,
+        # the name or the options (an '@' in an ?images= folder is written %40).
+        if "@" in spec:
             raise CollectionError(
-                f"Milvus address '{shown}' carries credentials: put the token in {TOKEN_ENV} "
-                "instead (an address is shown in logs, output and shell history)."
+                f"Milvus address '{shown}' carries credentials (an '@'): put the token in "
+                f"{TOKEN_ENV} instead (an address is shown in logs, output and shell history)."
             )
+        try:
+            parts = urlsplit(spec)
+        except ValueError:  # e.g. an unclosed '[': ValueError names no part of the text
+            raise CollectionError(
+                f"'{shown}' is not a Milvus address (milvus://HOST:PORT/NAME)."
+            ) from None
         name = parts.path.strip("/")
         try:
             port = parts.port or DEFAULT_PORT
-        except ValueError as exc:
-            raise CollectionError(f"Bad port in Milvus address '{shown}'.") from exc
+        except ValueError:
+            raise CollectionError(f"Bad port in Milvus address '{shown}'.") from None
         if not parts.hostname:
             raise CollectionError(
                 f"Milvus address '{shown}' names no host (milvus://HOST:PORT/NAME)."
@@ -74,6 +82,7 @@ class MilvusAddress:
 
 
 def redact_address(spec: str) -> str:
-    """A collection address fit to show: any ``user:secret@`` part replaced by ``***@``
-    (the address's own, and that of an ``?images=`` location in it)."""
+    """A collection address fit to show: everything from its scheme to its last ``@``
+    replaced by ``***`` (see :func:`~indexer.stores.milvus.images.redact_userinfo`: where a
+    password ends cannot be told, so only what follows the last ``@`` is shown)."""
     return redact_userinfo(spec)

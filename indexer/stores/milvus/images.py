@@ -19,7 +19,6 @@ import re
 import shutil
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from indexer.errors import CollectionError
 from indexer.stores.base import atomic_write_bytes
@@ -259,20 +258,44 @@ def is_temp_file(key: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def redact_userinfo(text: str) -> str:
-    """``text`` with the ``user:secret@`` part of every URL in it replaced by ``***@``."""
-    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]*@", r"\1***@", str(text))
+    """``text`` (an address or a location) fit to show: everything from its scheme to the
+    last ``@`` in it replaced by ``***`` (``milvus://***@host:19530/docs``).
+
+    A password may hold any character (``/``, ``#``, ``?``, ``@``, a space), so where the
+    ``user:secret`` part ends cannot be told from the text: ``milvus://u:p/a#b@host`` is
+    split by URL rules at the ``/``, with the host ``u`` and the port ``p``. Only what
+    follows the last ``@`` is surely no part of it, so that alone is shown.
+    """
+    text = str(text)
+    at = text.rfind("@")
+    if at < 0:
+        return text
+    scheme = _SCHEME.match(text)
+    keep = scheme.end() if scheme and scheme.end() <= at else 0
+    return f"{text[:keep]}***{text[at:]}"
+
+
+def carries_credentials(location: str) -> bool:
+    """Whether a URL (``scheme://...``) may carry a ``user:secret@`` part: an ``@`` anywhere
+    in it, since a password may hold ``/``, ``?`` or ``#`` and so end the URL's host part
+    early (``s3://KEY:se/cret@bucket`` has, by URL rules, the host ``KEY:se``)."""
+    return "://" in location and "@" in location
 
 
 def refuse_credentials(location: str) -> None:
     """A :class:`CollectionError` if an image location carries credentials
     (``s3://KEY:SECRET@bucket/prefix``): the location is recorded in the collection, which
     every process reads, and shown in messages; S3 keys come from the environment."""
-    if "://" in location and "@" in urlsplit(location).netloc:
+    if carries_credentials(location):
         raise CollectionError(
-            f"The image location '{redact_userinfo(location)}' carries credentials: give them "
-            "the usual way instead (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
-            "~/.aws); a location is recorded in the collection and shown in messages."
+            f"The image location '{redact_userinfo(location)}' carries credentials (an '@'): "
+            "give them the usual way instead (for S3: AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or ~/.aws); a location is recorded in the collection and "
+            "shown in messages."
         )
 
 
