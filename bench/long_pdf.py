@@ -5,7 +5,7 @@ plus the N page vectors (and SQLite's fixed page cache), whatever N is. So the m
 
 * runs in a child process, so the parent's heap (pytest's, the bench's earlier phases) does
   not count, and reads the child's own ``VmHWM`` (not ``ru_maxrss``, which Linux carries over
-  from the parent through fork and exec, see tests/peak_rss.py);
+  from the parent through fork and exec, see tests/support/peak_rss.py);
 * takes its baseline after a warm-up (imports, fonts, the embedder, a first batch indexed
   into another collection), then resets the high-water mark (``/proc/self/clear_refs``), so
   it measures what indexing *more pages* costs, not what starting costs;

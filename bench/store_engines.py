@@ -95,7 +95,7 @@ def run_stores(
             }
             store.close()
         if "milvus" in engines:
-            from tests.milvus_server import MilvusServer
+            from tests.support.milvus_server import MilvusServer
 
             server = MilvusServer(Path(tmp) / "milvus").start()
             try:

@@ -82,8 +82,8 @@ def make_pdf(tmp_path: Path):
 @pytest.fixture
 def llm_stub(monkeypatch: pytest.MonkeyPatch):
     """A stub OpenAI-compatible chat server on a free loopback port, configured as the LLM
-    (PAGELENS_LLM_URL/MODEL/API_KEY) for this test; see tests/llm_stub.py."""
-    from tests.llm_stub import StubLLM
+    (PAGELENS_LLM_URL/MODEL/API_KEY) for this test; see tests/support/llm_stub.py."""
+    from tests.support.llm_stub import StubLLM
 
     stub = StubLLM().start()
     monkeypatch.setenv("PAGELENS_LLM_URL", stub.url)
@@ -104,7 +104,7 @@ ENGINES = ("local", "milvus")
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
-    from tests.milvus_server import MilvusServer, milvus_lite_command
+    from tests.support.milvus_server import MilvusServer, milvus_lite_command
 
     if milvus_lite_command() is None:
         pytest.skip("milvus-lite is not installed (the milvus extra)")

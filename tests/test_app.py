@@ -16,7 +16,7 @@ import pytest
 from indexer.config import collection_path
 from indexer.pipeline import Indexer
 from indexer.store import Collection
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.pdfs import TOPICS, make_text_pdf
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 
@@ -227,7 +227,7 @@ def test_model_loader_reports_failure_as_a_message() -> None:
 def test_workspace_two_phase_add_and_cleanup(tmp_path: Path) -> None:
     from app.web.services import ModelLoader, Workspace
     from app.web.uploads import save_upload
-    from tests.pdfs import make_encrypted_pdf
+    from tests.support.pdfs import make_encrypted_pdf
 
     ws = Workspace(tmp_path / "c", ModelLoader("fake", loader=_fake_loader))
     good = make_text_pdf(tmp_path / "good.pdf", TOPICS[:3])

@@ -12,7 +12,7 @@ import pytest
 from indexer.config import collection_path
 from indexer.pipeline import Indexer
 from indexer.store import Collection
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.pdfs import TOPICS, make_text_pdf
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 QUESTION = "Which treaty ended the Thirty Years War?"

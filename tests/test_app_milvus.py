@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from indexer.stores import open_collection
-from tests.milvus_server import free_port
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.milvus_server import free_port
+from tests.support.pdfs import TOPICS, make_text_pdf
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 
@@ -201,7 +201,7 @@ def test_milvus_server_dying_under_the_app_is_a_message_then_it_recovers(
 ) -> None:
     from indexer.pages import RenderSettings
     from indexer.pipeline import Indexer
-    from tests.milvus_server import MilvusServer
+    from tests.support.milvus_server import MilvusServer
 
     monkeypatch.setenv("PAGELENS_MILVUS_TIMEOUT", "2")
     server = MilvusServer(tmp_path / "milvus-data").start()

@@ -26,7 +26,7 @@ from retriever.ask import (
     parse_citations,
 )
 from retriever.search import Retriever
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.pdfs import TOPICS, make_text_pdf
 
 ANSWER = (
     "The Thirty Years War ended with the Treaty of Westphalia in 1648 [a.pdf, p. 2]. "

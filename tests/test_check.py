@@ -25,7 +25,7 @@ from indexer.pipeline import Indexer
 from indexer.store import VECTORS, Collection
 from indexer.stores import open_collection
 from indexer.stores.local.vector_index import VectorIndex
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.pdfs import TOPICS, make_text_pdf
 
 SMALL = RenderSettings(max_pixels=64 * 28 * 28)
 runner = CliRunner()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from indexer.maintenance.check import check
 from indexer.store import Collection
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.pdfs import TOPICS, make_text_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKER = ROOT / "tests" / "crash_worker.py"
+WORKER = ROOT / "tests" / "support" / "crash_worker.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

@@ -1,7 +1,7 @@
 """kill -9 at any moment of indexing: the collection opens, searches what was committed, and
 the same command finishes the job without redoing committed pages and without duplicates.
 
-Each test runs a real indexing process (tests/crash_worker.py: the real Indexer and store,
+Each test runs a real indexing process (tests/support/crash_worker.py: the real Indexer and store,
 the fake embedder, small pages) and SIGKILLs it at a chosen point: while a page is being
 rendered, between writing a page image and committing its row, after the model returned
 vectors but before they are committed, and while the FAISS file is being saved; and at
@@ -23,9 +23,9 @@ import pytest
 
 from indexer.maintenance.check import check
 from indexer.store import PAGES_DIR, VECTORS, Collection
-from tests.pdfs import TOPICS, make_image_only_pdf, make_png, make_text_pdf
+from tests.support.pdfs import TOPICS, make_image_only_pdf, make_png, make_text_pdf
 
-WORKER = Path(__file__).with_name("crash_worker.py")
+WORKER = Path(__file__).parent / "support" / "crash_worker.py"
 ROOT = WORKER.parent.parent
 
 #: Problems a crash may leave (all harmless: the cache lags, a half-written image, a

@@ -7,8 +7,8 @@ up to 40 such decodes at once (its thread pool). Each decode now reserves what i
 says it will take in one byte budget per process (``MAX_DECODE_BYTES``), and an image that
 alone needs more is refused with its reason.
 
-The measurements run in subprocesses of their own (``tests/server_peak.py``: the real server
-with FakeEmbedder and the default limits, peak RSS from ``VmHWM``, see tests/peak_rss.py),
+The measurements run in subprocesses of their own (``tests/support/server_peak.py``: the real server
+with FakeEmbedder and the default limits, peak RSS from ``VmHWM``, see tests/support/peak_rss.py),
 so nothing else the test suite did counts; docs/SECURITY.md states their figures.
 """
 
@@ -63,12 +63,12 @@ def data_url(data: bytes) -> str:
 
 
 class PeakServer:
-    """tests/server_peak.py in a subprocess: the server with default limits, on its own."""
+    """tests/support/server_peak.py in a subprocess: the server with default limits, on its own."""
 
     def __init__(self, tmp_path: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PAGELENS_HOME": str(tmp_path)}
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "server_peak.py")],
+            [sys.executable, str(ROOT / "tests" / "support" / "server_peak.py")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -174,7 +174,7 @@ _ONE_DECODE = """
 import io, json, sys
 from indexer.pages.raster import decode_image
 from indexer.pages.decoding import DecodeBudget
-from tests.peak_rss import own_peak_mb
+from tests.support.peak_rss import own_peak_mb
 data = sys.stdin.buffer.read()
 budget = DecodeBudget(2**40)
 before = own_peak_mb()

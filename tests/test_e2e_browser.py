@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pdfs import TOPICS, make_encrypted_pdf, make_text_pdf
+from tests.support.pdfs import TOPICS, make_encrypted_pdf, make_text_pdf
 
 pytestmark = pytest.mark.e2e
 

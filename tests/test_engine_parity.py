@@ -29,7 +29,7 @@ from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.stores import open_collection
 from retriever.search import Retriever
-from tests.pdfs import TOPICS
+from tests.support.pdfs import TOPICS
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 

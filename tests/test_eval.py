@@ -25,7 +25,7 @@ from retriever.evaluate import (
     recall_at_k,
 )
 from retriever.search import Retriever
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.pdfs import TOPICS, make_text_pdf
 
 runner = CliRunner()
 

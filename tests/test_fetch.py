@@ -15,7 +15,7 @@ import pytest
 
 from app.server.errors import ApiError
 from app.server.fetch import UrlImageFetcher
-from tests.http_helpers import PublicTestHostFetcher, http_server
+from tests.support.http_helpers import PublicTestHostFetcher, http_server
 
 PAYLOAD = b"\x89PNG not really, but bytes"
 

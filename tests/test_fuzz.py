@@ -31,7 +31,7 @@ from indexer.model import FakeEmbedder
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.store import Collection
-from tests.pdfs import TOPICS, make_image_only_pdf, make_owner_only_pdf
+from tests.support.pdfs import TOPICS, make_image_only_pdf, make_owner_only_pdf
 
 SEED = 20240611
 CASES = 200  # generated-seed cases; plus REAL_CASES of the real manual
@@ -52,7 +52,7 @@ REASONS = {
 }
 TINY = RenderSettings(max_pixels=8 * 28 * 28)
 DATA = Path(__file__).with_name("data")
-WORKER = Path(__file__).with_name("crash_worker.py")
+WORKER = Path(__file__).parent / "support" / "crash_worker.py"
 
 
 def _seed_pdfs(folder: Path) -> list[bytes]:

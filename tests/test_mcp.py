@@ -16,7 +16,7 @@ from PIL import Image
 from indexer.pipeline import Indexer
 from indexer.store import Collection
 from retriever.search import Retriever
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.pdfs import TOPICS, make_text_pdf
 
 pytest.importorskip("mcp", reason="the mcp extra is part of dev installs")
 

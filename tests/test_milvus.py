@@ -25,14 +25,14 @@ from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.stores import open_collection
 from retriever.search import Retriever
-from tests.milvus_server import MilvusServer, free_port
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.milvus_server import MilvusServer, free_port
+from tests.support.pdfs import TOPICS, make_text_pdf
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
-WORKER = Path(__file__).with_name("crash_worker.py")
+WORKER = Path(__file__).parent / "support" / "crash_worker.py"
 SMALL = RenderSettings(max_pixels=16 * 28 * 28)
 
 

@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from indexer.stores import open_collection
-from tests.milvus_server import free_port
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.milvus_server import free_port
+from tests.support.pdfs import TOPICS, make_text_pdf
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 
@@ -268,7 +268,7 @@ def test_serve_when_its_milvus_server_dies_answers_503(tmp_path, monkeypatch):
     from indexer.model import FakeEmbedder
     from indexer.pages import RenderSettings
     from indexer.pipeline import Indexer
-    from tests.milvus_server import MilvusServer
+    from tests.support.milvus_server import MilvusServer
 
     monkeypatch.setenv("PAGELENS_MILVUS_TIMEOUT", "2")
     server = MilvusServer(tmp_path / "milvus-data").start()

@@ -1,7 +1,7 @@
 """Page images of a Milvus collection in an S3-compatible bucket (``s3://bucket/prefix``).
 
 Real servers on loopback: milvus-lite's gRPC server (conftest) and moto's standalone S3
-server (tests/s3_server.py), reached as a user reaches MinIO/Ceph/R2: ``AWS_ENDPOINT_URL``
+server (tests/support/s3_server.py), reached as a user reaches MinIO/Ceph/R2: ``AWS_ENDPOINT_URL``
 and an access key pair in the environment, the bucket in the collection address
 (``?images=s3://bucket/prefix``).
 """
@@ -26,8 +26,8 @@ from indexer.model import FakeEmbedder
 from indexer.pages import RenderSettings
 from indexer.pipeline import Indexer
 from indexer.stores import open_collection
-from tests.pdfs import TOPICS, make_text_pdf
-from tests.s3_server import SECRET
+from tests.support.pdfs import TOPICS, make_text_pdf
+from tests.support.s3_server import SECRET
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 pytest.importorskip("s3fs", reason="the milvus extra is not installed")
@@ -39,7 +39,7 @@ SMALL = RenderSettings(max_pixels=16 * 28 * 28)  # 16 visual tokens per page
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory):
-    from tests.s3_server import S3Server, moto_command
+    from tests.support.s3_server import S3Server, moto_command
 
     if moto_command() is None:
         pytest.skip("moto is not installed (the dev extra)")
@@ -347,7 +347,7 @@ def test_two_machines_index_into_one_s3_backed_collection_at_once(spec, bucket, 
     """Two indexing processes (each its own PAGELENS_HOME, as two machines) share one
     collection and one bucket, both with the same file among theirs: every page is stored
     once, every image once, and check is clean."""
-    worker = Path(__file__).with_name("crash_worker.py")
+    worker = Path(__file__).parent / "support" / "crash_worker.py"
     shared = make_text_pdf(tmp_path / "shared.pdf", TOPICS[:3])
     mine = make_text_pdf(tmp_path / "mine.pdf", TOPICS[3:5])
     theirs = make_text_pdf(tmp_path / "theirs.pdf", TOPICS[5:7])

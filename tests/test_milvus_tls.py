@@ -1,6 +1,6 @@
 """``milvuss://`` (TLS) and ``PAGELENS_MILVUS_TOKEN``, proven against real servers on loopback.
 
-milvus-lite has no TLS, so a TLS-terminating proxy (tests/tcp_proxy.py: a private CA and
+milvus-lite has no TLS, so a TLS-terminating proxy (tests/support/tcp_proxy.py: a private CA and
 server certificate made here with ``cryptography``, ALPN ``h2``) stands in front of it, as a
 load balancer stands in front of Milvus or Zilliz Cloud. Behind the TLS the proxy sees the
 plaintext HTTP/2 stream and decodes it with ``h2``, so the tests read the request headers
@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 from app.cli import cli
 from indexer.errors import CollectionError
 from indexer.stores import open_collection
-from tests.milvus_server import free_port
-from tests.pdfs import TOPICS, make_text_pdf
-from tests.tcp_proxy import TcpProxy, make_ca, server_tls_context
+from tests.support.milvus_server import free_port
+from tests.support.pdfs import TOPICS, make_text_pdf
+from tests.support.tcp_proxy import TcpProxy, make_ca, server_tls_context
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 pytest.importorskip("h2", reason="the dev extra is not installed")

@@ -22,7 +22,7 @@ from indexer.pages import (
 from indexer.pipeline import Indexer
 from indexer.store import Collection
 from retriever.search import Retriever
-from tests.pdfs import TOPICS, make_image_only_pdf, make_png, make_text_pdf
+from tests.support.pdfs import TOPICS, make_image_only_pdf, make_png, make_text_pdf
 
 runner = CliRunner()
 HAVE_TESSERACT = shutil.which("tesseract") is not None

@@ -30,7 +30,7 @@ from indexer.pages import (
     render_page,
     render_pages,
 )
-from tests.pdfs import (
+from tests.support.pdfs import (
     TOPICS,
     make_broken_xref_pdf,
     make_encrypted_pdf,

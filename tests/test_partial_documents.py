@@ -18,7 +18,7 @@ from indexer.maintenance.check import check
 from indexer.maintenance.repair import repair
 from indexer.model import FakeEmbedder
 from indexer.pipeline import Indexer
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.pdfs import TOPICS, make_text_pdf
 
 runner = CliRunner()
 

@@ -32,7 +32,7 @@ from app.cli import cli
 from app.web.launch import PASSWORD_ENV, is_loopback, plan
 from indexer.errors import UsageError
 from tests.netaudit import syscalls
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.pdfs import TOPICS, make_text_pdf
 from tests.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
 
 ROOT = Path(__file__).resolve().parents[1]

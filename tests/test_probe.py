@@ -23,7 +23,7 @@ from PIL import Image
 from app.server import create_app
 from app.server.guard import LOOPBACK_HOSTS
 from indexer.model import FakeEmbedder
-from tests.http_helpers import PublicTestHostFetcher, http_server, post_chunked
+from tests.support.http_helpers import PublicTestHostFetcher, http_server, post_chunked
 from tests.test_server import indexed, live_server  # noqa: F401
 
 KEY = "probe-key"

@@ -2,7 +2,7 @@
 
 One small Ray instance (3 logical CPUs, 128 MiB object store) serves the whole module, and
 one pool of two embedding actors (each loads the tiny model once) serves every job that
-does not test the CLI. Pages are small (16 visual tokens, as in tests/crash_worker.py).
+does not test the CLI. Pages are small (16 visual tokens, as in tests/support/crash_worker.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from indexer.ray import (  # noqa: E402
 from indexer.ray import driver as ray_driver  # noqa: E402
 from indexer.ray.cluster import local_environment  # noqa: E402
 from indexer.store import Collection  # noqa: E402
-from tests.pdfs import TOPICS, make_image_only_pdf, make_png, make_text_pdf  # noqa: E402
+from tests.support.pdfs import TOPICS, make_image_only_pdf, make_png, make_text_pdf  # noqa: E402
 
 TOKENS = 16
 SETTINGS = RenderSettings.for_tokens(TOKENS)
@@ -509,7 +509,7 @@ def test_a_local_instance_listens_on_loopback_only_and_needs_its_token(tmp_path)
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(home)
-    probe = Path(__file__).with_name("ray_loopback_probe.py")
+    probe = Path(__file__).parent / "support" / "ray_loopback_probe.py"
     done = subprocess.run(
         [sys.executable, str(probe)], env=env, capture_output=True, text=True, timeout=300
     )

@@ -33,7 +33,7 @@ from indexer.pipeline import Indexer
 from indexer.store import PAGES_DIR, Collection
 from indexer.stores.local import catalog
 from indexer.stores.local import collection as store_mod
-from tests.pdfs import (
+from tests.support.pdfs import (
     TOPICS,
     make_broken_xref_pdf,
     make_encrypted_pdf,
@@ -52,7 +52,7 @@ from tests.pdfs import (
 )
 
 DATA = Path(__file__).with_name("data")
-WORKER = Path(__file__).with_name("crash_worker.py")
+WORKER = Path(__file__).parent / "support" / "crash_worker.py"
 SMALL = RenderSettings(max_pixels=64 * 28 * 28)  # fast pages for tests that count pages
 runner = CliRunner()
 
@@ -509,7 +509,7 @@ from indexer.model import FakeEmbedder
 from indexer.pipeline import Indexer
 from indexer.store import Collection
 
-from tests.peak_rss import own_peak_mb as peak_mb
+from tests.support.peak_rss import own_peak_mb as peak_mb
 
 before = peak_mb()
 if sys.argv[2] == "--control":  # a known 300 MB, written so that it is resident

@@ -18,7 +18,7 @@ from indexer.model import QUERY_INSTRUCTION, EmbedderBase, FakeEmbedder
 from indexer.pages import RenderSettings, fit_image
 from indexer.pipeline import Indexer
 from retriever.search import Retriever
-from tests.pdfs import TOPICS, make_image_only_pdf, make_text_pdf
+from tests.support.pdfs import TOPICS, make_image_only_pdf, make_text_pdf
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ from indexer.model import FakeEmbedder
 from indexer.pipeline import Indexer
 from indexer.store import Collection
 from retriever.ask import LLMSettings
-from tests.pdfs import TOPICS, make_text_pdf
+from tests.support.pdfs import TOPICS, make_text_pdf
 from tests.test_server import live_server
 
 KEY = {"Authorization": "Bearer api-secret"}

@@ -18,7 +18,7 @@ from app.server import create_app
 from app.server.guard import LOOPBACK_HOSTS
 from indexer.model import FakeEmbedder
 from indexer.pages.raster import TARGET_PIXELS, ImageRefusedError, decode_image
-from tests.http_helpers import post_chunked
+from tests.support.http_helpers import post_chunked
 from tests.test_server import assert_error, data_url, embed, indexed, live_server  # noqa: F401
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto showpage\n%%EOF\n"
@@ -375,7 +375,7 @@ def test_worst_allowed_request_peak_memory(tmp_path):
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root), "PAGELENS_HOME": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, str(root / "tests" / "server_peak.py")],
+        [sys.executable, str(root / "tests" / "support" / "server_peak.py")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -146,7 +146,7 @@ def test_symlinked_uploads_folder_is_refused(tmp_path: Path) -> None:
 def test_uploaded_file_indexes_under_its_original_name(tmp_path: Path) -> None:
     from indexer.pipeline import Indexer
     from indexer.store import Collection
-    from tests.pdfs import TOPICS, make_text_pdf
+    from tests.support.pdfs import TOPICS, make_text_pdf
 
     pdf = make_text_pdf(tmp_path / "src.pdf", TOPICS[:2])
     store = Collection(tmp_path / "c")

@@ -6,7 +6,7 @@ deterministic (same bytes for the same arguments), except for encrypted PDFs, wh
 encryption uses random salts. Pages carry distinctive sentences (see :data:`TOPICS`) so that
 search tests can check which page was found::
 
-    from tests.pdfs import TOPICS, make_text_pdf
+    from tests.support.pdfs import TOPICS, make_text_pdf
     pdf = make_text_pdf(tmp_path / "a.pdf", TOPICS[:3])   # page 2 is about TOPICS[1]
 """
 

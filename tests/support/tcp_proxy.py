@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.milvus_server import free_port
+from tests.support.milvus_server import free_port
 
 
 def make_ca(folder: Path, host: str = "127.0.0.1", *, name: str = "PageLens test") -> dict:

@@ -1,7 +1,8 @@
 """A real indexing process for the crash, concurrency and fuzz tests (run as a subprocess).
 
-    python tests/crash_worker.py index COLLECTION LOG [--pause-at POINT:N] [--slow S] FILES...
-    python tests/crash_worker.py fuzz FILES...
+    python tests/support/crash_worker.py index COLLECTION LOG \
+        [--pause-at POINT:N] [--slow S] FILES...
+    python tests/support/crash_worker.py fuzz FILES...
 
 ``index`` indexes FILES with the fake embedder (small pages, so it is quick), appending one
 JSON line per committed vector batch to LOG (``{"vectors": [page ids]}``) and per embedder
@@ -32,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from indexer.model import FakeEmbedder  # noqa: E402
 from indexer.pages import RenderSettings  # noqa: E402
@@ -42,7 +43,7 @@ from indexer.store import Collection  # noqa: E402
 from indexer.stores import open_collection  # noqa: E402
 from indexer.stores.local import collection as store_mod  # noqa: E402
 from indexer.stores.local import vector_index as vectors  # noqa: E402
-from tests.peak_rss import own_peak_mb  # noqa: E402
+from tests.support.peak_rss import own_peak_mb  # noqa: E402
 
 #: Small pages (16 visual tokens) keep the subprocess tests fast; the logic is the same.
 SETTINGS = RenderSettings(max_pixels=16 * 28 * 28)

@@ -3,7 +3,7 @@
 PageLens reaches it the way a user reaches MinIO, Ceph or R2: ``s3://bucket/prefix`` as the
 image location, ``AWS_ENDPOINT_URL`` and the ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` pair in the environment (:meth:`S3Server.env`). A
-:class:`~tests.tcp_proxy.TcpProxy` in front lets a test make the endpoint fail and come back
+:class:`~tests.support.tcp_proxy.TcpProxy` in front lets a test make the endpoint fail and come back
 with its objects intact (moto keeps them in memory, so killing it would lose them).
 """
 
@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.milvus_server import free_port
-from tests.tcp_proxy import TcpProxy
+from tests.support.milvus_server import free_port
+from tests.support.tcp_proxy import TcpProxy
 
 KEY_ID, SECRET = "pagelens-test-key", "pagelens-test-secret"
 

@@ -3,7 +3,7 @@ loopback port; print its port, wait for a line on stdin, then print the peak RSS
 
 Used by tests/test_server_hostile.py to measure the server's peak memory under the worst
 request the limits allow, in a process of its own (so nothing else the test suite did
-counts; see tests/peak_rss.py).
+counts; see tests/support/peak_rss.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def main() -> None:
 
     from app.server import create_app
     from indexer.model import FakeEmbedder
-    from tests.peak_rss import own_peak_mb
+    from tests.support.peak_rss import own_peak_mb
 
     app = create_app(FakeEmbedder(), max_wait_ms=1)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
