@@ -430,3 +430,74 @@ def test_mcp_beyond_loopback_needs_a_key(monkeypatch, tmp_path):
 def test_the_docs_name_the_rule():
     text = (ROOT / "docs" / "SECURITY.md").read_text()
     assert re.search(r"PAGELENS_APP_PASSWORD", text) and "127.0.0.2" in text
+
+
+def test_a_browser_signs_in_and_the_page_images_stay_behind_the_password(tmp_path, tiny_model_dir):
+    """In Chromium: the login page, then the whole app (WebSocket, upload, search, the page
+    images under /media); the same image URL without the cookie is 401."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.pdfs import TOPICS, make_text_pdf
+    from tests.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
+
+    _require_browser()
+    port = _free_port(SECOND_LOOPBACK)
+    env = _app_env(tmp_path, PAGELENS_APP_PASSWORD="s3cret horse")
+    env.update(PAGELENS_MODEL=str(tiny_model_dir), PAGELENS_DEVICE="cpu")
+    env.update(PAGELENS_IMAGE_TOKENS="16", PAGELENS_CACHE=str(tmp_path / "cache"))
+    pdf = make_text_pdf(tmp_path / "docs" / "notes.pdf", TOPICS[:2])
+    argv = [sys.executable, "-m", "app.cli", "app", "--host", SECOND_LOOPBACK]
+    argv += ["--server.port", str(port), "--server.fileWatcherType", "none"]
+    log = tmp_path / "app.log"
+    url = f"http://{SECOND_LOOPBACK}:{port}"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    media: list[tuple[str, int]] = []
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(url, timeout=2)
+                break
+            time.sleep(0.3)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on(
+                "response",
+                lambda r: media.append((r.url, r.status)) if "/media/" in r.url else None,
+            )
+            page.set_default_timeout(90_000)
+            expect.set_options(timeout=90_000)
+            try:
+                page.goto(url)
+                page.get_by_label("Password").fill("wrong")
+                page.get_by_role("button", name="Open").click()
+                expect(page.get_by_text("Wrong password.")).to_be_visible()
+                time.sleep(0.6)  # the first failure's wait
+                page.get_by_label("Password").fill("s3cret horse")
+                page.get_by_role("button", name="Open").click()
+                expect(page.get_by_text("This collection is empty")).to_be_visible()
+                uploader = page.locator('[data-testid="stFileUploader"]').first
+                uploader.locator('input[type="file"]').set_input_files([str(pdf)])
+                expect(page.get_by_text(re.compile(r"notes\.pdf.*2 pages added"))).to_be_visible()
+                sidebar = page.locator('[data-testid="stSidebar"]')
+                expect(sidebar.get_by_text("All 2 pages embedded")).to_be_visible()
+                page.get_by_label("Question").fill("deep ocean trench")
+                page.get_by_label("Question").press("Enter")
+                expect(page.get_by_text(re.compile(r"^#1 · "))).to_be_visible()
+                page.wait_for_timeout(1500)
+            finally:
+                browser.close()
+        assert media and all(status == 200 for _, status in media), media
+        # the same page image, asked for by anyone without the cookie
+        assert httpx.get(media[0][0], timeout=10).status_code == 401
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
