@@ -74,11 +74,13 @@ def resolved_exposure(st_config: Any, *, check: bool = True) -> Exposure:
     return exposure
 
 
-def client_key(address: str | None) -> str:
+def client_key(address: object) -> str:
     """Whom failed attempts are counted against: the client's IP address (an IPv6 client by
     its /64, which one machine may hold whole)."""
+    if not isinstance(address, str):
+        return "?"
     try:
-        ip = ipaddress.ip_address(address or "")
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return address or "?"
     if isinstance(ip, ipaddress.IPv6Address):
@@ -317,7 +319,7 @@ def _page_exposure_refusal() -> str | None:
     launcher checked) serving beyond loopback without a password, seen from another
     machine."""
     ip = st.context.ip_address
-    if ip is None or is_loopback(ip):  # no server (AppTest), or this computer
+    if not isinstance(ip, str) or is_loopback(ip):  # this computer, or no server (AppTest)
         return None
     try:
         resolved_exposure(st)
