@@ -229,10 +229,13 @@ def _guard_streamlit() -> None:
     create_app = starlette_server.create_starlette_app
 
     def gated_app(*args, **kwargs):
-        return auth.Gate(create_app(*args, **kwargs), st_config)
+        gate = auth.Gate(create_app(*args, **kwargs), st_config)
+        # Only once the gate is really in front of the server does the page's own password
+        # form step aside (a Streamlit serving some other way keeps the form).
+        auth.GATED = True
+        return gate
 
     starlette_server.create_starlette_app = gated_app
-    auth.GATED = True  # the page's own password form steps aside: the gate asked already
 
 
 def main(argv: Sequence[str] | None = None) -> None:
