@@ -125,7 +125,8 @@ def test_mcp_streamable_http_with_key(tmp_path):
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    from app.cli.mcp import _BearerGuard
+    from app.cli.mcp import guarded_http_app
+    from app.exposure import decide
     from app.mcp_server import build_server
     from tests.test_server import live_server
 
@@ -133,7 +134,7 @@ def test_mcp_streamable_http_with_key(tmp_path):
     store = Collection(tmp_path / "collection")
     Indexer(store, None).add([pdf], embed=False)
     server = build_server(store, None)  # no model: search falls back to the text layer
-    app = _BearerGuard(server.streamable_http_app(host="127.0.0.1"), "mcp-key")
+    app = guarded_http_app(server, decide("127.0.0.1"), "mcp-key")
 
     with live_server(app) as url:
         assert httpx.post(f"{url}/mcp", json={}).status_code == 401

@@ -6,7 +6,6 @@ Commands stay thin: they parse options, call the library, and print. Domain erro
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -206,18 +205,6 @@ def check_search_usage(
             PageRange.parse(pages)
         except PageLensError as exc:
             fail(str(exc), 2)
-
-
-def is_loopback_bind(host: str) -> bool:
-    """True when ``--host`` binds a loopback address (``localhost``, 127.0.0.0/8, ``::1``):
-    the servers of ``pagelens serve`` and ``pagelens mcp --http`` are then reachable from
-    this machine only, and may run without an API key."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

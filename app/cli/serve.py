@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from app.cli.common import fail, is_loopback_bind, options, run_guarded, say
+from app.cli.common import fail, options, run_guarded, say
 from app.cli.root import cli
+from app.exposure import decide, require_secret
 from indexer.config import API_KEY_ENV
+from indexer.errors import UsageError
 from indexer.stores import is_milvus_spec
 
 
@@ -59,6 +61,17 @@ def serve(
             "give a key, or leave both unset to serve without one",
             2,
         )
+    exposure = decide(host, allow_host)
+    try:  # the one exposure rule of serve, app and mcp (app/exposure.py)
+        require_secret(
+            exposure,
+            api_key,
+            what="pagelens serve",
+            secret_name=f"an API key (--api-key or {API_KEY_ENV})",
+            default="127.0.0.1",
+        )
+    except UsageError as exc:
+        fail(str(exc), 2)
     bad = [spec for spec in allow_collection if not is_milvus_spec(spec)]
     if bad:
         fail(f"--allow-collection takes milvus:// addresses, not {bad[0]!r}", 2)
@@ -68,7 +81,6 @@ def serve(
         import uvicorn
 
         from app.server import create_app
-        from app.server.guard import LOOPBACK_HOSTS
         from app.server.named_collections import make_resolver, milvus_key
         from retriever.ask import LLMSettings
 
@@ -89,12 +101,13 @@ def serve(
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
             llm=llm,
-            allowed_hosts=(LOOPBACK_HOSTS | set(allow_host)) if is_loopback_bind(host) else None,
+            allowed_hosts=exposure.allowed_hosts,
         )
-        if not is_loopback_bind(host) and not api_key:
-            say(f"warning: serving on {host} without --api-key: anyone who can reach it can use it")
-        say(f"PageLens API on http://{host}:{port}/v1 (model {embedder.model_id}); Ctrl+C stops")
+        say(
+            f"PageLens API on http://{exposure.address}:{port}/v1 "
+            f"(model {embedder.model_id}); Ctrl+C stops"
+        )
         say(f"/v1/ask sends pages to {llm.destination()}")
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=exposure.address, port=port, log_level="info")
 
     run_guarded(body)

@@ -5,31 +5,47 @@ delete a user's documents), sends usage statistics, looks up the machine's exter
 ``checkip.amazonaws.com`` and a LAN address by "connecting" a UDP socket to 8.8.8.8, and
 shows a "Deploy" button. PageLens turns all of that off:
 
-* it listens on ``127.0.0.1`` unless another address is asked for explicitly (``--host``
-  or Streamlit's ``--server.address``); then ``PAGELENS_APP_PASSWORD`` is required (the
-  page asks for it and compares it in constant time, see :mod:`app.web.auth`) and a loud
-  warning says the app is exposed;
+* it listens on ``127.0.0.1`` unless another address is asked for: ``--host``, or the
+  address Streamlit itself would take (its ``--server.address`` flag, the last one given,
+  an empty one meaning every interface; else ``STREAMLIT_SERVER_ADDRESS``; else
+  ``server.address`` in ``~/.streamlit/config.toml``, ``./.streamlit/config.toml`` or the
+  script's own). Any address but loopback requires ``PAGELENS_APP_PASSWORD``
+  (:mod:`app.exposure`, the rule ``serve`` and ``mcp`` follow too), and a loud warning says
+  the app is exposed. The address decided is passed on as the one ``--server.address``;
+* inside the Streamlit process, :func:`main` checks the address Streamlit really resolved,
+  once every flag, variable and config file is read, before anything binds, and puts
+  :class:`app.web.auth.Gate` in front of Streamlit's whole server: with a password set
+  nothing (page, ``/media/*``, uploads, the WebSocket) answers without the session cookie
+  its login page sets, wrong passwords slow down (per client, exponentially, bounded), and a
+  loopback bind answers only to its own Host names;
 * usage statistics off, headless (no browser auto-open, no first-run e-mail prompt),
   toolbar in "minimal" mode (no Deploy button);
-* Streamlit runs through :func:`main` here, which replaces its two IP look-ups by local
-  answers before the server starts.
+* Streamlit's two IP look-ups are replaced by local answers before the server starts.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from app.exposure import LOOPBACK_NAMES, decide, require_secret
+from app.exposure import is_loopback as is_loopback  # re-exported
 from indexer import config
 from indexer.config import APP_PASSWORD_ENV
 from indexer.errors import UsageError
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the check inside the Streamlit process remains
+    tomllib = None
+
 LOOPBACK = "127.0.0.1"
 PASSWORD_ENV = APP_PASSWORD_ENV
-#: Host names a loopback app answers to (``server.allowedHosts``; ports are ignored).
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+ADDRESS = "server.address"
+ADDRESS_ENV = "STREAMLIT_SERVER_ADDRESS"
 #: Streamlit settings PageLens always sets (a user's explicit command-line option wins).
 PRIVATE_DEFAULTS = {
     "browser.gatherUsageStats": "false",
@@ -37,17 +53,6 @@ PRIVATE_DEFAULTS = {
     "client.toolbarMode": "minimal",
     "global.showWarningOnDirectExecution": "false",
 }
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (``localhost``, 127.0.0.0/8, ``::1``)."""
-    host = host.strip().strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -62,14 +67,78 @@ class AppLaunch:
 
 
 def _given(args: Sequence[str], name: str) -> str | None:
-    """The value of ``--name VALUE`` or ``--name=VALUE`` among Streamlit's options."""
+    """The value Streamlit (click) takes for ``--name VALUE`` / ``--name=VALUE``: the last one
+    given (``""`` for an empty one), None when absent. Arguments after ``--`` are the
+    script's."""
     flag = f"--{name}"
+    value = None
     for i, arg in enumerate(args):
+        if arg == "--":
+            break
         if arg == flag and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _without(args: Sequence[str], name: str) -> list[str]:
+    """``args`` without any ``--name VALUE`` / ``--name=VALUE`` before ``--``."""
+    flag = f"--{name}"
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + list(args[i:])
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
+
+
+def config_files(script: str, environ: Mapping[str, str]) -> list[Path]:
+    """Streamlit's config files, in the order it reads them (a later one wins): the user's,
+    the working folder's, the script's folder's."""
+    home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+    files = [home / ".streamlit" / "config.toml", Path.cwd() / ".streamlit" / "config.toml"]
+    own = Path(script).resolve().parent / ".streamlit" / "config.toml"
+    return files + ([own] if own not in [f.resolve() for f in files] else [])
+
+
+def configured_address(script: str, environ: Mapping[str, str]) -> str | None:
+    """``server.address`` as Streamlit's config files set it (None: not set)."""
+    address = None
+    if tomllib is None:
+        return None
+    for path in config_files(script, environ):
+        try:
+            section = tomllib.loads(path.read_text(encoding="utf-8")).get("server") or {}
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read Streamlit's config file {path}: {exc}") from exc
+        if isinstance(section, dict) and section.get("address") is not None:
+            address = str(section["address"])
+    return address
+
+
+def requested_address(
+    script: str, args: Sequence[str], host: str | None, environ: Mapping[str, str]
+) -> str:
+    """The address the app is asked to listen on, decided as Streamlit decides it (flag,
+    the last one; variable; config files), with ``--host`` first and 127.0.0.1 (not
+    Streamlit's every-interface default) when nothing asks."""
+    explicit = _given(args, ADDRESS)
+    if host is not None and explicit is not None and host != explicit:
+        raise UsageError(f"--host {host} and --server.address {explicit} disagree; give one.")
+    for value in (host, explicit, environ.get(ADDRESS_ENV) or None):
+        if value is not None:
+            return value
+    found = configured_address(script, environ)
+    return LOOPBACK if found is None else found
 
 
 def plan(
@@ -81,32 +150,29 @@ def plan(
 ) -> AppLaunch:
     """Decide the address and private settings; :class:`UsageError` if exposed without a
     password (before anything starts)."""
-    args = list(args)
-    explicit = _given(args, "server.address")
-    env_host = environ.get("STREAMLIT_SERVER_ADDRESS")
-    if host and explicit and host != explicit:
-        raise UsageError(f"--host {host} and --server.address {explicit} disagree; give one.")
-    address = host or explicit or env_host or LOOPBACK
-    if explicit is None:
-        args += ["--server.address", address]
+    exposure = decide(requested_address(script, args, host, environ))
+    address = exposure.address  # an empty address is every interface: say so
+    args = [*_without(args, ADDRESS), f"--{ADDRESS}", address]
     for name, value in PRIVATE_DEFAULTS.items():
         if _given(args, name) is None:
             args += [f"--{name}", value]
-    exposed = not is_loopback(address)
-    if not exposed and _given(args, "server.allowedHosts") is None:
+    if exposure.loopback and _given(args, "server.allowedHosts") is None:
         if not environ.get("STREAMLIT_SERVER_ALLOWED_HOSTS"):
             # Against DNS rebinding: a web page that points its own name at 127.0.0.1 must
-            # not reach the app's WebSocket (Streamlit checks Host against this list).
-            for name in LOOPBACK_NAMES:
+            # not reach the app's WebSocket (Streamlit checks Host against this list; the
+            # gate, app.web.auth, checks every request against the same names).
+            names = [*LOOPBACK_NAMES, address.strip("[]").lower()]
+            for name in dict.fromkeys(names):
                 args += ["--server.allowedHosts", name]
-    launch = AppLaunch(args=["run", script, *args], host=address, exposed=exposed)
-    if exposed:
-        if not config.get(PASSWORD_ENV, environ):
-            raise UsageError(
-                f"the app would listen on {address}, reachable from other machines, without a "
-                f"password: set {PASSWORD_ENV} (everyone must enter it), or leave --host "
-                f"out to keep the app on this computer ({LOOPBACK})."
-            )
+    launch = AppLaunch(args=["run", script, *args], host=address, exposed=not exposure.loopback)
+    require_secret(
+        exposure,
+        config.get(PASSWORD_ENV, environ),
+        what="the app",
+        secret_name=f"a password ({PASSWORD_ENV}; everyone must enter it)",
+        default=LOOPBACK,
+    )
+    if launch.exposed:
         port = _given(args, "server.port") or environ.get("STREAMLIT_SERVER_PORT") or "8501"
         launch.warning = (
             f"WARNING: the PageLens app is EXPOSED on http://{address}:{port} (not only this "
@@ -127,9 +193,56 @@ def _local_only_lookups() -> None:
     net_util.get_internal_ip = lambda: None
 
 
+def _guard_streamlit() -> None:
+    """Check the address Streamlit resolved (flags, variables, config files) before it
+    binds, and put :class:`app.web.auth.Gate` in front of its server. Fails closed: a
+    Streamlit whose server cannot be wrapped does not start."""
+    from streamlit import config as st_config
+    from streamlit.web import bootstrap
+
+    from app.web import auth
+
+    starlette_server: Any = None
+    try:
+        from streamlit.web.server.starlette import starlette_server
+    except ImportError:  # an older Streamlit (Tornado): the page's own form is all there is
+        pass
+    if not hasattr(starlette_server, "create_starlette_app"):
+        if auth.app_password():
+            raise SystemExit(
+                "error: this Streamlit cannot be guarded by PageLens's password gate (it "
+                "predates its Starlette server); upgrade it: pip install -U streamlit"
+            )
+        starlette_server = None
+    run = bootstrap.run
+
+    def checked_run(*args, **kwargs):  # after Streamlit read every flag and config file
+        try:
+            auth.resolved_exposure(st_config)
+        except UsageError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        return run(*args, **kwargs)
+
+    bootstrap.run = checked_run
+    if starlette_server is None:
+        return
+    create_app = starlette_server.create_starlette_app
+
+    def gated_app(*args, **kwargs):
+        gate = auth.Gate(create_app(*args, **kwargs), st_config)
+        # Only once the gate is really in front of the server does the page's own password
+        # form step aside (a Streamlit serving some other way keeps the form).
+        auth.GATED = True
+        return gate
+
+    starlette_server.create_starlette_app = gated_app
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m app.web.launch run SCRIPT [streamlit options]``: Streamlit, private."""
+    """``python -m app.web.launch run SCRIPT [streamlit options]``: Streamlit, private and
+    guarded."""
     _local_only_lookups()
+    _guard_streamlit()
     from streamlit.web import cli as stcli
 
     sys.argv = ["streamlit", *(sys.argv[1:] if argv is None else argv)]
