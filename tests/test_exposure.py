@@ -437,7 +437,7 @@ def test_a_browser_signs_in_and_the_page_images_stay_behind_the_password(tmp_pat
     images under /media); the same image URL without the cookie is 401."""
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.pdfs import TOPICS, make_text_pdf
+    from tests.support.pdfs import TOPICS, make_text_pdf
     from tests.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
 
     _require_browser()
