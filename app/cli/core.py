@@ -208,11 +208,21 @@ def app_cmd(
         help="Address to listen on (default 127.0.0.1: this computer only). Any other "
         "address exposes the app and requires PAGELENS_APP_PASSWORD.",
     ),
+    port: int = typer.Option(
+        None, "--port", help="Port to listen on (default 8501), as 'pagelens serve --port'."
+    ),
 ) -> None:
     """Start the web app on this computer (Streamlit options pass through, e.g.
-    --server.port 8601). Private by default: loopback only, no usage statistics."""
+    --server.maxUploadSize 500). Private by default: loopback only, no usage statistics."""
     from app.web import launch as app_launch
 
+    args = list(ctx.args)
+    if port is not None:
+        if not 1 <= port <= 65535:
+            fail(f"--port must be between 1 and 65535, not {port}", 2)
+        if any(a == "--server.port" or a.startswith("--server.port=") for a in args):
+            fail("give --port or --server.port, not both", 2)
+        args += ["--server.port", str(port)]
     opts = options(ctx)
     script = Path(__file__).parent.parent / "streamlit_app.py"
     env = os.environ.copy()
@@ -220,11 +230,11 @@ def app_cmd(
         env[COLLECTION_ENV] = opts.collection
     env.update(opts.settings.to_env())
     limit = config.get(MAX_UPLOAD_MB_ENV, env)
-    if limit and not any("maxUploadSize" in a for a in ctx.args):
+    if limit and not any("maxUploadSize" in a for a in args):
         # Streamlit's own upload cap must be at least PageLens's limit.
         env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", limit)
     try:
-        launch = app_launch.plan(str(script), ctx.args, host=host, environ=env)
+        launch = app_launch.plan(str(script), args, host=host, environ=env)
     except UsageError as exc:
         fail(str(exc), 2)
     if launch.warning:
