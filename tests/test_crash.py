@@ -26,7 +26,7 @@ from indexer.store import PAGES_DIR, VECTORS, Collection
 from tests.support.pdfs import TOPICS, make_image_only_pdf, make_png, make_text_pdf
 
 WORKER = Path(__file__).parent / "support" / "crash_worker.py"
-ROOT = WORKER.parent.parent
+ROOT = WORKER.parents[2]
 
 #: Problems a crash may leave (all harmless: the cache lags, a half-written image, a
 #: document to finish, pages to embed). Anything else is a bug.

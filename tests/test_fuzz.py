@@ -238,7 +238,7 @@ def test_fuzzed_sample_in_a_subprocess(corpus):
         capture_output=True,
         text=True,
         timeout=180,
-        cwd=WORKER.parent.parent,
+        cwd=WORKER.parents[2],
     )
     assert proc.returncode == 0, f"indexing process died ({proc.returncode}): {proc.stderr[-2000:]}"
     lines = proc.stdout.strip().splitlines()

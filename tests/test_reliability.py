@@ -235,7 +235,7 @@ def _index_in_subprocess(tmp_path: Path, name: str, pdf: Path) -> dict:
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=WORKER.parent.parent,
+        cwd=WORKER.parents[2],
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -535,7 +535,7 @@ def test_memory_stays_bounded_for_a_20000px_image(tmp_path):
             capture_output=True,
             text=True,
             timeout=300,
-            cwd=WORKER.parent.parent,
+            cwd=WORKER.parents[2],
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         return json.loads(proc.stdout.strip().splitlines()[-1])
