@@ -89,7 +89,9 @@ class Qwen3VLReranker:
     # ---------------------------------------------------------------- inputs
 
     def _vision(self, image: Image.Image) -> _Vision:
-        fetched = recipe.prepare_image(image, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        fetched = recipe.prepare_image(
+            image, min_pixels=self.min_pixels, max_pixels=self.max_pixels
+        )
         out = self.image_processor(images=[fetched], do_resize=False, return_tensors="pt")
         grid = out["image_grid_thw"]
         return _Vision(out["pixel_values"], grid, int(grid.prod()) // self.merge)

@@ -148,8 +148,10 @@ CHAT_TEMPLATE = (
     "{%- macro part(content) -%}"
     "{%- if content is string -%}{{ content }}"
     "{%- else -%}{%- for item in content -%}"
-    "{%- if item.type == 'image' or 'image' in item -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif item.type == 'video' or 'video' in item -%}<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- if item.type == 'image' or 'image' in item -%}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif item.type == 'video' or 'video' in item -%}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
     "{%- elif 'text' in item -%}{{ item.text }}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
     "{%- endmacro -%}"
@@ -188,7 +190,9 @@ def build_tokenizer() -> Any:
 
     tok = qwen2_vl_tokenizer()
     for text, special in QWEN3_EXTRA_TOKENS:
-        tok.add_tokens([AddedToken(text, special=special, normalized=False)], special_tokens=special)
+        tok.add_tokens(
+            [AddedToken(text, special=special, normalized=False)], special_tokens=special
+        )
     tok.model_max_length = 262144
     ids = tok.convert_tokens_to_ids([t for t, _ in QWEN3_EXTRA_TOKENS])
     expected = list(range(EXTRA_START_ID, EXTRA_START_ID + len(QWEN3_EXTRA_TOKENS)))
@@ -250,7 +254,12 @@ def build_random_reranker(
 
 
 def random_reranker(
-    size: str = "tiny", *, seed: int = 0, device: str | None = None, dtype: Any = None, **options: Any
+    size: str = "tiny",
+    *,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: Any = None,
+    **options: Any,
 ) -> Any:
     """A random-weight reranker built in memory (nothing saved) behind
     :class:`~indexer.model.rerank.qwen3vl.Qwen3VLReranker`; ``options`` go to it."""

@@ -6,7 +6,11 @@ Re-implemented from the reference inference script of QwenLM/Qwen3-VL-Embedding
 
 1. **Prompt** (tokenised with nothing added)::
 
-       <|im_start|>system\\n{SYSTEM_PROMPT}<|im_end|>\\n<|im_start|>user\\n<Instruct>: {instruction}<Query>:{query}\\n<Document>:{document}<|im_end|>\\n<|im_start|>assistant\\n
+       <|im_start|>system\\n{SYSTEM_PROMPT}<|im_end|>\\n
+       <|im_start|>user\\n<Instruct>: {instruction}<Query>:{query}\\n<Document>:{document}
+       <|im_end|>\\n<|im_start|>assistant\\n
+
+   (one string, shown on three lines; no newline after `{document}`).
 
    This is what the reference gets from the checkpoint's chat template
    (``apply_chat_template(..., add_generation_prompt=True)``) for its messages: a system
