@@ -3,8 +3,9 @@
 Holds ``base`` (the interface and the two named sides of retrieval), ``fake`` (a
 deterministic stand-in for tests), ``gme/`` (GME on transformers: recipe, embedder, query
 weights, loading, speed-ups), ``runtime/`` (device and dtype, CPU features, low-precision
-kernels, heap and memory) and ``remote/`` (an OpenAI-compatible endpoint behind the same
-interface). :func:`load_embedder` picks between GME here and a remote endpoint.
+kernels, heap and memory), ``remote/`` (an OpenAI-compatible endpoint behind the same
+interface) and ``rerank/`` (the ``Reranker`` interface and Qwen3-VL-Reranker, imported on
+their own). :func:`load_embedder` picks between GME here and a remote endpoint.
 
 May import: ``indexer.config``, ``indexer.errors``, ``indexer.identity`` and its own
 subpackages; never ``indexer.stores``, ``indexer.pages`` or anything above ``indexer``.

@@ -21,6 +21,8 @@ class FakeReranker:
 
     def __init__(self, model_id: str = "pagelens/fake-reranker") -> None:
         self.model_id = model_id
+        self.fingerprint: str | None = None  # matched by name: it has no weights
+        self.revision: str | None = None
         self.calls: list[int] = []
 
     def score(self, query: RerankQuery, pages: Sequence[RerankPage]) -> np.ndarray:
@@ -29,5 +31,5 @@ class FakeReranker:
         if not wanted:
             return np.full(len(pages), 0.5, dtype=np.float32)
         return np.array(
-            [len(wanted & _words(p.text)) / len(wanted) for p in pages], dtype=np.float32
+            [len(wanted & _words(p.text or "")) / len(wanted) for p in pages], dtype=np.float32
         )
