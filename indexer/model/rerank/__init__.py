@@ -14,5 +14,6 @@ from __future__ import annotations
 
 from indexer.model.rerank.base import Reranker, RerankPage, RerankQuery
 from indexer.model.rerank.fake import FakeReranker
+from indexer.model.rerank.loading import load_reranker
 
-__all__ = ["FakeReranker", "RerankPage", "RerankQuery", "Reranker"]
+__all__ = ["FakeReranker", "RerankPage", "RerankQuery", "Reranker", "load_reranker"]
