@@ -101,7 +101,10 @@ def read_item(
         texts: list[str] = []
         refs: list[str] = []
         for j, part in enumerate(item.content):
-            value = part.text if part.type == "text" else (part.image_url and part.image_url.url)
+            if part.type == "text":
+                value = part.text
+            else:
+                value = part.image_url.url if part.image_url is not None else None
             if value is None:
                 field = "text" if part.type == "text" else "image_url.url"
                 raise ApiError(
