@@ -200,8 +200,22 @@ DTYPE_ENV = variable("PAGELENS_DTYPE", "the model's dtype: bfloat16, float16, fl
 IMAGE_TOKENS_ENV = variable("PAGELENS_IMAGE_TOKENS", "visual-token budget per page (1280)")
 QUANTIZE_ENV = variable("PAGELENS_QUANTIZE", "opt-in CPU fast path: int8 (default: off)")
 COMPILE_ENV = variable("PAGELENS_COMPILE", "1: torch.compile the model's blocks (opt-in)")
+RERANK_URL_ENV = variable(
+    "PAGELENS_RERANK_URL", "rerank through this /v1/rerank endpoint (vLLM, Jina, pagelens serve)"
+)
 RERANK_MODEL_ENV = variable(
-    "PAGELENS_RERANK_MODEL", "the reranker: hub id or folder (Qwen/Qwen3-VL-Reranker-2B)"
+    "PAGELENS_RERANK_MODEL",
+    "the reranker: a hub id or folder run here (Qwen/Qwen3-VL-Reranker-2B), or the model "
+    "name at PAGELENS_RERANK_URL",
+)
+RERANK_API_KEY_ENV = variable(
+    "PAGELENS_RERANK_API_KEY", "the rerank endpoint's API key (sent as a bearer token)"
+)
+RERANK_TIMEOUT_ENV = variable(
+    "PAGELENS_RERANK_TIMEOUT", "seconds one remote rerank may take in all (default 30)"
+)
+RERANK_CA_ENV = variable(
+    "PAGELENS_RERANK_CA", "a CA bundle (PEM) to trust for an https rerank endpoint"
 )
 
 

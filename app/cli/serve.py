@@ -51,8 +51,15 @@ def serve(
     max_queue: int = typer.Option(
         1024, "--max-queue", help="Inputs allowed to wait; beyond, requests get 503."
     ),
+    reranker: str = typer.Option(
+        None,
+        "--reranker",
+        metavar="MODEL",
+        help="Also serve /v1/rerank with this reranker (a model, or a /v1/rerank endpoint "
+        "URL), so that clients can rerank through this server.",
+    ),
 ) -> None:
-    """Serve OpenAI-compatible /v1/embeddings and /v1/search over HTTP."""
+    """Serve OpenAI-compatible /v1/embeddings and /v1/search (and /v1/rerank) over HTTP."""
     if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
         fail("--max-batch and --max-queue must be >= 1, --max-wait-ms >= 0", 2)
     if api_key is not None and not api_key.strip():
@@ -82,9 +89,12 @@ def serve(
 
         from app.server import create_app
         from app.server.named_collections import make_resolver, milvus_key
+        from indexer.model.rerank import load_reranker
         from retriever.ask import LLMSettings
 
         llm = LLMSettings.from_env()  # bad PAGELENS_LLM_* values fail here, at start
+        # The reranker first: a wrong name fails in seconds, before the embedder loads.
+        rerank_model = load_reranker(reranker) if reranker else None
         embedder = opts.embedder()
         for spec in allow_collection:
             milvus_key(spec)  # a malformed address fails here, at start
@@ -102,12 +112,15 @@ def serve(
             max_queue=max_queue,
             llm=llm,
             allowed_hosts=exposure.allowed_hosts,
+            reranker=rerank_model,
         )
         say(
             f"PageLens API on http://{exposure.address}:{port}/v1 "
             f"(model {embedder.model_id}); Ctrl+C stops"
         )
         say(f"/v1/ask sends pages to {llm.destination()}")
+        if rerank_model is not None:
+            say(f"/v1/rerank reranks with {rerank_model.model_id}")
         uvicorn.run(app, host=exposure.address, port=port, log_level="info")
 
     run_guarded(body)

@@ -40,8 +40,14 @@ Endpoints
     (``PAGELENS_LLM_URL``; 503 ``llm_not_configured`` and nothing sent without one) ->
     ``{"answer", "citations", "hits", "model"}``, or server-sent events with ``"stream": true``
     (see :mod:`app.server.routes_ask`).
+``POST /v1/rerank``
+    With a reranker (``create_app(..., reranker=)``, ``pagelens serve --reranker``): the
+    ``/v1/rerank`` shape of vLLM, Jina and Cohere (``model``, ``query``, ``documents``,
+    ``top_n``) -> ``{"results": [{"index", "relevance_score"}]}`` best first; documents and
+    query may carry one image each (see :mod:`app.server.routes_rerank`). Without one: 404
+    ``reranker_not_configured``.
 ``GET /v1/models``, ``GET /v1/models/{id}``
-    OpenAI's list / model shapes.
+    OpenAI's list / model shapes (the reranker listed too, with ``"task": "rerank"``).
 ``GET /health``
     ``{"status": "ok", "model", "dim", "batches", "max_batch_seen", ...}`` (never needs a key).
 
@@ -61,6 +67,7 @@ Layout (one job per module)
 ``routes_embeddings``  ``/v1/embeddings``.
 ``routes_search``      ``/v1/search``, ``/v1/pages/{id}/image``.
 ``routes_ask``         ``/v1/ask`` (search, then the configured LLM; SSE streaming).
+``routes_rerank``      ``/v1/rerank`` (the server's reranker, one rerank at a time).
 ``schemas``            request bodies (pydantic).
 ``errors``             :class:`ApiError` and the OpenAI-style error handlers.
 ``guard``              ASGI middleware: API key and body-size limit.

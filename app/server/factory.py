@@ -9,7 +9,14 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from app.server import docs_page, routes_ask, routes_embeddings, routes_meta, routes_search
+from app.server import (
+    docs_page,
+    routes_ask,
+    routes_embeddings,
+    routes_meta,
+    routes_rerank,
+    routes_search,
+)
 from app.server.batching import BatchedEmbedder, DynamicBatcher
 from app.server.errors import install_error_handlers
 from app.server.fetch import UrlImageFetcher
@@ -23,14 +30,21 @@ from app.server.limits import (
     MAX_REQUEST_PIXELS,
 )
 from app.server.named_collections import CollectionCache, resolve_collection_name
-from app.server.state import ServerState, model_names, public_model_id
+from app.server.state import ServerState, model_names, public_model_id, reranker_names
 from app.server.tokens import check_item
 from app.warmup import prepare_queries_in_background
 from indexer.model import Embedder
+from indexer.model.rerank import Reranker
 from retriever.ask import LLMSettings
 
 #: The route modules, in the order their paths appear in the OpenAPI document.
-ROUTERS = (routes_meta.router, routes_embeddings.router, routes_search.router, routes_ask.router)
+ROUTERS = (
+    routes_meta.router,
+    routes_embeddings.router,
+    routes_search.router,
+    routes_ask.router,
+    routes_rerank.router,
+)
 
 
 def create_app(
@@ -52,6 +66,7 @@ def create_app(
     llm: LLMSettings | None = None,
     allowed_hosts: Iterable[str] | None = None,
     prepare_queries: bool = True,
+    reranker: Reranker | None = None,
 ) -> FastAPI:
     """The API app around one embedder (see :mod:`app.server` for the endpoints).
 
@@ -64,8 +79,10 @@ def create_app(
     ports) limits the ``Host`` header a request may carry, against DNS rebinding; ``pagelens
     serve`` passes the loopback names when it binds to loopback.
     ``api_key=""`` is refused: an empty key would silently mean no authentication.
-    ``prepare_queries``: at start-up, decide the text-query weights in the background
-    (:mod:`app.warmup`), so that the first query is already on the fast path.
+    ``reranker`` turns ``/v1/rerank`` on (without one it answers 404) and is listed in
+    ``/v1/models`` beside the embedder. ``prepare_queries``: at start-up, decide the
+    text-query weights in the background (:mod:`app.warmup`), so that the first query is
+    already on the fast path.
     """
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key must not be empty (None means no key)")
@@ -91,6 +108,9 @@ def create_app(
         max_items=max_items,
         llm=llm,
         max_request_pixels=max_request_pixels,
+        reranker=reranker,
+        reranker_id=public_model_id(reranker.model_id) if reranker is not None else "",
+        reranker_accepted=reranker_names(reranker.model_id) if reranker is not None else set(),
     )
 
     @contextlib.asynccontextmanager
@@ -101,6 +121,9 @@ def create_app(
         yield
         await run_in_threadpool(batcher.close)
         state.collections.close()
+        close = getattr(reranker, "close", None)
+        if callable(close):  # a remote reranker's connections
+            await run_in_threadpool(close)
 
     app = FastAPI(
         title="PageLens API",

@@ -65,3 +65,37 @@ class SearchRequest(CheckedBody):
     documents: list[str | int] | None = None
     mode: Literal["visual", "text", "hybrid"] | None = None
     pages: str | None = Field(default=None, description="A page range, e.g. 3-7.")
+
+
+class ImageUrl(CheckedBody):
+    url: str
+
+
+class ContentPart(CheckedBody):
+    """One part of a multimodal rerank document (OpenAI's chat content shape, as vLLM's
+    ``/v1/rerank`` takes it)."""
+
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageUrl | None = None
+
+
+class RerankContent(CheckedBody):
+    """A multimodal query or document: ``{"content": [parts]}`` (at most one image)."""
+
+    model_config = ConfigDict(extra="forbid")
+    content: list[ContentPart]
+
+
+RerankItem = str | RerankContent | InputItem
+
+
+class RerankRequest(CheckedBody):
+    model: str | None = Field(default=None, description="The served reranker's id or alias.")
+    query: RerankItem = Field(description="A string, {content: [...]} or {text, image}.")
+    documents: list[RerankItem] | RerankContent = Field(
+        description="Strings, {content: [...]} or {text, image} objects; a single {content} "
+        "object means one document per part (vLLM's older form)."
+    )
+    top_n: int | None = Field(default=None, description="Return the best n (default: all).")
+    return_documents: bool = False

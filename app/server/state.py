@@ -8,7 +8,8 @@ endpoint goes in its own ``routes_*.py`` module) see the same batcher, images an
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -20,6 +21,7 @@ from app.server.limits import MAX_ITEMS, MAX_REQUEST_PIXELS
 from app.server.named_collections import CollectionCache
 from indexer.config import DEFAULT_MODEL_ID
 from indexer.model import Embedder
+from indexer.model.rerank import Reranker
 from retriever.ask import LLMSettings
 
 #: Names every server answers to besides its model id and that id's last path part.
@@ -59,6 +61,49 @@ class ServerState:
     #: Where ``/v1/ask`` sends pages; None: read ``PAGELENS_LLM_*`` per request.
     llm: LLMSettings | None = None
     max_request_pixels: int = MAX_REQUEST_PIXELS
+    #: The reranker ``/v1/rerank`` runs (None: the endpoint answers 404), its public id, the
+    #: names a request may use for it, and the lock that lets one rerank use it at a time.
+    reranker: Reranker | None = None
+    reranker_id: str = ""
+    reranker_accepted: set[str] = field(default_factory=set)
+    rerank_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def require_reranker(self) -> Reranker:
+        """The reranker, or 404: a server started without ``--reranker`` has none."""
+        if self.reranker is None:
+            raise ApiError(
+                404,
+                "This server has no reranker; start it with `pagelens serve --reranker MODEL`.",
+                code="reranker_not_configured",
+            )
+        return self.reranker
+
+    def check_reranker_model(self, name: str) -> None:
+        """404 unless ``name`` is one of the served reranker's names."""
+        if name.strip().lower() not in self.reranker_accepted:
+            raise ApiError(
+                404,
+                f"The model '{name}' is not a reranker on this server; it reranks with "
+                f"'{self.reranker_id}'.",
+                param="model",
+                code="model_not_found",
+            )
+
+    def reranker_card(self) -> dict:
+        """The reranker's model object: marked ``"task": "rerank"`` so that a client can tell
+        it from the embedder in ``/v1/models``, with the weights' identity when known."""
+        card = {
+            "id": self.reranker_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "pagelens",
+            "task": "rerank",
+        }
+        for key in ("fingerprint", "revision"):
+            value = getattr(self.reranker, key, None)
+            if value:
+                card[key] = str(value)
+        return card
 
     def check_model(self, name: str) -> None:
         """404 unless ``name`` is one of the served model's names."""
@@ -85,6 +130,12 @@ class ServerState:
         if self.embedder.revision:
             card["revision"] = str(self.embedder.revision)
         return card
+
+
+def reranker_names(model_id: str) -> set[str]:
+    """Lower-cased names a rerank request's ``model`` may use for the served reranker."""
+    base = os.path.basename(model_id.rstrip("/\\"))
+    return {n.lower() for n in (model_id, base, public_model_id(model_id), "reranker", "default")}
 
 
 def get_state(request: Request) -> ServerState:

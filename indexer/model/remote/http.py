@@ -34,26 +34,27 @@ def is_endpoint_url(value: object) -> bool:
     return isinstance(value, str) and value.strip().lower().startswith(("http://", "https://"))
 
 
-def api_base(url: str) -> str:
+def api_base(url: str, *, what: str = "embedder", key_env: str = "PAGELENS_API_KEY") -> str:
     """The endpoint's OpenAI base (``.../v1``) from what a person types.
 
     ``http://gpu:8000``, ``http://gpu:8000/`` and ``http://gpu:8000/v1`` all mean
     ``http://gpu:8000/v1``; a URL with another path (a hosted API's
-    ``https://host/compatible-mode/v1``) is kept as given.
+    ``https://host/compatible-mode/v1``) is kept as given. ``what`` and ``key_env`` name the
+    client (the embedder, the reranker) and its key's variable in the messages.
     """
     text = str(url).strip()
     parts = urllib.parse.urlsplit(text)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise EndpointError(
-            f"The embedder URL must be http:// or https:// with a host, not {redact_url(text)!r}."
+            f"The {what} URL must be http:// or https:// with a host, not {redact_url(text)!r}."
         )
     if parts.username or parts.password:
         raise EndpointError(
-            "Put no credentials in the embedder URL; give the key with PAGELENS_API_KEY "
+            f"Put no credentials in the {what} URL; give the key with {key_env} "
             "(it is sent as a bearer token)."
         )
     if parts.query or parts.fragment:
-        raise EndpointError("The embedder URL must not have a query string or fragment.")
+        raise EndpointError(f"The {what} URL must not have a query string or fragment.")
     path = parts.path.rstrip("/")
     if path == "":
         path = "/v1"
@@ -130,12 +131,13 @@ def make_client(
     concurrency: int,
     verify: bool | str | ssl.SSLContext,
     transport: Any,
+    user_agent: str = "pagelens-remote-embedder",
 ) -> httpx.Client:
     """The HTTP client for one endpoint: the key only in the ``Authorization`` header, a CA
     bundle path turned into an SSL context, and no proxies from the environment."""
     import httpx
 
-    headers = {"User-Agent": "pagelens-remote-embedder"}
+    headers = {"User-Agent": user_agent}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     if isinstance(verify, str):  # a CA bundle: httpx wants an SSL context

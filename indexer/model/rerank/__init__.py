@@ -7,8 +7,9 @@ Holds ``base`` (the :class:`Reranker` interface with :class:`RerankQuery` and
 (Qwen3-VL-Reranker's prompt, image budget and constants, from the reference inference
 script), ``qwen3vl`` (:class:`Qwen3VLReranker`: batching, forward, the yes/no score),
 ``remote`` and ``remote_wire`` (an endpoint speaking ``/v1/rerank``, as vLLM, Jina and
-Cohere do), ``loading`` (:func:`load_reranker`: a model here or an endpoint, with GME's
-offline handling) and ``random`` (random-weight checkpoints for tests and the bench).
+Cohere do), ``loading`` (:func:`load_reranker`: a model here or an endpoint;
+:func:`configured_reranker`), ``qwen3vl_loading`` (the model here, with GME's offline
+handling) and ``random`` (random-weight checkpoints for tests and the bench).
 
 May import: ``indexer.model.base``, ``indexer.model.gme`` (its hub helpers and random
 tokenizer), ``indexer.model.remote`` (HTTP, retries, TLS), ``indexer.model.runtime``,
@@ -21,5 +22,13 @@ from __future__ import annotations
 
 from indexer.model.rerank.base import Reranker, RerankPage, RerankQuery
 from indexer.model.rerank.fake import FakeReranker
+from indexer.model.rerank.loading import configured_reranker, load_reranker
 
-__all__ = ["FakeReranker", "RerankPage", "RerankQuery", "Reranker"]
+__all__ = [
+    "FakeReranker",
+    "RerankPage",
+    "RerankQuery",
+    "Reranker",
+    "configured_reranker",
+    "load_reranker",
+]

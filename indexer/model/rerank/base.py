@@ -30,7 +30,7 @@ class RerankQuery:
     image: Image.Image | None = None
 
     def __post_init__(self) -> None:
-        if self.text is None and self.image is None:
+        if not (self.text and self.text.strip()) and self.image is None:
             raise ValueError("a rerank query needs a text, an image, or both")
 
 
