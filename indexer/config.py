@@ -200,6 +200,12 @@ DTYPE_ENV = variable("PAGELENS_DTYPE", "the model's dtype: bfloat16, float16, fl
 IMAGE_TOKENS_ENV = variable("PAGELENS_IMAGE_TOKENS", "visual-token budget per page (1280)")
 QUANTIZE_ENV = variable("PAGELENS_QUANTIZE", "opt-in CPU fast path: int8 (default: off)")
 COMPILE_ENV = variable("PAGELENS_COMPILE", "1: torch.compile the model's blocks (opt-in)")
+RERANK_MODEL_ENV = variable(
+    "PAGELENS_RERANK_MODEL", "the reranker: hub id or folder (Qwen/Qwen3-VL-Reranker-2B)"
+)
+RERANK_URL_ENV = variable(
+    "PAGELENS_RERANK_URL", "rerank through this /v1/rerank endpoint instead of here"
+)
 
 
 # -- remote embedder (indexer/model/remote/)
