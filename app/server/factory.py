@@ -27,6 +27,7 @@ from app.server.state import ServerState, model_names, public_model_id
 from app.server.tokens import check_item
 from app.warmup import prepare_queries_in_background
 from indexer.model import Embedder
+from indexer.model.rerank import Reranker
 from retriever.ask import LLMSettings
 
 #: The route modules, in the order their paths appear in the OpenAPI document.
@@ -52,6 +53,7 @@ def create_app(
     llm: LLMSettings | None = None,
     allowed_hosts: Iterable[str] | None = None,
     prepare_queries: bool = True,
+    reranker: Reranker | None = None,
 ) -> FastAPI:
     """The API app around one embedder (see :mod:`app.server` for the endpoints).
 
@@ -66,6 +68,8 @@ def create_app(
     ``api_key=""`` is refused: an empty key would silently mean no authentication.
     ``prepare_queries``: at start-up, decide the text-query weights in the background
     (:mod:`app.warmup`), so that the first query is already on the fast path.
+    ``reranker``: the second stage ``/v1/search`` (``"rerank": N``) and ``/v1/ask`` use;
+    None: no reranking (a request asking for it is a 400).
     """
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key must not be empty (None means no key)")
@@ -91,6 +95,7 @@ def create_app(
         max_items=max_items,
         llm=llm,
         max_request_pixels=max_request_pixels,
+        reranker=reranker,
     )
 
     @contextlib.asynccontextmanager

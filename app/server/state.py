@@ -20,6 +20,7 @@ from app.server.limits import MAX_ITEMS, MAX_REQUEST_PIXELS
 from app.server.named_collections import CollectionCache
 from indexer.config import DEFAULT_MODEL_ID
 from indexer.model import Embedder
+from indexer.model.rerank import Reranker
 from retriever.ask import LLMSettings
 
 #: Names every server answers to besides its model id and that id's last path part.
@@ -59,6 +60,8 @@ class ServerState:
     #: Where ``/v1/ask`` sends pages; None: read ``PAGELENS_LLM_*`` per request.
     llm: LLMSettings | None = None
     max_request_pixels: int = MAX_REQUEST_PIXELS
+    #: The reranker given to ``create_app``: ``/v1/search`` and ``/v1/ask`` rerank with it.
+    reranker: Reranker | None = None
 
     def check_model(self, name: str) -> None:
         """404 unless ``name`` is one of the served model's names."""
