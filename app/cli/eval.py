@@ -53,6 +53,8 @@ def eval_cmd(
                 if "text" not in wanted:
                     wanted.append("text")
         reranker = opts.reranker() if rerank != 0 else None
+        if rerank and reranker is None and not opts.reranker_unavailable:
+            say("note: no reranker is configured (PAGELENS_RERANK_MODEL or _URL): no +rerank rows")
         retriever = Retriever(embedder, store, reranker=reranker)
         result = evaluate(
             retriever,
