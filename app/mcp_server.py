@@ -29,6 +29,7 @@ from pydantic import Field
 from app.warmup import prepare_queries
 from indexer.errors import ModelNotAvailableError, PageLensError
 from indexer.model import Embedder
+from indexer.model.rerank import Reranker
 from indexer.stores import Store
 from retriever.export import ExportSettings, citation, encode_page
 from retriever.search import Hit, Retriever, snippet
@@ -36,6 +37,8 @@ from retriever.search import Hit, Retriever, snippet
 log = logging.getLogger(__name__)
 
 MAX_K = 20
+#: Deepest rerank an agent may ask for (each page costs a model pass).
+MAX_RERANK = 50
 
 INSTRUCTIONS = (
     "PageLens searches the user's own PDF collection (papers, manuals, reports, scans) and "
@@ -125,6 +128,7 @@ def build_server(
     image_settings: ExportSettings | None = None,
     name: str = "pagelens",
     preload: bool = False,
+    reranker: Reranker | None = None,
 ) -> MCPServer:
     """The MCP server over one collection; ``model_loader`` is called on first visual use,
     or at once in the background with ``preload`` (``pagelens mcp``: then the model is
@@ -132,7 +136,8 @@ def build_server(
 
     The MCP SDK registers each tool as a function (its signature is the tool's schema): the
     ``_*_tool`` factories below make them as closures over the store, the lazy model and the
-    image settings.
+    image settings. ``reranker``: the second stage ``search_pages`` uses (its ``rerank``
+    option; by default the top 20 are reranked when one is given).
     """
     image_settings = image_settings or ExportSettings()
     model = LazyModel(model_loader)
@@ -141,7 +146,7 @@ def build_server(
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
     server = MCPServer(name, instructions=INSTRUCTIONS, log_level="WARNING")
     server.add_tool(
-        _search_tool(store, model, image_settings),
+        _search_tool(store, model, image_settings, reranker),
         title="Search pages",
         description=SEARCH_DESCRIPTION,
         annotations=read_only,
@@ -162,9 +167,9 @@ def build_server(
 
 
 def _search_tool(
-    store: Store, model: LazyModel, image_settings: ExportSettings
+    store: Store, model: LazyModel, image_settings: ExportSettings, reranker: Reranker | None
 ) -> Callable[..., CallToolResult]:
-    """The ``search_pages`` tool over ``store``."""
+    """The ``search_pages`` tool over ``store`` (reranking with ``reranker`` when given)."""
 
     def search_pages(
         question: Annotated[str, Field(description="The question, in plain language.")],
@@ -182,8 +187,20 @@ def _search_tool(
             Literal["visual", "text", "hybrid"] | None,
             Field(description="visual (default), text (exact words) or hybrid."),
         ] = None,
+        rerank: Annotated[
+            int | None,
+            Field(
+                description="Rerank the top N pages with the reranker (slower, puts the right "
+                "page first more often); N >= k. Default: 20 when a reranker is configured; "
+                "0: off.",
+                ge=0,
+                le=MAX_RERANK,
+            ),
+        ] = None,
     ) -> CallToolResult:
-        notes = []
+        notes: list[str] = []
+        if rerank and reranker is None:
+            return _error("No reranker is configured for this server; leave rerank out.")
         embedder = None
         if mode != "text":
             embedder = model.get()
@@ -198,9 +215,15 @@ def _search_tool(
                     "text (keyword) search."
                 )
         try:
-            retriever = Retriever(embedder, store)
+            retriever = Retriever(embedder, store, reranker=reranker)
             hits = retriever.search(
-                question, k, documents=documents or None, pages=pages, mode=mode
+                question,
+                k,
+                documents=documents or None,
+                pages=pages,
+                mode=mode,
+                rerank=rerank,
+                notify=lambda line: notes.append(f"Note: {line}."),
             )
             pending = retriever.pending() if embedder is not None else 0
         except PageLensError as exc:

@@ -29,6 +29,7 @@ from typing import Any
 from PIL import Image
 
 from indexer.model import Embedder
+from indexer.model.rerank import Reranker
 from indexer.pipeline import Indexer, IndexReport, ProgressFn
 from indexer.stores import Store, open_collection
 from indexer.stores.types import Document
@@ -51,6 +52,9 @@ class PageLens:
     a hub id or a local folder (default ``$PAGELENS_MODEL``, else GME-2B); ``device``,
     ``dtype`` and ``options`` go to :func:`indexer.load_embedder`. Pass ``embedder=`` to
     share an already loaded model (or a test double), ``store=`` to use an open store.
+    ``reranker=`` adds a second stage: :meth:`search` and :meth:`ask` then rerank the top
+    pages with it (``indexer.model.rerank.configured_reranker()`` gives the configured one;
+    none is loaded implicitly, as a reranker costs GBs and seconds per query on a CPU).
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class PageLens:
         device: str | None = None,
         dtype: Any = None,
         store: Store | None = None,
+        reranker: Reranker | None = None,
         **options: Any,
     ) -> None:
         if store is not None and collection is not None:
@@ -74,6 +79,7 @@ class PageLens:
         self._embedder = embedder
         self._load = {"model": model, "device": device, "dtype": dtype, **options}
         self._retriever: Retriever | None = None
+        self.reranker = reranker
 
     @property
     def embedder(self) -> Embedder:
@@ -117,21 +123,29 @@ class PageLens:
         documents: Sequence[str | int] | None = None,
         pages: PageRange | str | None = None,
         mode: str = "visual",
+        rerank: int | None = None,
     ) -> list[Hit]:
         """The ``k`` best pages for a question, an image, or both (see :class:`Retriever`).
 
         ``mode``: ``visual`` (GME, the default), ``text`` (BM25 over the text layer; never
         loads the model) or ``hybrid``. ``documents`` and ``pages`` filter by document (name
-        or id) and page range (``"3-7"``).
+        or id) and page range (``"3-7"``). ``rerank``: with a reranker, how many first-stage
+        pages it reads (default 20, at least ``k``; 0: off).
         """
         if isinstance(image, os.PathLike):
             image = Path(image)
-        retriever = Retriever(None, self.store) if mode == "text" else self._model_retriever()
-        return retriever.search(query, k, image=image, documents=documents, pages=pages, mode=mode)
+        retriever = (
+            Retriever(None, self.store, reranker=self.reranker)
+            if mode == "text"
+            else self._model_retriever()
+        )
+        return retriever.search(
+            query, k, image=image, documents=documents, pages=pages, mode=mode, rerank=rerank
+        )
 
     def _model_retriever(self) -> Retriever:
         if self._retriever is None:
-            self._retriever = Retriever(self.embedder, self.store)
+            self._retriever = Retriever(self.embedder, self.store, reranker=self.reranker)
         return self._retriever
 
     def prompt(self, query: str, hits: Sequence[Hit], *, format: str = "openai") -> Any:

@@ -28,6 +28,8 @@ Searches go ``k`` deep (``evaluate(k=...)``, default 10); a metric whose cutoff 
 ``k`` sees only the top ``k``. Visual and hybrid modes need the model: without one they are
 skipped with a note and text mode is still evaluated. Compare resolution budgets by indexing
 the same files into two collections with different ``--image-tokens`` and evaluating each.
+With a reranker on the retriever, every mode is also evaluated reranked (``visual+rerank``),
+so a user sees what reranking buys on their own documents and what it costs per query.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.errors import DocumentNotFoundError, QueryError
+from retriever.rerank import resolve_depth
 from retriever.search import MODES, Retriever
 
 #: Metric names, in table order.
@@ -193,8 +196,14 @@ def evaluate(
     k: int = 10,
     details: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    rerank: int | None = None,
 ) -> dict:
     """Run every query in every mode and average :data:`METRICS` per mode.
+
+    With a reranker on the retriever, each mode runs twice, without and with reranking
+    (rows ``visual`` and ``visual+rerank``: what reranking buys on these queries, at what
+    cost per query); ``rerank`` is its depth (None: the default, at least ``k``; 0: no
+    reranked rows).
 
     Returns ``{"queries": n, "k": k, "modes": {mode: {metric: value, ..., "ms_per_query":
     ms}}, "skipped": [...], "notes": [...]}``; with ``details``, also ``"per_query"`` rows.
@@ -241,35 +250,20 @@ def evaluate(
 
     results: dict[str, dict[str, float]] = {}
     rows: list[dict] = []
-    for mode in runnable:
-        sums = dict.fromkeys(METRICS, 0.0)
-        started = time.perf_counter()
-        for i, (q, relevant) in enumerate(resolved, start=1):
-            hits = retriever.search(q.query, k, mode=mode)
-            ranking = [(h.document_id, h.page) for h in hits]
-            scores = query_metrics(ranking, relevant)
-            for name, value in scores.items():
-                sums[name] += value
-            if details:
-                rank = next((r for r, item in enumerate(ranking, 1) if item in relevant), None)
-                rows.append(
-                    {
-                        "mode": mode,
-                        "line": q.line,
-                        "query": q.query,
-                        "document": q.document,
-                        "relevant": sorted(q.pages),
-                        "first_relevant_rank": rank,
-                        "top": [[h.document, h.page] for h in hits[:5]],
-                        **{n: round(v, 6) for n, v in scores.items()},
-                    }
-                )
-            if progress:
-                progress(mode, i, len(resolved))
-        elapsed = time.perf_counter() - started
-        n = len(resolved)
-        results[mode] = {name: round(value / n, 6) for name, value in sums.items()}
-        results[mode]["ms_per_query"] = round(1000 * elapsed / n, 3)
+    said: list[str] = []  # a failing reranker says so once, not once per query
+    for label, mode, depth in _runs(retriever, runnable, k, rerank):
+        results[label] = _run_mode(
+            retriever,
+            resolved,
+            label=label,
+            mode=mode,
+            k=k,
+            depth=depth,
+            rows=rows if details else None,
+            notify=lambda line: said.append(line) if line not in said else None,
+            progress=progress,
+        )
+    notes.extend(said)
     out: dict = {
         "queries": len(resolved),
         "k": k,
@@ -277,9 +271,70 @@ def evaluate(
         "skipped": skipped,
         "notes": notes,
     }
+    if retriever.reranker is not None and rerank != 0:
+        out["reranker"] = retriever.reranker.model_id
     if details:
         out["per_query"] = rows
     return out
+
+
+def _runs(
+    retriever: Retriever, modes: Sequence[str], k: int, rerank: int | None
+) -> list[tuple[str, str, int]]:
+    """``(label, mode, rerank depth)`` of each row: every mode without reranking, each
+    followed by its reranked twin when the retriever has a reranker."""
+    depth = resolve_depth(rerank, k, retriever.reranker) if retriever.reranker else 0
+    runs = []
+    for mode in modes:
+        runs.append((mode, mode, 0))
+        if depth:
+            runs.append((f"{mode}+rerank", mode, depth))
+    return runs
+
+
+def _run_mode(
+    retriever: Retriever,
+    resolved: Sequence[tuple[LabelledQuery, set[tuple[int, int]]]],
+    *,
+    label: str,
+    mode: str,
+    k: int,
+    depth: int,
+    rows: list[dict] | None,
+    notify: Callable[[str], None],
+    progress: Callable[[str, int, int], None] | None,
+) -> dict[str, float]:
+    """One row of the table: every query searched in ``mode`` (reranking ``depth`` pages),
+    the metrics averaged; per-query rows appended to ``rows`` when given."""
+    sums = dict.fromkeys(METRICS, 0.0)
+    started = time.perf_counter()
+    for i, (q, relevant) in enumerate(resolved, start=1):
+        hits = retriever.search(q.query, k, mode=mode, rerank=depth, notify=notify)
+        ranking = [(h.document_id, h.page) for h in hits]
+        scores = query_metrics(ranking, relevant)
+        for name, value in scores.items():
+            sums[name] += value
+        if rows is not None:
+            rank = next((r for r, item in enumerate(ranking, 1) if item in relevant), None)
+            rows.append(
+                {
+                    "mode": label,
+                    "line": q.line,
+                    "query": q.query,
+                    "document": q.document,
+                    "relevant": sorted(q.pages),
+                    "first_relevant_rank": rank,
+                    "top": [[h.document, h.page] for h in hits[:5]],
+                    **{n: round(v, 6) for n, v in scores.items()},
+                }
+            )
+        if progress:
+            progress(label, i, len(resolved))
+    elapsed = time.perf_counter() - started
+    n = len(resolved)
+    result = {name: round(value / n, 6) for name, value in sums.items()}
+    result["ms_per_query"] = round(1000 * elapsed / n, 3)
+    return result
 
 
 def format_table(result: dict) -> str:

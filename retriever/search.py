@@ -16,7 +16,7 @@ Visual and hybrid search use the pages embedded so far; ``pending()`` says how m
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -26,6 +26,7 @@ from PIL import Image
 
 from indexer.errors import QueryError
 from indexer.model import Embedder
+from indexer.model.rerank import Reranker
 from indexer.pages import RenderSettings, fit_image
 from indexer.pages.raster import ImageRefusedError, decode_image
 from indexer.stores.base import (  # noqa: F401 (RRF_K, reciprocal_rank_fusion: re-exported)
@@ -34,6 +35,7 @@ from indexer.stores.base import (  # noqa: F401 (RRF_K, reciprocal_rank_fusion: 
     Store,
     reciprocal_rank_fusion,
 )
+from retriever.rerank import rerank_hits, resolve_depth
 
 MODES = ("visual", "text", "hybrid")
 
@@ -108,11 +110,16 @@ class PageRange:
 
 
 class Retriever:
-    """Searches one collection with an injected embedder (None: text search only)."""
+    """Searches one collection with an injected embedder (None: text search only) and,
+    optionally, an injected reranker that reorders the first stage's top pages
+    (:mod:`retriever.rerank`; None: the first stage's order is the answer)."""
 
-    def __init__(self, embedder: Embedder | None, store: Store) -> None:
+    def __init__(
+        self, embedder: Embedder | None, store: Store, reranker: Reranker | None = None
+    ) -> None:
         self.embedder = embedder
         self.store = store
+        self.reranker = reranker
         if embedder is not None and store.model_id is not None:
             store.bind_embedder(embedder)
 
@@ -129,12 +136,23 @@ class Retriever:
         documents: Sequence[str | int] | None = None,
         pages: PageRange | str | None = None,
         mode: str | None = None,
+        rerank: int | None = None,
+        notify: Callable[[str], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[Hit]:
         """The ``k`` best pages for a question, an image, or both.
 
         ``documents`` restricts to documents named by name or id; ``pages`` to a page range.
         ``mode`` defaults to ``visual`` when a model is loaded, else ``text``.
+
+        ``rerank``: how many first-stage hits the reranker reads before the best ``k`` of
+        them are returned (0: none; None: :data:`retriever.rerank.DEFAULT_DEPTH`, at least
+        ``k``, when a reranker is given, else none). ``k`` above it is a UsageError, and so
+        is a depth with no reranker. ``notify`` gets the one line said when the reranker
+        fails (the first-stage ranking is returned); ``progress(done, total)`` follows the
+        rerank (see :func:`retriever.rerank.rerank_hits`).
         """
+        depth = resolve_depth(rerank, k, self.reranker)
         query = (query or "").strip()
         if isinstance(image, str | Path):
             image = load_query_image(image)
@@ -154,6 +172,26 @@ class Retriever:
         if image is not None:
             image = fit_image(image, self.render_settings())
         where = self._filter(documents, pages)
+        hits = self._first_stage(query, image, max(k, depth), where, mode)
+        if not depth or self.reranker is None:
+            return hits
+        return rerank_hits(
+            hits,
+            query=query,
+            image=image,
+            store=self.store,
+            reranker=self.reranker,
+            k=k,
+            depth=depth,
+            notify=notify,
+            progress=progress,
+        )
+
+    def _first_stage(
+        self, query: str, image: Image.Image | None, k: int, where: PageFilter | None, mode: str
+    ) -> list[Hit]:
+        """The ``k`` best pages by the embedding, BM25, or both fused (filters applied
+        inside the store's search)."""
         if mode == "visual":
             ranked = self._visual(query, image, k, where)
             scores = {pid: {"visual": s} for pid, s in ranked}

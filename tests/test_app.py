@@ -294,3 +294,25 @@ def test_collection_names_are_validated() -> None:
     for bad in ("", "../x", "a/b", ".hidden", "x" * 65, "two words"):
         with pytest.raises(CollectionError):
             validate_collection_name(bad)
+
+
+def test_rerank_control_only_with_a_reranker(
+    indexed: Collection, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No reranker: no "Rerank the top N". A configured one: the control, and the pages come
+    back reranked with both scores shown."""
+    from indexer.model.rerank import FakeReranker, loading
+
+    at = run_app()
+    assert not [n for n in at.number_input if n.label == "Rerank the top N"]
+
+    fake = FakeReranker()
+    monkeypatch.setattr(loading, "configured_reranker", lambda: fake)
+    monkeypatch.setenv("PAGELENS_RERANK_MODEL", str(tmp_path / "fake"))  # its own cache key
+    at = run_app()
+    control = next(n for n in at.number_input if n.label == "Rerank the top N")
+    assert control.value == 20
+    search(at, "Which treaty ended the Thirty Years War?", mode="text")
+    assert fake.calls, "the reranker was not used"
+    assert "rerank " in texts(at.caption) and "first stage" in texts(at.caption)
+    assert not at.error

@@ -15,6 +15,7 @@ from app.cli.common import (
     open_retriever,
     options,
     print_json,
+    rerank_depth,
     run_guarded,
     say,
 )
@@ -57,8 +58,17 @@ def ask_cmd(
         if not settings.configured:
             raise LLMNotConfiguredError()
         check_page_count(k, settings)  # before loading the model or searching
-        hits = open_retriever(opts, mode).search(
-            question, k, documents=documents or None, pages=pages, mode=mode
+        # With a configured reranker, the pages sent are the best k of the reranked top
+        # (the default depth): the LLM reads few pages, so the right one must be among them.
+        retriever = open_retriever(opts, mode)
+        hits = retriever.search(
+            question,
+            k,
+            documents=documents or None,
+            pages=pages,
+            mode=mode,
+            rerank=rerank_depth(opts, retriever, None),
+            notify=lambda line: say(f"note: {line}"),
         )
         if not hits:
             fail("no pages found to ask about; try other words or another --mode")

@@ -20,6 +20,7 @@ import typer
 from indexer.config import collection_path, is_collection_name
 from indexer.errors import CollectionError, ModelNotAvailableError, PageLensError, UsageError
 from indexer.model import Embedder
+from indexer.model.rerank import Reranker
 from indexer.settings import ModelSettings
 from indexer.stores import Store, is_milvus_spec, open_collection
 
@@ -44,9 +45,14 @@ class Options:
     settings: ModelSettings = field(default_factory=ModelSettings)
     _store: Store | None = field(default=None, repr=False)
     _embedder: Embedder | None = field(default=None, repr=False)
+    #: The configured reranker once asked for: None (not asked yet), or ``(reranker,)``
+    #: with None inside when none is configured or it could not load.
+    _reranker: tuple[Reranker | None] | None = field(default=None, repr=False)
     #: Set by the query commands (search, ask): a remote embedder that refuses connections
     #: is an error at once, not after the minutes of retries an index run rides out.
     fail_fast: bool = False
+    #: A reranker is configured but could not load (said once): search goes on without.
+    reranker_unavailable: bool = False
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: the settings' fields, read-only.
@@ -108,6 +114,22 @@ class Options:
             say(f"{verb} {self.settings.display} ...")
             self._embedder = self.settings.load(fail_fast=self.fail_fast)
         return self._embedder
+
+    def reranker(self) -> Reranker | None:
+        """The configured reranker (``PAGELENS_RERANK_MODEL`` / ``_URL``), loaded once; None
+        when none is configured, or when it cannot load (said in one paragraph: search goes
+        on with the first stage, as the issue asks of a missing reranker)."""
+        if self._reranker is None:
+            from indexer.model.rerank import loading
+
+            try:
+                self._reranker = (loading.configured_reranker(),)
+            except PageLensError as exc:  # weights missing, or an endpoint unreachable
+                say(f"note: {exc}")
+                say("note: searching without reranking")
+                self._reranker = (None,)
+                self.reranker_unavailable = True
+        return self._reranker[0]
 
 
 def options(ctx: typer.Context) -> Options:
@@ -182,6 +204,7 @@ def check_search_usage(
     mode: str | None = None,
     k: int = 5,
     pages: str | None = None,
+    rerank: int | None = None,
 ) -> None:
     """Usage errors of a searching command, found before anything loads (exit code 2)."""
     from retriever.search import MODES, PageRange
@@ -198,6 +221,13 @@ def check_search_usage(
         )
     if k < 1:
         fail(f"-k must be at least 1, not {k}", 2)
+    if rerank is not None:
+        from retriever.rerank import MAX_DEPTH
+
+        if not 0 <= rerank <= MAX_DEPTH:
+            fail(f"--rerank must be between 0 (off) and {MAX_DEPTH}, not {rerank}", 2)
+        if 0 < rerank < k:
+            fail(f"-k {k} is more than the {rerank} pages reranked: use --rerank {k} or more", 2)
     if image is not None and not image.is_file():
         fail(f"the image file {image} does not exist", 2)
     if pages:
@@ -212,9 +242,10 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
-def open_retriever(opts: Options, mode: str | None) -> Retriever:
+def open_retriever(opts: Options, mode: str | None, rerank: int | None = None) -> Retriever:
     """The retriever a searching command uses. Without a model and without ``--mode``, the
-    text layer still answers, so it says why and falls back to text search."""
+    text layer still answers, so it says why and falls back to text search. The configured
+    reranker comes with it unless ``rerank`` is 0 (off)."""
     from retriever.search import Retriever
 
     store = opts.store(create=False)
@@ -233,4 +264,28 @@ def open_retriever(opts: Options, mode: str | None) -> Retriever:
             # No mode asked for: the text layer still answers, so say why and use it.
             say(f"note: {exc}")
             say("note: the model is not available, so this searches the text layer (--mode text)")
-    return Retriever(embedder, store)
+    return Retriever(embedder, store, reranker=opts.reranker() if rerank != 0 else None)
+
+
+def rerank_depth(opts: Options, retriever: Retriever, rerank: int | None) -> int | None:
+    """The ``rerank`` to search with, said before a CPU rerank starts: 0 when the configured
+    reranker could not load (its note is already out; search goes on without it), else
+    ``rerank`` as asked (None: the retriever's default).
+
+    The estimate is pages x :data:`retriever.rerank.CPU_SECONDS_PER_PAGE` (or the
+    reranker's measured ``seconds_per_page``), for at most the pages the collection holds.
+    """
+    from retriever.rerank import DEFAULT_DEPTH, describe_seconds, estimate_seconds
+
+    if retriever.reranker is None:
+        return 0 if opts.reranker_unavailable else rerank
+    if rerank == 0:
+        return 0
+    pages = min(rerank or DEFAULT_DEPTH, retriever.store.stats().pages)
+    seconds = estimate_seconds(retriever.reranker, pages)
+    if seconds is not None:
+        say(
+            f"reranking the top {pages} page(s) on the CPU with {retriever.reranker.model_id}: "
+            f"{describe_seconds(seconds)} (--rerank 0 turns it off)"
+        )
+    return rerank

@@ -21,6 +21,7 @@ from app.cli.common import (
     open_retriever,
     options,
     print_json,
+    rerank_depth,
     run_guarded,
     say,
 )
@@ -41,15 +42,29 @@ def search(
     documents: list[str] = typer.Option(None, "--doc", "-d", help="Only this document (repeat)."),
     pages: str = typer.Option(None, "--pages", help="Only these pages, e.g. 3-7."),
     as_json: bool = typer.Option(False, "--json", help="Print hits as JSON."),
+    rerank: int = typer.Option(
+        None,
+        "--rerank",
+        help="Rerank the top N first-stage pages with the configured reranker and show the "
+        "best k of them (default with a reranker: 20; 0: off).",
+    ),
 ) -> None:
     """Find the pages that answer a question."""
-    check_search_usage(question, image=image, mode=mode, k=k, pages=pages)
+    check_search_usage(question, image=image, mode=mode, k=k, pages=pages, rerank=rerank)
     opts = options(ctx)
 
     def body() -> None:
-        retriever = open_retriever(opts, mode)
+        retriever = open_retriever(opts, mode, rerank)
+        depth = rerank_depth(opts, retriever, rerank)
         hits = retriever.search(
-            question, k, image=image, documents=documents or None, pages=pages, mode=mode
+            question,
+            k,
+            image=image,
+            documents=documents or None,
+            pages=pages,
+            mode=mode,
+            rerank=depth,
+            notify=lambda line: say(f"note: {line}"),
         )
         pending = retriever.pending() if retriever.embedder is not None else 0
         if as_json:
@@ -57,6 +72,9 @@ def search(
                 {
                     "query": question,
                     "mode": mode or ("visual" if retriever.embedder else "text"),
+                    "reranker": retriever.reranker.model_id
+                    if depth != 0 and retriever.reranker
+                    else None,
                     "pending": pending,
                     "hits": [h.as_dict() for h in hits],
                 }
@@ -73,6 +91,8 @@ def search(
             )
         for rank, hit in enumerate(hits, start=1):
             mark = "  (text layer: not embedded yet)" if hit.pending else ""
+            if "first_stage" in hit.scores:
+                mark += f"  (first stage {hit.scores['first_stage']:.4f})"
             typer.echo(
                 f"{rank:>2}. {hit.score:7.4f}  {for_terminal(hit.document)}  p.{hit.page}{mark}"
             )

@@ -22,8 +22,15 @@ def eval_cmd(
     k: int = typer.Option(10, "-k", "--top", help="Search depth per query."),
     details: bool = typer.Option(False, "--details", help="With --json: per-query rows too."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    rerank: int = typer.Option(
+        None,
+        "--rerank",
+        help="With a configured reranker: also evaluate each mode reranking the top N "
+        "(default 20, at least -k; 0: no reranked rows).",
+    ),
 ) -> None:
-    """Measure recall@1/5/10, nDCG@5 and MRR@10 of each search mode on labelled queries."""
+    """Measure recall@1/5/10, nDCG@5 and MRR@10 of each search mode on labelled queries
+    (and, with a configured reranker, of each mode reranked)."""
     from indexer.errors import ModelNotAvailableError, QueryError
     from retriever.evaluate import evaluate, format_table, load_queries
     from retriever.search import Retriever
@@ -45,8 +52,18 @@ def eval_cmd(
                 say("note: the model could not be loaded; evaluating text mode only.")
                 if "text" not in wanted:
                     wanted.append("text")
-        retriever = Retriever(embedder, store)
-        result = evaluate(retriever, labelled, modes=wanted, k=k, details=details and as_json)
+        reranker = opts.reranker() if rerank != 0 else None
+        if rerank and reranker is None and not opts.reranker_unavailable:
+            say("note: no reranker is configured (PAGELENS_RERANK_MODEL or _URL): no +rerank rows")
+        retriever = Retriever(embedder, store, reranker=reranker)
+        result = evaluate(
+            retriever,
+            labelled,
+            modes=wanted,
+            k=k,
+            details=details and as_json,
+            rerank=rerank if reranker is not None else 0,
+        )
         for note in result["notes"]:
             say(f"note: {note}")
         if result["skipped"]:
@@ -55,6 +72,8 @@ def eval_cmd(
             print_json(result)
             return
         say(f"{result['queries']} queries, searched {result['k']} deep")
+        if result.get("reranker"):
+            say(f"'+rerank' rows: the same search reranked by {result['reranker']}")
         typer.echo(format_table(result))
 
     run_guarded(body)

@@ -68,7 +68,11 @@ def mcp_cmd(
 
         store = opts.store(create=False)
         server = build_server(
-            store, opts.embedder, image_settings=ExportSettings(max_side=max_side), preload=True
+            store,
+            opts.embedder,
+            image_settings=ExportSettings(max_side=max_side),
+            preload=True,
+            reranker=opts.reranker(),
         )
         if not http:
             say(f"PageLens MCP server on stdio, collection {store.location}")

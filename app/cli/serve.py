@@ -94,7 +94,7 @@ def serve(
 
         llm = LLMSettings.from_env()  # bad PAGELENS_LLM_* values fail here, at start
         # The reranker first: a wrong name fails in seconds, before the embedder loads.
-        rerank_model = load_reranker(reranker) if reranker else None
+        rerank_model = load_reranker(reranker) if reranker else opts.reranker()
         embedder = opts.embedder()
         for spec in allow_collection:
             milvus_key(spec)  # a malformed address fails here, at start

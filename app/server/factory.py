@@ -79,10 +79,12 @@ def create_app(
     ports) limits the ``Host`` header a request may carry, against DNS rebinding; ``pagelens
     serve`` passes the loopback names when it binds to loopback.
     ``api_key=""`` is refused: an empty key would silently mean no authentication.
-    ``reranker`` turns ``/v1/rerank`` on (without one it answers 404) and is listed in
-    ``/v1/models`` beside the embedder. ``prepare_queries``: at start-up, decide the
-    text-query weights in the background (:mod:`app.warmup`), so that the first query is
-    already on the fast path.
+    ``prepare_queries``: at start-up, decide the text-query weights in the background
+    (:mod:`app.warmup`), so that the first query is already on the fast path.
+    ``reranker``: turns ``/v1/rerank`` on (without one it answers 404), is listed in
+    ``/v1/models`` beside the embedder, and is the second stage ``/v1/search``
+    (``"rerank": N``) and ``/v1/ask`` use; None: no reranking (a request asking for it is
+    a 400).
     """
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key must not be empty (None means no key)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
 from pathlib import Path
 
@@ -21,7 +22,10 @@ from indexer.errors import (
     QueryError,
 )
 from indexer.stores import is_milvus_spec
+from retriever.rerank import MAX_DEPTH
 from retriever.search import Hit
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -32,19 +36,35 @@ MAX_ID = 2**63 - 1
 @router.post("/v1/search")
 def search(body: SearchRequest, state: State) -> dict:
     """Runs in a worker thread (a sync endpoint): the retriever blocks on the batcher."""
-    hits, pending = find_hits(body, state)
-    return {"hits": [hit_json(h, body.collection) for h in hits], "pending": pending}
+    notes: list[str] = []
+    hits, pending = find_hits(body, state, notes)
+    out: dict = {"hits": [hit_json(h, body.collection) for h in hits], "pending": pending}
+    if notes:  # the reranker failed: these are the first-stage hits, and the client is told
+        out["warnings"] = notes
+    return out
 
 
-def find_hits(body: SearchRequest, state: State) -> tuple[list[Hit], int]:
+def find_hits(
+    body: SearchRequest, state: State, notes: list[str] | None = None
+) -> tuple[list[Hit], int]:
     """The hits of a search request and the pages still pending; API errors for bad ones.
 
-    Shared by ``/v1/search`` and ``/v1/ask`` so both validate and fail the same way.
+    Shared by ``/v1/search`` and ``/v1/ask`` so both validate and fail the same way. With
+    the server's reranker, the first ``rerank`` hits (default 20) are reranked; when it
+    fails, the first-stage hits come back, its one line logged and added to ``notes``.
     """
     from retriever.search import Retriever
 
     if not 1 <= body.k <= MAX_K:
         raise ApiError(400, f"'k' must be between 1 and {MAX_K}.", param="k")
+    if body.rerank is not None and not 0 <= body.rerank <= MAX_DEPTH:
+        raise ApiError(400, f"'rerank' must be between 0 and {MAX_DEPTH}.", param="rerank")
+    if body.rerank and state.reranker is None:
+        raise ApiError(400, "This server has no reranker; send 'rerank': 0.", param="rerank")
+    if body.rerank and body.rerank < body.k:
+        raise ApiError(
+            400, f"'k' ({body.k}) must not exceed 'rerank' ({body.rerank}).", param="rerank"
+        )
     if body.query is not None and len(body.query) > MAX_TEXT_CHARS:
         raise ApiError(400, "The query is too long.", param="query", code="context_length_exceeded")
     store = state.collections.get(body.collection)
@@ -53,7 +73,9 @@ def find_hits(body: SearchRequest, state: State) -> tuple[list[Hit], int]:
         if isinstance(doc, int) and not 0 <= doc <= MAX_ID:
             raise ApiError(404, f"No document {doc}.", param="documents", code="document_not_found")
     try:
-        retriever = Retriever(None if body.mode == "text" else state.shared, store)
+        retriever = Retriever(
+            None if body.mode == "text" else state.shared, store, reranker=state.reranker
+        )
         hits = retriever.search(
             body.query,
             body.k,
@@ -61,6 +83,8 @@ def find_hits(body: SearchRequest, state: State) -> tuple[list[Hit], int]:
             documents=body.documents or None,
             pages=body.pages,
             mode=body.mode,
+            rerank=body.rerank,
+            notify=lambda line: _rerank_failed(line, notes),
         )
         pending = retriever.pending()
     except (QueueFullError, BatcherClosedError) as exc:
@@ -73,6 +97,14 @@ def find_hits(body: SearchRequest, state: State) -> tuple[list[Hit], int]:
     except (InputTooLongError, PageLensError) as exc:
         raise search_error(exc, state.collections.scrub(str(exc), body.collection)) from exc
     return hits, pending
+
+
+def _rerank_failed(line: str, notes: list[str] | None) -> None:
+    """The reranker failed and the first-stage hits are answered: logged for the operator,
+    and told to the client when the route shows notes."""
+    log.warning("%s", line)
+    if notes is not None:
+        notes.append(line)
 
 
 def search_error(exc: Exception, message: str) -> ApiError:

@@ -65,6 +65,12 @@ class SearchRequest(CheckedBody):
     documents: list[str | int] | None = None
     mode: Literal["visual", "text", "hybrid"] | None = None
     pages: str | None = Field(default=None, description="A page range, e.g. 3-7.")
+    rerank: int | None = Field(
+        default=None,
+        description="Rerank the top N first-stage pages with the server's reranker and "
+        "return the best k of them (N >= k). Default: 20 (at least k) when the server has a "
+        "reranker, else none; 0 turns it off.",
+    )
 
 
 class ImageUrl(CheckedBody):

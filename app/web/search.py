@@ -11,10 +11,11 @@ from app.web import widgets as ui
 from app.web.ask import ask_panel
 from app.web.export import export_section, tick_key
 from app.web.services import ModelLoader, Workspace
-from app.web.session import get_model, model_key, thumb
+from app.web.session import get_model, get_reranker, model_key, reranker_config, thumb
 from indexer.errors import PageLensError
 from indexer.pages import IMAGE_SUFFIXES
 from retriever.escaping import for_markdown
+from retriever.rerank import DEFAULT_DEPTH, MAX_DEPTH, describe_seconds, estimate_seconds
 from retriever.search import MODES, PageRange, Retriever
 
 GRID_COLUMNS = 4
@@ -61,12 +62,56 @@ def search_form(ws: Workspace, model: ModelLoader) -> None:
             placeholder="all documents",
         )
         page_range = col_pages.text_input("Page range", key="page_range", placeholder="e.g. 3-7")
+        rerank = rerank_control()
         submitted = st.form_submit_button("Search", type="primary", icon=":material/search:")
     if submitted:
-        run_search(ws, model, question, image_file, mode, int(k), only, page_range)
+        run_search(ws, model, question, image_file, mode, int(k), only, page_range, rerank)
 
 
-def run_search(ws, model, question, image_file, mode, k, only, page_range) -> None:
+def rerank_control() -> int:
+    """The "Rerank the top N" input, drawn only when a reranker is configured (0 otherwise);
+    a configured reranker that cannot load says why, once, and search goes on without it."""
+    reranker, error = get_reranker(reranker_config())
+    if error:
+        st.caption(f"Reranking is off: {error}")
+    if reranker is None:
+        return 0
+    value = st.number_input(
+        "Rerank the top N",
+        min_value=0,
+        max_value=MAX_DEPTH,
+        value=DEFAULT_DEPTH,
+        key="rerank",
+        help=f"{reranker.model_id} reads the question with each of the top N pages and "
+        "puts the best first (N at least k; 0: off). Slower, more exact.",
+    )
+    return int(value)
+
+
+class RerankProgress:
+    """A progress bar for a rerank: the estimate before it starts (on a CPU), then pages
+    done and the time left at the rate measured so far."""
+
+    def __init__(self, reranker, depth: int) -> None:
+        estimate = estimate_seconds(reranker, depth)
+        text = f"Reranking the top {depth} pages"
+        if estimate is not None:
+            text += f" on the CPU: {describe_seconds(estimate)}"
+        self.bar = st.progress(0.0, text=text)
+        self.started: float | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if self.started is None:
+            self.started = now
+        text = f"Reranked {done} of {total} pages"
+        if 0 < done < total:
+            left = (now - self.started) / done * (total - done)
+            text += f" · {describe_seconds(left)} left"
+        self.bar.progress(done / total if total else 1.0, text=text)
+
+
+def run_search(ws, model, question, image_file, mode, k, only, page_range, rerank=0) -> None:
     question = (question or "").strip()
     if not question and image_file is None:
         st.session_state.results = None
@@ -85,11 +130,26 @@ def run_search(ws, model, question, image_file, mode, k, only, page_range) -> No
                     embedder = model.wait(timeout=1800)
             else:
                 embedder = model.wait()
-        retriever = Retriever(embedder, ws.store)
+        reranker = get_reranker(reranker_config())[0] if rerank else None
+        retriever = Retriever(embedder, ws.store, reranker=reranker)
+        notes: list[str] = []
+        progress = RerankProgress(reranker, rerank) if reranker is not None else None
         with st.spinner("Searching…"):
             hits = retriever.search(
-                question, k, image=image, documents=only or None, pages=pages, mode=mode
+                question,
+                k,
+                image=image,
+                documents=only or None,
+                pages=pages,
+                mode=mode,
+                rerank=rerank if reranker is not None else 0,
+                notify=notes.append,
+                progress=progress,
             )
+        if progress is not None:
+            progress.bar.empty()
+        for note in notes:  # the reranker failed: these are the first-stage results
+            st.warning(note)
         pending = retriever.pending() if mode != "text" else 0
     except PageLensError as exc:
         st.error(str(exc))
@@ -102,7 +162,9 @@ def run_search(ws, model, question, image_file, mode, k, only, page_range) -> No
         "hits": hits,
         "pending": pending,
         # A text question can be asked again as more pages get their vectors.
-        "rerun": (question, None, mode, k, only, page_range) if image_file is None else None,
+        "rerun": (
+            (question, None, mode, k, only, page_range, rerank) if image_file is None else None
+        ),
     }
 
 

@@ -13,6 +13,7 @@ import streamlit as st
 
 from app.web import widgets as ui
 from app.web.services import AppSettings, ModelLoader, Workspace
+from indexer.model.rerank import Reranker
 from indexer.settings import ModelSettings
 
 # -- long-lived objects (one per process) ----------------------------------------------
@@ -26,6 +27,27 @@ def get_model(settings: ModelSettings) -> ModelLoader:
 @st.cache_resource(show_spinner=False)
 def get_workspace(path: str, settings: ModelSettings) -> Workspace:
     return Workspace(path, get_model(settings))
+
+
+@st.cache_resource(show_spinner=False)
+def get_reranker(configured: tuple[str | None, str | None]) -> tuple[Reranker | None, str | None]:
+    """The configured reranker and why it is missing (None, None when none is configured),
+    loaded once per configuration (``configured``: the rerank URL and model, the cache key).
+    A reranker that cannot load leaves search as it was, with its one paragraph to show."""
+    from indexer.errors import ModelNotAvailableError
+    from indexer.model.rerank import loading
+
+    try:
+        return loading.configured_reranker(), None
+    except ModelNotAvailableError as exc:
+        return None, str(exc)
+
+
+def reranker_config() -> tuple[str | None, str | None]:
+    """What configures the reranker (``PAGELENS_RERANK_URL``, ``PAGELENS_RERANK_MODEL``)."""
+    from indexer import config
+
+    return config.get(config.RERANK_URL_ENV), config.get(config.RERANK_MODEL_ENV)
 
 
 @st.cache_data(show_spinner=False, max_entries=4000)

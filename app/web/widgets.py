@@ -81,8 +81,14 @@ def file_entry(result: FileResult, names: dict[str, str]) -> dict:
 
 
 def score_text(hit, mode: str) -> str:
-    parts = [f"score {hit.score:.4f}"]
-    if mode == "hybrid" and hit.scores:
+    if "rerank" in hit.scores:  # both stages, so a user sees what the reranker changed
+        parts = [
+            f"rerank {hit.scores['rerank']:.4f}",
+            f"first stage {hit.scores['first_stage']:.4f}",
+        ]
+    else:
+        parts = [f"score {hit.score:.4f}"]
+    if mode == "hybrid" and hit.scores and "rerank" not in hit.scores:
         parts += [f"{k} {v:.3f}" for k, v in sorted(hit.scores.items())]
     if getattr(hit, "pending", False):
         parts.append("found by its text (not embedded yet)")
