@@ -52,11 +52,12 @@ def encode_query(query: RerankQuery, *, images: bool, url: str) -> Any:
 def encode_document(page: RerankPage, *, images: bool) -> Any:
     """One page as a document: its text alone when it has no image (or images are off),
     else its image then its text layer, as one multimodal document."""
+    text = page.text or ""
     if page.image is None or not images:
-        return page.text
+        return text
     parts = [image_part(image_data_url(page.image))]
-    if page.text.strip():
-        parts.append(text_part(page.text))
+    if text.strip():
+        parts.append(text_part(text))
     return {"content": parts}
 
 
