@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set PageLens up from nothing: a virtual environment in .venv with torch (pinned, first),
 # then PageLens and its dependencies. With --dev: test tools too, and Debian's chromium for
-# the browser tests and tesseract-ocr for the OCR tests. Safe to run again; it only adds
-# what is missing.
+# the browser tests, tesseract-ocr for the OCR tests and LibreOffice's nogui packages for the
+# office formats (docx, pptx, xlsx, odt...; optional outside --dev: without LibreOffice those
+# files are refused with what to install, and PDFs and images index as always). Safe to run
+# again; it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,12 +31,16 @@ fi
 
 if [[ $DEV == 1 ]]; then
   "$VPY" -m pip install --quiet -e ".[dev]"
-  if { [[ ! -x /usr/bin/chromium ]] || ! command -v tesseract >/dev/null 2>&1; } \
+  if { [[ ! -x /usr/bin/chromium ]] || ! command -v tesseract >/dev/null 2>&1 \
+       || ! command -v soffice >/dev/null 2>&1; } \
      && command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     [[ $(id -u) != 0 ]] && SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium tesseract-ocr >/dev/null
+    # LibreOffice without its desktop parts (headless conversion is all PageLens uses).
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui >/dev/null
   fi
 else
   "$VPY" -m pip install --quiet -e .

@@ -14,6 +14,9 @@ Why pages are rendered the way they are:
 * Qwen's ``smart_resize`` refuses aspect ratios beyond 200:1 and sides under 28 px, so
   extreme pages are padded with white up to those limits (content centred), and the padding
   is counted inside the pixel budget.
+* Office and OpenDocument files (docx, pptx, xlsx, odt... see ``office``) are converted to
+  PDF by LibreOffice headless and then rendered exactly like PDFs; they keep their own hash,
+  name and kind. Without LibreOffice each is refused (``needs-libreoffice``) and the rest go on.
 * Image files are documents too (a phone photo of a receipt is a one-page document; a
   multi-page TIFF is a scanned document). They are only ever downscaled: upscaling a bitmap
   adds no information, and the processor would spend tokens on it.
@@ -35,8 +38,9 @@ PyMuPDF documents are not thread-safe: use these functions from one thread per d
 
 Modules: ``types`` (settings, results), ``files`` (finding and recognising inputs),
 ``geometry`` (pixel budget, padding), ``text`` (text-layer cleaning), ``mupdf`` (MuPDF's
-switches), ``pdf``, ``raster`` (image decoding and image documents), ``decoding`` (what a decode
-costs, the byte budget that admits decodes), ``ocr``. This
+switches), ``pdf``, ``office`` (office files through LibreOffice), ``raster`` (image decoding
+and image documents), ``decoding`` (what a decode costs, the byte budget that admits
+decodes), ``ocr``. This
 ``__init__`` holds the public API and imports those; they never import it. The package
 imports nothing of PageLens but :mod:`indexer.errors`.
 """
@@ -61,6 +65,13 @@ from indexer.pages.files import (
 from indexer.pages.geometry import pad, padded_size, plan_scale
 from indexer.pages.mupdf import quiet_mupdf
 from indexer.pages.ocr import OcrUnavailableError, ocr_tessdata
+from indexer.pages.office import (
+    OFFICE_KINDS,
+    OFFICE_SUFFIXES,
+    office_info,
+    office_page_text,
+    open_office,
+)
 from indexer.pages.pdf import open_pdf, pdf_info, pdf_page_text, render_pdf_page
 from indexer.pages.raster import open_image_file, render_image_frame, to_rgb
 from indexer.pages.text import normalize_text
@@ -76,6 +87,7 @@ from indexer.pages.types import (
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "OFFICE_SUFFIXES",
     "PATCH",
     "PDF_SUFFIXES",
     "SUPPORTED_SUFFIXES",
@@ -114,6 +126,8 @@ def inspect_document(
     if kind == "pdf":
         with quiet_mupdf():
             count, title, encrypted = pdf_info(path, password)
+    elif kind in OFFICE_KINDS:
+        count, title, encrypted = office_info(path, kind)
     else:
         image, count = open_image_file(path, settings)
         image.close()
@@ -135,7 +149,7 @@ def render_pages(
     password: str | None = None,
     pages: Iterable[int] | None = None,
 ) -> Iterator[PageImage]:
-    """Yield the pages of a PDF or image file, one at a time, in the order asked.
+    """Yield the pages of a PDF, office or image file, one at a time, in the order asked.
 
     A generator: nothing is opened until the first page is requested, so errors
     (:class:`DocumentError`) surface on the first ``next()``; only the current page is held
@@ -148,8 +162,8 @@ def render_pages(
     if settings.ocr:
         ocr_tessdata(settings.ocr_language)
     kind = classify(path, settings)
-    if kind == "pdf":
-        doc = open_pdf(path, password)
+    if kind == "pdf" or kind in OFFICE_KINDS:
+        doc = open_pdf(path, password) if kind == "pdf" else open_office(path, kind)
         try:
             for number in check_numbers(path, pages, doc.page_count):
                 yield render_pdf_page(doc, number, path, settings)
@@ -188,7 +202,10 @@ def extract_text(
     settings = settings or RenderSettings()
     if settings.ocr:
         ocr_tessdata(settings.ocr_language)
-    if classify(path, settings) != "pdf":
+    kind = classify(path, settings)
+    if kind in OFFICE_KINDS:
+        return office_page_text(path, kind, number, settings)
+    if kind != "pdf":
         image, count = open_image_file(path, settings)
         image.close()
         check_number(path, number, count)

@@ -1,5 +1,5 @@
-"""Input files: which files a folder holds, their hash, and whether each is a PDF or an image
-(by content, not suffix). Imports pages.types and indexer.errors."""
+"""Input files: which files a folder holds, their hash, and whether each is a PDF, an image or
+an office file (by content, not suffix). Imports pages.types, pages.office and indexer.errors."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from indexer.errors import DocumentError
+from indexer.pages.office import OFFICE_SUFFIXES, sniff_office
 from indexer.pages.types import RenderSettings
 
 logger = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 PDF_SUFFIXES = frozenset({".pdf"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 #: Suffixes picked up when a folder is scanned (lower case; matching ignores case).
-SUPPORTED_SUFFIXES = PDF_SUFFIXES | IMAGE_SUFFIXES
+SUPPORTED_SUFFIXES = PDF_SUFFIXES | IMAGE_SUFFIXES | OFFICE_SUFFIXES
 
 # How many leading bytes we read to recognise a file. The PDF spec allows junk before
 # "%PDF-"; Acrobat looks in the first 1024 bytes and so do we.
@@ -34,7 +35,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
+    """Dot files, and the ``~$name.docx`` owner files Office leaves beside an open document."""
+    return name.startswith((".", "~$"))
 
 
 def iter_input_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
@@ -109,9 +111,10 @@ def _sniff(head: bytes) -> str | None:
 
 
 def classify(path: Path, settings: RenderSettings) -> str:
-    """Check that a file exists, is not empty nor too big, and say whether it is a PDF or an
-    image. The content decides, not the suffix: a ``.pdf`` that is really an HTML error page
-    (a common failed download) is refused, and a PDF saved without a suffix is accepted.
+    """Check that a file exists, is not empty nor too big, and say whether it is a PDF ("pdf"),
+    an image ("image") or an office file (its format: "docx", "odt"...). The content decides,
+    not the suffix: a ``.pdf`` that is really an HTML error page (a common failed download) is
+    refused, and a PDF saved without a suffix is accepted.
     """
     try:
         stat = path.stat()
@@ -135,7 +138,7 @@ def classify(path: Path, settings: RenderSettings) -> str:
             head = fh.read(_SNIFF_BYTES)
     except OSError as exc:
         raise DocumentError(path, "not-found", f"{path}: cannot be read ({exc})") from None
-    kind = _sniff(head)
+    kind = sniff_office(path, head) or _sniff(head)
     if kind is not None:
         return kind
     suffix = path.suffix.lower()
@@ -147,8 +150,13 @@ def classify(path: Path, settings: RenderSettings) -> str:
         raise DocumentError(
             path, "bad-image", f"{path}: named {suffix} but its content is not a known image"
         )
+    if suffix in OFFICE_SUFFIXES:
+        raise DocumentError(
+            path, "damaged", f"{path}: named {suffix} but its content is not such a document"
+        )
     raise DocumentError(
         path,
         "unsupported",
-        f"{path}: not a PDF nor a supported image ({', '.join(sorted(SUPPORTED_SUFFIXES))})",
+        f"{path}: not a PDF, office file nor supported image "
+        f"({', '.join(sorted(SUPPORTED_SUFFIXES))})",
     )
