@@ -14,6 +14,10 @@ Why pages are rendered the way they are:
 * Qwen's ``smart_resize`` refuses aspect ratios beyond 200:1 and sides under 28 px, so
   extreme pages are padded with white up to those limits (content centred), and the padding
   is counted inside the pixel budget.
+* HTML, Markdown and plain text are laid out to A4 pages in memory (MuPDF's Story, no
+  browser, nothing fetched: local images only) and EPUB, XPS, FB2, MOBI, CBZ and SVG are
+  paged by MuPDF; their pages then render like a PDF's. A document is still the original
+  file: its SHA-256, name and kind ("html", "epub"...) are the file's.
 * Image files are documents too (a phone photo of a receipt is a one-page document; a
   multi-page TIFF is a scanned document). They are only ever downscaled: upscaling a bitmap
   adds no information, and the processor would spend tokens on it.
@@ -35,7 +39,8 @@ PyMuPDF documents are not thread-safe: use these functions from one thread per d
 
 Modules: ``types`` (settings, results), ``files`` (finding and recognising inputs),
 ``geometry`` (pixel budget, padding), ``text`` (text-layer cleaning), ``mupdf`` (MuPDF's
-switches), ``pdf``, ``raster`` (image decoding and image documents), ``decoding`` (what a decode
+switches), ``pdf``, ``native`` (e-books, XPS, SVG: what MuPDF opens itself), ``markup``
+(HTML, Markdown and text laid out to pages), ``raster`` (image decoding and image documents), ``decoding`` (what a decode
 costs, the byte budget that admits decodes), ``ocr``. This
 ``__init__`` holds the public API and imports those; they never import it. The package
 imports nothing of PageLens but :mod:`indexer.errors`.
@@ -60,6 +65,7 @@ from indexer.pages.files import (
 )
 from indexer.pages.geometry import pad, padded_size, plan_scale
 from indexer.pages.mupdf import quiet_mupdf
+from indexer.pages.native import open_paged, paged_info, paged_text
 from indexer.pages.ocr import OcrUnavailableError, ocr_tessdata
 from indexer.pages.pdf import open_pdf, pdf_info, pdf_page_text, render_pdf_page
 from indexer.pages.raster import open_image_file, render_image_frame, to_rgb
@@ -114,6 +120,8 @@ def inspect_document(
     if kind == "pdf":
         with quiet_mupdf():
             count, title, encrypted = pdf_info(path, password)
+    elif kind != "image":
+        (count, title), encrypted = paged_info(path, kind, settings), False
     else:
         image, count = open_image_file(path, settings)
         image.close()
@@ -135,7 +143,7 @@ def render_pages(
     password: str | None = None,
     pages: Iterable[int] | None = None,
 ) -> Iterator[PageImage]:
-    """Yield the pages of a PDF or image file, one at a time, in the order asked.
+    """Yield the pages of a PDF, image or other document file, one at a time, in the order asked.
 
     A generator: nothing is opened until the first page is requested, so errors
     (:class:`DocumentError`) surface on the first ``next()``; only the current page is held
@@ -148,8 +156,8 @@ def render_pages(
     if settings.ocr:
         ocr_tessdata(settings.ocr_language)
     kind = classify(path, settings)
-    if kind == "pdf":
-        doc = open_pdf(path, password)
+    if kind != "image":
+        doc = open_pdf(path, password) if kind == "pdf" else open_paged(path, kind, settings)[0]
         try:
             for number in check_numbers(path, pages, doc.page_count):
                 yield render_pdf_page(doc, number, path, settings)
@@ -188,7 +196,10 @@ def extract_text(
     settings = settings or RenderSettings()
     if settings.ocr:
         ocr_tessdata(settings.ocr_language)
-    if classify(path, settings) != "pdf":
+    kind = classify(path, settings)
+    if kind not in ("pdf", "image"):
+        return paged_text(path, kind, number, settings)
+    if kind != "pdf":
         image, count = open_image_file(path, settings)
         image.close()
         check_number(path, number, count)

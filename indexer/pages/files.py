@@ -1,5 +1,5 @@
 """Input files: which files a folder holds, their hash, and whether each is a PDF or an image
-(by content, not suffix). Imports pages.types and indexer.errors."""
+(by content, not suffix), or a document read by its suffix (markup, e-books). Imports pages.types and indexer.errors."""
 
 from __future__ import annotations
 
@@ -16,8 +16,30 @@ logger = logging.getLogger(__name__)
 
 PDF_SUFFIXES = frozenset({".pdf"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+#: Laid out to pages (pages.markup): the kind each suffix is read as.
+MARKUP_KINDS_BY_SUFFIX = {
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+}
+#: Opened by MuPDF itself (pages.native).
+NATIVE_KINDS_BY_SUFFIX = {
+    ".epub": "epub",
+    ".xps": "xps",
+    ".oxps": "xps",
+    ".fb2": "fb2",
+    ".mobi": "mobi",
+    ".cbz": "cbz",
+    ".svg": "svg",
+}
+MARKUP_KINDS = frozenset(MARKUP_KINDS_BY_SUFFIX.values())
+NATIVE_KINDS = frozenset(NATIVE_KINDS_BY_SUFFIX.values())
+DOCUMENT_SUFFIXES = frozenset(MARKUP_KINDS_BY_SUFFIX) | frozenset(NATIVE_KINDS_BY_SUFFIX)
 #: Suffixes picked up when a folder is scanned (lower case; matching ignores case).
-SUPPORTED_SUFFIXES = PDF_SUFFIXES | IMAGE_SUFFIXES
+SUPPORTED_SUFFIXES = PDF_SUFFIXES | IMAGE_SUFFIXES | DOCUMENT_SUFFIXES
 
 # How many leading bytes we read to recognise a file. The PDF spec allows junk before
 # "%PDF-"; Acrobat looks in the first 1024 bytes and so do we.
@@ -109,8 +131,9 @@ def _sniff(head: bytes) -> str | None:
 
 
 def classify(path: Path, settings: RenderSettings) -> str:
-    """Check that a file exists, is not empty nor too big, and say whether it is a PDF or an
-    image. The content decides, not the suffix: a ``.pdf`` that is really an HTML error page
+    """Check that a file exists, is not empty nor too big, and say whether it is a PDF, an
+    image, or one of the documents read by suffix (``MARKUP_KINDS``, ``NATIVE_KINDS``, whose
+    readers check their content). For PDFs and images the content decides, not the suffix: a ``.pdf`` that is really an HTML error page
     (a common failed download) is refused, and a PDF saved without a suffix is accepted.
     """
     try:
@@ -136,9 +159,12 @@ def classify(path: Path, settings: RenderSettings) -> str:
     except OSError as exc:
         raise DocumentError(path, "not-found", f"{path}: cannot be read ({exc})") from None
     kind = _sniff(head)
+    suffix = path.suffix.lower()
+    if suffix in DOCUMENT_SUFFIXES and (kind is None or (kind == "pdf" and head[:1] != b"%")):
+        # by suffix (text mentioning "%PDF-" stays text); their readers check the content
+        return {**MARKUP_KINDS_BY_SUFFIX, **NATIVE_KINDS_BY_SUFFIX}[suffix]
     if kind is not None:
         return kind
-    suffix = path.suffix.lower()
     if suffix in PDF_SUFFIXES:
         raise DocumentError(
             path, "not-a-pdf", f"{path}: named .pdf but its content is not a PDF document"
@@ -150,5 +176,5 @@ def classify(path: Path, settings: RenderSettings) -> str:
     raise DocumentError(
         path,
         "unsupported",
-        f"{path}: not a PDF nor a supported image ({', '.join(sorted(SUPPORTED_SUFFIXES))})",
+        f"{path}: not a supported document nor image ({', '.join(sorted(SUPPORTED_SUFFIXES))})",
     )

@@ -71,7 +71,7 @@ class DocumentInfo:
     """What we know about an input file before rendering any page."""
 
     path: Path
-    kind: str  # "pdf" | "image"
+    kind: str  # "pdf" | "image" | a markup or native kind ("html", "markdown", "epub"...)
     page_count: int
     sha256: str
     title: str | None
