@@ -40,8 +40,9 @@ PyMuPDF documents are not thread-safe: use these functions from one thread per d
 Modules: ``types`` (settings, results), ``files`` (finding and recognising inputs),
 ``geometry`` (pixel budget, padding), ``text`` (text-layer cleaning), ``mupdf`` (MuPDF's
 switches), ``pdf``, ``native`` (e-books, XPS, SVG: what MuPDF opens itself), ``markup``
-(HTML, Markdown and text laid out to pages), ``raster`` (image decoding and image documents), ``decoding`` (what a decode
-costs, the byte budget that admits decodes), ``ocr``. This
+(HTML, Markdown and text laid out to pages), ``raster`` (image decoding and image
+documents), ``decoding`` (what a decode costs, the byte budget that admits decodes), ``ocr``.
+This
 ``__init__`` holds the public API and imports those; they never import it. The package
 imports nothing of PageLens but :mod:`indexer.errors`.
 """

@@ -1,5 +1,6 @@
 """Input files: which files a folder holds, their hash, and whether each is a PDF or an image
-(by content, not suffix), or a document read by its suffix (markup, e-books). Imports pages.types and indexer.errors."""
+(by content, not suffix) or a document read by its suffix (markup, e-books). Imports
+pages.types and indexer.errors."""
 
 from __future__ import annotations
 
@@ -133,8 +134,9 @@ def _sniff(head: bytes) -> str | None:
 def classify(path: Path, settings: RenderSettings) -> str:
     """Check that a file exists, is not empty nor too big, and say whether it is a PDF, an
     image, or one of the documents read by suffix (``MARKUP_KINDS``, ``NATIVE_KINDS``, whose
-    readers check their content). For PDFs and images the content decides, not the suffix: a ``.pdf`` that is really an HTML error page
-    (a common failed download) is refused, and a PDF saved without a suffix is accepted.
+    readers check their content). For PDFs and images the content decides, not the suffix:
+    a ``.pdf`` that is really an HTML error page (a common failed download) is refused, and
+    a PDF saved without a suffix is accepted.
     """
     try:
         stat = path.stat()

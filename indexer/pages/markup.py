@@ -58,7 +58,9 @@ _CACHE: OrderedDict[tuple, tuple[bytes, str | None]] = OrderedDict()
 _CACHE_SIZE = 2
 
 
-def open_markup(path: Path, kind: str, settings: RenderSettings) -> tuple[pymupdf.Document, str | None]:
+def open_markup(
+    path: Path, kind: str, settings: RenderSettings
+) -> tuple[pymupdf.Document, str | None]:
     """The laid-out pages of an HTML, Markdown or text file as a PDF document, and its
     title. The last two layouts are kept (keyed by path, size and mtime), so that
     describing a file and then rendering it lays it out once."""
@@ -99,8 +101,9 @@ def layout(path: Path, kind: str, settings: RenderSettings) -> tuple[bytes, str 
                 pdf = _write_pages(path, _TABLE_TAG.sub(r"<\1div>", markup), archive)
         except _Stalled:
             raise DocumentError(
-                path, "damaged", f"{path}: holds a block taller than a page that cannot be "
-                "split across pages"
+                path,
+                "damaged",
+                f"{path}: holds a block taller than a page that cannot be split across pages",
             ) from None
         finally:
             drain_mupdf_warnings(path)
@@ -221,13 +224,13 @@ class _Images:
         self.folder = path.resolve().parent
         self.archive = archive
         self.settings = settings
-        self.names: dict[object, str | None] = {}
+        self.names: dict[str | Path, str | None] = {}
         self.budget = MAX_IMAGE_BYTES
 
     def name_for(self, src: str) -> str | None:
         """The archive name the image is shown under, or None to drop it."""
         src = html.unescape(src.strip())
-        key: object = src if src.lower().startswith("data:") else self._local(src)
+        key: str | Path | None = src if src.lower().startswith("data:") else self._local(src)
         if key is None:
             return None
         if key not in self.names:
@@ -249,11 +252,11 @@ class _Images:
             return None
         return real
 
-    def _add(self, key: object) -> str | None:
+    def _add(self, key: str | Path) -> str | None:
         data = _data_uri(key) if isinstance(key, str) else _read(key, self.budget)
         if data is None or len(data) > self.budget:
             return None
-        suffix = _image_type(data, key, self.settings)
+        suffix = _image_type(data, self.settings)
         if suffix is None:
             return None
         self.budget -= len(data)
@@ -305,7 +308,7 @@ def _read(path: Path, budget: int) -> bytes | None:
         return None
 
 
-def _image_type(data: bytes, key: object, settings: RenderSettings) -> str | None:
+def _image_type(data: bytes, settings: RenderSettings) -> str | None:
     """The file suffix of a bitmap Pillow recognises within the pixel limit, "svg" for an
     SVG, else None."""
     head = data[:1024].lstrip().lower()

@@ -15,7 +15,7 @@ from indexer.pages.text import normalize_text
 from indexer.pages.types import PageRenderError, RenderSettings, check_number
 
 #: MuPDF's filetype for each native kind.
-_FILETYPES = {"epub": "epub", "xps": "xps", "fb2": "fb2", "mobi": "mobi", "cbz": "cbz", "svg": "svg"}
+_FILETYPES = {k: k for k in ("epub", "xps", "fb2", "mobi", "cbz", "svg")}
 #: Kinds that are XML text, read into memory (bounded like markup) and opened from there,
 #: so MuPDF has no folder to read linked files from.
 _XML_KINDS = {"fb2", "svg"}
