@@ -113,8 +113,8 @@ def test_iter_input_files(tmp_path: Path) -> None:
     make_text_pdf(root / "b" / "deep" / "c.pdf", ["c"])
     make_text_pdf(root / ".hidden" / "secret.pdf", ["s"])
     make_text_pdf(root / ".dotfile.pdf", ["d"])
-    (root / "notes.txt").write_text("not a document")
-    explicit = tmp_path / "readme.txt"
+    (root / "notes.log").write_text("not a document")
+    explicit = tmp_path / "readme.log"
     explicit.write_text("named on purpose")
 
     got = list(iter_input_files([root, explicit, tmp_path / "missing.pdf", root / "z.pdf"]))
@@ -124,7 +124,7 @@ def test_iter_input_files(tmp_path: Path) -> None:
         "docs/b/deep/c.pdf",
         "docs/b/scan.png",
         "docs/z.pdf",
-        "readme.txt",
+        "readme.log",
         "missing.pdf",
     ]
 
@@ -444,8 +444,8 @@ def test_refusals(tmp_path: Path) -> None:
     assert _refusal(tmp_path / "empty.pdf").reason == "empty"
     (tmp_path / "page.pdf").write_text("<!DOCTYPE html><html><body>Login</body></html>")
     assert _refusal(tmp_path / "page.pdf").reason == "not-a-pdf"
-    (tmp_path / "notes.txt").write_text("just some notes")
-    assert _refusal(tmp_path / "notes.txt").reason == "unsupported"
+    (tmp_path / "notes.log").write_text("just some notes")
+    assert _refusal(tmp_path / "notes.log").reason == "unsupported"
     (tmp_path / "fake.png").write_text("not really a png")
     assert _refusal(tmp_path / "fake.png").reason == "bad-image"
     assert _refusal(make_truncated_pdf(tmp_path / "cut.pdf")).reason == "damaged"

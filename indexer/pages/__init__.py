@@ -17,6 +17,10 @@ Why pages are rendered the way they are:
 * Office and OpenDocument files (docx, pptx, xlsx, odt... see ``office``) are converted to
   PDF by LibreOffice headless and then rendered exactly like PDFs; they keep their own hash,
   name and kind. Without LibreOffice each is refused (``needs-libreoffice``) and the rest go on.
+* HTML, Markdown and plain text are laid out to A4 pages in memory (MuPDF's Story, no
+  browser, nothing fetched: local images only) and EPUB, XPS, FB2, MOBI, CBZ and SVG are
+  paged by MuPDF; their pages then render like a PDF's. A document is still the original
+  file: its SHA-256, name and kind ("html", "epub"...) are the file's.
 * Image files are documents too (a phone photo of a receipt is a one-page document; a
   multi-page TIFF is a scanned document). They are only ever downscaled: upscaling a bitmap
   adds no information, and the processor would spend tokens on it.
@@ -38,9 +42,10 @@ PyMuPDF documents are not thread-safe: use these functions from one thread per d
 
 Modules: ``types`` (settings, results), ``files`` (finding and recognising inputs),
 ``geometry`` (pixel budget, padding), ``text`` (text-layer cleaning), ``mupdf`` (MuPDF's
-switches), ``pdf``, ``office`` (office files through LibreOffice), ``raster`` (image decoding
-and image documents), ``decoding`` (what a decode costs, the byte budget that admits
-decodes), ``ocr``. This
+switches), ``pdf``, ``office`` (office files through LibreOffice), ``native`` (e-books,
+XPS, SVG: what MuPDF opens itself), ``markup`` (HTML, Markdown and text laid out to pages),
+``raster`` (image decoding and image documents), ``decoding`` (what a decode costs, the byte
+budget that admits decodes), ``ocr``. This
 ``__init__`` holds the public API and imports those; they never import it. The package
 imports nothing of PageLens but :mod:`indexer.errors`.
 """
@@ -64,6 +69,7 @@ from indexer.pages.files import (
 )
 from indexer.pages.geometry import pad, padded_size, plan_scale
 from indexer.pages.mupdf import quiet_mupdf
+from indexer.pages.native import open_paged, paged_info, paged_text
 from indexer.pages.ocr import OcrUnavailableError, ocr_tessdata
 from indexer.pages.office import (
     OFFICE_KINDS,
@@ -128,6 +134,8 @@ def inspect_document(
             count, title, encrypted = pdf_info(path, password)
     elif kind in OFFICE_KINDS:
         count, title, encrypted = office_info(path, kind)
+    elif kind != "image":
+        (count, title), encrypted = paged_info(path, kind, settings), False
     else:
         image, count = open_image_file(path, settings)
         image.close()
@@ -149,7 +157,8 @@ def render_pages(
     password: str | None = None,
     pages: Iterable[int] | None = None,
 ) -> Iterator[PageImage]:
-    """Yield the pages of a PDF, office or image file, one at a time, in the order asked.
+    """Yield the pages of a PDF, office, image or other document file, one at a time, in the
+    order asked.
 
     A generator: nothing is opened until the first page is requested, so errors
     (:class:`DocumentError`) surface on the first ``next()``; only the current page is held
@@ -162,8 +171,13 @@ def render_pages(
     if settings.ocr:
         ocr_tessdata(settings.ocr_language)
     kind = classify(path, settings)
-    if kind == "pdf" or kind in OFFICE_KINDS:
-        doc = open_pdf(path, password) if kind == "pdf" else open_office(path, kind)
+    if kind != "image":
+        if kind == "pdf":
+            doc = open_pdf(path, password)
+        elif kind in OFFICE_KINDS:
+            doc = open_office(path, kind)
+        else:
+            doc = open_paged(path, kind, settings)[0]
         try:
             for number in check_numbers(path, pages, doc.page_count):
                 yield render_pdf_page(doc, number, path, settings)
@@ -205,6 +219,8 @@ def extract_text(
     kind = classify(path, settings)
     if kind in OFFICE_KINDS:
         return office_page_text(path, kind, number, settings)
+    if kind not in ("pdf", "image"):
+        return paged_text(path, kind, number, settings)
     if kind != "pdf":
         image, count = open_image_file(path, settings)
         image.close()

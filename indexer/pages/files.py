@@ -1,5 +1,6 @@
-"""Input files: which files a folder holds, their hash, and whether each is a PDF, an image or
-an office file (by content, not suffix). Imports pages.types, pages.office and indexer.errors."""
+"""Input files: which files a folder holds, their hash, and whether each is a PDF, an image,
+an office file (by content, not suffix) or a document read by its suffix (markup, e-books).
+Imports pages.types, pages.office and indexer.errors."""
 
 from __future__ import annotations
 
@@ -17,8 +18,30 @@ logger = logging.getLogger(__name__)
 
 PDF_SUFFIXES = frozenset({".pdf"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+#: Laid out to pages (pages.markup): the kind each suffix is read as.
+MARKUP_KINDS_BY_SUFFIX = {
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+}
+#: Opened by MuPDF itself (pages.native).
+NATIVE_KINDS_BY_SUFFIX = {
+    ".epub": "epub",
+    ".xps": "xps",
+    ".oxps": "xps",
+    ".fb2": "fb2",
+    ".mobi": "mobi",
+    ".cbz": "cbz",
+    ".svg": "svg",
+}
+MARKUP_KINDS = frozenset(MARKUP_KINDS_BY_SUFFIX.values())
+NATIVE_KINDS = frozenset(NATIVE_KINDS_BY_SUFFIX.values())
+DOCUMENT_SUFFIXES = frozenset(MARKUP_KINDS_BY_SUFFIX) | frozenset(NATIVE_KINDS_BY_SUFFIX)
 #: Suffixes picked up when a folder is scanned (lower case; matching ignores case).
-SUPPORTED_SUFFIXES = PDF_SUFFIXES | IMAGE_SUFFIXES | OFFICE_SUFFIXES
+SUPPORTED_SUFFIXES = PDF_SUFFIXES | IMAGE_SUFFIXES | OFFICE_SUFFIXES | DOCUMENT_SUFFIXES
 
 # How many leading bytes we read to recognise a file. The PDF spec allows junk before
 # "%PDF-"; Acrobat looks in the first 1024 bytes and so do we.
@@ -112,9 +135,11 @@ def _sniff(head: bytes) -> str | None:
 
 def classify(path: Path, settings: RenderSettings) -> str:
     """Check that a file exists, is not empty nor too big, and say whether it is a PDF ("pdf"),
-    an image ("image") or an office file (its format: "docx", "odt"...). The content decides,
-    not the suffix: a ``.pdf`` that is really an HTML error page (a common failed download) is
-    refused, and a PDF saved without a suffix is accepted.
+    an image ("image"), an office file (its format: "docx", "odt"...) or one of the documents
+    read by suffix (``MARKUP_KINDS``, ``NATIVE_KINDS``, whose readers check their content).
+    For PDFs, images and office files the content decides, not the suffix: a ``.pdf`` that is
+    really an HTML error page (a common failed download) is refused, and a PDF saved without
+    a suffix is accepted.
     """
     try:
         stat = path.stat()
@@ -139,9 +164,12 @@ def classify(path: Path, settings: RenderSettings) -> str:
     except OSError as exc:
         raise DocumentError(path, "not-found", f"{path}: cannot be read ({exc})") from None
     kind = sniff_office(path, head) or _sniff(head)
+    suffix = path.suffix.lower()
+    if suffix in DOCUMENT_SUFFIXES and (kind is None or (kind == "pdf" and head[:1] != b"%")):
+        # by suffix (text mentioning "%PDF-" stays text); their readers check the content
+        return {**MARKUP_KINDS_BY_SUFFIX, **NATIVE_KINDS_BY_SUFFIX}[suffix]
     if kind is not None:
         return kind
-    suffix = path.suffix.lower()
     if suffix in PDF_SUFFIXES:
         raise DocumentError(
             path, "not-a-pdf", f"{path}: named .pdf but its content is not a PDF document"
@@ -157,6 +185,5 @@ def classify(path: Path, settings: RenderSettings) -> str:
     raise DocumentError(
         path,
         "unsupported",
-        f"{path}: not a PDF, office file nor supported image "
-        f"({', '.join(sorted(SUPPORTED_SUFFIXES))})",
+        f"{path}: not a supported document nor image ({', '.join(sorted(SUPPORTED_SUFFIXES))})",
     )

@@ -71,7 +71,7 @@ class DocumentInfo:
     """What we know about an input file before rendering any page."""
 
     path: Path
-    kind: str  # "pdf" | "image" | an office format ("docx", "odt"...)
+    kind: str  # "pdf" | "image" | an office format ("docx"...) | "html", "epub"... (by suffix)
     page_count: int
     sha256: str
     title: str | None
