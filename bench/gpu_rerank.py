@@ -135,7 +135,7 @@ def time_rerank(
         report_progress("rerank", done, len(pages), started)
     seconds = time.perf_counter() - started
     lengths = [reranker.count_tokens(query, page) for page in pages[:done]]
-    visual = [_visual_tokens(reranker, page.image) for page in pages[:done]]
+    visual = [_visual_tokens(reranker, page.image) for page in pages[:done] if page.image]
     return {
         "pages": done,
         "batch_size": batch,
