@@ -356,7 +356,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every phase on one device; returns the report (also written to ``args.out``)."""
     import torch
 
-    from bench.gpu_rerank import run_rerank
+    from bench.gpu_rerank import qwen_vl_utils_source, run_rerank
 
     device = "cpu" if args.dry_run else args.device
     size = "tiny" if args.dry_run else "full"
@@ -370,6 +370,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(device),
         "phases": {},
     }
+    # GME's and the reranker's image resizing; the GPU machine has it only from the kit
+    report["machine"]["qwen_vl_utils"] = source = qwen_vl_utils_source(args.kit)
+    if source == "missing":
+        log("qwen_vl_utils is neither installed nor in the kit: run `bash bench/gpu.sh prepare`")
     # The dry run's pages are small (about 256 visual tokens): it checks phases, not speed.
     images = kit_pages(args.kit, args.pages, (448, 448) if args.dry_run else (1240, 1754))
     low = "float32" if args.dry_run else "bfloat16"

@@ -47,16 +47,25 @@ def prepare_kit(kit: Path, texts: dict[int, str]) -> None:
     shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__"))
 
 
-def missing(kit: Path | None) -> str | None:
-    """Why the phase cannot run here (qwen_vl_utils neither installed nor in the kit)."""
+def qwen_vl_utils_source(kit: Path | None) -> str:
+    """Where ``qwen_vl_utils`` comes from ("installed", "kit") or "missing"; a kit's copy is
+    put first on ``sys.path``. GME's and the reranker's image resizing both need it."""
     carried = kit / "python" if kit else None
     if carried and (carried / "qwen_vl_utils").is_dir() and str(carried) not in sys.path:
         sys.path.insert(0, str(carried))
     try:
-        found = importlib.util.find_spec("qwen_vl_utils") is not None
+        spec = importlib.util.find_spec("qwen_vl_utils")
     except ImportError:
-        found = False
-    if found:
+        spec = None
+    if spec is None:
+        return "missing"
+    inside = carried is not None and str(spec.origin or "").startswith(str(carried))
+    return "kit" if inside else "installed"
+
+
+def missing(kit: Path | None) -> str | None:
+    """Why the phase cannot run here (qwen_vl_utils neither installed nor in the kit)."""
+    if qwen_vl_utils_source(kit) != "missing":
         return None
     return (
         "qwen_vl_utils (pip package qwen-vl-utils, the reranker's image resizing) is not "
@@ -191,4 +200,13 @@ def run_rerank(
         torch.cuda.empty_cache()
 
 
-__all__ = ["QUERY", "build", "kit_texts", "missing", "prepare_kit", "run_rerank", "time_rerank"]
+__all__ = [
+    "QUERY",
+    "build",
+    "kit_texts",
+    "missing",
+    "prepare_kit",
+    "qwen_vl_utils_source",
+    "run_rerank",
+    "time_rerank",
+]
