@@ -47,14 +47,15 @@ MAX_DEPTH = 200
 
 #: Seconds per reranked page for an in-process reranker on the CPU, used to warn before a
 #: CPU rerank starts. Measured, not guessed: ``pagelens bench --rerank-pages 3`` (phase H),
-#: bench/results/xeon-amx-2core-rerank-2026-12-06.json: the full-size Qwen3-VL-Reranker-2B
-#: architecture (random weights) in float32, as PageLens loads it on a CPU, at its default
-#: budget, on pages of the test PDF rendered at PageLens's defaults (962 visual tokens,
-#: ~1.36k tokens a pair with the text layer): 112.9 s/page on a 2-core Intel Xeon VM with
-#: AMX (load average 3-6 from other jobs during the run, so an upper bound for that machine).
-#: A CPU with more cores should take less (not measured yet); a reranker that knows its
-#: rate says so with a ``seconds_per_page`` attribute.
-CPU_SECONDS_PER_PAGE = 112.9
+#: bench/results/xeon-amx-2core-rerank-fp32-run2-2026-12-06.json: the full-size
+#: Qwen3-VL-Reranker-2B architecture (random weights) in float32, as PageLens loads it on a
+#: CPU, at its default budget, on pages of the test PDF rendered at PageLens's defaults (962
+#: visual tokens, ~1.36k tokens a pair with the text layer): 52.5 s/page on a 2-core Intel
+#: Xeon VM with AMX, load average 1.4-2.9 (the same run under load 3.2-6.0 from other jobs,
+#: bench/results/xeon-amx-2core-rerank-2026-12-06.json, took 112.9). A CPU with more cores
+#: should take less (not measured yet); a reranker that knows its rate says so with a
+#: ``seconds_per_page`` attribute.
+CPU_SECONDS_PER_PAGE = 52.5
 
 #: Pages per ``score`` call when progress is reported (one call otherwise, so a batched
 #: model fills its batches).
