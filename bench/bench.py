@@ -19,6 +19,8 @@ F. (optional, ``--remote-pages N``) per-page overhead of embedding through ``pag
    tiny random model unless ``--model``): bench/remote_overhead.py.
 G. ``index --ray`` throughput with 1 and 2 embedding actors on a local Ray instance, and the
    same pages in-process (bench/ray_bench.py; ``--ray-actors ''`` skips it).
+H. (optional, ``--rerank-pages N``) seconds per reranked page: the full-size Qwen3-VL
+   reranker, random weights, N real pages and their text layers (bench/rerank_phase.py).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class BenchConfig:
     ray_pages: int = 16
     ray_tokens: int = 256
     ray_size: str = "tiny"
+    rerank_pages: int = 0
 
 
 def run_rss_index(cfg: BenchConfig, report: dict) -> None:
@@ -173,6 +176,10 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
             from bench.ray_bench import run_ray
 
             run_ray(cfg, report, Path(tmp), make_text_pdf)
+        if cfg.rerank_pages:
+            from bench.rerank_phase import run_rerank
+
+            run_rerank(cfg, report, Path(tmp))
     if not cfg.skip_vectors and cfg.vectors:
         run_vectors(cfg, report)
     if cfg.rss_pages:
@@ -384,6 +391,15 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "help": "random checkpoint the Ray actors load without --model (tiny: Ray's own cost)",
         },
     ),
+    (
+        "--rerank-pages",
+        {
+            "type": int,
+            "default": 0,
+            "help": "seconds per reranked page over N pages: Qwen3-VL reranker of --size, "
+            "random weights, on --device (0: skipped)",
+        },
+    ),
     ("--out", {"default": None}),
 ]
 
@@ -444,6 +460,7 @@ def _config(a: argparse.Namespace, *, device: str, depth: tuple[int, int] | None
         ray_pages=a.ray_pages,
         ray_tokens=a.ray_tokens,
         ray_size=a.ray_size,
+        rerank_pages=a.rerank_pages,
         label=a.label,
         out=a.out,
     )

@@ -10,8 +10,11 @@ real model), and measures on that one card:
   transformers' own vision forward) and for PageLens's default (bf16, SDPA, batched,
   PageLens's page kernels), with the cosine between the two paths' vectors;
 * text-query latency (p50/p95) on the default path;
-* reranking and region-evidence cost per page, once those stages exist (reported as absent
-  until then, so the JSON's shape does not change when they land).
+* reranking cost per page: the full-size Qwen3-VL-Reranker-2B architecture, random weights,
+  bf16, on the kit's pages and their text layers (bench/gpu_rerank.py; ``"absent"`` with the
+  reason where qwen_vl_utils is neither installed nor carried by the kit);
+* region-evidence cost per page, once that stage exists (reported as absent until then, so
+  the JSON's shape does not change when it lands).
 
 Each phase has a time cap (``--phase-seconds``) and the whole run a budget
 (``--budget-seconds``): a slow phase ends early with the pages it measured, marked
@@ -19,7 +22,8 @@ Each phase has a time cap (``--phase-seconds``) and the whole run a budget
 the JSON report (card, driver, torch, every figure) to ``--out``.
 
 Page images come from a kit prepared on a CPU machine (``--prepare DIR``: real pages of the
-test PDF rendered at GME's budget, plus the Qwen2 tokenizer), carried to the GPU machine with
+test PDF rendered at PageLens's default settings and their text layers, the Qwen2 and Qwen3
+tokenizers, a copy of qwen_vl_utils), carried to the GPU machine with
 the repository; without a kit, synthetic text-like pages and the fallback tokenizer are used.
 ``--dry-run`` runs every phase with the tiny model on the CPU in seconds (the test suite does).
 """
@@ -55,7 +59,6 @@ QUERIES = (
 )
 #: Stages of later issues: reported as absent until they exist, so the report keeps its shape.
 LATER_STAGES = {
-    "rerank": "no reranking stage in this version",
     "region_evidence": "no region evidence in this version",
 }
 GOAL_PAGES_PER_S = 40.0
@@ -178,17 +181,21 @@ def prepare(kit: Path, pages: int) -> None:
     Runs where PageLens is installed (PyMuPDF renders the pages); the result, a few MiB,
     travels with the repository to the GPU machine, which can fetch nothing.
     """
+    from bench.gpu_rerank import prepare_kit
     from indexer.model.gme.random import build_tokenizer
     from indexer.pages import RenderSettings, render_pages
 
     pdf = Path(__file__).resolve().parent.parent / "tests" / "data" / "camlidl-manual.pdf"
     (kit / "pages").mkdir(parents=True, exist_ok=True)
+    texts = {}
     for page in render_pages(pdf, settings=RenderSettings()):
         if page.number > pages:
             break
         page.image.save(kit / "pages" / f"{page.number:03d}.png")
+        texts[page.number] = page.text or ""
     build_tokenizer().save_pretrained(kit / "tokenizer")
-    log(f"kit written to {kit}: {pages} pages and the tokenizer")
+    prepare_kit(kit, texts)
+    log(f"kit written to {kit}: {pages} pages, their text layers, the tokenizers, qwen_vl_utils")
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -349,6 +356,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every phase on one device; returns the report (also written to ``args.out``)."""
     import torch
 
+    from bench.gpu_rerank import qwen_vl_utils_source, run_rerank
+
     device = "cpu" if args.dry_run else args.device
     size = "tiny" if args.dry_run else "full"
     clock = Clock(args.budget_seconds, args.phase_seconds)
@@ -361,6 +370,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(device),
         "phases": {},
     }
+    # GME's and the reranker's image resizing; the GPU machine has it only from the kit
+    report["machine"]["qwen_vl_utils"] = source = qwen_vl_utils_source(args.kit)
+    if source == "missing":
+        log("qwen_vl_utils is neither installed nor in the kit: run `bash bench/gpu.sh prepare`")
     # The dry run's pages are small (about 256 visual tokens): it checks phases, not speed.
     images = kit_pages(args.kit, args.pages, (448, 448) if args.dry_run else (1240, 1754))
     low = "float32" if args.dry_run else "bfloat16"
@@ -393,6 +406,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "query_text",
             lambda: report["phases"].update(query_text=query_phase(emb, clock, args.queries)),
         )
+    emb = None  # one full model on the card at a time
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    _phase(report, "rerank", lambda: run_rerank(report, args, size, low, device, images, clock))
     for stage, reason in LATER_STAGES.items():
         report["phases"][stage] = {"status": "absent", "reason": reason}
     report["cosine_default_vs_recipe_min"] = cosines(recipe_vecs, default_vecs)
@@ -411,6 +428,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipe-pages", type=int, default=24, help="pages for the recipe")
     p.add_argument("--batch", type=int, default=16, help="default path's batch size")
     p.add_argument("--queries", type=int, default=40, help="text queries timed")
+    p.add_argument("--rerank-pages", type=int, default=32, help="pages reranked")
+    p.add_argument("--rerank-batch", type=int, default=8, help="pages per rerank call")
     p.add_argument("--phase-seconds", type=float, default=150.0, help="cap per phase")
     p.add_argument("--budget-seconds", type=float, default=390.0, help="cap for the run")
     p.add_argument("--dry-run", action="store_true", help="tiny model on the CPU, seconds")
@@ -418,6 +437,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.dry_run:
         args.pages, args.recipe_pages = min(args.pages, 4), min(args.recipe_pages, 1)
         args.batch, args.queries = min(args.batch, 2), min(args.queries, 3)
+        args.rerank_pages, args.rerank_batch = min(args.rerank_pages, 4), min(args.rerank_batch, 2)
     return args
 
 

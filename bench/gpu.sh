@@ -5,7 +5,8 @@
 #   bash bench/gpu.sh run [OUT.json] # on the GPU machine (python3 with torch + transformers)
 #   bash bench/gpu.sh dry-run        # any CPU machine: the tiny model, every phase, seconds
 #
-# The kit (rendered pages + the Qwen2 tokenizer, a few MiB) travels with the repository to
+# The kit (rendered pages and their text, the tokenizers, a copy of qwen_vl_utils: a few MiB;
+# GME and the reranker resize images with it) travels with the repository to
 # a GPU machine that can fetch nothing. The run caps each phase and the whole run (6.5 min
 # of measuring by default) so that it ends inside an 8-minute window, start-up included.
 set -euo pipefail

@@ -45,13 +45,17 @@ DEFAULT_DEPTH = 20
 #: Largest depth accepted: a rerank reads every page image it is given.
 MAX_DEPTH = 200
 
-#: Estimated seconds per reranked page for an in-process reranker on the CPU, used to warn
-#: before a CPU rerank starts. An estimate for Qwen3-VL-Reranker-2B in float32 at the
-#: default 1280-token page budget on an ordinary 8-16 core x86 machine (a page is a ~1.3k
-#: token prefill of a 2B model: some 5-10 TFLOP-seconds at the CPU's few hundred GFLOP/s);
-#: ``pagelens bench`` measures the real figure per machine class. A reranker that knows
-#: better says so with a ``seconds_per_page`` attribute.
-CPU_SECONDS_PER_PAGE = 6.0
+#: Seconds per reranked page for an in-process reranker on the CPU, used to warn before a
+#: CPU rerank starts. Measured, not guessed: ``pagelens bench --rerank-pages 3`` (phase H),
+#: bench/results/xeon-amx-2core-rerank-fp32-run2-2026-12-06.json: the full-size
+#: Qwen3-VL-Reranker-2B architecture (random weights) in float32, as PageLens loads it on a
+#: CPU, at its default budget, on pages of the test PDF rendered at PageLens's defaults (962
+#: visual tokens, ~1.36k tokens a pair with the text layer): 52.5 s/page on a 2-core Intel
+#: Xeon VM with AMX, load average 1.4-2.9 (the same run under load 3.2-6.0 from other jobs,
+#: bench/results/xeon-amx-2core-rerank-2026-12-06.json, took 112.9). A CPU with more cores
+#: should take less (not measured yet); a reranker that knows its rate says so with a
+#: ``seconds_per_page`` attribute.
+CPU_SECONDS_PER_PAGE = 52.5
 
 #: Pages per ``score`` call when progress is reported (one call otherwise, so a batched
 #: model fills its batches).

@@ -181,6 +181,30 @@ def test_remote_overhead_section(tiny_model_dir):
     json.dumps(report)  # the report is JSON as written
 
 
+def test_rerank_phase_reports_seconds_per_page(tmp_path):
+    """Phase H (``--rerank-pages N``): the tiny random reranker here (full size in the real
+    run) scores N pages of the test PDF at PageLens's default rendering with their text."""
+    from bench.bench import BenchConfig, parse_args
+    from bench.rerank_phase import run_rerank, summary_lines
+
+    assert parse_args([]).rerank_pages == 0  # opt-in: existing runs unchanged
+    assert parse_args(["--rerank-pages", "3"]).rerank_pages == 3
+    report: dict = {}
+    run_rerank(BenchConfig(size="tiny", rerank_pages=2), report, tmp_path)
+    r = report["rerank"]
+    assert r["pages"] == 2 and r["size"] == "tiny" and r["dtype"] == "float32"
+    assert r["device"] == "cpu" and r["threads"] >= 1 and r["batch_size"] >= 1
+    assert r["s_per_page"] > 0 and r["seconds"] == pytest.approx(2 * r["s_per_page"], rel=1e-2)
+    assert r["rendering"]["render_tokens"] == 1280 and r["rendering"]["pages"] == 2
+    assert r["image_budget_tokens"] == {"min": 4, "max": 1800, "token_px": 32}
+    assert len(r["visual_tokens_per_page"]) == 2 and r["visual_tokens_mean"] > 500
+    pairs = zip(r["sequence_tokens_per_page"], r["visual_tokens_per_page"], strict=True)
+    assert all(seq > visual for seq, visual in pairs)
+    assert len(r["load_avg_1m"]) in (0, 2) and all(0 <= x <= 1 for x in r["scores"])
+    assert "rerank (tiny Qwen3-VL, float32, cpu)" in summary_lines(report)[0]
+    json.dumps(report)
+
+
 def test_bench_device_argument(monkeypatch, capsys):
     """`--device cuda` is parsed and checked (no GPU in this test environment: the error
     path, and the accepted forms with CUDA availability injected)."""

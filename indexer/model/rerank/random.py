@@ -259,10 +259,12 @@ def random_reranker(
     seed: int = 0,
     device: str | None = None,
     dtype: Any = None,
+    processor: Any = None,
     **options: Any,
 ) -> Any:
     """A random-weight reranker built in memory (nothing saved) behind
-    :class:`~indexer.model.rerank.qwen3vl.Qwen3VLReranker`; ``options`` go to it."""
+    :class:`~indexer.model.rerank.qwen3vl.Qwen3VLReranker`; ``options`` go to it.
+    ``processor``: a Qwen3-VL processor to use (default :func:`make_processor`'s)."""
     from indexer.model.rerank.qwen3vl import Qwen3VLReranker
     from indexer.model.runtime.device import resolve_device, resolve_dtype
 
@@ -270,7 +272,7 @@ def random_reranker(
     model = _make_model(size, seed=seed, dtype=resolve_dtype(dtype, dev), device=dev)
     return Qwen3VLReranker(
         model,
-        make_processor(),
+        processor if processor is not None else make_processor(),
         model_id=f"pagelens/random-qwen3vl-reranker-{size}-seed{seed}",
         device=dev,
         **options,
