@@ -9,10 +9,9 @@ from pathlib import Path
 from indexer.errors import DocumentError
 from indexer.pages.files import MARKUP_KINDS, NATIVE_KINDS
 from indexer.pages.markup import MAX_MARKUP_BYTES, open_markup
-from indexer.pages.mupdf import TEXT_FLAGS, drain_mupdf_warnings, pymupdf, quiet_mupdf
-from indexer.pages.ocr import ocr_pdf_page
-from indexer.pages.text import normalize_text
-from indexer.pages.types import PageRenderError, RenderSettings, check_number
+from indexer.pages.mupdf import drain_mupdf_warnings, pymupdf, quiet_mupdf
+from indexer.pages.pdf import document_page_text
+from indexer.pages.types import RenderSettings
 
 #: MuPDF's filetype for each native kind.
 _FILETYPES = {k: k for k in ("epub", "xps", "fb2", "mobi", "cbz", "svg")}
@@ -99,20 +98,5 @@ def paged_info(path: Path, kind: str, settings: RenderSettings) -> tuple[int, st
 def paged_text(path: Path, kind: str, number: int, settings: RenderSettings) -> str:
     """The normalised text layer of one page (OCR'd when empty and ``settings.ocr``)."""
     doc, _ = open_paged(path, kind, settings)
-    try:
-        with quiet_mupdf():
-            check_number(path, number, doc.page_count)
-            try:
-                page = doc.load_page(number - 1)
-                raw = page.get_text("text", sort=True, flags=TEXT_FLAGS)
-            except Exception as exc:
-                raise PageRenderError(
-                    path, number, f"{path}: text of page {number} could not be read ({exc})"
-                ) from None
-            text = normalize_text(raw)
-            if not text and settings.ocr:
-                text = ocr_pdf_page(page, settings)
-            return text
-    finally:
-        doc.close()
-        drain_mupdf_warnings(path)
+    with quiet_mupdf():
+        return document_page_text(doc, path, number, settings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -125,7 +126,12 @@ def pdf_info(path: Path, password: str | None) -> tuple[int, str | None, bool]:
 
 
 def pdf_page_text(path: Path, number: int, password: str | None, settings: RenderSettings) -> str:
-    doc = open_pdf(path, password)
+    return document_page_text(open_pdf(path, password), path, number, settings)
+
+
+def document_page_text(doc: Any, path: Path, number: int, settings: RenderSettings) -> str:
+    """The normalised text layer of page ``number`` of an open MuPDF document (OCR'd when
+    empty and ``settings.ocr``); closes ``doc``. Shared by PDFs and what MuPDF pages itself."""
     try:
         check_number(path, number, doc.page_count)
         try:
