@@ -256,6 +256,12 @@ MILVUS_LOG_ENV = variable(
 )
 
 
+# -- sync (indexer/sync/)
+WATCH_SETTLE_ENV = variable(
+    "PAGELENS_WATCH_SETTLE",
+    "seconds a changed file must keep its size and time before sync --watch reads it (1)",
+)
+
 # -- retriever and LLMs (retriever/)
 LLM_URL_ENV = variable("PAGELENS_LLM_URL", "the OpenAI-compatible chat endpoint ask sends to")
 LLM_MODEL_ENV = variable("PAGELENS_LLM_MODEL", "the vision LLM's model name at that endpoint")

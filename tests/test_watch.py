@@ -1,0 +1,292 @@
+"""``FolderWatcher`` (``pagelens sync --watch``): settle, batch, prune, restart, ignore.
+
+The timing rules are driven by an injected clock (no sleeps); the same watcher is then run
+for real with watchdog on a temporary folder, a real collection and ``FakeEmbedder``
+counting its calls.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from indexer.errors import UsageError
+from indexer.model.fake import FakeEmbedder
+from indexer.pipeline import Indexer
+from indexer.stores import open_collection
+from indexer.sync import FolderWatcher, is_ignored_name
+from tests.support.pdfs import TOPICS, make_text_pdf
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """A ``sync_once`` that records its calls (and can fail the first ``fail`` of them)."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.calls: list[list[Path]] = []
+        self.fail = fail
+
+    def __call__(self, folders: list[Path]) -> dict:
+        self.calls.append(list(folders))
+        if len(self.calls) <= self.fail:
+            raise ConnectionError("Milvus at 127.0.0.1:1 does not answer")
+        return {
+            "added": [],
+            "changed": [],
+            "moved": [],
+            "removed": [],
+            "missing": [],
+            "unchanged": 0,
+        }
+
+
+def clocked(folder: Path, sync: Recorder, **kw) -> tuple[FolderWatcher, Clock, list[str]]:
+    clock, lines = Clock(), []
+    watcher = FolderWatcher([folder], sync, settle_s=1.0, clock=clock, on_status=lines.append, **kw)
+    assert watcher.tick(), "the first tick syncs every folder (a restart re-syncs)"
+    assert sync.calls == [[folder.resolve()]]
+    return watcher, clock, lines
+
+
+def test_ignored_names() -> None:
+    for name in ["a.pdf.crdownload", "a.pdf.part", "~$report.docx", ".a.pdf.swp", ".hidden",
+                 "notes.txt~", "#draft.md#", "x.tmp"]:  # fmt: skip
+        assert is_ignored_name(name), name
+    for name in ["a.pdf", "report.docx", "scan.PNG", "part.pdf", "my~file.pdf"]:
+        assert not is_ignored_name(name), name
+
+
+def test_a_file_syncs_only_after_it_stopped_changing(tmp_path: Path) -> None:
+    sync = Recorder()
+    watcher, clock, lines = clocked(tmp_path, sync)
+    doc = tmp_path / "a.pdf"
+    doc.write_bytes(b"%PDF-1.7 part one")
+    watcher.notice(doc)
+    clock.now += 0.6
+    assert not watcher.tick()
+    assert any("waiting for 1 file(s) to settle: a.pdf" in line for line in lines)
+    assert watcher.status().settling == (str(doc),)
+    with doc.open("ab") as f:  # written again, without an event: the stat sees it
+        f.write(b" and part two")
+    clock.now += 0.6
+    assert not watcher.tick()  # its wait restarted
+    clock.now += 0.6
+    assert not watcher.tick()
+    clock.now += 0.5
+    assert watcher.tick()
+    assert len(sync.calls) == 2 and watcher.status().settling == ()
+    assert "synced" in lines[-1] and "0 unchanged" in lines[-1]
+    clock.now += 5
+    assert not watcher.tick(), "nothing new: no sync"
+
+
+def test_a_burst_is_one_sync(tmp_path: Path) -> None:
+    sync = Recorder()
+    watcher, clock, _ = clocked(tmp_path, sync)
+    for i in range(10):
+        path = tmp_path / "sub" / f"{i}.pdf"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"%PDF" * (i + 1))
+        watcher.notice(path)
+        clock.now += 0.1
+        assert not watcher.tick()
+    clock.now += 1.0
+    assert watcher.tick()
+    assert len(sync.calls) == 2
+    assert len(watcher.status().settling) == 0
+
+
+def test_temp_and_partial_names_wake_nothing(tmp_path: Path) -> None:
+    sync = Recorder()
+    watcher, clock, _ = clocked(tmp_path, sync)
+    for name in ["a.pdf.crdownload", "~$b.docx", ".c.pdf.swp", ".git/x.pdf"]:
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"x")
+        watcher.notice(path)
+    watcher.notice(tmp_path.parent / "elsewhere.pdf")  # outside the watched folder
+    clock.now += 5
+    assert not watcher.tick() and len(sync.calls) == 1
+    # The download completes: renamed to its real name, which is synced.
+    os.replace(tmp_path / "a.pdf.crdownload", tmp_path / "a.pdf")
+    watcher.notice(tmp_path / "a.pdf")
+    clock.now += 1.1
+    assert watcher.tick() and len(sync.calls) == 2
+
+
+def test_a_failed_sync_is_retried_and_never_stops_the_watcher(tmp_path: Path) -> None:
+    sync = Recorder(fail=2)
+    clock, lines = Clock(), []
+    watcher = FolderWatcher([tmp_path], sync, settle_s=1.0, clock=clock, on_status=lines.append)
+    assert watcher.tick()  # the start sync fails...
+    assert "does not answer" in (watcher.status().error or "")
+    assert "retrying in 5 s" in lines[-1]
+    clock.now += 2
+    assert not watcher.tick()  # ...waits its retry time...
+    clock.now += 3.5
+    assert watcher.tick() and watcher.status().error  # ...fails again...
+    clock.now += 5.5
+    assert watcher.tick()  # ...and succeeds
+    status = watcher.status()
+    assert status.error is None and status.syncs == 1 and len(sync.calls) == 3
+
+
+def test_a_folder_must_exist_and_be_one(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no such folder"):
+        FolderWatcher([tmp_path / "nope"], Recorder())
+    (tmp_path / "f.pdf").write_bytes(b"x")
+    with pytest.raises(UsageError, match="not a folder"):
+        FolderWatcher([tmp_path / "f.pdf"], Recorder())
+
+
+# -- for real: watchdog, a collection, FakeEmbedder --------------------------------------
+
+
+class CountingEmbedder(FakeEmbedder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images = 0
+
+    def embed_images(self, images, **kw):  # type: ignore[override]
+        self.images += len(images)
+        return super().embed_images(images, **kw)
+
+
+class MiniSync:
+    """A minimal one-shot sync over the library (new files in, deleted ones out with
+    ``prune``), recording when each call ran and what it added."""
+
+    def __init__(self, store, embedder, *, prune: bool = False) -> None:
+        self.store, self.embedder, self.prune = store, embedder, prune
+        self.calls: list[tuple[float, list[str], list[str]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, folders: list[Path]) -> dict:
+        files = [
+            p
+            for f in folders
+            for p in sorted(f.rglob("*"))
+            if p.is_file() and not is_ignored_name(p.name)
+        ]
+        stored = {d.path: d for d in self.store.documents()}
+        new = [p for p in files if str(p) not in stored]
+        report = Indexer(self.store, self.embedder).add(new) if new else None
+        added = [r.path for r in report.files if r.status == "added"] if report else []
+        removed = []
+        if self.prune:
+            with self.store.writing() as store:
+                for path, doc in stored.items():
+                    if not Path(path).exists() and any(f in Path(path).parents for f in folders):
+                        store.remove_document(doc.id)
+                        removed.append(path)
+        with self.lock:
+            self.calls.append((time.monotonic(), added, removed))
+        return {"added": added, "removed": removed, "unchanged": len(files) - len(new)}
+
+
+def wait_for(condition, timeout: float = 15.0) -> float:
+    """Poll until ``condition()``; the monotonic time it first held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return time.monotonic()
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+def watched(tmp_path: Path):
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    store = open_collection(tmp_path / "collection")
+    embedder = CountingEmbedder()
+    yield folder, store, embedder
+    store.close()
+
+
+def test_a_slowly_copied_file_is_indexed_once_after_its_last_write(watched, tmp_path) -> None:
+    folder, store, embedder = watched
+    source = make_text_pdf(tmp_path / "src.pdf", TOPICS[:2])
+    data = source.read_bytes()
+    sync = MiniSync(store, embedder)
+    lines: list[str] = []
+    with FolderWatcher([folder], sync, settle_s=1.0, on_status=lines.append):
+        wait_for(lambda: sync.calls)  # the start sync
+        target = folder / "slow.pdf"
+        chunks = [data[i : i + len(data) // 6 + 1] for i in range(0, len(data), len(data) // 6 + 1)]
+        with target.open("wb") as f:
+            for chunk in chunks:  # ~2 s of writing, pauses well under the settle time
+                f.write(chunk)
+                f.flush()
+                time.sleep(0.35)
+        last_write = time.monotonic()
+        indexed = wait_for(lambda: store.stats().documents == 1)
+        time.sleep(1.5)  # anything that would sync it again would have by now
+    assert indexed - last_write < 5.0
+    added = [(t, a) for t, a, _ in sync.calls if a]
+    assert len(added) == 1 and added[0][1] == [str(target)]
+    assert all(t >= last_write for t, _, _ in sync.calls[1:]), "synced while being written"
+    assert embedder.images == 2, "each page embedded once"
+    assert any(line.startswith("synced watched: 1 added") for line in lines), lines
+
+
+def test_a_copied_folder_is_few_syncs_and_a_deleted_file_is_pruned(watched, tmp_path) -> None:
+    folder, store, embedder = watched
+    sources = [
+        make_text_pdf(tmp_path / "src" / f"{i}.pdf", [f"{TOPICS[i % 5]} (copy {i})"])
+        for i in range(10)
+    ]
+    sync = MiniSync(store, embedder, prune=True)
+    with FolderWatcher([folder], sync, settle_s=1.0):
+        wait_for(lambda: sync.calls)
+        for src in sources:
+            (folder / src.name).write_bytes(src.read_bytes())
+        wait_for(lambda: store.stats().documents == 10)
+        assert len(sync.calls) - 1 <= 2, sync.calls
+        (folder / "3.pdf").unlink()
+        wait_for(lambda: store.stats().documents == 9)
+    assert sync.calls[-1][2] == [str(folder / "3.pdf")]
+    assert embedder.images == 10
+
+
+def test_a_restart_syncs_what_changed_meanwhile(watched) -> None:
+    folder, store, embedder = watched
+    make_text_pdf(folder / "before.pdf", [TOPICS[0]])
+    sync = MiniSync(store, embedder)
+    with FolderWatcher([folder], sync, settle_s=0.5):
+        wait_for(lambda: store.stats().documents == 1)
+    make_text_pdf(folder / "while-stopped.pdf", [TOPICS[1]])
+    with FolderWatcher([folder], sync, settle_s=0.5):
+        wait_for(lambda: store.stats().documents == 2)
+    assert sorted(Path(d.path).name for d in store.documents()) == [
+        "before.pdf",
+        "while-stopped.pdf",
+    ]
+
+
+def test_polling_takes_over_when_native_watching_cannot_start(watched, monkeypatch) -> None:
+    import watchdog.observers
+
+    class Exhausted(watchdog.observers.Observer):  # type: ignore[misc,valid-type]
+        def start(self) -> None:
+            raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(watchdog.observers, "Observer", Exhausted)
+    folder, store, embedder = watched
+    sync = MiniSync(store, embedder)
+    with FolderWatcher([folder], sync, settle_s=0.5) as watcher:
+        assert watcher.status().observer == "polling"
+        wait_for(lambda: sync.calls)
+        make_text_pdf(folder / "a.pdf", [TOPICS[0]])
+        wait_for(lambda: store.stats().documents == 1)
