@@ -14,10 +14,18 @@ import streamlit as st
 
 from app.web import widgets as ui
 from app.web.auth import require_password
+from app.web.folders import watched_folders_panel
 from app.web.library import upload_section
 from app.web.search import results_section, search_form
 from app.web.services import AppSettings
-from app.web.session import current_workspace, get_model, model_key, show_flash, state_defaults
+from app.web.session import (
+    current_watched,
+    current_workspace,
+    get_model,
+    model_key,
+    show_flash,
+    state_defaults,
+)
 from app.web.sidebar import collection_picker, documents_panel, live_status
 from indexer.errors import PageLensError
 from indexer.model.runtime.cpu_heap import keep_freed_memory
@@ -71,6 +79,10 @@ def main() -> None:
         seen = (model.state, ws.job.state)
         busy = model.state == "loading" or ws.job.running
         st.fragment(run_every=1.0 if busy else None)(live_status)(ws, model, seen)
+        st.divider()
+        watched = current_watched()
+        every = 2.0 if watched.folders else None  # settling, syncing: shown as it happens
+        st.fragment(run_every=every)(watched_folders_panel)(watched, watched.syncs)
         st.divider()
         try:
             documents_panel(ws)

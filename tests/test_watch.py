@@ -8,7 +8,6 @@ counting its calls.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -163,36 +162,42 @@ class CountingEmbedder(FakeEmbedder):
         return super().embed_images(images, **kw)
 
 
+def mini_sync_folders(store, embedder, folders, *, prune=False, settings=None, **_) -> dict:
+    """A minimal one-shot sync over the library, shaped as ``indexer.sync.sync_folders``:
+    new files in, deleted ones out with ``prune``."""
+    files = [
+        p
+        for f in folders
+        for p in sorted(f.rglob("*"))
+        if p.is_file() and not is_ignored_name(p.name)
+    ]
+    stored = {d.path: d for d in store.documents()}
+    new = [p for p in files if str(p) not in stored]
+    indexer = Indexer(store, embedder, settings=settings)
+    report = indexer.add(new, embed=embedder is not None) if new else None
+    added = [r.path for r in report.files if r.status == "added"] if report else []
+    removed = []
+    if prune:
+        with store.writing() as writer:
+            for path, doc in stored.items():
+                if not Path(path).exists() and any(f in Path(path).parents for f in folders):
+                    writer.remove_document(doc.id)
+                    removed.append(path)
+    return {"added": added, "removed": removed, "unchanged": len(files) - len(new)}
+
+
 class MiniSync:
-    """A minimal one-shot sync over the library (new files in, deleted ones out with
-    ``prune``), recording when each call ran and what it added."""
+    """``sync_once`` for the watcher over :func:`mini_sync_folders`, recording when each
+    call ran and what it added and removed."""
 
     def __init__(self, store, embedder, *, prune: bool = False) -> None:
         self.store, self.embedder, self.prune = store, embedder, prune
         self.calls: list[tuple[float, list[str], list[str]]] = []
-        self.lock = threading.Lock()
 
     def __call__(self, folders: list[Path]) -> dict:
-        files = [
-            p
-            for f in folders
-            for p in sorted(f.rglob("*"))
-            if p.is_file() and not is_ignored_name(p.name)
-        ]
-        stored = {d.path: d for d in self.store.documents()}
-        new = [p for p in files if str(p) not in stored]
-        report = Indexer(self.store, self.embedder).add(new) if new else None
-        added = [r.path for r in report.files if r.status == "added"] if report else []
-        removed = []
-        if self.prune:
-            with self.store.writing() as store:
-                for path, doc in stored.items():
-                    if not Path(path).exists() and any(f in Path(path).parents for f in folders):
-                        store.remove_document(doc.id)
-                        removed.append(path)
-        with self.lock:
-            self.calls.append((time.monotonic(), added, removed))
-        return {"added": added, "removed": removed, "unchanged": len(files) - len(new)}
+        report = mini_sync_folders(self.store, self.embedder, folders, prune=self.prune)
+        self.calls.append((time.monotonic(), report["added"], report["removed"]))
+        return report
 
 
 def wait_for(condition, timeout: float = 15.0) -> float:
@@ -290,3 +295,61 @@ def test_polling_takes_over_when_native_watching_cannot_start(watched, monkeypat
         wait_for(lambda: sync.calls)
         make_text_pdf(folder / "a.pdf", [TOPICS[0]])
         wait_for(lambda: store.stats().documents == 1)
+
+
+# -- the app's service: the watched folders of a collection ------------------------------
+
+
+def test_the_apps_watched_folders_persist_sync_and_show_pending(tmp_path: Path) -> None:
+    from app.web.services import ModelLoader, Workspace
+    from app.web.watching import WATCHED_FILE, WatchedFolders
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    ws = Workspace(tmp_path / "collection", ModelLoader(loader=lambda *a, **k: FakeEmbedder()))
+    watched = WatchedFolders(ws, settle_s=1.0, sync=mini_sync_folders)
+    watched.start()
+    assert watched.watcher is None and watched.status() == []
+    for bad, why in [
+        (str(tmp_path / "nope"), "no such folder"),
+        (str(make_text_pdf(tmp_path / "f.pdf", [TOPICS[0]])), "not a folder"),
+        ("  ", "Type the path"),
+        (str(tmp_path), "holds the collection"),
+    ]:
+        with pytest.raises(UsageError, match=why):
+            watched.add(bad)
+    try:
+        assert watched.add(str(folder)) == str(folder.resolve())
+        with pytest.raises(UsageError, match="watched already"):
+            watched.add(str(folder))
+        assert '"folders"' in (ws.path / WATCHED_FILE).read_text()
+        wait_for(lambda: watched.syncs == 1)  # the start sync of the new folder
+        data = make_text_pdf(tmp_path / "src.pdf", TOPICS[:2]).read_bytes()
+        with (folder / "a.pdf").open("wb") as f:
+            f.write(data[:100])
+            f.flush()
+            wait_for(lambda: watched.status()[0]["settling"] == [str(folder / "a.pdf")])
+            f.write(data[100:])
+        wait_for(lambda: ws.store.stats().documents == 1)
+        row = wait_for_row(watched, lambda r: r["counts"] and r["counts"].get("added") == 1)
+        assert row["last_sync_at"] and row["error"] is None
+        ws.job.stop(timeout=30)
+        again = WatchedFolders(ws, sync=mini_sync_folders)  # the next process reads the list
+        assert again.folders == [str(folder.resolve())] and not again.prune
+        watched.set_prune(True)
+        watched.remove(str(folder.resolve()))
+        assert watched.watcher is None and watched.status() == []
+        assert WatchedFolders(ws).folders == [] and WatchedFolders(ws).prune
+    finally:
+        watched.stop()
+
+
+def wait_for_row(watched, condition) -> dict:
+    found: list[dict] = []
+
+    def check() -> bool:
+        found[:] = [r for r in watched.status() if condition(r)]
+        return bool(found)
+
+    wait_for(check)
+    return found[0]

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from app.warmup import prepare_queries
 from app.web.uploads import discard_upload
@@ -378,6 +379,25 @@ class Workspace:
                 discard_upload(self.path, result.path)
         if embed:
             self.job.start()
+        return report
+
+    def sync_folder(
+        self, folder: Path, *, prune: bool, sync: Callable[..., Any] | None = None
+    ) -> Any:
+        """Bring one watched folder in step (``sync_folders`` of :mod:`indexer.sync`), as an
+        upload is: pages and text now, vectors by the background job afterwards."""
+        if sync is None:
+            from indexer.sync import sync_folders as sync
+        with self._write, self.job.paused(timeout=600):
+            self._bind_model_if_needed()
+            report = sync(
+                self.store,
+                None,
+                [folder],
+                prune=prune,
+                settings=self.indexer().settings,
+            )
+        self.job.start()
         return report
 
     def _bind_model_if_needed(self) -> None:

@@ -13,6 +13,7 @@ import streamlit as st
 
 from app.web import widgets as ui
 from app.web.services import AppSettings, ModelLoader, Workspace
+from app.web.watching import WatchedFolders
 from indexer.model.rerank import Reranker
 from indexer.settings import ModelSettings
 
@@ -27,6 +28,15 @@ def get_model(settings: ModelSettings) -> ModelLoader:
 @st.cache_resource(show_spinner=False)
 def get_workspace(path: str, settings: ModelSettings) -> Workspace:
     return Workspace(path, get_model(settings))
+
+
+@st.cache_resource(show_spinner=False)
+def get_watched(path: str, settings: ModelSettings) -> WatchedFolders:
+    """The collection's watched folders, their watcher started once per process (reruns
+    and other sessions get the same object, so never a second watcher)."""
+    watched = WatchedFolders(get_workspace(path, settings))
+    watched.start()
+    return watched
 
 
 @st.cache_resource(show_spinner=False)
@@ -93,3 +103,7 @@ def model_key() -> ModelSettings:
 
 def current_workspace() -> Workspace:
     return get_workspace(st.session_state.collection, model_key())
+
+
+def current_watched() -> WatchedFolders:
+    return get_watched(st.session_state.collection, model_key())
