@@ -3,7 +3,7 @@
 
 Modules: ``root`` (the Typer app and the global options), ``common`` (options, output,
 errors, logging), ``progress`` (the terminal progress line), and one module per command
-group: ``index``, ``core`` (search, docs, remove, export, collections, app, dev), ``ask``,
+group: ``index``, ``sync``, ``core`` (search, docs, remove, export, collections, app, dev), ``ask``,
 ``bench``, ``check``, ``eval``, ``mcp``, ``migrate``, ``serve``. A command module imports
 ``root`` and ``common``, never this package's ``__init__`` or another command module, so the
 import graph is a tree. This package may import app.web (only ``pagelens app``'s launcher),
@@ -20,6 +20,7 @@ from __future__ import annotations
 # isort: off
 from app.cli import (  # noqa: F401
     index,
+    sync,
     core,
     ask,
     bench,

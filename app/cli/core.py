@@ -121,9 +121,12 @@ def docs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> N
             say(f"collection {path} is empty")
         for d in documents:
             state = "" if d.ready else "  (incomplete: run index again)"
+            if d.hidden:
+                state = f"  ({d.status} by sync, not searched: run sync again)"
             typer.echo(
                 f"{d.id:>4}  {for_terminal(d.name)}  {d.page_count} pages  "
                 f"{d.pages_embedded}/{d.pages_stored} embedded  {d.added_at}{state}"
+                f"  {for_terminal(d.path)}"
             )
 
     run_guarded(body)

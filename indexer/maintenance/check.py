@@ -332,7 +332,8 @@ def _check_documents(
                 + ", ".join(
                     f"{d.name} ({len(by_doc[d.id])}/{d.page_count} pages)" for d in stuck[:_SAMPLE]
                 )
-                + "; run 'pagelens index' on them again, or 'pagelens check --repair'",
+                + "; run 'pagelens index' on them again, or 'pagelens check --repair' "
+                "('pagelens sync' for a staged or replaced version it left)",
                 {"documents": [d.name for d in stuck[:_SAMPLE]], "count": len(stuck)},
             )
         )

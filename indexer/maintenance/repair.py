@@ -229,7 +229,9 @@ def _repair_document(
     placeholders = {f["page"] for f in store.failed_pages(doc_id)}
     covered = store.stored_page_numbers(doc_id) | placeholders
     complete = covered == set(range(1, doc.page_count + 1))
-    if doc.status != "ready" and complete:
+    if doc.hidden and complete:  # a sync's staged or replaced version: the next sync
+        pass  # publishes or removes it (made ready here, two versions would show)
+    elif doc.status != "ready" and complete:
         store.mark_ready(doc_id)
         note(
             "document-stuck",

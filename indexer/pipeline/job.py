@@ -69,6 +69,7 @@ class Indexer:
         #: What the automatic choice decided in the last :meth:`embed_pending`, if it ran.
         self.batch_choice: BatchChoice | None = None
         self.commit_every = max(1, int(commit_every))
+        self._staged: set[Path] = set()
         self.settings = collection_settings(
             store, settings, embedder.max_image_tokens if embedder is not None else None
         )
@@ -85,12 +86,17 @@ class Indexer:
         progress: ProgressFn | None = None,
         on_wait: Callable[[str], None] | None = None,
         on_file: Callable[[FileResult], None] | None = None,
+        staged: Iterable[str | os.PathLike[str]] = (),
     ) -> IndexReport:
         """Index files and folders; a refused file never stops the others.
 
         ``passwords`` maps a file path to its password (``password`` applies to all);
         ``names`` maps a path to the display name (uploads keep their original names).
+        ``staged``: files whose new document stays ``staged`` (no search sees it) once
+        complete, for the caller to publish with ``Store.replace_document`` (a sync's
+        changed files: the old version stays visible until the new one is whole).
         """
+        self._staged = {Path(p).resolve() for p in staged}
         started = time.perf_counter()
         report = IndexReport()
         if self.settings.ocr:  # fail before touching the collection if Tesseract is missing
@@ -139,7 +145,10 @@ class Indexer:
         if skipped is not None:
             return skipped
         path, info, existing = plan.path, plan.info, plan.existing
-        doc = existing or add_file_document(self.store, plan.name, path, info)
+        stage = Path(path).resolve() in self._staged
+        doc = existing or add_file_document(
+            self.store, plan.name, path, info, status="staged" if stage else "indexing"
+        )
         wanted = [n for n in range(1, info.page_count + 1) if n not in plan.stored]
         try:
             failed = self._render_into(doc, path, wanted, plan.password, meter, report)
@@ -154,10 +163,13 @@ class Indexer:
                 with contextlib.suppress(Exception):
                     self.store.remove_document(doc.id)
             raise
-        partial = partial_result(self.store, doc.id, str(path), doc.name, info.page_count, failed)
+        partial = partial_result(
+            self.store, doc.id, str(path), doc.name, info.page_count, failed, ready=not stage
+        )
         if partial is not None:
             return partial
-        self.store.mark_ready(doc.id)
+        if not stage:
+            self.store.mark_ready(doc.id)
         status = "resumed" if existing else "added"
         return FileResult(str(path), status, doc.id, doc.name, info.page_count)
 

@@ -31,8 +31,11 @@ def collection_settings(
     return settings
 
 
-def add_file_document(store: Store, name: str, path: Path, info: DocumentInfo) -> Document:
-    """Record a new input file (status ``indexing``) as ``inspect_document`` described it."""
+def add_file_document(
+    store: Store, name: str, path: Path, info: DocumentInfo, *, status: str = "indexing"
+) -> Document:
+    """Record a new input file (status ``indexing``, or ``staged`` for a sync's new version
+    of a changed file) as ``inspect_document`` described it."""
     return store.add_document(
         name=name,
         path=str(Path(path).resolve()),
@@ -41,6 +44,7 @@ def add_file_document(store: Store, name: str, path: Path, info: DocumentInfo) -
         page_count=info.page_count,
         title=info.title,
         size=Path(path).stat().st_size,
+        status=status,
     )
 
 

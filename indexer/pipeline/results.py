@@ -146,6 +146,8 @@ def partial_result(
     name: str,
     page_count: int,
     failed: Sequence[tuple[int, str]],
+    *,
+    ready: bool = True,
 ) -> FileResult | None:
     """The result of a file some of whose pages failed to render (placeholders already
     recorded): ``partial`` (and the document marked ready) if any page rendered, else
@@ -155,7 +157,8 @@ def partial_result(
     if not store.stored_page_numbers(doc_id):  # not one page renders: refused as a whole
         store.remove_document(doc_id)
         return FileResult(path, "refused", reason="damaged", message=failed[0][1])
-    store.mark_ready(doc_id)
+    if ready:  # else a staged version, published by its caller
+        store.mark_ready(doc_id)
     numbers = sorted(n for n, _why in failed)
     return FileResult(
         path,

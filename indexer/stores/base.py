@@ -158,9 +158,30 @@ class Store(Protocol):
         page_count: int,
         title: str | None = None,
         size: int = 0,
-    ) -> Document: ...
+        status: str = "indexing",
+    ) -> Document:
+        """A new document row; ``status="staged"`` keeps it out of searches until
+        :meth:`replace_document` publishes it (``pagelens sync``'s atomic replace)."""
+        ...
 
     def mark_ready(self, document_id: int) -> None: ...
+
+    def replace_document(self, old_id: int, new_id: int) -> None:
+        """In one write, make ``new_id`` ready (visible) and ``old_id`` ``replaced`` (hidden),
+        so a search sees one version of a file, never both or neither; the caller then
+        removes the old one (a crash before that leaves it hidden, removed by the next sync)."""
+        ...
+
+    def set_document_source(
+        self, document_id: int, *, path: str, name: str, size: int, mtime_ns: int
+    ) -> None:
+        """Record where a document's file is now (a move or rename keeps pages and vectors)
+        and its size and modification time, so the next sync need not hash it."""
+        ...
+
+    def source_stamps(self) -> dict[str, int]:
+        """The modification times recorded by :meth:`set_document_source`, by SHA-256."""
+        ...
 
     def mark_incomplete(self, document_id: int) -> None: ...
 

@@ -19,6 +19,11 @@ from PIL import Image
 #: makes, so both engines match the same word forms (``churned`` finds ``churn``).
 FTS_TOKENIZE = "porter unicode61 remove_diacritics 2"
 
+#: Document statuses no search returns (``pagelens sync``'s atomic replace): ``staged`` is
+#: a file's new version being indexed, ``replaced`` the old one it hid in the same write.
+#: Engines exclude their pages inside the search, as a :class:`PageFilter`.
+HIDDEN_STATUSES = ("staged", "replaced")
+
 
 @dataclass(frozen=True)
 class Document:
@@ -40,6 +45,11 @@ class Document:
     @property
     def ready(self) -> bool:
         return self.status == "ready"
+
+    @property
+    def hidden(self) -> bool:
+        """Staged or replaced by ``pagelens sync``: kept out of every search."""
+        return self.status in HIDDEN_STATUSES
 
     def as_dict(self) -> dict:
         return {

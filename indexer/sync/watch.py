@@ -78,12 +78,19 @@ def settle_seconds() -> float:
     return value
 
 
+#: The counts a batch line and the app show, in this order (the keys of ``SyncReport``).
+COUNT_KEYS = ("added", "changed", "moved", "removed", "missing", "refused", "partial")
+
+
 def report_counts(report: Any) -> dict[str, int]:
-    """The counts of a sync report (``SyncReport`` or its ``as_dict()``): one per list."""
+    """The counts of a sync report (``SyncReport`` or its ``as_dict()``): its lists' lengths
+    and ``unchanged``."""
     data = report.as_dict() if hasattr(report, "as_dict") else report
     if not isinstance(data, dict):
         return {}
-    return {k: (len(v) if isinstance(v, list | tuple) else int(v)) for k, v in data.items()}
+    counts = {k: len(data[k]) for k in COUNT_KEYS if isinstance(data.get(k), list | tuple)}
+    counts["unchanged"] = int(data.get("unchanged") or 0)
+    return counts
 
 
 def describe_counts(counts: dict[str, int]) -> str:

@@ -3,6 +3,8 @@
     python tests/support/crash_worker.py index COLLECTION LOG \
         [--pause-at POINT:N] [--slow S] FILES...
     python tests/support/crash_worker.py fuzz FILES...
+    python tests/support/crash_worker.py sync COLLECTION LOG [--prune] [--pause-at POINT:N] \
+        FOLDERS...
 
 ``index`` indexes FILES with the fake embedder (small pages, so it is quick), appending one
 JSON line per committed vector batch to LOG (``{"vectors": [page ids]}``) and per embedder
@@ -133,6 +135,32 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """``sync COLLECTION LOG [--prune] [--pause-at POINT:N] FOLDERS...``: ``sync_folders``
+    with the instrumented fake embedder; one more pause point, ``replace`` (a changed file's
+    new version published and the old one hidden, the old not removed yet)."""
+    from indexer.sync import sync_folders
+
+    pause_at = None
+    if args.pause_at:
+        point, n = args.pause_at.split(":")
+        pause_at = (point, int(n))
+    collection = open_collection(args.collection)
+    embedder = _instrument(collection, Path(args.log), pause_at, args.slow)
+    real_replace = collection.replace_document
+
+    def replace_document(old_id, new_id):
+        real_replace(old_id, new_id)
+        _reached("replace", pause_at)
+
+    collection.replace_document = replace_document
+    print("STARTED", flush=True)
+    report = sync_folders(collection, embedder, args.folders, prune=args.prune, settings=SETTINGS)
+    print(json.dumps({"report": report.as_dict()}), flush=True)
+    collection.close()
+    return 0
+
+
 def cmd_fuzz(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for number, file in enumerate(args.files):
@@ -161,9 +189,17 @@ def main() -> int:
     p.add_argument("--slow", type=float, default=0.0)
     f = sub.add_parser("fuzz")
     f.add_argument("files", nargs="+")
+    s = sub.add_parser("sync")
+    s.add_argument("collection")
+    s.add_argument("log")
+    s.add_argument("folders", nargs="+")
+    s.add_argument("--prune", action="store_true")
+    s.add_argument("--pause-at")
+    s.add_argument("--slow", type=float, default=0.0)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    return cmd_index(args) if args.cmd == "index" else cmd_fuzz(args)
+    commands = {"index": cmd_index, "fuzz": cmd_fuzz, "sync": cmd_sync}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":

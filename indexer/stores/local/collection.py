@@ -54,6 +54,7 @@ from indexer.stores.local.files import (
     WriteLock,
     write_failure,
 )
+from indexer.stores.local.sources import LocalSources
 from indexer.stores.local.text import TextSearch, fts_query
 from indexer.stores.local.vector_index import VectorIndex
 from indexer.stores.types import (
@@ -79,7 +80,7 @@ __all__ = [
 ]
 
 
-class LocalCollection(ModelBinding, WriteLock, FaissCache, TextSearch, LocalChecks):
+class LocalCollection(ModelBinding, WriteLock, FaissCache, TextSearch, LocalChecks, LocalSources):
     """The persistent store of one collection (catalog + vectors + page images).
 
     Reading needs no lock and sees everything committed, even while another process indexes.
@@ -235,13 +236,14 @@ class LocalCollection(ModelBinding, WriteLock, FaissCache, TextSearch, LocalChec
         page_count: int,
         title: str | None = None,
         size: int = 0,
+        status: str = "indexing",
     ) -> Document:
         self._require_lock()
         with self._mutex, self._db:
             cur = self._db.execute(
                 "INSERT INTO documents(name, path, sha256, kind, page_count, title, bytes, "
-                "status, added_at) VALUES(?,?,?,?,?,?,?, 'indexing', ?)",
-                (name, path, sha256, kind, page_count, title, size, utcnow()),
+                "status, added_at) VALUES(?,?,?,?,?,?,?,?,?)",
+                (name, path, sha256, kind, page_count, title, size, status, utcnow()),
             )
             doc_id = cur.lastrowid
         assert doc_id is not None  # set by every successful INSERT

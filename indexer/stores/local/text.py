@@ -33,6 +33,10 @@ class TextSearch:
             embedded: bool | None = None,
         ) -> list[int]: ...
 
+        def _hidden_documents(self) -> list[int]: ...
+
+        def _visible_documents(self) -> list[int]: ...
+
         def search(
             self,
             query: np.ndarray,
@@ -91,10 +95,17 @@ class TextSearch:
     def _filter_ids(
         self, page_ids: Iterable[int] | None, where: PageFilter | None
     ) -> list[int] | None:
-        """A :class:`PageFilter` as the page ids it allows (SQLite filters by id sets)."""
-        if where is None or where.empty:
+        """A :class:`PageFilter` as the page ids it allows (SQLite filters by id sets);
+        the pages of hidden documents (a sync's staged or replaced versions) never."""
+        hidden = set(self._hidden_documents())
+        if (where is None or where.empty) and not hidden:
             return None if page_ids is None else [int(i) for i in page_ids]
+        where = where or PageFilter()
         docs = list(where.documents) if where.documents is not None else None
+        if hidden:
+            docs = (
+                self._visible_documents() if docs is None else [d for d in docs if d not in hidden]
+            )
         allowed = self.page_ids(documents=docs, first=where.first, last=where.last)
         if page_ids is not None:
             keep = {int(i) for i in page_ids}

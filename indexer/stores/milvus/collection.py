@@ -45,12 +45,13 @@ from indexer.stores.milvus.schema import (
     page_id_for,
     text_terms,
 )
+from indexer.stores.milvus.sources import MilvusSources
 from indexer.stores.types import Page
 
 DEFAULT_ORPHAN_GRACE = 3600.0
 
 
-class MilvusCollection(MilvusDocuments, MilvusSearch):
+class MilvusCollection(MilvusDocuments, MilvusSearch, MilvusSources):
     """A PageLens collection stored in Milvus (its layout: :mod:`indexer.stores.milvus`)."""
 
     read_only = False

@@ -119,6 +119,7 @@ class MilvusDocuments(MilvusSchema):
         page_count: int,
         title: str | None = None,
         size: int = 0,
+        status: str = "indexing",
     ) -> Document:
         doc_id = document_id_for(sha256)
         existing = self.documents_by_id([doc_id]).get(doc_id)
@@ -133,7 +134,7 @@ class MilvusDocuments(MilvusSchema):
             "page_count": int(page_count),
             "title": (title or "")[:4000],
             "bytes": int(size),
-            "status": "indexing",
+            "status": status,
             # to the microsecond: documents() lists them in the order they were added
             "added_at": datetime.now(timezone.utc).isoformat(),
             "_v": DUMMY_VECTOR,

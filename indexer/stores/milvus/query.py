@@ -25,10 +25,16 @@ def quote(text: str) -> str:
 
 
 def expression(
-    where: PageFilter | None, page_ids: Iterable[int] | None, embedded: bool | None
+    where: PageFilter | None,
+    page_ids: Iterable[int] | None,
+    embedded: bool | None,
+    hidden: Sequence[int] = (),
 ) -> str:
-    """A filter as a Milvus boolean expression (applied inside the search)."""
+    """A filter as a Milvus boolean expression (applied inside the search); ``hidden``:
+    documents whose pages it leaves out (a sync's staged or replaced versions)."""
     parts = []
+    if hidden:
+        parts.append(f"document_id not in {[int(d) for d in hidden]}")
     if embedded is True:
         parts.append("embedded == true")
     elif embedded is False:
@@ -63,6 +69,8 @@ class MilvusSearch(MilvusSchema):
 
         def vectors(self, page_ids: Sequence[int]) -> dict[int, np.ndarray]: ...
 
+        def _hidden_documents(self) -> list[int]: ...
+
     def _dense_params(self, k: int) -> dict:
         return {"metric_type": "IP", "params": {"ef": max(64, int(k))}}
 
@@ -77,7 +85,7 @@ class MilvusSearch(MilvusSchema):
         """HNSW (IP = cosine on unit vectors) with the filter inside the search."""
         if not self._ensure_pages(create=False):
             return []
-        expr = expression(where, page_ids, True)
+        expr = expression(where, page_ids, True, self._hidden_documents())
         res = self._call(
             "searching",
             self.client.search,
@@ -110,7 +118,7 @@ class MilvusSearch(MilvusSchema):
             data=[text_terms(" ".join(words))],
             anns_field="sparse",
             limit=int(k),
-            filter=expression(where, page_ids, None),
+            filter=expression(where, page_ids, None, self._hidden_documents()),
             search_params={"metric_type": "BM25"},
             output_fields=["id"],
         )
@@ -141,19 +149,20 @@ class MilvusSearch(MilvusSchema):
         from pymilvus import AnnSearchRequest, RRFRanker
 
         q = np.asarray(query, np.float32)
+        hidden = self._hidden_documents()
         dense = AnnSearchRequest(
             data=[q.tolist()],
             anns_field="vector",
             param=self._dense_params(depth),
             limit=int(depth),
-            expr=expression(where, None, True),
+            expr=expression(where, None, True, hidden),
         )
         sparse = AnnSearchRequest(
             data=[text_terms(" ".join(words))],
             anns_field="sparse",
             param={"metric_type": "BM25"},
             limit=int(depth),
-            expr=expression(where, None, None),
+            expr=expression(where, None, None, hidden),
         )
         res = self._call(
             "searching (hybrid)",
