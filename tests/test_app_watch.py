@@ -12,7 +12,7 @@ from indexer.config import collection_path
 from indexer.stores import open_collection
 from tests.support.pdfs import TOPICS, make_text_pdf
 from tests.test_app import APP, texts
-from tests.test_watch import mini_sync_folders, wait_for
+from tests.test_watch import wait_for
 
 
 @pytest.fixture
@@ -22,8 +22,6 @@ def app_env(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Path:
     monkeypatch.setenv("PAGELENS_WATCH_SETTLE", "0.5")
     monkeypatch.delenv("PAGELENS_COLLECTION", raising=False)
     monkeypatch.delenv("PAGELENS_IMAGE_TOKENS", raising=False)
-    # Until r/sync is merged: the one-shot sync is the tests' minimal one.
-    monkeypatch.setattr("indexer.sync.sync_folders", mini_sync_folders, raising=False)
     return collection_path(None)
 
 

@@ -15,9 +15,8 @@ import pytest
 
 from indexer.errors import UsageError
 from indexer.model.fake import FakeEmbedder
-from indexer.pipeline import Indexer
 from indexer.stores import open_collection
-from indexer.sync import FolderWatcher, is_ignored_name
+from indexer.sync import FolderWatcher, is_ignored_name, sync_folders
 from tests.support.pdfs import TOPICS, make_text_pdf
 
 
@@ -162,41 +161,17 @@ class CountingEmbedder(FakeEmbedder):
         return super().embed_images(images, **kw)
 
 
-def mini_sync_folders(store, embedder, folders, *, prune=False, settings=None, **_) -> dict:
-    """A minimal one-shot sync over the library, shaped as ``indexer.sync.sync_folders``:
-    new files in, deleted ones out with ``prune``."""
-    files = [
-        p
-        for f in folders
-        for p in sorted(f.rglob("*"))
-        if p.is_file() and not is_ignored_name(p.name)
-    ]
-    stored = {d.path: d for d in store.documents()}
-    new = [p for p in files if str(p) not in stored]
-    indexer = Indexer(store, embedder, settings=settings)
-    report = indexer.add(new, embed=embedder is not None) if new else None
-    added = [r.path for r in report.files if r.status == "added"] if report else []
-    removed = []
-    if prune:
-        with store.writing() as writer:
-            for path, doc in stored.items():
-                if not Path(path).exists() and any(f in Path(path).parents for f in folders):
-                    writer.remove_document(doc.id)
-                    removed.append(path)
-    return {"added": added, "removed": removed, "unchanged": len(files) - len(new)}
-
-
 class MiniSync:
-    """``sync_once`` for the watcher over :func:`mini_sync_folders`, recording when each
-    call ran and what it added and removed."""
+    """``sync_once`` for the watcher: the one-shot sync (:func:`indexer.sync.sync_folders`)
+    into a real collection, recording when each call ran and what it added and removed."""
 
     def __init__(self, store, embedder, *, prune: bool = False) -> None:
         self.store, self.embedder, self.prune = store, embedder, prune
         self.calls: list[tuple[float, list[str], list[str]]] = []
 
     def __call__(self, folders: list[Path]) -> dict:
-        report = mini_sync_folders(self.store, self.embedder, folders, prune=self.prune)
-        self.calls.append((time.monotonic(), report["added"], report["removed"]))
+        report = sync_folders(self.store, self.embedder, folders, prune=self.prune)
+        self.calls.append((time.monotonic(), report.added, report.removed))
         return report
 
 
@@ -307,7 +282,7 @@ def test_the_apps_watched_folders_persist_sync_and_show_pending(tmp_path: Path) 
     folder = tmp_path / "docs"
     folder.mkdir()
     ws = Workspace(tmp_path / "collection", ModelLoader(loader=lambda *a, **k: FakeEmbedder()))
-    watched = WatchedFolders(ws, settle_s=1.0, sync=mini_sync_folders)
+    watched = WatchedFolders(ws, settle_s=1.0)
     watched.start()
     assert watched.watcher is None and watched.status() == []
     for bad, why in [
@@ -334,7 +309,7 @@ def test_the_apps_watched_folders_persist_sync_and_show_pending(tmp_path: Path) 
         row = wait_for_row(watched, lambda r: r["counts"] and r["counts"].get("added") == 1)
         assert row["last_sync_at"] and row["error"] is None
         ws.job.stop(timeout=30)
-        again = WatchedFolders(ws, sync=mini_sync_folders)  # the next process reads the list
+        again = WatchedFolders(ws)  # the next process reads the list
         assert again.folders == [str(folder.resolve())] and not again.prune
         watched.set_prune(True)
         watched.remove(str(folder.resolve()))

@@ -24,14 +24,28 @@ def sync(
         False, "--dry-run", help="Print what would change, and change nothing."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan or the result as JSON."),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help="Stay running and apply changes as they happen (each file once it stopped "
+        "changing: PAGELENS_WATCH_SETTLE, default 1 s); Ctrl-C stops.",
+    ),
 ) -> None:
     """Make the collection mirror folders: index new files, re-index changed ones (the new
     version replaces the old at once), keep moved ones, list (--prune: remove) gone ones."""
     from indexer.sync import sync_folders
 
     opts = options(ctx)
+    if watch and (dry_run or as_json):
+        fail("--watch applies changes and prints lines: not with --dry-run or --json", 2)
 
     def body() -> None:
+        if watch:
+            from app.cli.watching import make_sync_once, watch_folders
+
+            once = make_sync_once(opts, prune=prune, on_report=_print_changes)
+            watch_folders(opts, folders, prune=prune, sync_once=once)
+            return
         store = opts.read_store() if dry_run else opts.store()  # a dry run creates nothing
         if store is None:
             report = _plan_without_collection(folders)
@@ -71,7 +85,20 @@ def _plan_without_collection(folders: list[Path]):
 
 def _print_report(report) -> None:
     """One line per change, then the totals."""
+    _print_changes(report)
     verb = "would be " if report.dry_run else ""
+    say(
+        f"{'plan' if report.dry_run else 'done'}: {len(report.added)} {verb}added, "
+        f"{len(report.changed)} {verb}changed, {len(report.moved)} {verb}moved, "
+        f"{len(report.removed)} {verb}removed, {len(report.missing)} missing, "
+        f"{plural(report.unchanged, 'file')} unchanged"
+        + ("" if report.dry_run else f" ({report.seconds:.1f}s)")
+    )
+
+
+def _print_changes(report) -> None:
+    """One line per changed, refused or unfinished file (``--watch`` prints these for each
+    batch, then its own totals line)."""
     for path in report.added:
         say(f"added    {for_terminal(path)}")
     for path in report.changed:
@@ -91,10 +118,3 @@ def _print_report(report) -> None:
         say(f"skipped  {for_terminal(item['path'])}: same content as {item['stored_as']}")
     for message in report.errors:
         say(f"not done {for_terminal(message)}")
-    say(
-        f"{'plan' if report.dry_run else 'done'}: {len(report.added)} {verb}added, "
-        f"{len(report.changed)} {verb}changed, {len(report.moved)} {verb}moved, "
-        f"{len(report.removed)} {verb}removed, {len(report.missing)} missing, "
-        f"{plural(report.unchanged, 'file')} unchanged"
-        + ("" if report.dry_run else f" ({report.seconds:.1f}s)")
-    )

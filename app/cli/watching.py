@@ -14,26 +14,37 @@ from typing import Any
 
 from app.cli.common import Options, say
 from app.cli.progress import TerminalProgress
+from indexer.errors import PageLensError
 
 
 def make_sync_once(
-    opts: Options, *, prune: bool, progress: Callable[..., Any] | None = None
+    opts: Options,
+    *,
+    prune: bool,
+    on_report: Callable[[Any], None] | None = None,
 ) -> Callable[[list[Path]], Any]:
     """``sync_once(folders)`` for the watcher: the one-shot sync of those folders into the
-    CLI's collection with its model (loaded once, on the first sync)."""
+    CLI's collection with its model (loaded once, on the first sync). A sync that could
+    not finish everything (``errors``) is raised, so that the watcher tries it again."""
     from indexer.sync import sync_folders
 
     def sync_once(folders: list[Path]) -> Any:
         store = opts.store()
         embedder = opts.embedder()
-        return sync_folders(
+        report = sync_folders(
             store,
             embedder,
             folders,
             prune=prune,
-            progress=progress,
+            progress=TerminalProgress(),
             settings=opts.render_settings(embedder),
+            on_wait=say,
         )
+        if on_report is not None:
+            on_report(report)
+        if report.errors:
+            raise PageLensError("not finished: " + "; ".join(report.errors))
+        return report
 
     return sync_once
 
@@ -50,7 +61,7 @@ def watch_folders(
     from indexer.sync import FolderWatcher
 
     if sync_once is None:
-        sync_once = make_sync_once(opts, prune=prune, progress=TerminalProgress())
+        sync_once = make_sync_once(opts, prune=prune)
     watcher = FolderWatcher(folders, sync_once, on_status=say)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -161,7 +161,10 @@ class WatchedFolders:
                 continue
             state.counts = report_counts(report)
             state.last_sync_at = time.time()
-            state.error = None
+            unfinished = list(getattr(report, "errors", None) or [])
+            state.error = "not finished: " + "; ".join(unfinished) if unfinished else None
+            if unfinished:
+                failed.append(f"{folder.name}: {state.error}")
             for key, n in state.counts.items():
                 totals[key] = totals.get(key, 0) + n
         if failed:
