@@ -8,6 +8,10 @@ counting its calls.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -328,3 +332,83 @@ def wait_for_row(watched, condition) -> dict:
 
     wait_for(check)
     return found[0]
+
+
+# -- the command: pagelens sync --watch --prune, in its own process ----------------------
+
+
+class Lines:
+    """A process's stderr lines, read as they come, each with the monotonic time it came."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def matching(self, text: str) -> list[tuple[float, str]]:
+        return [(t, line) for t, line in list(self.lines) if text in line]
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+
+def test_the_command_indexes_a_slow_copy_once_and_prunes_its_deletion(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    folder, coll = tmp_path / "watched", tmp_path / "collection"
+    folder.mkdir()
+    data = make_text_pdf(tmp_path / "src.pdf", TOPICS[:2]).read_bytes()
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "PAGELENS_WATCH_SETTLE": "1"}
+    args = ["--collection", str(coll), "--model", str(tiny_model_dir), "--device", "cpu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *args, "sync", str(folder), "--watch", "--prune"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    err = Lines(proc.stderr)
+    try:
+        wait_for(lambda: err.matching("synced watched") or proc.poll() is not None, 180)
+        assert proc.poll() is None, err.text()
+        target = folder / "slow.pdf"
+        step = len(data) // 6 + 1
+        with target.open("wb") as f:
+            for i in range(0, len(data), step):  # ~2 s of writing, pauses under 1 s
+                f.write(data[i : i + step])
+                f.flush()
+                time.sleep(0.35)
+        last_write = time.monotonic()
+        store = open_collection(coll, create=False)
+        try:
+            # Stored (pages and text: searchable) within 5 s of the last write; its vectors
+            # follow at the tiny model's pace on this machine.
+            stored = wait_for(lambda: store.stats().documents == 1, 30)
+            assert stored - last_write < 5.0, err.text()
+            wait_for(lambda: err.matching("synced watched: 1 added"), 60)
+            time.sleep(1.5)  # anything that would sync it again would have by now
+            stats = store.stats()
+            assert (stats.documents, stats.pages, stats.pending) == (1, 2, 0), err.text()
+        finally:
+            store.close()
+        assert len(err.matching(f"added    {target}")) == 1, err.text()
+        assert not err.matching("refused") and len(err.matching("added    ")) == 1
+
+        target.unlink()
+        wait_for(lambda: err.matching(f"removed  {target}"), 30)
+        store = open_collection(coll, create=False)
+        try:
+            assert store.stats().documents == 0
+        finally:
+            store.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, err.text()
+    assert err.matching("stopped")
