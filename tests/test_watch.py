@@ -412,3 +412,26 @@ def test_the_command_indexes_a_slow_copy_once_and_prunes_its_deletion(
         code = proc.wait(60)
     assert code == 0, err.text()
     assert err.matching("stopped")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_watch_loop_ends_cleanly_on_ctrl_c_and_sigterm(tmp_path: Path, sig) -> None:
+    from app.cli.common import Options
+    from app.cli.watching import watch_folders
+
+    sync = Recorder()
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Timer(1.0, os.kill, (os.getpid(), sig)).start()
+    watch_folders(Options(), [tmp_path], prune=False, sync_once=sync)  # returns: exit 0
+    assert sync.calls == [[tmp_path.resolve()]]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_watch_refuses_dry_run_and_json(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    for extra in ("--dry-run", "--json"):
+        result = CliRunner().invoke(cli, ["sync", str(tmp_path), "--watch", extra])
+        assert result.exit_code == 2 and "--watch" in result.output, result.output
