@@ -120,25 +120,27 @@ def plan_sync(store: Store, folders: Iterable[str | os.PathLike[str]]) -> SyncPl
             plan.leftovers.append(doc)
         elif doc.status == "staged":
             continue  # resumed by its path's change, or a leftover (apply decides)
-        elif path in by_path:  # the same path indexed twice (two versions): keep one
-            plan.missing.append(doc)
         else:
-            by_path[path] = doc
+            if path in by_path:  # indexed twice (two versions): the older one is stale
+                plan.missing.append(by_path[path])
+            by_path[path] = doc  # documents() lists them in the order they were added
     gone = [d for p, d in by_path.items() if p not in files]
     new: list[SourceFile] = []
     for path, file in sorted(files.items()):
-        doc = by_path.get(path)
-        if doc is None:
+        recorded = by_path.get(path)
+        if recorded is None:
             new.append(file)
-        elif not doc.ready:
+        elif not recorded.ready:
             plan.resumed.append(file)
-        elif file.size == doc.bytes and stamps.get(doc.sha256) == file.mtime_ns:
+        elif file.size == recorded.bytes and stamps.get(recorded.sha256) == file.mtime_ns:
             plan.unchanged += 1
-        elif (doc.bytes and file.size != doc.bytes) or file_sha256(path) != doc.sha256:
-            plan.changed.append((file, doc))
+        elif (recorded.bytes and file.size != recorded.bytes) or file_sha256(
+            path
+        ) != recorded.sha256:
+            plan.changed.append((file, recorded))
         else:
             plan.unchanged += 1
-            plan.restamp.append((doc, file))
+            plan.restamp.append((recorded, file))
     for file in new:
         twin = _moved_from(file, gone)
         if twin is None:
