@@ -118,6 +118,9 @@ def test_temp_and_partial_names_wake_nothing(tmp_path: Path) -> None:
         path.write_bytes(b"x")
         watcher.notice(path)
     watcher.notice(tmp_path.parent / "elsewhere.pdf")  # outside the watched folder
+    (tmp_path / "collection").mkdir()
+    watcher.exclude = [tmp_path / "collection"]
+    watcher.notice(tmp_path / "collection" / "catalog.sqlite")  # the collection's own write
     clock.now += 5
     assert not watcher.tick() and len(sync.calls) == 1
     # The download completes: renamed to its real name, which is synced.

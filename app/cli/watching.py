@@ -62,7 +62,8 @@ def watch_folders(
 
     if sync_once is None:
         sync_once = make_sync_once(opts, prune=prune)
-    watcher = FolderWatcher(folders, sync_once, on_status=say)
+    exclude = [] if opts.is_milvus else [opts.collection_dir]  # its own writes
+    watcher = FolderWatcher(folders, sync_once, on_status=say, exclude=exclude)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -132,7 +132,8 @@ class FolderWatcher:
     """Watches ``folders`` and calls ``sync_once(folders)`` once their changes settle.
 
     ``on_status`` receives one line per applied batch (counts) and per new wait (what is
-    settling); ``clock`` is injectable so that tests drive :meth:`tick` without sleeping.
+    settling); ``clock`` is injectable so that tests drive :meth:`tick` without sleeping;
+    ``exclude``: paths whose changes are not the folders' (the collection's own folder).
     """
 
     def __init__(
@@ -145,10 +146,14 @@ class FolderWatcher:
         clock: Callable[[], float] = time.monotonic,
         retry_s: float = RETRY_S,
         polling: bool = False,
+        exclude: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         self.folders = [check_folder(f) for f in folders]
         if not self.folders:
             raise UsageError("Name at least one folder to watch.")
+        # Changes under these never wake the watcher: a collection kept inside a watched
+        # folder would otherwise see its own writes and sync forever.
+        self.exclude = [Path(p).expanduser().resolve() for p in exclude]
         self.settle_s = settle_seconds() if settle_s is None else settle_s
         self.retry_s = retry_s
         self._sync_once = sync_once
@@ -185,6 +190,8 @@ class FolderWatcher:
         p = Path(os.fsdecode(path))
         root = self._root_of(p)
         if root is None or any(is_ignored_name(part) for part in p.relative_to(root).parts):
+            return
+        if any(p == x or x in p.parents for x in self.exclude):
             return
         now = self._clock()
         with self._lock:
