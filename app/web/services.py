@@ -386,11 +386,12 @@ class Workspace:
     ) -> Any:
         """Bring one watched folder in step (``sync_folders`` of :mod:`indexer.sync`), as an
         upload is: pages and text now, vectors by the background job afterwards."""
-        if sync is None:
-            from indexer.sync import sync_folders as sync
+        from indexer.sync import sync_folders
+
+        run = sync or sync_folders
         with self._write, self.job.paused(timeout=600):
             self._bind_model_if_needed()
-            report = sync(
+            report = run(
                 self.store,
                 None,
                 [folder],

@@ -127,10 +127,17 @@ class WatchedFolders:
                     present.append(check_folder(folder))
                 except UsageError as exc:  # unmounted, renamed: say so, watch the rest
                     self.states.setdefault(folder, FolderState()).error = str(exc)
-            if present:
+            if not present:
+                return
+            try:
                 self.watcher = FolderWatcher(
                     present, self._sync_once, settle_s=self.settle_s, on_status=self._note
                 ).start()
+            except (OSError, PageLensError) as exc:  # no observer could start: say why
+                for folder in present:
+                    self.states.setdefault(
+                        str(folder), FolderState()
+                    ).error = f"cannot watch: {exc}"
 
     def stop(self, timeout: float | None = 30.0) -> None:
         with self._lock:
