@@ -432,7 +432,7 @@ def test_the_watch_loop_ends_cleanly_on_ctrl_c_and_sigterm(tmp_path: Path, sig) 
     assert signal.getsignal(signal.SIGTERM) == before
 
 
-def test_watch_refuses_dry_run_and_json(tmp_path: Path) -> None:
+def test_watch_refuses_dry_run_json_and_a_missing_folder(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from app.cli import cli
@@ -440,3 +440,5 @@ def test_watch_refuses_dry_run_and_json(tmp_path: Path) -> None:
     for extra in ("--dry-run", "--json"):
         result = CliRunner().invoke(cli, ["sync", str(tmp_path), "--watch", extra])
         assert result.exit_code == 2 and "--watch" in result.output, result.output
+    result = CliRunner().invoke(cli, ["sync", str(tmp_path / "gone"), "--watch"])
+    assert result.exit_code == 2 and "no such folder" in result.output, result.output
