@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import streamlit as st
 
+from app.web.llm_settings import current_llm_settings, llm_settings_form
 from indexer.errors import PageLensError
 from retriever.ask import Answer, LLMSettings, ask_stream
 from retriever.search import Hit
@@ -31,7 +32,7 @@ def ask_panel(
     dialog.
     """
     try:
-        settings = LLMSettings.from_env()
+        settings = current_llm_settings()
     except PageLensError as exc:
         st.error(str(exc))
         return
@@ -40,9 +41,9 @@ def ask_panel(
         st.markdown("**Ask an LLM about these pages**")
         if not settings.configured:
             st.caption(
-                "Nothing is sent anywhere until you choose an LLM: set PAGELENS_LLM_URL to an "
-                "OpenAI-compatible endpoint (a local Ollama: http://localhost:11434/v1) and "
-                "PAGELENS_LLM_MODEL, then restart the app."
+                "Nothing is sent anywhere until you choose an LLM: give an OpenAI-compatible "
+                "endpoint (a local Ollama: http://localhost:11434/v1) and its model in the LLM "
+                "settings below, or start the app with PAGELENS_LLM_URL and PAGELENS_LLM_MODEL."
             )
         else:
             st.caption(
@@ -60,6 +61,7 @@ def ask_panel(
             if question
             else "Type a question to ask (an image-only search has none).",
         )
+        llm_settings_form(settings)
         saved = st.session_state.get(STATE_KEY)
         answer: Answer | None = None
         if clicked:
