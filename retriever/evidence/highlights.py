@@ -128,8 +128,9 @@ def _boxes_by_line(
 def text_highlights(words: Sequence[PageWord] | None, query: str) -> list[Highlight]:
     """The boxes of ``query``'s words on a page whose words are ``words``, in page order.
 
-    Every occurrence is boxed; consecutive matching words on one line are one box (a
-    phrase); words of the query absent from the page give nothing, and so does a page with
+    Every occurrence is boxed; consecutive matching words are one run (a phrase), boxed
+    once per line it spans, each box scored by the share of the query's terms the whole run
+    covers; words of the query absent from the page give nothing, and so does a page with
     no words (``None``: not known, e.g. a page stored before words were kept).
     """
     wanted = set(word_terms([query or ""])[0])
@@ -141,10 +142,7 @@ def text_highlights(words: Sequence[PageWord] | None, query: str) -> list[Highli
     covered: set[str] = set()
     for token, terms in [*zip(tokens, _terms_by_token(tokens), strict=True), (None, [])]:
         hit = wanted.intersection(terms)
-        same_line = (
-            bool(run) and token is not None and words[token.indices[0]].line == words[run[-1]].line
-        )
-        if run and (not hit or not same_line):
+        if run and not hit:
             out += _boxes_by_line(words, run, len(covered) / len(wanted))
             run, covered = [], set()
         if token is not None and hit:
