@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -35,6 +35,7 @@ from indexer.stores.base import (  # noqa: F401 (RRF_K, reciprocal_rank_fusion: 
     Store,
     reciprocal_rank_fusion,
 )
+from retriever.evidence.highlights import EVIDENCE, Highlight, PageWord, text_highlights
 from retriever.rerank import rerank_hits, resolve_depth
 
 MODES = ("visual", "text", "hybrid")
@@ -56,6 +57,11 @@ class Hit:
     scores: dict[str, float] = field(default_factory=dict)
     #: The page has no vector yet: it was found through its text layer only.
     pending: bool = False
+    #: Where the query's words are on the page image (:mod:`retriever.evidence`).
+    highlights: tuple[Highlight, ...] = ()
+    #: The page's words with their boxes, kept so an answer's quotes can be boxed too
+    #: (:mod:`retriever.ask`); empty when the search asked for no evidence. Not shown.
+    words: tuple[PageWord, ...] = field(default=(), repr=False, compare=False)
 
     def as_dict(self, *, with_text: bool = False) -> dict:
         out = {
@@ -72,6 +78,7 @@ class Hit:
             out["scores"] = {k: round(float(v), 6) for k, v in self.scores.items()}
         if self.pending:
             out["pending"] = True  # found by its text layer; its vector is still being made
+        out["highlights"] = [h.as_dict() for h in self.highlights]
         if with_text:
             out["text"] = self.text
         return out
@@ -139,6 +146,7 @@ class Retriever:
         rerank: int | None = None,
         notify: Callable[[str], None] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        evidence: str = "text",
     ) -> list[Hit]:
         """The ``k`` best pages for a question, an image, or both.
 
@@ -151,7 +159,11 @@ class Retriever:
         is a depth with no reranker. ``notify`` gets the one line said when the reranker
         fails (the first-stage ranking is returned); ``progress(done, total)`` follows the
         rerank (see :func:`retriever.rerank.rerank_hits`).
+
+        ``evidence``: ``text`` (default) gives every hit, whatever the mode, the boxes of the
+        query's words on its page (:attr:`Hit.highlights`); ``none`` skips them.
         """
+        check_evidence(evidence)
         depth = resolve_depth(rerank, k, self.reranker)
         query = (query or "").strip()
         if isinstance(image, str | Path):
@@ -173,19 +185,19 @@ class Retriever:
             image = fit_image(image, self.render_settings())
         where = self._filter(documents, pages)
         hits = self._first_stage(query, image, max(k, depth), where, mode)
-        if not depth or self.reranker is None:
-            return hits
-        return rerank_hits(
-            hits,
-            query=query,
-            image=image,
-            store=self.store,
-            reranker=self.reranker,
-            k=k,
-            depth=depth,
-            notify=notify,
-            progress=progress,
-        )
+        if depth and self.reranker is not None:
+            hits = rerank_hits(
+                hits,
+                query=query,
+                image=image,
+                store=self.store,
+                reranker=self.reranker,
+                k=k,
+                depth=depth,
+                notify=notify,
+                progress=progress,
+            )
+        return with_evidence(self.store, hits, query, evidence)
 
     def _first_stage(
         self, query: str, image: Image.Image | None, k: int, where: PageFilter | None, mode: str
@@ -301,6 +313,34 @@ class Retriever:
                 )
             )
         return hits
+
+
+def check_evidence(evidence: str) -> None:
+    """A clear error for an ``evidence`` that cannot be given, before anything is searched."""
+    if evidence not in EVIDENCE:
+        raise QueryError(f"Unknown evidence '{evidence}'; use one of {', '.join(EVIDENCE)}.")
+    if evidence == "visual":
+        # The one place visual evidence (heat-map regions) plugs in.
+        raise QueryError(
+            "Visual evidence (heat-map regions) is not available in this version; "
+            "use evidence 'text' or 'none'."
+        )
+
+
+def with_evidence(store: Store, hits: list[Hit], query: str, evidence: str = "text") -> list[Hit]:
+    """``hits`` with their highlights (and page words), read in one call to the store:
+    the query's words on each page, whatever found the page (``evidence="none"``: as
+    they are). A page whose words were never stored gets none."""
+    check_evidence(evidence)
+    if evidence == "none" or not hits:
+        return hits
+    words = store.page_words_many([h.page_id for h in hits])
+    out = []
+    for hit in hits:
+        page_words = tuple(words.get(hit.page_id) or ())
+        found = tuple(text_highlights(page_words, query)) if query else ()
+        out.append(replace(hit, highlights=found, words=page_words))
+    return out
 
 
 def snippet(text: str, query: str, *, width: int = 240) -> str:

@@ -48,9 +48,16 @@ def search(
         help="Rerank the top N first-stage pages with the configured reranker and show the "
         "best k of them (default with a reranker: 20; 0: off).",
     ),
+    evidence: str = typer.Option(
+        "text",
+        "--evidence",
+        help="Highlights on each hit: text (the query's words on the page), none, or visual.",
+    ),
 ) -> None:
     """Find the pages that answer a question."""
-    check_search_usage(question, image=image, mode=mode, k=k, pages=pages, rerank=rerank)
+    check_search_usage(
+        question, image=image, mode=mode, k=k, pages=pages, rerank=rerank, evidence=evidence
+    )
     opts = options(ctx)
 
     def body() -> None:
@@ -65,6 +72,7 @@ def search(
             mode=mode,
             rerank=depth,
             notify=lambda line: say(f"note: {line}"),
+            evidence=evidence,
         )
         pending = retriever.pending() if retriever.embedder is not None else 0
         if as_json:
@@ -163,6 +171,9 @@ def export(
     max_side: int = typer.Option(1568, "--max-side", help="Longest image side sent, pixels."),
     image_format: str = typer.Option("jpeg", "--image-format", help="jpeg, png or webp."),
     quality: int = typer.Option(85, "--quality", help="JPEG/WebP quality."),
+    boxes: bool = typer.Option(
+        False, "--boxes", help="Draw the query's matches (highlights) on the page images."
+    ),
 ) -> None:
     """Search, then write the question and pages as an LLM prompt."""
     import json
@@ -176,7 +187,9 @@ def export(
 
     def body() -> None:
         try:
-            settings = ExportSettings(max_side=max_side, image_format=image_format, quality=quality)
+            settings = ExportSettings(
+                max_side=max_side, image_format=image_format, quality=quality, draw_boxes=boxes
+            )
         except ValueError as exc:
             fail(str(exc), 2)
         hits = open_retriever(opts, mode).search(

@@ -23,7 +23,7 @@ from indexer.errors import (
 )
 from indexer.stores import is_milvus_spec
 from retriever.rerank import MAX_DEPTH
-from retriever.search import Hit
+from retriever.search import Hit, check_evidence
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,10 @@ def find_hits(
         raise ApiError(
             400, f"'k' ({body.k}) must not exceed 'rerank' ({body.rerank}).", param="rerank"
         )
+    try:
+        check_evidence(body.evidence)  # the one place "visual" is refused (not available yet)
+    except QueryError as exc:
+        raise ApiError(400, str(exc), param="evidence", code="evidence_not_available") from exc
     if body.query is not None and len(body.query) > MAX_TEXT_CHARS:
         raise ApiError(400, "The query is too long.", param="query", code="context_length_exceeded")
     store = state.collections.get(body.collection)
@@ -85,6 +89,7 @@ def find_hits(
             mode=body.mode,
             rerank=body.rerank,
             notify=lambda line: _rerank_failed(line, notes),
+            evidence=body.evidence,
         )
         pending = retriever.pending()
     except (QueueFullError, BatcherClosedError) as exc:
@@ -137,6 +142,7 @@ def hit_json(h: Hit, collection: str | None) -> dict:
         "page_id": h.page_id,
         "snippet": h.snippet,
         "image_url": image_url(h.page_id, collection),
+        "highlights": [hl.as_dict() for hl in h.highlights],
     }
 
 

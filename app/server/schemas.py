@@ -71,6 +71,11 @@ class SearchRequest(CheckedBody):
         "return the best k of them (N >= k). Default: 20 (at least k) when the server has a "
         "reranker, else none; 0 turns it off.",
     )
+    evidence: Literal["text", "none", "visual"] = Field(
+        default="text",
+        description="Highlights on each hit: text (the boxes of the query's words on the "
+        "page), none, or visual (heat-map regions; a 400 where not available).",
+    )
 
 
 class ImageUrl(CheckedBody):
