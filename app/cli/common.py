@@ -205,9 +205,15 @@ def check_search_usage(
     k: int = 5,
     pages: str | None = None,
     rerank: int | None = None,
+    evidence: str = "text",
 ) -> None:
     """Usage errors of a searching command, found before anything loads (exit code 2)."""
-    from retriever.search import MODES, PageRange
+    from retriever.search import EVIDENCE, MODES, PageRange
+
+    if evidence not in EVIDENCE:
+        fail(f"unknown --evidence '{evidence}': use {', '.join(EVIDENCE)}", 2)
+    if evidence == "visual" and mode == "text":
+        fail("--evidence visual embeds regions of each page with the model: drop --mode text", 2)
 
     if not (question or "").strip() and image is None:
         fail("give a question, --image FILE, or both", 2)

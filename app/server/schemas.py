@@ -71,6 +71,11 @@ class SearchRequest(CheckedBody):
         "return the best k of them (N >= k). Default: 20 (at least k) when the server has a "
         "reranker, else none; 0 turns it off.",
     )
+    evidence: Literal["text", "visual"] = Field(
+        default="text",
+        description="'visual' also scores overlapping regions of each page with the model "
+        "and adds them to each hit's highlights (source 'visual'; an approximation).",
+    )
 
 
 class ImageUrl(CheckedBody):
