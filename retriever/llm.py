@@ -221,9 +221,7 @@ class LLMSettings:
         return f"{scheme}://{self.host} (model {self.model})"
 
 
-def check_url(
-    url: str, *, label: str = config.LLM_URL_ENV, allow_credentials: bool = True
-) -> str:
+def check_url(url: str, *, label: str = config.LLM_URL_ENV, allow_credentials: bool = True) -> str:
     """``url`` stripped, or a :class:`PageLensError` saying what a good one looks like.
 
     ``label`` names what was wrong (the variable, or the app's field); a URL carrying a

@@ -215,6 +215,8 @@ def check_search_usage(
         check_evidence(evidence)
     except QueryError as exc:
         fail(f"--evidence: {exc}", 2)
+    if evidence == "visual" and mode == "text":
+        fail("--evidence visual embeds regions of each page with the model: drop --mode text", 2)
 
     if not (question or "").strip() and image is None:
         fail("give a question, --image FILE, or both", 2)

@@ -22,6 +22,7 @@ from indexer.errors import (
     QueryError,
 )
 from indexer.stores import is_milvus_spec
+from retriever.evidence.visual import NOTE as VISUAL_NOTE
 from retriever.rerank import MAX_DEPTH
 from retriever.search import Hit, check_evidence
 
@@ -39,6 +40,8 @@ def search(body: SearchRequest, state: State) -> dict:
     notes: list[str] = []
     hits, pending = find_hits(body, state, notes)
     out: dict = {"hits": [hit_json(h, body.collection) for h in hits], "pending": pending}
+    if body.evidence == "visual":
+        out["evidence_note"] = VISUAL_NOTE
     if notes:  # the reranker failed: these are the first-stage hits, and the client is told
         out["warnings"] = notes
     return out
@@ -66,7 +69,7 @@ def find_hits(
             400, f"'k' ({body.k}) must not exceed 'rerank' ({body.rerank}).", param="rerank"
         )
     try:
-        check_evidence(body.evidence)  # the one place "visual" is refused (not available yet)
+        check_evidence(body.evidence)  # an unknown name is a 400 before anything loads
     except QueryError as exc:
         raise ApiError(400, str(exc), param="evidence", code="evidence_not_available") from exc
     if body.query is not None and len(body.query) > MAX_TEXT_CHARS:
@@ -77,8 +80,17 @@ def find_hits(
         if isinstance(doc, int) and not 0 <= doc <= MAX_ID:
             raise ApiError(404, f"No document {doc}.", param="documents", code="document_not_found")
     try:
+        if body.evidence == "visual" and body.mode == "text":
+            raise ApiError(
+                400,
+                "'evidence': 'visual' needs the model: not with 'mode': 'text'.",
+                param="evidence",
+            )
         retriever = Retriever(
-            None if body.mode == "text" else state.shared, store, reranker=state.reranker
+            None if body.mode == "text" else state.shared,
+            store,
+            reranker=state.reranker,
+            evidence_cache=state.evidence_cache,
         )
         hits = retriever.search(
             body.query,

@@ -74,7 +74,8 @@ class SearchRequest(CheckedBody):
     evidence: Literal["text", "none", "visual"] = Field(
         default="text",
         description="Highlights on each hit: text (the boxes of the query's words on the "
-        "page), none, or visual (heat-map regions; a 400 where not available).",
+        "page), none, or visual (also overlapping regions of each page scored by the model, "
+        "source 'visual'; an approximation).",
     )
 
 

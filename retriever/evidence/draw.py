@@ -10,10 +10,22 @@ differs from the plain one only inside the boxes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from PIL import Image, ImageDraw
 
-from retriever.evidence.highlights import Highlight
+
+class Boxed(Protocol):
+    """What is drawn: a :class:`~retriever.evidence.highlights.Highlight` or a visual
+    region (:class:`~retriever.evidence.visual.VisualRegion`), both on a hit."""
+
+    @property
+    def box(self) -> tuple[float, float, float, float]: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+
 
 #: Default outline colour (a saturated orange, rare on documents) and fill opacity.
 COLOR = (255, 120, 0)
@@ -36,7 +48,7 @@ def _pixels(box: Sequence[float], size: tuple[int, int]) -> tuple[int, int, int,
 
 def draw_highlights(
     image: Image.Image,
-    highlights: Sequence[Highlight],
+    highlights: Sequence[Boxed],
     *,
     color: tuple[int, int, int] = COLOR,
     width: int | None = None,
