@@ -14,7 +14,12 @@ import streamlit as st
 from app.web.llm_settings import current_llm_settings, llm_settings_form
 from indexer.errors import PageLensError
 from retriever.ask import Answer, LLMSettings, ask_stream
+from retriever.evidence.highlights import Highlight
 from retriever.search import Hit
+
+#: Opens a page's dialog: ``open_page(hit, query, quotes)``, ``quotes`` the boxes of what
+#: the answer quotes from that page (outlined in the dialog).
+OpenPage = Callable[[Hit, str, tuple[Highlight, ...]], None]
 
 #: session_state key holding ``{"result": results id, "answer": Answer}``.
 STATE_KEY = "ask_answer"
@@ -23,13 +28,13 @@ STATE_KEY = "ask_answer"
 def ask_panel(
     res: dict,
     chosen: Sequence[Hit],
-    open_page: Callable[[Hit, str], None],
+    open_page: OpenPage,
 ) -> None:
     """Ask button, destination line, streamed answer and clickable citations.
 
     ``res`` is the app's current results (its ``id`` and ``query``), ``chosen`` the pages
-    ticked for export (those are the pages sent), ``open_page(hit, query)`` opens a page's
-    dialog.
+    ticked for export (those are the pages sent), ``open_page(hit, query, quotes)`` opens
+    a page's dialog with the citation's quoted passages outlined.
     """
     try:
         settings = current_llm_settings()
@@ -92,7 +97,7 @@ def _stream_answer(question: str, chosen: Sequence[Hit], settings: LLMSettings) 
         return None
 
 
-def _citations(answer: Answer, res: dict, open_page: Callable[[Hit, str], None]) -> None:
+def _citations(answer: Answer, res: dict, open_page: OpenPage) -> None:
     by_page: dict[tuple[str | None, int | None], Hit] = {
         (h.document, h.page): h for h in answer.hits
     }
@@ -111,7 +116,7 @@ def _citations(answer: Answer, res: dict, open_page: Callable[[Hit, str], None])
                 key=f"cite-{res['id']}-{hit.page_id}",
                 icon=":material/description:",
             ):
-                open_page(hit, res.get("query") or "")
+                open_page(hit, res.get("query") or "", cite.highlights)
     for cite in answer.unverified:
         what = f"{cite.document}, p. {cite.page}" if cite.document else f"[{cite.text}]"
         st.warning(f"The answer cites {what}, which was not among the pages sent: not verified.")
