@@ -72,9 +72,9 @@ def drawn(
 
 def show_matches() -> bool:
     """The results' "Show matches" toggle (on by default)."""
-    st.session_state.setdefault(SHOW_KEY, True)
     return st.toggle(
         "Show matches",
+        value=True,
         key=SHOW_KEY,
         help="Outline the question's words on the page images.",
     )
@@ -90,8 +90,7 @@ def thumbnail(hit: Hit, max_side: int) -> bytes | None:
 def dialog_page(hit: Hit, quotes: Sequence[Highlight] = ()) -> None:
     """The page image in the dialog: the query's words (orange) and the quoted passages of
     an opened citation (blue) outlined, with its own toggle and a line counting them."""
-    st.session_state.setdefault(PAGE_SHOW_KEY, st.session_state.get(SHOW_KEY, True))
-    show = st.toggle("Show matches", key=PAGE_SHOW_KEY)
+    show = st.toggle("Show matches", value=st.session_state.get(SHOW_KEY, True), key=PAGE_SHOW_KEY)
     image = None
     if show and quotes:
         image = _two_colours(hit, quotes)
@@ -148,7 +147,8 @@ def where_on_page(hit: Hit, query: str) -> None:
     shown = maps.get(key)
     if shown:
         st.image(shown["image"], width="stretch", caption=shown["caption"])
-        st.caption(f"Approximate: {shown['note']}.")
+        note = shown["note"]
+        st.caption(f"{note[:1].upper()}{note[1:]}.")
 
 
 def _locate(hit: Hit, query: str, model) -> dict | None:

@@ -179,12 +179,35 @@ def _open_query_image(upload):
     return load_query_image(upload)
 
 
-def open_page(hit, query: str, quotes: Sequence[Highlight] = ()) -> None:
-    """The page's dialog: the page with the question's words (and ``quotes``, an opened
-    citation's quoted passages) outlined, "Where on this page?", and the text layer."""
-    st.session_state.pop(PAGE_SHOW_KEY, None)  # a new dialog starts as the grid's toggle
+#: session_state key of the open page dialog: (results id, hit, query, quotes).
+DIALOG_KEY = "page_dialog"
 
-    @st.dialog(f"{for_markdown(hit.document)} · page {hit.page}", width="large")
+
+def open_page(hit, query: str, quotes: Sequence[Highlight] = ()) -> None:
+    """Open a page's dialog (drawn at the end of the results): it stays open through full
+    reruns (embedding or the model finishing in the background) until the user closes it."""
+    st.session_state.pop(PAGE_SHOW_KEY, None)  # a new dialog starts as the grid's toggle
+    res = st.session_state.get("results") or {}
+    st.session_state[DIALOG_KEY] = (res.get("id"), hit, query, tuple(quotes))
+
+
+def _closed() -> None:
+    st.session_state.pop(DIALOG_KEY, None)
+
+
+def page_dialog(res: dict) -> None:
+    """The open page's dialog, if any (for these results): the page with the question's
+    words (and an opened citation's quoted passages) outlined, "Where on this page?", and
+    the text layer."""
+    shown = st.session_state.get(DIALOG_KEY)
+    if not shown:
+        return
+    results_id, hit, query, quotes = shown
+    if results_id != res["id"]:
+        _closed()
+        return
+
+    @st.dialog(f"{for_markdown(hit.document)} · page {hit.page}", width="large", on_dismiss=_closed)
     def body() -> None:
         st.caption(f"score {hit.score:.4f}")
         left, right = st.columns([3, 2])
@@ -254,3 +277,4 @@ def results_section(ws: Workspace) -> None:
                 ):
                     open_page(hit, query)
     export_section(res, hits)
+    page_dialog(res)
