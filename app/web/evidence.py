@@ -132,13 +132,14 @@ def where_on_page(hit: Hit, query: str) -> None:
         st.caption("“Where on this page?” needs a question (this search was by image only).")
     elif model.state == "failed":
         st.caption("“Where on this page?” needs the model, which did not load.")
-    elif key not in maps and st.button(
+    elif key not in maps and (slot := st.empty()).button(
         "Where on this page?",
         key=f"where-{hit.page_id}",
         icon=":material/travel_explore:",
         help="Score overlapping regions of the page against the question with the model and "
         "show where it matches (an approximation).",
     ):
+        slot.empty()  # the heat map takes the button's place
         found = _locate(hit, query, model)
         if found is not None:
             while len(maps) >= KEEP_HEATMAPS:
