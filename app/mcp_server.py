@@ -4,8 +4,11 @@ Built on the official ``mcp`` SDK (v2, :class:`mcp.server.mcpserver.MCPServer`);
 mcp`` runs it over stdio (``--http``: streamable HTTP, loopback by default). Three tools:
 
 * ``search_pages``: the best pages for a question, as images (what a vision model reads)
-  with a citation line and a text snippet for each, plus the hits as structured data;
-* ``get_page``: one page's image and its full text layer;
+  with a citation line and a text snippet for each, plus the hits as structured data
+  (each with its ``highlights``: the boxes of the question's words; ``draw_boxes`` draws
+  them on the images);
+* ``get_page``: one page's image and its full text layer (``query``: highlights of those
+  words, ``draw_boxes`` to draw them);
 * ``list_documents``: what the collection holds.
 
 The model is injected as a loader (loaded on the first visual search, once); without it,
@@ -20,6 +23,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import MCPServer
@@ -32,7 +36,7 @@ from indexer.model import Embedder
 from indexer.model.rerank import Reranker
 from indexer.stores import Store
 from retriever.export import ExportSettings, citation, encode_page
-from retriever.search import Hit, Retriever, snippet
+from retriever.search import Hit, Retriever, snippet, with_evidence
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +201,10 @@ def _search_tool(
                 le=MAX_RERANK,
             ),
         ] = None,
+        draw_boxes: Annotated[
+            bool,
+            Field(description="Draw the matches of the question's words on the page images."),
+        ] = False,
     ) -> CallToolResult:
         notes: list[str] = []
         if rerank and reranker is None:
@@ -233,7 +241,8 @@ def _search_tool(
                 f"Note: {pending} page(s) are not embedded yet, so visual search has not "
                 "seen them; mode 'text' covers every page."
             )
-        return _search_result(question, hits, notes, pending, image_settings)
+        settings = replace(image_settings, draw_boxes=draw_boxes)
+        return _search_result(question, hits, notes, pending, settings)
 
     return search_pages
 
@@ -271,16 +280,24 @@ def _page_tool(store: Store, image_settings: ExportSettings) -> Callable[..., Ca
     def get_page(
         document: Annotated[str, Field(description="Document name (or id).")],
         page: Annotated[int, Field(description="Page number, from 1.", ge=1)],
+        query: Annotated[
+            str | None,
+            Field(description="Words to highlight on the page (their boxes are returned)."),
+        ] = None,
+        draw_boxes: Annotated[
+            bool, Field(description="Draw the highlighted words on the page image.")
+        ] = False,
     ) -> CallToolResult:
         try:
             hit = page_hit(store, document, page)
+            hit = with_evidence(store, [hit], (query or "").strip())[0]
         except PageLensError as exc:
             return _error(str(exc))
         text = hit.text.strip() or "(this page has no text layer: read the image)"
         return CallToolResult(
             content=[
                 _text(f"{citation(hit)}\n\n{text}"),
-                _image_content(hit, image_settings),
+                _image_content(hit, replace(image_settings, draw_boxes=draw_boxes)),
             ],
             structured_content=_hit_dict(hit) | {"text": hit.text},
         )

@@ -23,10 +23,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from indexer.errors import QueryError
+from retriever.evidence.highlights import Highlight, quote_highlights
 from retriever.export import to_openai_messages
 from retriever.llm import (
     DEFAULT_MODEL,
@@ -119,13 +120,17 @@ def check_page_count(n: int, settings: LLMSettings) -> None:
 @dataclass(frozen=True)
 class Citation:
     """A page the answer cites. ``sent`` is False when that page was not among those sent:
-    such a citation is reported, but it has no image and must not be trusted."""
+    such a citation is reported, but it has no image and must not be trusted.
+
+    ``highlights``: where the answer quotes that page, the boxes of the quoted words on its
+    image (see :func:`quote_boxes`); empty when it quotes nothing of it."""
 
     document: str | None
     page: int | None
     image: str | None
     sent: bool
     text: str = ""
+    highlights: tuple[Highlight, ...] = ()
 
     def as_dict(self) -> dict:
         return {
@@ -133,6 +138,7 @@ class Citation:
             "page": self.page,
             "image": self.image,
             "sent": self.sent,
+            "highlights": [h.as_dict() for h in self.highlights],
         }
 
 
@@ -146,6 +152,7 @@ def parse_citations(text: str, hits: Sequence[Hit]) -> list[Citation]:
 
     Recognised forms: ``[document, p. N]`` (the form the prompt asks for; several may share
     brackets, separated by ``;``) and ``[i]``, the number of a citation line that was sent.
+    A citation of a page that was sent carries the boxes of what the answer quotes from it.
     """
     by_page = {(h.document, h.page): h for h in hits}
     by_lower = {(h.document.lower(), h.page): h for h in hits}
@@ -161,7 +168,41 @@ def parse_citations(text: str, hits: Sequence[Hit]) -> list[Citation]:
                 continue
             seen.add(key)
             out.append(cite)
+    by_key = {(h.document, h.page): h for h in hits}
+    quotes = answer_quotes(text)
+    for i, cite in enumerate(out):
+        hit = by_key.get((cite.document or "", cite.page or 0)) if cite.sent else None
+        if hit is not None and hit.words and quotes:
+            out[i] = replace(cite, highlights=quote_boxes(hit, quotes))
     return out
+
+
+_QUOTED = re.compile(r'"([^"\n]{3,600})"|“([^”\n]{3,600})”')
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+#: A sentence counts as copied from a page only with at least this many words (shorter
+#: ones, "It grew.", match too much by chance); a quoted passage needs two.
+MIN_SENTENCE_WORDS = 5
+MIN_QUOTE_WORDS = 2
+
+
+def answer_quotes(text: str) -> list[str]:
+    """What an answer may have copied from a page: its quoted passages (``"..."`` or
+    ``“...”``) and its sentences (citations removed), longest first."""
+    quoted = [a or b for a, b in _QUOTED.findall(text)]
+    plain = _BRACKETS.sub(" ", text)
+    sentences = [s.strip() for s in _SENTENCE_END.split(plain) if s.strip()]
+    found = [q for q in quoted if len(q.split()) >= MIN_QUOTE_WORDS]
+    found += [s for s in sentences if len(s.split()) >= MIN_SENTENCE_WORDS]
+    return sorted(dict.fromkeys(found), key=len, reverse=True)
+
+
+def quote_boxes(hit: Hit, quotes: Sequence[str]) -> tuple[Highlight, ...]:
+    """The boxes of every quote found on the hit's page (each box once)."""
+    boxes: dict[tuple[float, ...], Highlight] = {}
+    for quote in quotes:
+        for hl in quote_highlights(hit.words, quote):
+            boxes.setdefault(hl.box, hl)
+    return tuple(boxes.values())
 
 
 def _one_citation(
@@ -206,7 +247,8 @@ class Answer:
         return [c for c in self.citations if not c.sent]
 
     def as_dict(self) -> dict:
-        """``{"answer", "citations": [{"document", "page", "image", "sent"}], "hits", "model"}``."""
+        """``{"answer", "citations": [{"document", "page", "image", "sent", "highlights"}],
+        "hits", "model"}``."""
         return {
             "answer": self.text,
             "citations": [c.as_dict() for c in self.citations],

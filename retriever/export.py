@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from retriever.escaping import for_markdown
+from retriever.evidence.draw import draw_highlights
 from retriever.search import Hit
 
 SYSTEM_PROMPT = (
@@ -33,12 +34,15 @@ SYSTEM_PROMPT = (
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """How page images are sent: longest side in pixels, format, JPEG quality, detail."""
+    """How page images are sent: longest side in pixels, format, JPEG quality, detail, and
+    whether each hit's highlights are drawn on its image (``draw_boxes``: the LLM's
+    attention goes where the match is; drawn after downscaling, so the outlines stay crisp)."""
 
     max_side: int = 1568
     image_format: str = "jpeg"
     quality: int = 85
     detail: str = "high"
+    draw_boxes: bool = False
 
     def __post_init__(self) -> None:
         if self.image_format not in ("jpeg", "png", "webp"):
@@ -61,6 +65,8 @@ def encode_page(hit: Hit, settings: ExportSettings = ExportSettings()) -> tuple[
     with Image.open(hit.image) as im:
         im = im.convert("RGB")
         im.thumbnail((settings.max_side, settings.max_side), Image.Resampling.LANCZOS)
+        if settings.draw_boxes and hit.highlights:
+            im = draw_highlights(im, hit.highlights)
         buf = io.BytesIO()
         fmt = settings.image_format.upper()
         kwargs = {"quality": settings.quality} if fmt in ("JPEG", "WEBP") else {}

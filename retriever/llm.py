@@ -9,6 +9,7 @@ citations) is :mod:`retriever.ask`'s business.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -121,12 +122,7 @@ class LLMSettings:
 
     def __post_init__(self) -> None:
         if self.url is not None:
-            parts = urllib.parse.urlsplit(self.url.strip())
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise PageLensError(
-                    f"PAGELENS_LLM_URL must be an http(s) URL such as "
-                    f"http://localhost:11434/v1, not {self.url!r}."
-                )
+            check_url(self.url)
         if not self.model.strip():
             raise PageLensError("PAGELENS_LLM_MODEL must not be empty.")
         if self.retries < 0:
@@ -159,6 +155,30 @@ class LLMSettings:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @classmethod
+    def chosen(
+        cls,
+        *,
+        url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> LLMSettings:
+        """The environment's settings with a person's choices (the app's LLM settings).
+
+        ``url`` and ``model`` replace the variables' values when given. The key of
+        ``PAGELENS_LLM_API_KEY`` belongs to ``PAGELENS_LLM_URL``: it is sent only while the
+        endpoint is that URL, so that pointing the app at another server never hands it the
+        configured provider's key; ``api_key`` (typed in) replaces it.
+        """
+        base = cls.from_env(env)
+        url = check_url(url, allow_credentials=False, label="The LLM endpoint") if url else None
+        same_place = url is None or _same_url(url, base.url)
+        key = api_key or (base.api_key if same_place else None)
+        return dataclasses.replace(
+            base, url=url or base.url, model=(model or "").strip() or base.model, api_key=key
+        )
 
     @property
     def configured(self) -> bool:
@@ -199,6 +219,31 @@ class LLMSettings:
             return "nowhere: no LLM is configured (PAGELENS_LLM_URL)"
         scheme = urllib.parse.urlsplit(self.url.strip()).scheme
         return f"{scheme}://{self.host} (model {self.model})"
+
+
+def check_url(url: str, *, label: str = config.LLM_URL_ENV, allow_credentials: bool = True) -> str:
+    """``url`` stripped, or a :class:`PageLensError` saying what a good one looks like.
+
+    ``label`` names what was wrong (the variable, or the app's field); a URL carrying a
+    user name or password is refused where a key has its own field
+    (``allow_credentials=False``), so that a secret is never shown back in a URL.
+    """
+    text = url.strip()
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PageLensError(
+            f"{label} must be an http(s) URL such as http://localhost:11434/v1, not {url!r}."
+        )
+    if not allow_credentials and (parts.username or parts.password):
+        raise PageLensError(
+            f"{label} must not carry a user name or password: type the key in the API key "
+            "field, where it is never shown again."
+        )
+    return text
+
+
+def _same_url(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and a.strip().rstrip("/") == b.strip().rstrip("/")
 
 
 def request_body(messages: list[dict], settings: LLMSettings, *, stream: bool) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -29,15 +29,22 @@ from indexer.model import Embedder
 from indexer.model.rerank import Reranker
 from indexer.pages import RenderSettings, fit_image
 from indexer.pages.raster import ImageRefusedError, decode_image
+from indexer.pipeline import Meter, ProgressFn
 from indexer.stores.base import (  # noqa: F401 (RRF_K, reciprocal_rank_fusion: re-exported)
     RRF_K,
     PageFilter,
     Store,
     reciprocal_rank_fusion,
 )
+from retriever.evidence.cache import EvidenceCache
+from retriever.evidence.highlights import EVIDENCE, Highlight, PageWord, text_highlights
+from retriever.evidence.visual import VisualEvidence, VisualRegion, visual_evidence
 from retriever.rerank import rerank_hits, resolve_depth
 
 MODES = ("visual", "text", "hybrid")
+# ``EVIDENCE`` (what ``search(evidence=...)`` adds to each hit's highlights): "text" (the
+# default, the words of the query on the page), "none", or "visual" (also the scored regions
+# of :mod:`retriever.evidence.visual`, an approximation from embedded crops).
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,12 @@ class Hit:
     scores: dict[str, float] = field(default_factory=dict)
     #: The page has no vector yet: it was found through its text layer only.
     pending: bool = False
+    #: Where the query's words are on the page image (:mod:`retriever.evidence`), then, with
+    #: ``evidence="visual"``, the scored regions of :func:`Retriever.where_on_page`.
+    highlights: tuple[Highlight | VisualRegion, ...] = ()
+    #: The page's words with their boxes, kept so an answer's quotes can be boxed too
+    #: (:mod:`retriever.ask`); empty when the search asked for no evidence. Not shown.
+    words: tuple[PageWord, ...] = field(default=(), repr=False, compare=False)
 
     def as_dict(self, *, with_text: bool = False) -> dict:
         out = {
@@ -67,11 +80,13 @@ class Hit:
             "image": self.image,
             "snippet": self.snippet,
             "page_id": self.page_id,
+            "highlights": [h.as_dict() for h in self.highlights],
         }
         if self.scores:
             out["scores"] = {k: round(float(v), 6) for k, v in self.scores.items()}
         if self.pending:
             out["pending"] = True  # found by its text layer; its vector is still being made
+        out["highlights"] = [h.as_dict() for h in self.highlights]
         if with_text:
             out["text"] = self.text
         return out
@@ -115,11 +130,19 @@ class Retriever:
     (:mod:`retriever.rerank`; None: the first stage's order is the answer)."""
 
     def __init__(
-        self, embedder: Embedder | None, store: Store, reranker: Reranker | None = None
+        self,
+        embedder: Embedder | None,
+        store: Store,
+        reranker: Reranker | None = None,
+        *,
+        evidence_cache: EvidenceCache | None = None,
     ) -> None:
         self.embedder = embedder
         self.store = store
         self.reranker = reranker
+        #: Region scores of visual evidence already computed (memory only unless given one
+        #: with a folder: the CLI's lives in the user's cache dir).
+        self.evidence_cache = evidence_cache if evidence_cache is not None else EvidenceCache()
         if embedder is not None and store.model_id is not None:
             store.bind_embedder(embedder)
 
@@ -139,6 +162,8 @@ class Retriever:
         rerank: int | None = None,
         notify: Callable[[str], None] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        evidence: str = "text",
+        evidence_progress: ProgressFn | None = None,
     ) -> list[Hit]:
         """The ``k`` best pages for a question, an image, or both.
 
@@ -151,7 +176,13 @@ class Retriever:
         is a depth with no reranker. ``notify`` gets the one line said when the reranker
         fails (the first-stage ranking is returned); ``progress(done, total)`` follows the
         rerank (see :func:`retriever.rerank.rerank_hits`).
+
+        ``evidence``: ``text`` (default) gives every hit, whatever the mode, the boxes of the
+        query's words on its page (:attr:`Hit.highlights`); ``none`` skips them; ``visual``
+        adds the scored regions of :func:`where_on_page` (source "visual";
+        ``evidence_progress`` follows the pages).
         """
+        self._check_evidence(evidence)
         depth = resolve_depth(rerank, k, self.reranker)
         query = (query or "").strip()
         if isinstance(image, str | Path):
@@ -173,8 +204,24 @@ class Retriever:
             image = fit_image(image, self.render_settings())
         where = self._filter(documents, pages)
         hits = self._first_stage(query, image, max(k, depth), where, mode)
-        if not depth or self.reranker is None:
-            return hits
+        if depth and self.reranker is not None:
+            hits = self._reranked(hits, query, image, k, depth, notify, progress)
+        hits = with_evidence(self.store, hits, query, evidence)
+        if evidence == "visual":
+            hits = self._with_visual(hits, query, image, evidence_progress)
+        return hits
+
+    def _reranked(
+        self,
+        hits: list[Hit],
+        query: str,
+        image: Image.Image | None,
+        k: int,
+        depth: int,
+        notify: Callable[[str], None] | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> list[Hit]:
+        assert self.reranker is not None
         return rerank_hits(
             hits,
             query=query,
@@ -186,6 +233,61 @@ class Retriever:
             notify=notify,
             progress=progress,
         )
+
+    def _check_evidence(self, evidence: str) -> None:
+        check_evidence(evidence)
+        if evidence == "visual" and self.embedder is None:
+            raise QueryError("Visual evidence needs the model; use --evidence text without it.")
+
+    def _with_visual(
+        self,
+        hits: list[Hit],
+        query: str,
+        image: Image.Image | None,
+        progress: ProgressFn | None,
+    ) -> list[Hit]:
+        """Each hit with its visual regions (best first) appended to its highlights; the
+        query is embedded once for all pages."""
+        if not hits:
+            return hits
+        vector = self.embed_query(query, image)
+        meter = Meter("visual evidence", len(hits), progress)
+        out = []
+        for hit in hits:
+            found = self._evidence(hit, vector)
+            ranked = tuple(sorted(found.regions, key=lambda r: -r.score))
+            out.append(replace(hit, highlights=(*hit.highlights, *ranked)))
+            meter.step(file=hit.document)
+        return out
+
+    def where_on_page(
+        self,
+        hit: Hit,
+        query: str | None = None,
+        *,
+        image: Image.Image | str | Path | None = None,
+    ) -> VisualEvidence:
+        """Visual evidence for one hit: its regions' scores, the heat map over its page
+        image and the best region (an approximation, see :mod:`retriever.evidence.visual`);
+        the app draws it with :func:`retriever.evidence.visual.heatmap_image`."""
+        self._check_evidence("visual")
+        query = (query or "").strip()
+        if isinstance(image, str | Path):
+            image = load_query_image(image)
+        if image is not None:
+            image = fit_image(image, self.render_settings())
+        if not query and image is None:
+            raise QueryError("Ask a question (or give an image) to locate on the page.")
+        return self._evidence(hit, self.embed_query(query, image))
+
+    def _evidence(self, hit: Hit, vector: np.ndarray) -> VisualEvidence:
+        assert self.embedder is not None
+        try:
+            with Image.open(hit.image) as stored:
+                page = stored.convert("RGB")
+        except OSError as exc:
+            raise QueryError(f"The image of page {hit.page} of {hit.document} is missing.") from exc
+        return visual_evidence(self.embedder, page, vector, cache=self.evidence_cache)
 
     def _first_stage(
         self, query: str, image: Image.Image | None, k: int, where: PageFilter | None, mode: str
@@ -301,6 +403,29 @@ class Retriever:
                 )
             )
         return hits
+
+
+def check_evidence(evidence: str) -> None:
+    """A clear error for an ``evidence`` that cannot be given, before anything is searched."""
+    if evidence not in EVIDENCE:
+        raise QueryError(f"Unknown evidence '{evidence}'; use one of {', '.join(EVIDENCE)}.")
+
+
+def with_evidence(store: Store, hits: list[Hit], query: str, evidence: str = "text") -> list[Hit]:
+    """``hits`` with their highlights (and page words), read in one call to the store:
+    the query's words on each page, whatever found the page (``evidence="none"``: as
+    they are; ``"visual"`` gets the words too, its regions are added by the retriever).
+    A page whose words were never stored gets none."""
+    check_evidence(evidence)
+    if evidence == "none" or not hits:
+        return hits
+    words = store.page_words_many([h.page_id for h in hits])
+    out = []
+    for hit in hits:
+        page_words = tuple(words.get(hit.page_id) or ())
+        found = tuple(text_highlights(page_words, query)) if query else ()
+        out.append(replace(hit, highlights=found, words=page_words))
+    return out
 
 
 def snippet(text: str, query: str, *, width: int = 240) -> str:

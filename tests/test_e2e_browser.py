@@ -39,6 +39,7 @@ CHROMIUM_ARGS = [
 ]
 STARTUP_S = 90
 TIMEOUT_MS = 90_000
+TYPED_KEY = "sk-typed-in-the-browser-5b1e"
 
 
 def _require_browser() -> None:
@@ -288,12 +289,26 @@ def test_ask_streams_a_cited_answer(llm_stub, app_url, tmp_path: Path) -> None:
             ).to_be_visible()
             assert llm_stub.requests == []
 
+            # A key typed in the LLM settings is used, never shown back, never stored.
+            main.get_by_text("LLM settings").click()
+            main.get_by_role("textbox", name="API key").fill(TYPED_KEY)
+            main.get_by_role("button", name="Use these settings").click()
+            expect(main.get_by_text(re.compile("^Settings applied"))).to_be_visible()
+            expect(main.get_by_text(re.compile("API key: typed in this session"))).to_be_visible()
+            assert TYPED_KEY not in page.content()
+            assert llm_stub.requests == []
+
             main.get_by_role("button", name="Ask", exact=True).click()
             expect(main.get_by_text("The treaty was the Peace of Westphalia")).to_be_visible()
             expect(
                 main.get_by_text(re.compile(r"elsewhere\.pdf, p\. 7.*not verified"))
             ).to_be_visible()
             assert len(llm_stub.requests) == 1
+            assert llm_stub.last.headers["authorization"] == f"Bearer {TYPED_KEY}"
+            assert TYPED_KEY not in page.content()
+            assert not [
+                f for f in home.rglob("*") if f.is_file() and TYPED_KEY.encode() in f.read_bytes()
+            ]
             assert "Question: Which treaty ended the Thirty Years War?" in llm_stub.last.texts
             assert len(llm_stub.last.images) >= 1
             page.screenshot(path=str(ARTIFACTS / "ask-answer.png"))
@@ -309,6 +324,61 @@ def test_ask_streams_a_cited_answer(llm_stub, app_url, tmp_path: Path) -> None:
             expect(page.locator('[data-testid="stException"]')).to_have_count(0)
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "ask-failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+
+def test_page_dialog_shows_the_evidence(app_url, tmp_path: Path) -> None:
+    """Issue 23's acceptance: upload, search, the page dialog shows boxes over the words of
+    the query, its toggle hides them, "Where on this page?" shows a heat map."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _home = app_url
+    pdf = make_text_pdf(tmp_path / "docs" / "history.pdf", TOPICS[:3])
+    expect.set_options(timeout=TIMEOUT_MS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1500, "height": 1400})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            page.goto(url)
+            uploader = page.locator('[data-testid="stFileUploader"]').first
+            uploader.locator('input[type="file"]').set_input_files([str(pdf)])
+            expect(page.get_by_text(re.compile(r"history\.pdf.*3 pages added"))).to_be_visible()
+            # Text search needs no vectors; the dialog stays open when embedding ends.
+            main = page.locator('[data-testid="stMain"]')
+            page.get_by_test_id("stRadioGroup").get_by_text("text", exact=True).click()
+            page.get_by_label("Question").fill("Thirty Years War treaty")
+            page.get_by_label("Question").press("Enter")
+            expect(main.get_by_text("#1 · history.pdf")).to_be_visible()
+
+            main.locator('[class*="st-key-open-"] button').first.click()
+            dialog = page.get_by_role("dialog")
+            expect(dialog.get_by_text("history.pdf · page 2")).to_be_visible()
+            outlined = dialog.get_by_text(re.compile(r"^[1-9]\d* match\(es\) of the question"))
+            expect(outlined).to_be_visible()
+            picture = dialog.locator('[data-testid="stImage"] img').first
+            with_boxes = picture.get_attribute("src")
+            page.screenshot(path=str(ARTIFACTS / "evidence-boxes.png"))
+
+            dialog.get_by_text("Show matches").click()
+            expect(dialog.get_by_text("Matches hidden.")).to_be_visible()
+            expect(outlined).to_have_count(0)
+            expect(picture).not_to_have_attribute("src", with_boxes or "")
+
+            dialog.get_by_role("button", name="Where on this page?").click()
+            expect(dialog.get_by_text(re.compile(r"^Heat map: red = strong match"))).to_be_visible()
+            expect(dialog.get_by_text(re.compile(r"^Approximate: "))).to_be_visible()
+            expect(dialog.locator('[data-testid="stImage"] img')).to_have_count(2)
+            expect(dialog.get_by_text(re.compile(r"^Located in \d"))).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "evidence-heatmap.png"))
+            expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "evidence-failure.png"), full_page=True)
             raise
         finally:
             browser.close()

@@ -7,6 +7,8 @@ command says how to configure one, before loading anything.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import typer
 
 from app.cli.common import (
@@ -40,6 +42,9 @@ def ask_cmd(
     as_json: bool = typer.Option(
         False, "--json", help='Print {"answer", "citations", "hits"} as JSON (not streamed).'
     ),
+    boxes: bool = typer.Option(
+        False, "--boxes", help="Draw the query's matches (highlights) on the page images sent."
+    ),
 ) -> None:
     """Answer a question from the best pages with a vision LLM, citing them."""
     from retriever.ask import (
@@ -55,6 +60,8 @@ def ask_cmd(
 
     def body() -> None:
         settings = LLMSettings.from_env(url=llm_url, model=llm_model)
+        if boxes:
+            settings = replace(settings, image=replace(settings.image, draw_boxes=True))
         if not settings.configured:
             raise LLMNotConfiguredError()
         check_page_count(k, settings)  # before loading the model or searching

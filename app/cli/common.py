@@ -205,9 +205,18 @@ def check_search_usage(
     k: int = 5,
     pages: str | None = None,
     rerank: int | None = None,
+    evidence: str = "text",
 ) -> None:
     """Usage errors of a searching command, found before anything loads (exit code 2)."""
-    from retriever.search import MODES, PageRange
+    from indexer.errors import QueryError
+    from retriever.search import MODES, PageRange, check_evidence
+
+    try:
+        check_evidence(evidence)
+    except QueryError as exc:
+        fail(f"--evidence: {exc}", 2)
+    if evidence == "visual" and mode == "text":
+        fail("--evidence visual embeds regions of each page with the model: drop --mode text", 2)
 
     if not (question or "").strip() and image is None:
         fail("give a question, --image FILE, or both", 2)

@@ -25,11 +25,14 @@ from app.cli.common import (
     run_guarded,
     say,
 )
+from app.cli.progress import TerminalProgress
 from app.cli.root import cli
 from indexer import config
 from indexer.config import COLLECTION_ENV, MAX_UPLOAD_MB_ENV
 from indexer.errors import UsageError
 from retriever.escaping import for_terminal
+from retriever.evidence.cache import EvidenceCache
+from retriever.evidence.visual import NOTE as VISUAL_NOTE
 
 
 @cli.command()
@@ -48,13 +51,23 @@ def search(
         help="Rerank the top N first-stage pages with the configured reranker and show the "
         "best k of them (default with a reranker: 20; 0: off).",
     ),
+    evidence: str = typer.Option(
+        "text",
+        "--evidence",
+        help="Highlights on each hit: text (the query's words on the page), none, or visual "
+        "(also score overlapping regions of each page with the model; approximate; cached).",
+    ),
 ) -> None:
     """Find the pages that answer a question."""
-    check_search_usage(question, image=image, mode=mode, k=k, pages=pages, rerank=rerank)
+    check_search_usage(
+        question, image=image, mode=mode, k=k, pages=pages, rerank=rerank, evidence=evidence
+    )
     opts = options(ctx)
 
     def body() -> None:
         retriever = open_retriever(opts, mode, rerank)
+        if evidence == "visual":
+            retriever.evidence_cache = EvidenceCache(folder=config.cache_dir() / "evidence")
         depth = rerank_depth(opts, retriever, rerank)
         hits = retriever.search(
             question,
@@ -65,6 +78,8 @@ def search(
             mode=mode,
             rerank=depth,
             notify=lambda line: say(f"note: {line}"),
+            evidence=evidence,
+            evidence_progress=TerminalProgress() if evidence == "visual" else None,
         )
         pending = retriever.pending() if retriever.embedder is not None else 0
         if as_json:
@@ -76,6 +91,8 @@ def search(
                     if depth != 0 and retriever.reranker
                     else None,
                     "pending": pending,
+                    "evidence": evidence,
+                    **({"evidence_note": VISUAL_NOTE} if evidence == "visual" else {}),
                     "hits": [h.as_dict() for h in hits],
                 }
             )
@@ -99,6 +116,10 @@ def search(
             typer.echo(f"    {hit.image}")
             if hit.snippet:
                 typer.echo(f"    {hit.snippet[:160]}")
+            where = [h for h in hit.highlights if h.source == "visual"][:1]
+            for h in where:
+                box = ", ".join(f"{v:.2f}" for v in h.box)
+                typer.echo(f"    where (approximate): [{box}] {h.text}, score {h.score:.4f}")
         if pending:
             say(f"note: {pending} page(s) still wait for vectors; run 'pagelens index' to finish")
 
@@ -166,6 +187,9 @@ def export(
     max_side: int = typer.Option(1568, "--max-side", help="Longest image side sent, pixels."),
     image_format: str = typer.Option("jpeg", "--image-format", help="jpeg, png or webp."),
     quality: int = typer.Option(85, "--quality", help="JPEG/WebP quality."),
+    boxes: bool = typer.Option(
+        False, "--boxes", help="Draw the query's matches (highlights) on the page images."
+    ),
 ) -> None:
     """Search, then write the question and pages as an LLM prompt."""
     import json
@@ -179,7 +203,9 @@ def export(
 
     def body() -> None:
         try:
-            settings = ExportSettings(max_side=max_side, image_format=image_format, quality=quality)
+            settings = ExportSettings(
+                max_side=max_side, image_format=image_format, quality=quality, draw_boxes=boxes
+            )
         except ValueError as exc:
             fail(str(exc), 2)
         hits = open_retriever(opts, mode).search(

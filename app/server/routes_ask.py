@@ -7,8 +7,9 @@ the question to the LLM the *server* is configured with (``PAGELENS_LLM_URL`` et
 nothing. Auth and request limits are the app's, as for every endpoint.
 
 Non-streaming: ``{"answer", "citations": [{"document", "page", "image", "sent",
-"page_id"}], "hits": [...], "model"}``; a citation's ``image`` is the page's API URL
-(``/v1/pages/{id}/image``), or null for a cited page that was not sent (``sent: false``).
+"page_id", "highlights"}], "hits": [...], "model"}``; a citation's ``image`` is the page's
+API URL (``/v1/pages/{id}/image``), or null for a cited page that was not sent (``sent:
+false``); its ``highlights`` are the boxes of what the answer quotes from that page.
 
 Streaming (``"stream": true``): server-sent events: ``event: hits`` (the pages, before the
 LLM is called), ``event: delta`` ``{"text"}`` per piece of the answer, then ``event: done``
@@ -72,6 +73,7 @@ def answer_json(answer: Answer, collection: str | None) -> dict:
                 "image": image_url(hit.page_id, collection) if hit else None,
                 "sent": c.sent,
                 "page_id": hit.page_id if hit else None,
+                "highlights": [hl.as_dict() for hl in c.highlights],
             }
         )
     return {

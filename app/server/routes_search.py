@@ -22,8 +22,9 @@ from indexer.errors import (
     QueryError,
 )
 from indexer.stores import is_milvus_spec
+from retriever.evidence.visual import NOTE as VISUAL_NOTE
 from retriever.rerank import MAX_DEPTH
-from retriever.search import Hit
+from retriever.search import Hit, check_evidence
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def search(body: SearchRequest, state: State) -> dict:
     notes: list[str] = []
     hits, pending = find_hits(body, state, notes)
     out: dict = {"hits": [hit_json(h, body.collection) for h in hits], "pending": pending}
+    if body.evidence == "visual":
+        out["evidence_note"] = VISUAL_NOTE
     if notes:  # the reranker failed: these are the first-stage hits, and the client is told
         out["warnings"] = notes
     return out
@@ -65,6 +68,10 @@ def find_hits(
         raise ApiError(
             400, f"'k' ({body.k}) must not exceed 'rerank' ({body.rerank}).", param="rerank"
         )
+    try:
+        check_evidence(body.evidence)  # an unknown name is a 400 before anything loads
+    except QueryError as exc:
+        raise ApiError(400, str(exc), param="evidence", code="evidence_not_available") from exc
     if body.query is not None and len(body.query) > MAX_TEXT_CHARS:
         raise ApiError(400, "The query is too long.", param="query", code="context_length_exceeded")
     store = state.collections.get(body.collection)
@@ -73,8 +80,17 @@ def find_hits(
         if isinstance(doc, int) and not 0 <= doc <= MAX_ID:
             raise ApiError(404, f"No document {doc}.", param="documents", code="document_not_found")
     try:
+        if body.evidence == "visual" and body.mode == "text":
+            raise ApiError(
+                400,
+                "'evidence': 'visual' needs the model: not with 'mode': 'text'.",
+                param="evidence",
+            )
         retriever = Retriever(
-            None if body.mode == "text" else state.shared, store, reranker=state.reranker
+            None if body.mode == "text" else state.shared,
+            store,
+            reranker=state.reranker,
+            evidence_cache=state.evidence_cache,
         )
         hits = retriever.search(
             body.query,
@@ -85,6 +101,7 @@ def find_hits(
             mode=body.mode,
             rerank=body.rerank,
             notify=lambda line: _rerank_failed(line, notes),
+            evidence=body.evidence,
         )
         pending = retriever.pending()
     except (QueueFullError, BatcherClosedError) as exc:
@@ -137,6 +154,7 @@ def hit_json(h: Hit, collection: str | None) -> dict:
         "page_id": h.page_id,
         "snippet": h.snippet,
         "image_url": image_url(h.page_id, collection),
+        "highlights": [hl.as_dict() for hl in h.highlights],
     }
 
 

@@ -71,6 +71,12 @@ class SearchRequest(CheckedBody):
         "return the best k of them (N >= k). Default: 20 (at least k) when the server has a "
         "reranker, else none; 0 turns it off.",
     )
+    evidence: Literal["text", "none", "visual"] = Field(
+        default="text",
+        description="Highlights on each hit: text (the boxes of the query's words on the "
+        "page), none, or visual (also overlapping regions of each page scored by the model, "
+        "source 'visual'; an approximation).",
+    )
 
 
 class ImageUrl(CheckedBody):

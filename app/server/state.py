@@ -23,6 +23,7 @@ from indexer.config import DEFAULT_MODEL_ID
 from indexer.model import Embedder
 from indexer.model.rerank import Reranker
 from retriever.ask import LLMSettings
+from retriever.evidence.cache import EvidenceCache
 
 #: Names every server answers to besides its model id and that id's last path part.
 GENERIC_ALIASES = ("pagelens", "gme", "default")
@@ -67,6 +68,8 @@ class ServerState:
     reranker_id: str = ""
     reranker_accepted: set[str] = field(default_factory=set)
     rerank_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Region scores of visual evidence (``"evidence": "visual"``), kept for the process.
+    evidence_cache: EvidenceCache = field(default_factory=EvidenceCache)
 
     def require_reranker(self) -> Reranker:
         """The reranker, or 404: a server started without ``--reranker`` has none."""

@@ -11,9 +11,15 @@ from collections.abc import Callable, Sequence
 
 import streamlit as st
 
+from app.web.llm_settings import current_llm_settings, llm_settings_form
 from indexer.errors import PageLensError
 from retriever.ask import Answer, LLMSettings, ask_stream
+from retriever.evidence.highlights import Highlight
 from retriever.search import Hit
+
+#: Opens a page's dialog: ``open_page(hit, query, quotes)``, ``quotes`` the boxes of what
+#: the answer quotes from that page (outlined in the dialog).
+OpenPage = Callable[[Hit, str, tuple[Highlight, ...]], None]
 
 #: session_state key holding ``{"result": results id, "answer": Answer}``.
 STATE_KEY = "ask_answer"
@@ -22,16 +28,16 @@ STATE_KEY = "ask_answer"
 def ask_panel(
     res: dict,
     chosen: Sequence[Hit],
-    open_page: Callable[[Hit, str], None],
+    open_page: OpenPage,
 ) -> None:
     """Ask button, destination line, streamed answer and clickable citations.
 
     ``res`` is the app's current results (its ``id`` and ``query``), ``chosen`` the pages
-    ticked for export (those are the pages sent), ``open_page(hit, query)`` opens a page's
-    dialog.
+    ticked for export (those are the pages sent), ``open_page(hit, query, quotes)`` opens
+    a page's dialog with the citation's quoted passages outlined.
     """
     try:
-        settings = LLMSettings.from_env()
+        settings = current_llm_settings()
     except PageLensError as exc:
         st.error(str(exc))
         return
@@ -40,9 +46,9 @@ def ask_panel(
         st.markdown("**Ask an LLM about these pages**")
         if not settings.configured:
             st.caption(
-                "Nothing is sent anywhere until you choose an LLM: set PAGELENS_LLM_URL to an "
-                "OpenAI-compatible endpoint (a local Ollama: http://localhost:11434/v1) and "
-                "PAGELENS_LLM_MODEL, then restart the app."
+                "Nothing is sent anywhere until you choose an LLM: give an OpenAI-compatible "
+                "endpoint (a local Ollama: http://localhost:11434/v1) and its model in the LLM "
+                "settings below, or start the app with PAGELENS_LLM_URL and PAGELENS_LLM_MODEL."
             )
         else:
             st.caption(
@@ -60,6 +66,7 @@ def ask_panel(
             if question
             else "Type a question to ask (an image-only search has none).",
         )
+        llm_settings_form(settings)
         saved = st.session_state.get(STATE_KEY)
         answer: Answer | None = None
         if clicked:
@@ -90,7 +97,7 @@ def _stream_answer(question: str, chosen: Sequence[Hit], settings: LLMSettings) 
         return None
 
 
-def _citations(answer: Answer, res: dict, open_page: Callable[[Hit, str], None]) -> None:
+def _citations(answer: Answer, res: dict, open_page: OpenPage) -> None:
     by_page: dict[tuple[str | None, int | None], Hit] = {
         (h.document, h.page): h for h in answer.hits
     }
@@ -109,7 +116,7 @@ def _citations(answer: Answer, res: dict, open_page: Callable[[Hit, str], None])
                 key=f"cite-{res['id']}-{hit.page_id}",
                 icon=":material/description:",
             ):
-                open_page(hit, res.get("query") or "")
+                open_page(hit, res.get("query") or "", cite.highlights)
     for cite in answer.unverified:
         what = f"{cite.document}, p. {cite.page}" if cite.document else f"[{cite.text}]"
         st.warning(f"The answer cites {what}, which was not among the pages sent: not verified.")

@@ -4,17 +4,20 @@ opens in a dialog); the Ask panel and the export section follow the results."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import streamlit as st
 
 from app.web import widgets as ui
 from app.web.ask import ask_panel
+from app.web.evidence import PAGE_SHOW_KEY, dialog_page, show_matches, thumbnail, where_on_page
 from app.web.export import export_section, tick_key
 from app.web.services import ModelLoader, Workspace
-from app.web.session import get_model, get_reranker, model_key, reranker_config, thumb
+from app.web.session import get_model, get_reranker, model_key, reranker_config
 from indexer.errors import PageLensError
 from indexer.pages import IMAGE_SUFFIXES
 from retriever.escaping import for_markdown
+from retriever.evidence.highlights import Highlight
 from retriever.rerank import DEFAULT_DEPTH, MAX_DEPTH, describe_seconds, estimate_seconds
 from retriever.search import MODES, PageRange, Retriever
 
@@ -176,12 +179,41 @@ def _open_query_image(upload):
     return load_query_image(upload)
 
 
-def open_page(hit, query: str) -> None:
-    @st.dialog(f"{for_markdown(hit.document)} · page {hit.page}", width="large")
+#: session_state key of the open page dialog: (results id, hit, query, quotes).
+DIALOG_KEY = "page_dialog"
+
+
+def open_page(hit, query: str, quotes: Sequence[Highlight] = ()) -> None:
+    """Open a page's dialog (drawn at the end of the results): it stays open through full
+    reruns (embedding or the model finishing in the background) until the user closes it."""
+    st.session_state.pop(PAGE_SHOW_KEY, None)  # a new dialog starts as the grid's toggle
+    res = st.session_state.get("results") or {}
+    st.session_state[DIALOG_KEY] = (res.get("id"), hit, query, tuple(quotes))
+
+
+def _closed() -> None:
+    st.session_state.pop(DIALOG_KEY, None)
+
+
+def page_dialog(res: dict) -> None:
+    """The open page's dialog, if any (for these results): the page with the question's
+    words (and an opened citation's quoted passages) outlined, "Where on this page?", and
+    the text layer."""
+    shown = st.session_state.get(DIALOG_KEY)
+    if not shown:
+        return
+    results_id, hit, query, quotes = shown
+    if results_id != res["id"]:
+        _closed()
+        return
+
+    @st.dialog(f"{for_markdown(hit.document)} · page {hit.page}", width="large", on_dismiss=_closed)
     def body() -> None:
         st.caption(f"score {hit.score:.4f}")
         left, right = st.columns([3, 2])
-        left.image(hit.image, width="stretch")
+        with left:
+            dialog_page(hit, quotes)
+            where_on_page(hit, query)
         with right.expander("Text layer", expanded=True):
             if hit.text.strip():
                 st.markdown(ui.highlight_html(hit.text, query), unsafe_allow_html=True)
@@ -227,12 +259,13 @@ def results_section(ws: Workspace) -> None:
         st.warning("No pages found. Try other words, another mode, or fewer filters.")
         return
     ask_panel(res, [h for h in hits if st.session_state.get(tick_key(res, h), True)], open_page)
+    show_matches()
     for start in range(0, len(hits), GRID_COLUMNS):
         cols = st.columns(GRID_COLUMNS)
         for offset, hit in enumerate(hits[start : start + GRID_COLUMNS]):
             rank = start + offset + 1
             with cols[offset], st.container(border=True):
-                image = thumb(hit.image, 640)
+                image = thumbnail(hit, 640)
                 if image:
                     st.image(image, width="stretch")
                 st.markdown(f"**#{rank} · {for_markdown(hit.document)}**")
@@ -244,3 +277,4 @@ def results_section(ws: Workspace) -> None:
                 ):
                     open_page(hit, query)
     export_section(res, hits)
+    page_dialog(res)

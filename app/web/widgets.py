@@ -10,12 +10,14 @@ import copy
 import html
 import io
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from PIL import Image
 
 from indexer.pipeline import FileResult, Progress, format_duration
+from retriever.evidence.draw import Boxed, draw_highlights
 
 
 def app_version() -> str:
@@ -139,6 +141,36 @@ def thumbnail_bytes(path: str | Path, max_side: int) -> bytes:
         im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def drawn_bytes(
+    path: str | Path,
+    max_side: int,
+    highlights: Sequence[Boxed],
+    *,
+    color: tuple[int, int, int] | None = None,
+) -> bytes:
+    """A JPEG of the page at ``path`` (at most ``max_side`` px) with ``highlights`` drawn.
+
+    The boxes are 0..1 of the page, so they are drawn on the scaled copy: the outline keeps
+    its width on a thumbnail and the work is that of the small image."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    if color is None:
+        im = draw_highlights(im, highlights)
+    else:
+        im = draw_highlights(im, highlights, color=color)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def image_bytes(image: Image.Image) -> bytes:
+    """A computed image (the heat map) as a JPEG to show."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=85)
     return buf.getvalue()
 
 

@@ -102,8 +102,10 @@ def _copy_document(src: Store, dst: Store, doc, report: MigrateReport) -> int:
     copied = 0
     for start in range(0, len(todo), BATCH):
         batch = todo[start : start + BATCH]
+        words = src.page_words_many([p.id for p in batch])
         items = [
-            (p.number, p.text, EncodedImage(src.image_bytes(p), p.width, p.height)) for p in batch
+            (p.number, p.text, EncodedImage(src.image_bytes(p), p.width, p.height), words.get(p.id))
+            for p in batch
         ]
         new_ids = dst.add_pages(target.id, items)
         copied += len(batch)

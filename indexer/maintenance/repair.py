@@ -294,14 +294,14 @@ def _render_wanted(
 
     def commit(batch: list) -> None:
         _store_rendered(store, doc_id, batch, old)
-        for number, _text, _image in batch:
-            store.clear_failed_page(doc_id, number)
+        for item in batch:
+            store.clear_failed_page(doc_id, item[0])
 
     while todo:
         batch: list = []
         try:
             for page in render_pages(path, settings=settings, password=password, pages=todo):
-                batch.append((page.number, page.text, page.image))
+                batch.append((page.number, page.text, page.image, page.words))
                 if len(batch) >= 16:
                     commit(batch)
                     batch = []

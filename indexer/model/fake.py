@@ -68,8 +68,14 @@ class FakeEmbedder(EmbedderBase):
         return _unit(np.stack([self._text_row(t) for t in texts]))
 
     def embed_images(
-        self, images: Sequence[Image.Image], *, instruction: str | None = None
+        self,
+        images: Sequence[Image.Image],
+        *,
+        instruction: str | None = None,
+        max_image_tokens: int | None = None,
     ) -> np.ndarray:
+        """Image vectors; ``max_image_tokens`` (a per-call budget, as GME's) changes nothing
+        here: the fake sees a 16x16 thumbnail whatever the budget."""
         self.calls.append(("images", len(images)))
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -45,7 +45,7 @@ Modules: ``types`` (settings, results), ``files`` (finding and recognising input
 switches), ``pdf``, ``office`` (office files through LibreOffice), ``native`` (e-books,
 XPS, SVG: what MuPDF opens itself), ``markup`` (HTML, Markdown and text laid out to pages),
 ``raster`` (image decoding and image documents), ``decoding`` (what a decode costs, the byte
-budget that admits decodes), ``ocr``. This
+budget that admits decodes), ``ocr``, ``words`` (word boxes on the stored page image). This
 ``__init__`` holds the public API and imports those; they never import it. The package
 imports nothing of PageLens but :mod:`indexer.errors`.
 """
@@ -78,7 +78,13 @@ from indexer.pages.office import (
     office_page_text,
     open_office,
 )
-from indexer.pages.pdf import open_pdf, pdf_info, pdf_page_text, render_pdf_page
+from indexer.pages.pdf import (
+    document_page_words,
+    open_pdf,
+    pdf_info,
+    pdf_page_text,
+    render_pdf_page,
+)
 from indexer.pages.raster import open_image_file, render_image_frame, to_rgb
 from indexer.pages.text import normalize_text
 from indexer.pages.types import (
@@ -90,6 +96,7 @@ from indexer.pages.types import (
     check_number,
     check_numbers,
 )
+from indexer.pages.words import Word, decode_words, encode_words
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -102,6 +109,9 @@ __all__ = [
     "PageImage",
     "PageRenderError",
     "RenderSettings",
+    "Word",
+    "decode_words",
+    "encode_words",
     "extract_text",
     "file_sha256",
     "fit_image",
@@ -110,6 +120,7 @@ __all__ = [
     "normalize_text",
     "ocr_tessdata",
     "padded_size",
+    "page_words",
     "render_page",
     "render_pages",
 ]
@@ -228,6 +239,35 @@ def extract_text(
         return render_page(path, number, settings=settings).text if settings.ocr else ""
     with quiet_mupdf():
         return pdf_page_text(path, number, password, settings)
+
+
+def page_words(
+    path: str | os.PathLike[str],
+    number: int,
+    *,
+    password: str | None = None,
+    settings: RenderSettings | None = None,
+) -> tuple[list[Word], tuple[int, int]]:
+    """The words of one page (1-based) placed on the image :func:`render_page` makes, and
+    that image's (width, height), without rasterising a MuPDF page (``check --repair`` of
+    collections made before word boxes). Image files have words only by OCR
+    (``settings.ocr``), which decodes the frame."""
+    path = Path(path)
+    settings = settings or RenderSettings()
+    if settings.ocr:
+        ocr_tessdata(settings.ocr_language)
+    kind = classify(path, settings)
+    if kind == "image":
+        page = render_page(path, number, settings=settings)
+        return page.words, page.image.size
+    if kind == "pdf":
+        doc = open_pdf(path, password)
+    elif kind in OFFICE_KINDS:
+        doc = open_office(path, kind)
+    else:
+        doc = open_paged(path, kind, settings)[0]
+    with quiet_mupdf():
+        return document_page_words(doc, path, number, settings)
 
 
 def fit_image(

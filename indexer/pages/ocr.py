@@ -1,5 +1,5 @@
-"""Optional OCR (Tesseract through MuPDF) of pages with no text layer. Imports pages.mupdf,
-pages.text, pages.types and indexer.errors."""
+"""Optional OCR (Tesseract through MuPDF) of pages with no text layer, with its word boxes.
+Imports pages.mupdf, pages.text, pages.types, pages.words and indexer.errors."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from indexer.errors import PageLensError
 from indexer.pages.mupdf import TEXT_FLAGS, pymupdf, quiet_mupdf
 from indexer.pages.text import normalize_text
 from indexer.pages.types import RenderSettings
+from indexer.pages.words import mupdf_words
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,14 @@ def ocr_tessdata(language: str = "eng") -> str:
 @quiet_mupdf()
 def ocr_pdf_page(page: pymupdf.Page, settings: RenderSettings) -> str:
     """OCR text of a PDF page with no text layer; "" (and a warning) if Tesseract fails."""
+    return ocr_pdf_page_words(page, settings)[0]
+
+
+@quiet_mupdf()
+def ocr_pdf_page_words(page: pymupdf.Page, settings: RenderSettings) -> tuple[str, list]:
+    """OCR text of a PDF page with no text layer and Tesseract's word boxes from the same
+    run, in the page's points as a reader sees it (:func:`mupdf_words`); ("", []) and a
+    warning if Tesseract fails."""
     try:
         textpage = page.get_textpage_ocr(
             flags=TEXT_FLAGS,
@@ -75,17 +84,25 @@ def ocr_pdf_page(page: pymupdf.Page, settings: RenderSettings) -> str:
             full=True,
             tessdata=ocr_tessdata(settings.ocr_language),
         )
-        return normalize_text(page.get_text("text", textpage=textpage, sort=True))
+        text = normalize_text(page.get_text("text", textpage=textpage, sort=True))
+        return text, mupdf_words(page, textpage) if text else []
     except OcrUnavailableError:
         raise
     except Exception as exc:
         logger.warning("OCR of page %d failed: %s", page.number + 1, exc)
-        return ""
+        return "", []
 
 
 @quiet_mupdf()
 def ocr_image(image: Image.Image, settings: RenderSettings) -> str:
     """OCR text of a bitmap page (image files, TIFF frames); "" if Tesseract fails."""
+    return ocr_image_words(image, settings)[0]
+
+
+@quiet_mupdf()
+def ocr_image_words(image: Image.Image, settings: RenderSettings) -> tuple[str, list]:
+    """OCR text of a bitmap page and Tesseract's word boxes in ``image``'s pixels, as
+    (x0, y0, x1, y1, text, line key); ("", []) and a warning if Tesseract fails."""
     import io
 
     try:
@@ -98,9 +115,17 @@ def ocr_image(image: Image.Image, settings: RenderSettings) -> str:
             tessdata=ocr_tessdata(settings.ocr_language),
         )
         with pymupdf.open("pdf", data) as doc:
-            return normalize_text(doc[0].get_text("text", sort=True, flags=TEXT_FLAGS))
+            page = doc[0]
+            text = normalize_text(page.get_text("text", sort=True, flags=TEXT_FLAGS))
+            # The OCR PDF's page is the image at some resolution: points -> pixels.
+            sx, sy = image.width / page.rect.width, image.height / page.rect.height
+            raw = [
+                (x0 * sx, y0 * sy, x1 * sx, y1 * sy, word, key)
+                for x0, y0, x1, y1, word, key in (mupdf_words(page) if text else [])
+            ]
+            return text, raw
     except OcrUnavailableError:
         raise
     except Exception as exc:
         logger.warning("OCR of an image page failed: %s", exc)
-        return ""
+        return "", []

@@ -13,9 +13,10 @@ from PIL import Image
 from indexer.errors import DocumentError
 from indexer.pages.geometry import pad, padded_size, plan_scale
 from indexer.pages.mupdf import TEXT_FLAGS, drain_mupdf_warnings, pymupdf, quiet_mupdf
-from indexer.pages.ocr import ocr_pdf_page
+from indexer.pages.ocr import ocr_pdf_page, ocr_pdf_page_words
 from indexer.pages.text import normalize_text
 from indexer.pages.types import PageImage, PageRenderError, RenderSettings, check_number
+from indexer.pages.words import Word, layout_words, mupdf_words
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +96,7 @@ def render_pdf_page(
         image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples_mv)
         del pix
         text = normalize_text(page.get_text("text", sort=True, flags=TEXT_FLAGS))
-        if not text and settings.ocr:
-            text = ocr_pdf_page(page, settings)
+        text, words = _words_and_text(page, text, zoom, image.size, settings)
     except DocumentError:
         raise
     except Exception as exc:
@@ -111,7 +111,53 @@ def render_pdf_page(
         text=text,
         width_pt=float(rect.width),
         height_pt=float(rect.height),
+        words=words,
     )
+
+
+def _words_and_text(
+    page: pymupdf.Page,
+    text: str,
+    zoom: float,
+    content: tuple[int, int],
+    settings: RenderSettings,
+) -> tuple[str, list[Word]]:
+    """The page's text (OCR'd when it has none and ``settings.ocr``) and its words on the
+    image rendered at ``zoom`` into ``content`` pixels, padded as :func:`pad` pads it."""
+    size = padded_size(content[0], content[1], settings)
+    if text:
+        raw, source = mupdf_words(page), "text"
+    elif settings.ocr:
+        text, raw = ocr_pdf_page_words(page, settings)
+        source = "ocr"
+    else:
+        return text, []
+    return text, layout_words(raw, zoom=zoom, content=content, size=size, source=source)
+
+
+def document_page_words(
+    doc: Any, path: Path, number: int, settings: RenderSettings
+) -> tuple[list[Word], tuple[int, int]]:
+    """The words of page ``number`` of an open MuPDF document, placed on the image
+    :func:`render_pdf_page` would make, and that image's size, without rendering it
+    (``check --repair`` of collections made before word boxes); closes ``doc``."""
+    try:
+        check_number(path, number, doc.page_count)
+        try:
+            page = doc.load_page(number - 1)
+            zoom = _page_zoom(page, settings)
+            box = (page.rect * pymupdf.Matrix(zoom, zoom)).irect
+            content = (max(box.width, 1), max(box.height, 1))
+            text = normalize_text(page.get_text("text", sort=True, flags=TEXT_FLAGS))
+            _, words = _words_and_text(page, text, zoom, content, settings)
+        except Exception as exc:
+            raise PageRenderError(
+                path, number, f"{path}: words of page {number} could not be read ({exc})"
+            ) from None
+        return words, padded_size(content[0], content[1], settings)
+    finally:
+        doc.close()
+        drain_mupdf_warnings(path)
 
 
 def pdf_info(path: Path, password: str | None) -> tuple[int, str | None, bool]:

@@ -42,8 +42,9 @@ from indexer.pages.decoding import (
     estimate_decode_bytes,
 )
 from indexer.pages.geometry import pad, plan_scale
-from indexer.pages.ocr import ocr_image
+from indexer.pages.ocr import ocr_image_words
 from indexer.pages.types import PageImage, RenderSettings
+from indexer.pages.words import place_words
 
 #: The formats PageLens decodes (Pillow's format ids); anything else is refused unread.
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
@@ -330,10 +331,8 @@ def render_image_frame(
     width_pt, height_pt = width * 72.0 / dpi_x, height * 72.0 / dpi_y
     if orientation in (5, 6, 7, 8):
         width_pt, height_pt = height_pt, width_pt
-    return PageImage(
-        number=number,
-        image=pad(frame, settings),
-        text=ocr_image(frame, settings) if settings.ocr else "",
-        width_pt=width_pt,
-        height_pt=height_pt,
-    )
+    text, raw = ocr_image_words(frame, settings) if settings.ocr else ("", [])
+    page = pad(frame, settings)
+    offset = ((page.width - frame.width) // 2, (page.height - frame.height) // 2)
+    words = place_words(raw, scale_x=1, scale_y=1, offset=offset, size=page.size, source="ocr")
+    return PageImage(number, page, text, width_pt, height_pt, words)

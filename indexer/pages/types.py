@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from indexer.errors import DocumentError
+from indexer.pages.words import Word
 
 #: Pixel side Qwen2-VL works in (patch 14 x merge 2).
 PATCH = 28
@@ -80,13 +81,15 @@ class DocumentInfo:
 
 @dataclass
 class PageImage:
-    """One rendered page: RGB pixels upright as a reader sees them, and its text layer."""
+    """One rendered page: RGB pixels upright as a reader sees them, its text layer, and
+    its words with their boxes in 0..1 of ``image`` (see :mod:`indexer.pages.words`)."""
 
     number: int  # 1-based
     image: Image.Image
     text: str  # "" for scans and image files
     width_pt: float
     height_pt: float
+    words: list[Word] = dataclasses.field(default_factory=list)
 
 
 class PageRenderError(DocumentError):

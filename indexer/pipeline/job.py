@@ -198,7 +198,7 @@ class Indexer:
                 ):
                     # Encoded at once: a commit holds PNG bytes, not decoded pages (16 of
                     # those would be ~64 MiB at GME's budget, RGB being 4 bytes a pixel).
-                    batch.append((page.number, page.text, EncodedImage.of(page.image)))
+                    batch.append((page.number, page.text, EncodedImage.of(page.image), page.words))
                     del page
                     if len(batch) >= self.commit_every:
                         self._commit(doc, batch, meter, report)
@@ -216,8 +216,8 @@ class Indexer:
 
     def _commit(self, doc, batch: list, meter: Meter, report: IndexReport) -> None:
         self.store.add_pages(doc.id, batch)
-        for number, _text, _image in batch:
-            self.store.clear_failed_page(doc.id, number)
+        for item in batch:
+            self.store.clear_failed_page(doc.id, item[0])
         report.pages_stored += len(batch)
         meter.step(len(batch), file=doc.name)
 

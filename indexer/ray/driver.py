@@ -336,8 +336,8 @@ class RayIndexer:
             return
         pages, failed = result[1], result[2]
         ids = self.store.add_pages(doc.id, pages) if pages else []
-        for number, _text, _image in pages:
-            self.store.clear_failed_page(doc.id, number)
+        for item in pages:
+            self.store.clear_failed_page(doc.id, item[0])
         for number, why in failed:  # a placeholder; 'pagelens check --repair' retries it
             self.store.add_failed_page(doc.id, number, why)
             doc.failed.append((number, why))

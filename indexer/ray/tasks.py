@@ -27,7 +27,7 @@ import numpy as np
 
 from indexer.errors import DocumentError, PageLensError
 from indexer.identity import ModelIdentity
-from indexer.pages import PageRenderError, RenderSettings, inspect_document, render_pages
+from indexer.pages import PageRenderError, RenderSettings, Word, inspect_document, render_pages
 from indexer.stores import Store, is_milvus_spec, open_collection
 from indexer.stores.types import EncodedImage
 
@@ -43,20 +43,20 @@ def inspect_task(path: str, password: str | None, settings: RenderSettings) -> t
 def render_task(
     path: str, password: str | None, settings: RenderSettings, numbers: Sequence[int]
 ) -> tuple:
-    """Ray task: ``("ok", [(number, text, EncodedImage)], [(number, why)])`` or
+    """Ray task: ``("ok", [(number, text, EncodedImage, words)], [(number, why)])`` or
     ``("refused", reason, msg)`` when the file itself cannot be read.
 
     Pages travel as PNG (lossless, the bytes the collection stores), so the writer only
     writes them and the actors decode exactly the pixels an in-process run would. A page
     that fails to render is reported and rendering goes on after it, as in-process.
     """
-    out: list[tuple[int, str, EncodedImage]] = []
+    out: list[tuple[int, str, EncodedImage, list[Word]]] = []
     failed: list[tuple[int, str]] = []
     todo = list(numbers)
     while todo:
         try:
             for page in render_pages(path, settings=settings, password=password, pages=todo):
-                out.append((page.number, page.text, EncodedImage.of(page.image)))
+                out.append((page.number, page.text, EncodedImage.of(page.image), page.words))
             todo = []
         except PageRenderError as exc:
             failed.append((exc.page, str(exc)))

@@ -13,8 +13,9 @@ Nothing outside this package names an engine class: callers use :class:`Store`, 
 optional capabilities in :mod:`indexer.stores.base` (``StorageChecks``, ``ImageAudit``) and
 the functions here. Holds ``base`` (the protocol), ``types`` (the value types), ``binding``
 (the model-identity rule) and one subpackage or module per engine (``local``, ``milvus``).
-May import :mod:`indexer.errors`, :mod:`indexer.identity` and :mod:`indexer.config`; never
-the pipeline, the model or the maintenance code above it.
+May import :mod:`indexer.errors`, :mod:`indexer.identity`, :mod:`indexer.config` and
+:mod:`indexer.pages.words` (the word-box value type and its encoding); never the pipeline,
+the model or the maintenance code above it.
 """
 
 from __future__ import annotations

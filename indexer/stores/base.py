@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -47,7 +47,11 @@ from indexer.stores.types import (
     PageInput,
     StorageFindings,
     encode_png,
+    page_input_parts,
 )
+
+if TYPE_CHECKING:
+    from indexer.pages.words import Word
 
 __all__ = [
     "RRF_K",
@@ -65,6 +69,7 @@ __all__ = [
     "atomic_write_bytes",
     "encode_png",
     "iter_chunks",
+    "page_input_parts",
     "mismatch_message",
     "query_words",
     "reciprocal_rank_fusion",
@@ -203,6 +208,19 @@ class Store(Protocol):
         ...
 
     def stored_page_numbers(self, document_id: int) -> set[int]: ...
+
+    def page_words(self, page_id: int) -> list[Word] | None:
+        """The page's words with their boxes on its stored image (0..1); None when none
+        were recorded (a collection made before word boxes, until ``check --repair``)."""
+        ...
+
+    def page_words_many(self, page_ids: Iterable[int]) -> dict[int, list[Word]]:
+        """:meth:`page_words` of many pages; pages with none recorded are left out."""
+        ...
+
+    def set_page_words(self, page_id: int, words: Sequence[Word]) -> None:
+        """Record a stored page's words (``check --repair``); replaces any recorded."""
+        ...
 
     def pages(self, document_id: int | None = None, *, with_text: bool = True) -> list[Page]: ...
 

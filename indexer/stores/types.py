@@ -9,10 +9,15 @@ standard library and Pillow), so every layer may import it.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from indexer.pages.words import Word
 
 #: How the full-text index splits and stems words (the local catalog's migration 1 created
 #: ``pages_fts`` with it). The Milvus engine feeds its BM25 field the words this tokenizer
@@ -135,9 +140,25 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-PageInput = tuple[int, str, "Image.Image | EncodedImage"]
-"""A page to store: (1-based number, text layer, image); an :class:`EncodedImage` is stored
-as it is (Ray render tasks and migration hand over PNG bytes, never re-encoded)."""
+PageInput = (
+    tuple[int, str, "Image.Image | EncodedImage"]
+    | tuple[int, str, "Image.Image | EncodedImage", "Sequence[Word] | None"]
+)
+"""A page to store: (1-based number, text layer, image) and optionally its words (boxes on
+that image, :mod:`indexer.pages.words`; None or absent: none recorded); an
+:class:`EncodedImage` is stored as it is (Ray render tasks and migration hand over PNG
+bytes, never re-encoded)."""
+
+
+def page_input_parts(
+    item: PageInput,
+) -> tuple[int, str, Image.Image | EncodedImage, Sequence[Word] | None]:
+    """(number, text, image, words or None) of a :data:`PageInput` of either length."""
+    if len(item) == 4:
+        number, text, image, words = item  # type: ignore[misc]
+        return int(number), text, image, words
+    number, text, image = item[:3]
+    return int(number), text, image, None
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from indexer.model.base import DEFAULT_INSTRUCTION, QUERY_INSTRUCTION, EmbedderBase, require_pairs
-from indexer.model.gme import page_kernels, prefix, recipe
+from indexer.model.gme import budget, page_kernels, prefix, recipe
 from indexer.model.gme.query_weights import CALIBRATION_QUERIES, QueryWeightsPolicy
 from indexer.model.gme.query_weights_cache import DecisionCache
 from indexer.model.gme.recipe import (
@@ -131,12 +131,12 @@ class GmeEmbedder(EmbedderBase):
     # ----------------------------------------------------------------- sizes and tokens
 
     @property
-    def _min_pixels(self) -> int:
-        return self.min_image_tokens * (self._patch_size * self._merge_size) ** 2
+    def _min_pixels(self) -> int:  # this call's budget (:mod:`~indexer.model.gme.budget`)
+        return budget.tokens(self)[0] * (self._patch_size * self._merge_size) ** 2
 
     @property
     def _max_pixels(self) -> int:
-        return self.max_image_tokens * (self._patch_size * self._merge_size) ** 2
+        return budget.tokens(self)[1] * (self._patch_size * self._merge_size) ** 2
 
     def _final_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) the model will see for an image of this size; ValueError if refused."""
@@ -467,11 +467,16 @@ class GmeEmbedder(EmbedderBase):
         return prefix.forward_suffix(self._text_model, suffixes, kv, self._pad_id, self.device)
 
     def embed_images(
-        self, images: Sequence[Image.Image], *, instruction: str | None = None
+        self,
+        images: Sequence[Image.Image],
+        *,
+        instruction: str | None = None,
+        max_image_tokens: int | None = None,
     ) -> np.ndarray:
-        """Embed images (no text); (n, dim) float32, unit rows, input order."""
-        images = list(images)
-        return self._embed([None] * len(images), images, instruction)
+        """Embed images (no text); (n, dim) float32, unit rows, input order.
+        ``max_image_tokens``: this call's budget (crops of visual evidence), same model."""
+        with budget.image_budget(self, max_image_tokens):
+            return self._embed([None] * len(images), list(images), instruction)
 
     def embed_fused(
         self,

@@ -3,12 +3,14 @@
 Modules: ``collection`` (:class:`LocalCollection`, the engine), ``catalog`` (schema,
 migrations, connections), ``faiss_cache`` (the FAISS file kept in step with the catalog),
 ``vector_index`` (:class:`VectorIndex`, the only module that imports faiss), ``text`` (FTS5
-and hybrid search), ``files`` (the folder's file names, write lock, disk failures) and
-``check`` (what only a folder can suffer, for :mod:`indexer.maintenance`).
+and hybrid search), ``files`` (the folder's file names, write lock, disk failures),
+``words`` (word boxes in the catalog) and ``check`` (what only a folder can suffer, for
+:mod:`indexer.maintenance`).
 
-May import: :mod:`indexer.errors`, :mod:`indexer.identity`, :mod:`indexer.stores.base` and
-:mod:`indexer.stores.types`. Only :mod:`indexer.stores` (and the compatibility shim
-:mod:`indexer.store`) import this package; nothing else names its classes.
+May import: :mod:`indexer.errors`, :mod:`indexer.identity`, :mod:`indexer.stores.base`,
+:mod:`indexer.stores.types` and :mod:`indexer.pages.words`. Only :mod:`indexer.stores`
+(and the compatibility shim :mod:`indexer.store`) import this package; nothing else names
+its classes.
 """
 
 from __future__ import annotations

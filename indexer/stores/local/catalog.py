@@ -29,7 +29,7 @@ __all__ = [
     "page_from_row",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: list[str] = [
     # 1: documents, pages (vector NULL = not embedded yet), meta, full-text index
@@ -86,6 +86,14 @@ MIGRATIONS: list[str] = [
         reason TEXT NOT NULL,
         failed_at TEXT NOT NULL,
         PRIMARY KEY(document_id, number)
+    );
+    """,
+    # 3: each page's words with their boxes on its image (indexer.pages.words.encode_words);
+    # no row = none recorded (pages stored before this migration, until check --repair)
+    """
+    CREATE TABLE IF NOT EXISTS page_words (
+        page_id INTEGER PRIMARY KEY REFERENCES pages(id) ON DELETE CASCADE,
+        data BLOB NOT NULL
     );
     """,
 ]

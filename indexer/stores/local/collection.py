@@ -57,13 +57,9 @@ from indexer.stores.local.files import (
 from indexer.stores.local.sources import LocalSources
 from indexer.stores.local.text import TextSearch, fts_query
 from indexer.stores.local.vector_index import VectorIndex
-from indexer.stores.types import (
-    CollectionStats,
-    Document,
-    EncodedImage,
-    Page,
-    PageInput,
-)
+from indexer.stores.local.words import LocalWords
+from indexer.stores.types import CollectionStats, Document, EncodedImage, Page, PageInput
+from indexer.stores.types import page_input_parts as parts
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +76,9 @@ __all__ = [
 ]
 
 
-class LocalCollection(ModelBinding, WriteLock, FaissCache, TextSearch, LocalChecks, LocalSources):
+class LocalCollection(
+    ModelBinding, WriteLock, FaissCache, TextSearch, LocalChecks, LocalSources, LocalWords
+):
     """The persistent store of one collection (catalog + vectors + page images).
 
     Reading needs no lock and sees everything committed, even while another process indexes.
@@ -318,16 +316,16 @@ class LocalCollection(ModelBinding, WriteLock, FaissCache, TextSearch, LocalChec
 
     # -- pages -------------------------------------------------------------------------
     def add_pages(self, document_id: int, pages: Sequence[PageInput]) -> list[int]:
-        """Store rendered pages (number, text, image) of a document in one transaction.
-
-        ``image`` is a PIL image or an :class:`EncodedImage` (PNG bytes encoded elsewhere)."""
+        """Store rendered pages (number, text, image[, words]) of a document in one
+        transaction. ``image`` is a PIL image or an :class:`EncodedImage` (PNG bytes)."""
         self._require_lock()
         if document_id not in self._swept:  # temp files of a write a crash cut short
             self._swept.add(document_id)
             for stale in (self.path / PAGES_DIR / str(document_id)).glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
-        rows = []
-        for number, text, image in pages:
+        rows, words = [], []
+        for number, text, image, page_words in map(parts, pages):
+            words.append(page_words)
             encoded = image if isinstance(image, EncodedImage) else EncodedImage.of(image)
             data = encoded.data
             rel = f"{PAGES_DIR}/{document_id}/{number:05d}.png"
@@ -355,6 +353,7 @@ class LocalCollection(ModelBinding, WriteLock, FaissCache, TextSearch, LocalChec
                     row,
                 )
                 ids.append(cur.fetchone()[0])
+            self._write_words(list(zip(ids, words, strict=True)))
         return ids
 
     def stored_page_numbers(self, document_id: int) -> set[int]:

@@ -38,8 +38,8 @@ of the server becomes one :class:`~indexer.errors.CollectionError` line.
 
 The package, one module per concern (each imports only those above it in this list, plus
 :mod:`indexer.config`, :mod:`indexer.errors`, :mod:`indexer.stores.types` for the row types and
-:mod:`indexer.stores.base`; pymilvus is imported inside functions, so importing the package
-never needs the ``milvus`` extra):
+:mod:`indexer.stores.base`, and :mod:`indexer.pages.words`; pymilvus is imported inside
+functions, so importing the package never needs the ``milvus`` extra):
 
 ``images``      where page images live (a folder or an S3-compatible bucket);
 ``address``     ``milvus://HOST:PORT/NAME`` parsed, checked and redacted;
@@ -47,6 +47,7 @@ never needs the ``milvus`` extra):
 ``schema``      field lists, ids, BM25 words, the DDL of the three collections, meta rows;
 ``query``       filters as Milvus expressions, dense/BM25/hybrid search;
 ``documents``   document rows, their status and failed pages;
+``words``       word boxes as small objects beside the images (``words/<doc>/<n>.words``);
 ``collection``  :class:`~indexer.stores.milvus.collection.MilvusCollection`, the engine
                 (pages, vectors, images, housekeeping) built from the layers above.
 

@@ -46,12 +46,13 @@ from indexer.stores.milvus.schema import (
     text_terms,
 )
 from indexer.stores.milvus.sources import MilvusSources
-from indexer.stores.types import Page
+from indexer.stores.milvus.words import WORDS_PREFIX, MilvusWords, words_key
+from indexer.stores.types import Page, page_input_parts
 
 DEFAULT_ORPHAN_GRACE = 3600.0
 
 
-class MilvusCollection(MilvusDocuments, MilvusSearch, MilvusSources):
+class MilvusCollection(MilvusDocuments, MilvusSearch, MilvusSources, MilvusWords):
     """A PageLens collection stored in Milvus (its layout: :mod:`indexer.stores.milvus`)."""
 
     read_only = False
@@ -154,7 +155,8 @@ class MilvusCollection(MilvusDocuments, MilvusSearch, MilvusSources):
         """
         self._ensure_pages()
         dim = self.dim or 1
-        ids = [page_id_for(document_id, int(number)) for number, _, _ in pages]
+        items = [page_input_parts(p) for p in pages]
+        ids = [page_id_for(document_id, item[0]) for item in items]
         before = (
             {
                 int(r["id"]): r
@@ -169,10 +171,11 @@ class MilvusCollection(MilvusDocuments, MilvusSearch, MilvusSources):
             else {}
         )
         rows = []
-        for pid, (number, text, image) in zip(ids, pages, strict=True):
+        for pid, (number, text, image, words) in zip(ids, items, strict=True):
             encoded = image if isinstance(image, EncodedImage) else EncodedImage.of(image)
             key = f"pages/{document_id}/{int(number):05d}.png"
             self.images.put(key, encoded.data)
+            self._put_words(document_id, number, words)
             sha = hashlib.sha256(encoded.data).hexdigest()
             old = before.get(pid)
             keep = old is not None and old["embedded"] and old["image_sha256"] == sha
@@ -377,6 +380,7 @@ class MilvusCollection(MilvusDocuments, MilvusSearch, MilvusSources):
         pages = self.pages_by_id(ids)
         self._call("removing pages", self.client.delete, self.pages_name, ids=ids)
         self.images.delete([p.image for p in pages.values()])
+        self.images.delete([words_key(p.document_id, p.number) for p in pages.values()])
 
     def rebuild_index(self) -> int:
         """Milvus maintains its own index; returns the number of embedded pages."""
@@ -419,6 +423,7 @@ class MilvusCollection(MilvusDocuments, MilvusSearch, MilvusSources):
             if self._call("listing collections", self.client.has_collection, name):
                 self._call("dropping", self.client.drop_collection, name)
         self.images.delete_prefix("pages")
+        self.images.delete_prefix(WORDS_PREFIX)
 
     def close(self) -> None:
         with contextlib.suppress(Exception), quiet_pymilvus():

@@ -209,4 +209,5 @@ class MilvusDocuments(MilvusSchema):
             )
         self._call("removing a document", self.client.delete, self.docs_name, ids=[doc.id])
         self.images.delete_prefix(f"pages/{doc.id}")
+        self.images.delete_prefix(f"words/{doc.id}")
         return doc

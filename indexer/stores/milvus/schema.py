@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
 import threading
 from typing import Any
 
 from indexer.errors import CollectionError
 from indexer.stores.base import ModelBinding
 from indexer.stores.milvus.client import MilvusConnection
+from indexer.stores.text_terms import text_terms  # noqa: F401 (the BM25 terms; re-exported)
 
 #: Dense ANN index of page vectors and its parameters (see the package docs).
 DENSE_INDEX = {
@@ -66,32 +66,6 @@ def document_id_for(sha256: str) -> int:
 def page_id_for(document_id: int, number: int) -> int:
     """A page's id, from its document's id (so from the file's SHA-256) and its number."""
     return int(hashlib.sha256(f"{document_id}:{number}".encode()).hexdigest()[:15], 16)
-
-
-def text_terms(text: str) -> str:
-    """The words BM25 indexes and queries, made by the local engine's own FTS5 tokenizer
-    (:data:`indexer.stores.types.FTS_TOKENIZE`: lower case, accents folded, split on non-word
-    characters, Porter-stemmed), so both engines match the same word forms: ``churned``
-    finds ``churn``, ``b.pdf`` is ``b pdf``. The words are read back from an in-memory FTS5
-    table through its ``fts5vocab`` view, in text order."""
-    if not text or not text.strip():
-        return ""
-    con = getattr(_TOKENIZER, "con", None)
-    if con is None:
-        from indexer.stores.types import FTS_TOKENIZE
-
-        con = sqlite3.connect(":memory:", check_same_thread=False)
-        con.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize='{FTS_TOKENIZE}')")
-        con.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
-        _TOKENIZER.con = con
-    with con:
-        con.execute("INSERT INTO t(rowid, x) VALUES (1, ?)", (text.replace("\x00", " "),))
-        terms = [row[0] for row in con.execute("SELECT term FROM v ORDER BY offset")]
-        con.execute("DELETE FROM t")
-    return " ".join(terms)
-
-
-_TOKENIZER = threading.local()  # one in-memory FTS5 table per thread (text_terms)
 
 
 def cut_text(text: str, limit: int = TEXT_MAX_BYTES) -> str:

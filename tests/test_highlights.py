@@ -1,0 +1,204 @@
+"""Text evidence for hits (issue 23): the boxes of a query's words on a page, drawn boxes
+in exports and MCP, highlights in search --json and /v1/search, and answer citations'
+quote boxes."""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retriever.ask import parse_citations
+from retriever.evidence import Highlight, draw_highlights, quote_highlights, text_highlights
+from retriever.export import ExportSettings, encode_page, to_openai_messages
+from retriever.search import Hit
+
+
+@dataclass(frozen=True)
+class W:
+    """A page word as :class:`indexer.pages.words.Word` has it (hand-made pages)."""
+
+    text: str
+    box: tuple[float, float, float, float]
+    line: int
+    source: str = "text"
+
+
+def line_of(text: str, line: int, *, y: float | None = None, source: str = "text") -> list[W]:
+    """The words of one line, laid out left to right (0.1 wide each, 0.02 gap)."""
+    top = 0.05 + 0.06 * line if y is None else y
+    return [
+        W(word, (0.02 + 0.12 * i, top, 0.12 + 0.12 * i, top + 0.04), line, source)
+        for i, word in enumerate(text.split())
+    ]
+
+
+PAGE = (
+    line_of("Customers churned quickly in March", 0)
+    + line_of("The churn rate rose while retention fell", 1)
+    + line_of("Churning customers cite price", 2)
+    + line_of("No information here", 3)
+)
+
+
+# -- matching ----------------------------------------------------------------------------
+
+
+def test_stemming_matches_like_text_search():
+    found = text_highlights(PAGE, "churn")
+    assert [h.text for h in found] == ["churned", "churn", "Churning"]
+    assert [h.box for h in found] == [PAGE[1].box, PAGE[6].box, PAGE[12].box]
+    assert all(h.source == "text" and h.score == 1.0 for h in found)
+
+
+def test_every_occurrence_and_phrase_merged_per_line():
+    found = text_highlights(PAGE, "customer churn")
+    # line 0: "Customers churned" adjacent -> one box; line 2: "Churning customers" -> one box
+    assert [h.text for h in found] == ["Customers churned", "churn", "Churning customers"]
+    first = found[0].box
+    assert first == (PAGE[0].box[0], PAGE[0].box[1], PAGE[1].box[2], PAGE[1].box[3])
+    # score: share of the query's distinct terms the box covers
+    assert [h.score for h in found] == [1.0, 0.5, 1.0]
+
+
+def test_absent_words_give_nothing():
+    assert text_highlights(PAGE, "zebra giraffe") == []
+    found = text_highlights(PAGE, "zebra price")
+    assert [h.text for h in found] == ["price"] and found[0].score == 0.5
+    assert text_highlights(PAGE, "form") == []  # not inside "information"
+    assert text_highlights(None, "churn") == [] and text_highlights(PAGE, "  ") == []
+
+
+def test_phrase_across_a_line_break_is_one_box_per_line():
+    words = line_of("the monthly", 0) + line_of("revenue grew", 1)
+    found = text_highlights(words, "monthly revenue")
+    assert [(h.text, h.score) for h in found] == [("monthly", 1.0), ("revenue", 1.0)]
+    assert found[0].box == words[1].box and found[1].box == words[2].box
+
+
+def test_hyphenated_word_is_found_on_both_lines():
+    words = line_of("customer reten-", 0) + line_of("tion improved", 1)
+    found = text_highlights(words, "retention")
+    assert [h.text for h in found] == ["reten-", "tion"]
+    assert [h.box for h in found] == [words[1].box, words[2].box]
+
+
+def test_ocr_source_is_kept():
+    words = line_of("scanned invoice total", 0, source="ocr")
+    assert [h.source for h in text_highlights(words, "invoice")] == ["ocr"]
+
+
+def test_as_dict_keys_and_rounding():
+    h = Highlight((0.123456, 0.2, 0.333333333, 0.4), "churn", "text", 2 / 3)
+    assert h.as_dict() == {
+        "box": [0.1235, 0.2, 0.3333, 0.4],
+        "text": "churn",
+        "source": "text",
+        "score": 0.6667,
+    }
+
+
+def test_quote_sequence_match_tolerates_line_breaks_and_hyphens():
+    words = line_of("Overall the churn rate", 0) + line_of("rose sharp-", 1) + line_of("ly.", 2)
+    found = quote_highlights(words, "the churn rate rose sharply")
+    assert [h.text for h in found] == ["the churn rate", "rose sharp-", "ly."]
+    assert quote_highlights(words, "the rate rose") == []  # not in this order on the page
+    assert quote_highlights(words, "") == []
+
+
+# -- drawing and exports -----------------------------------------------------------------
+
+
+def _changed(a: Image.Image, b: Image.Image) -> np.ndarray:
+    return np.any(np.asarray(a.convert("RGB")) != np.asarray(b.convert("RGB")), axis=2)
+
+
+def _inside(mask_shape: tuple[int, int], boxes: list[tuple[float, ...]]) -> np.ndarray:
+    h, w = mask_shape
+    inside = np.zeros(mask_shape, dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        inside[int(y0 * h) : round(y1 * h), int(x0 * w) : round(x1 * w)] = True
+    return inside
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), (0, 0, 0), (200, 60, 30)])
+def test_drawn_boxes_change_the_image_exactly_inside_the_boxes(background):
+    image = Image.new("RGB", (400, 300), background)
+    boxes = [(0.1, 0.1, 0.4, 0.2), (0.5, 0.6, 0.9, 0.8)]
+    drawn = draw_highlights(image, [Highlight(b, "x", "text", 1.0) for b in boxes])
+    changed = _changed(image, drawn)
+    inside = _inside(changed.shape, boxes)
+    assert changed[inside].mean() > 0.99  # outline and translucent fill: every pixel visible
+    assert not changed[~inside].any()
+    assert image.getpixel((0, 0)) == background  # the original is left alone
+
+
+def test_visual_regions_are_a_heat_map():
+    image = Image.new("RGB", (100, 100), (255, 255, 255))
+    strong = draw_highlights(image, [Highlight((0, 0, 0.5, 0.5), "", "visual", 1.0)])
+    weak = draw_highlights(image, [Highlight((0, 0, 0.5, 0.5), "", "visual", 0.2)])
+    r, g, b = strong.getpixel((25, 25))
+    assert r == 255 and g < 200 and g == b  # a red wash
+    assert weak.getpixel((25, 25))[1] > g  # fainter for a lower score
+    assert strong.getpixel((75, 75)) == (255, 255, 255)
+
+
+@pytest.fixture
+def page_hit(tmp_path):
+    path = tmp_path / "page.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (500, 400, 3), dtype=np.uint8)).save(path)
+    hls = tuple(text_highlights(PAGE, "churn"))
+    return Hit("a.pdf", 1, "/a.pdf", 1, 0.5, str(path), "", 7, "", highlights=hls, words=PAGE)
+
+
+def test_exports_draw_boxes_only_inside_the_boxes(page_hit):
+    plain_settings = ExportSettings(max_side=1000, image_format="png")
+    plain, _ = encode_page(page_hit, plain_settings)
+    drawn, _ = encode_page(page_hit, replace(plain_settings, draw_boxes=True))
+    a, b = Image.open(io.BytesIO(plain)), Image.open(io.BytesIO(drawn))
+    changed = _changed(a, b)
+    inside = _inside(changed.shape, [h.box for h in page_hit.highlights])
+    assert changed[inside].mean() > 0.9 and not changed[~inside].any()
+    # the OpenAI messages carry the drawn image; without the option, the plain one
+    msgs = to_openai_messages("q", [page_hit], settings=replace(plain_settings, draw_boxes=True))
+    url = msgs[1]["content"][2]["image_url"]["url"]
+    assert base64.b64decode(url.split(",", 1)[1]) == drawn
+    msgs = to_openai_messages("q", [page_hit], settings=plain_settings)
+    assert base64.b64decode(msgs[1]["content"][2]["image_url"]["url"].split(",", 1)[1]) == plain
+
+
+def test_hit_as_dict_always_has_highlights(page_hit):
+    out = page_hit.as_dict()
+    assert out["highlights"] == [h.as_dict() for h in page_hit.highlights]
+    assert replace(page_hit, highlights=()).as_dict()["highlights"] == []
+    assert "words" not in out
+
+
+# -- answer citations --------------------------------------------------------------------
+
+
+def test_citation_carries_the_boxes_of_a_quote(page_hit):
+    other = replace(page_hit, document="b.pdf", page_id=8, words=tuple(line_of("Prices rose", 0)))
+    answer = (
+        'Churn went up: "The churn rate rose while retention fell" [a.pdf, p. 1]. '
+        "Prices are discussed too [b.pdf, p. 1]."
+    )
+    cites = parse_citations(answer, [page_hit, other])
+    assert [c.document for c in cites] == ["a.pdf", "b.pdf"]
+    assert [h.text for h in cites[0].highlights] == ["The churn rate rose while retention fell"]
+    assert cites[0].highlights[0].box == (PAGE[5].box[0], PAGE[5].box[1], *PAGE[11].box[2:])
+    assert cites[1].highlights == ()  # nothing on b.pdf's page is quoted
+    assert cites[0].as_dict()["highlights"][0]["text"].startswith("The churn")
+
+
+def test_citation_boxes_for_a_sentence_copied_verbatim(page_hit):
+    answer = "Churning customers cite price, [1]. Nothing else is said."
+    (cite,) = parse_citations(answer, [page_hit])
+    assert [h.text for h in cite.highlights] == ["Churning customers cite price"]
+    plain = parse_citations("It is about prices [1].", [page_hit])[0]
+    assert plain.highlights == ()
