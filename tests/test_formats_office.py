@@ -24,7 +24,7 @@ import pytest
 
 from indexer.errors import DocumentError
 from indexer.model import FakeEmbedder
-from indexer.pages import office
+from indexer.pages import inspect_document, office
 from indexer.pages.mupdf import pymupdf
 from indexer.pipeline import Indexer
 from indexer.stores import open_collection
@@ -203,6 +203,30 @@ def test_adding_the_same_office_bytes_again_is_a_no_op(indexed, office_folder, t
     assert [f.status for f in report.files] == ["skipped"] and store.stats().pages == before
 
 
+def test_stored_office_bytes_are_not_converted_again(indexed, office_folder, monkeypatch, tmp_path):
+    """A later run (a fresh process: an empty PDF cache) adding the same docx under another
+    name hashes it and stops there: LibreOffice is not run."""
+    store, embedder, _report, _contacts = indexed
+    conversions: list[Path] = []
+    real_convert = office.convert
+
+    def counting(path: Path, kind: str, target: Path) -> None:
+        conversions.append(path)
+        real_convert(path, kind, target)
+
+    monkeypatch.setattr(office, "convert", counting)
+    monkeypatch.setattr(office, "_CACHE", office._PdfCache())
+    copy = tmp_path / "renamed.docx"
+    shutil.copy(office_folder / "example.docx", copy)
+    report = Indexer(store, embedder).add([copy])
+    (result,) = report.files
+    assert result.status == "skipped" and result.name == "example.docx", result
+    assert conversions == []
+    # the counter does count: inspecting the copy outside the indexer converts it once
+    assert inspect_document(copy).page_count == store.document("example.docx").page_count
+    assert conversions == [copy]
+
+
 def test_password_corrupt_and_zip_bomb_are_refused_before_conversion(monkeypatch, tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()
@@ -360,7 +384,6 @@ def test_office_files_are_recognised_by_content(tmp_path):
     assert office.sniff_office(nameless, nameless.read_bytes()[:1024]) == "odt"
     fake = tmp_path / "page.docx"
     fake.write_text("<html>not found</html>")
-    from indexer.pages import inspect_document
 
     with pytest.raises(DocumentError) as caught:
         inspect_document(fake)

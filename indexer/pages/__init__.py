@@ -120,8 +120,12 @@ def inspect_document(
     *,
     password: str | None = None,
     settings: RenderSettings = RenderSettings(),  # noqa: B008 - frozen, so safe to share
+    sha256: str | None = None,
 ) -> DocumentInfo:
     """Check that a file can be indexed and describe it, without rendering anything.
+
+    ``sha256``: the file's hash when the caller has just computed it (the indexer hashes
+    first, to skip stored files before an expensive inspection), so it is not read twice.
 
     Raises :class:`DocumentError` with the reason a user needs (see ``indexer.errors``).
     Owner-password-only PDFs (permissions only) open without a password; ``encrypted`` is
@@ -144,7 +148,7 @@ def inspect_document(
         path=path,
         kind=kind,
         page_count=count,
-        sha256=file_sha256(path),
+        sha256=sha256 or file_sha256(path),
         title=title,
         encrypted=encrypted,
     )
