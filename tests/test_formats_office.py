@@ -39,6 +39,8 @@ CONVERTED = [
     "cols.odp",
     "pythagoras.ods",
 ]
+#: The legacy binary formats and RTF, saved by LibreOffice from real documents.
+LEGACY = ["letter.doc", "agenda.rtf", "debian.ppt", "pythagoras.xls"]
 
 
 # -- a record of this process's outbound connections (PEP 578 audit hook, toggled) ----------
@@ -77,24 +79,27 @@ def office_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def libreoffice_pages(office_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def _libreoffice_own_pages(folder: Path, names: list[str], work: Path) -> dict[str, int]:
     """Page counts of the PDFs LibreOffice itself writes, run by hand (not by PageLens)."""
     soffice = shutil.which("soffice")
     assert soffice, "LibreOffice is part of the dev install: bash scripts/install.sh --dev"
-    work = tmp_path_factory.mktemp("lo-own")
     outputs = {}
-    for name in CONVERTED:  # one folder each: example.docx and example.xlsx share a stem
+    for name in names:  # one folder each: example.docx and example.xlsx share a stem
         out = work / name
         subprocess.run(
             [soffice, f"-env:UserInstallation={(work / 'profile').as_uri()}", "--headless",
-             "--convert-to", "pdf", "--outdir", str(out), str(office_folder / name)],
+             "--convert-to", "pdf", "--outdir", str(out), str(folder / name)],
             check=True, capture_output=True, timeout=180,
         )  # fmt: skip
         (pdf,) = out.glob("*.pdf")
         with pymupdf.open(pdf) as doc:
             outputs[name] = doc.page_count
     return outputs
+
+
+@pytest.fixture(scope="session")
+def libreoffice_pages(office_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _libreoffice_own_pages(office_folder, CONVERTED, tmp_path_factory.mktemp("lo-own"))
 
 
 @pytest.fixture(scope="session")
@@ -178,6 +183,39 @@ def test_real_office_files_index_with_true_page_counts(indexed, libreoffice_page
         assert doc.page_count == libreoffice_pages[name] and doc.ready
     assert docs["txt-text.pptx"].page_count == 2
     assert report.pages_embedded == sum(libreoffice_pages.values())
+
+
+def test_legacy_office_and_rtf_files_index_with_true_page_counts(tmp_path):
+    """.doc, .rtf, .ppt and .xls: LibreOffice's own templates and odfpy's spreadsheet saved
+    in those formats by LibreOffice (tests/data/README.md), through the whole pipeline."""
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    for name in LEGACY:
+        shutil.copy(DATA / name, folder / name)
+    own = _libreoffice_own_pages(folder, LEGACY, tmp_path / "lo-own")
+    store = open_collection(str(tmp_path / "c"))
+    try:
+        embedder = FakeEmbedder()
+        report = Indexer(store, embedder).add([folder])
+        assert sorted(f.status for f in report.files) == ["added"] * len(LEGACY)
+        docs = {d.name: d for d in store.documents()}
+        for name in LEGACY:
+            doc = docs[name]
+            assert doc.kind == Path(name).suffix[1:] and doc.ready
+            assert doc.sha256 == hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            assert doc.page_count == own[name], name
+        assert (own["debian.ppt"], own["agenda.rtf"]) == (3, 2)  # not one page per file
+        retriever = Retriever(embedder, store)
+        for query, name, page in [
+            ("Hertzog Put Your Title Here", "debian.ppt", 1),
+            ("minutes location discussion conclusion", "agenda.rtf", 2),
+            ("Sender's name Company Name", "letter.doc", 1),
+            ("Sheet1", "pythagoras.xls", 1),
+        ]:
+            hits = retriever.search(query, 3, mode="text")
+            assert (hits[0].document, hits[0].page) == (name, page), (query, hits)
+    finally:
+        store.close()
 
 
 def test_office_text_is_searchable(indexed):
