@@ -79,7 +79,12 @@ from indexer.pages.office import (
     open_office,
 )
 from indexer.pages.pdf import open_pdf, pdf_info, pdf_page_text, render_pdf_page
-from indexer.pages.raster import open_image_file, render_image_frame, to_rgb
+from indexer.pages.raster import (
+    check_decode_room,
+    open_image_file,
+    render_image_frame,
+    to_rgb,
+)
 from indexer.pages.text import normalize_text
 from indexer.pages.types import (
     PATCH,
@@ -142,7 +147,10 @@ def inspect_document(
         (count, title), encrypted = paged_info(path, kind, settings), False
     else:
         image, count = open_image_file(path, settings)
-        image.close()
+        try:
+            check_decode_room(image, path, settings)
+        finally:
+            image.close()
         title, encrypted = None, False
     return DocumentInfo(
         path=path,
