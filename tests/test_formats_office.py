@@ -265,6 +265,27 @@ def test_stored_office_bytes_are_not_converted_again(indexed, office_folder, mon
     assert conversions == [copy]
 
 
+def test_ray_inspect_task_does_not_convert_stored_bytes(monkeypatch, tmp_path):
+    """The Ray path's inspect task (run in workers, here called directly) hashes first: bytes
+    the collection holds ready come back as ``stored`` without a conversion; others convert."""
+    from indexer.pages import RenderSettings
+    from indexer.ray.tasks import inspect_task
+
+    conversions: list[Path] = []
+    real_convert = office.convert
+    monkeypatch.setattr(
+        office, "convert", lambda p, k, t: (conversions.append(p), real_convert(p, k, t))
+    )
+    monkeypatch.setattr(office, "_CACHE", office._PdfCache())
+    path = shutil.copy(DATA / "cols.odp", tmp_path / "cols.odp")
+    sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    assert inspect_task(str(path), None, RenderSettings(), frozenset({sha})) == ("stored", sha)
+    assert conversions == []
+    status, info = inspect_task(str(path), None, RenderSettings(), frozenset({"0" * 64}))
+    assert status == "ok" and info.sha256 == sha and info.kind == "odp"
+    assert conversions == [Path(path)]
+
+
 def test_password_corrupt_and_zip_bomb_are_refused_before_conversion(monkeypatch, tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()
