@@ -49,7 +49,8 @@ class DocumentError(PageLensError):
     Reason codes (stable, used in JSON output): ``not-found``, ``empty``, ``not-a-pdf``,
     ``unsupported``, ``damaged``, ``needs-password``, ``wrong-password``, ``no-pages``,
     ``too-large``, ``bad-image``, ``needs-libreoffice`` (an office file where LibreOffice is
-    missing), ``conversion-failed`` (LibreOffice ran past its time or memory limit).
+    missing), ``conversion-failed`` (LibreOffice ran past its time or memory limit),
+    ``busy`` (an image waited past its time for room in the process's decode budget: retry).
     """
 
     def __init__(self, path: str | os.PathLike[str], reason: str, message: str) -> None:

@@ -24,7 +24,7 @@ import pytest
 
 from indexer.errors import DocumentError
 from indexer.model import FakeEmbedder
-from indexer.pages import office
+from indexer.pages import inspect_document, office
 from indexer.pages.mupdf import pymupdf
 from indexer.pipeline import Indexer
 from indexer.stores import open_collection
@@ -39,6 +39,8 @@ CONVERTED = [
     "cols.odp",
     "pythagoras.ods",
 ]
+#: The legacy binary formats and RTF, saved by LibreOffice from real documents.
+LEGACY = ["letter.doc", "agenda.rtf", "debian.ppt", "pythagoras.xls"]
 
 
 # -- a record of this process's outbound connections (PEP 578 audit hook, toggled) ----------
@@ -77,24 +79,27 @@ def office_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def libreoffice_pages(office_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def _libreoffice_own_pages(folder: Path, names: list[str], work: Path) -> dict[str, int]:
     """Page counts of the PDFs LibreOffice itself writes, run by hand (not by PageLens)."""
     soffice = shutil.which("soffice")
     assert soffice, "LibreOffice is part of the dev install: bash scripts/install.sh --dev"
-    work = tmp_path_factory.mktemp("lo-own")
     outputs = {}
-    for name in CONVERTED:  # one folder each: example.docx and example.xlsx share a stem
+    for name in names:  # one folder each: example.docx and example.xlsx share a stem
         out = work / name
         subprocess.run(
             [soffice, f"-env:UserInstallation={(work / 'profile').as_uri()}", "--headless",
-             "--convert-to", "pdf", "--outdir", str(out), str(office_folder / name)],
+             "--convert-to", "pdf", "--outdir", str(out), str(folder / name)],
             check=True, capture_output=True, timeout=180,
         )  # fmt: skip
         (pdf,) = out.glob("*.pdf")
         with pymupdf.open(pdf) as doc:
             outputs[name] = doc.page_count
     return outputs
+
+
+@pytest.fixture(scope="session")
+def libreoffice_pages(office_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _libreoffice_own_pages(office_folder, CONVERTED, tmp_path_factory.mktemp("lo-own"))
 
 
 @pytest.fixture(scope="session")
@@ -180,6 +185,39 @@ def test_real_office_files_index_with_true_page_counts(indexed, libreoffice_page
     assert report.pages_embedded == sum(libreoffice_pages.values())
 
 
+def test_legacy_office_and_rtf_files_index_with_true_page_counts(tmp_path):
+    """.doc, .rtf, .ppt and .xls: LibreOffice's own templates and odfpy's spreadsheet saved
+    in those formats by LibreOffice (tests/data/README.md), through the whole pipeline."""
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    for name in LEGACY:
+        shutil.copy(DATA / name, folder / name)
+    own = _libreoffice_own_pages(folder, LEGACY, tmp_path / "lo-own")
+    store = open_collection(str(tmp_path / "c"))
+    try:
+        embedder = FakeEmbedder()
+        report = Indexer(store, embedder).add([folder])
+        assert sorted(f.status for f in report.files) == ["added"] * len(LEGACY)
+        docs = {d.name: d for d in store.documents()}
+        for name in LEGACY:
+            doc = docs[name]
+            assert doc.kind == Path(name).suffix[1:] and doc.ready
+            assert doc.sha256 == hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            assert doc.page_count == own[name], name
+        assert (own["debian.ppt"], own["agenda.rtf"]) == (3, 2)  # not one page per file
+        retriever = Retriever(embedder, store)
+        for query, name, page in [
+            ("Hertzog Put Your Title Here", "debian.ppt", 1),
+            ("minutes location discussion conclusion", "agenda.rtf", 2),
+            ("Sender's name Company Name", "letter.doc", 1),
+            ("Sheet1", "pythagoras.xls", 1),
+        ]:
+            hits = retriever.search(query, 3, mode="text")
+            assert (hits[0].document, hits[0].page) == (name, page), (query, hits)
+    finally:
+        store.close()
+
+
 def test_office_text_is_searchable(indexed):
     store, embedder, _report, _contacts = indexed
     retriever = Retriever(embedder, store)
@@ -201,6 +239,51 @@ def test_adding_the_same_office_bytes_again_is_a_no_op(indexed, office_folder, t
     before = store.stats().pages
     report = Indexer(store, embedder).add([copy])
     assert [f.status for f in report.files] == ["skipped"] and store.stats().pages == before
+
+
+def test_stored_office_bytes_are_not_converted_again(indexed, office_folder, monkeypatch, tmp_path):
+    """A later run (a fresh process: an empty PDF cache) adding the same docx under another
+    name hashes it and stops there: LibreOffice is not run."""
+    store, embedder, _report, _contacts = indexed
+    conversions: list[Path] = []
+    real_convert = office.convert
+
+    def counting(path: Path, kind: str, target: Path) -> None:
+        conversions.append(path)
+        real_convert(path, kind, target)
+
+    monkeypatch.setattr(office, "convert", counting)
+    monkeypatch.setattr(office, "_CACHE", office._PdfCache())
+    copy = tmp_path / "renamed.docx"
+    shutil.copy(office_folder / "example.docx", copy)
+    report = Indexer(store, embedder).add([copy])
+    (result,) = report.files
+    assert result.status == "skipped" and result.name == "example.docx", result
+    assert conversions == []
+    # the counter does count: inspecting the copy outside the indexer converts it once
+    assert inspect_document(copy).page_count == store.document("example.docx").page_count
+    assert conversions == [copy]
+
+
+def test_ray_inspect_task_does_not_convert_stored_bytes(monkeypatch, tmp_path):
+    """The Ray path's inspect task (run in workers, here called directly) hashes first: bytes
+    the collection holds ready come back as ``stored`` without a conversion; others convert."""
+    from indexer.pages import RenderSettings
+    from indexer.ray.tasks import inspect_task
+
+    conversions: list[Path] = []
+    real_convert = office.convert
+    monkeypatch.setattr(
+        office, "convert", lambda p, k, t: (conversions.append(p), real_convert(p, k, t))
+    )
+    monkeypatch.setattr(office, "_CACHE", office._PdfCache())
+    path = shutil.copy(DATA / "cols.odp", tmp_path / "cols.odp")
+    sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    assert inspect_task(str(path), None, RenderSettings(), frozenset({sha})) == ("stored", sha)
+    assert conversions == []
+    status, info = inspect_task(str(path), None, RenderSettings(), frozenset({"0" * 64}))
+    assert status == "ok" and info.sha256 == sha and info.kind == "odp"
+    assert conversions == [Path(path)]
 
 
 def test_password_corrupt_and_zip_bomb_are_refused_before_conversion(monkeypatch, tmp_path):
@@ -360,7 +443,6 @@ def test_office_files_are_recognised_by_content(tmp_path):
     assert office.sniff_office(nameless, nameless.read_bytes()[:1024]) == "odt"
     fake = tmp_path / "page.docx"
     fake.write_text("<html>not found</html>")
-    from indexer.pages import inspect_document
 
     with pytest.raises(DocumentError) as caught:
         inspect_document(fake)

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from indexer.errors import DocumentError
+from indexer.model import FakeEmbedder
 from indexer.pages import (
     SUPPORTED_SUFFIXES,
     DocumentInfo,
@@ -30,6 +31,8 @@ from indexer.pages import (
     render_page,
     render_pages,
 )
+from indexer.pipeline import Indexer
+from indexer.stores import open_collection
 from tests.support.pdfs import (
     TOPICS,
     make_broken_xref_pdf,
@@ -558,11 +561,75 @@ def test_decompression_bomb_is_too_large(tmp_path: Path) -> None:
     assert reason_of(exc) == "too-large"
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_large_but_legitimate_image_header_is_accepted(tmp_path: Path) -> None:
-    # 20,000 x 20,000 declared: over Pillow's default bomb limit, under ours. Only the
-    # header is read by inspect_document, so a header-only file suffices here.
-    bomb = make_png_bomb(tmp_path / "big.png", side=20_000)
+    # 12,000 x 12,000 declared: over Pillow's warning threshold, under our pixel limit and
+    # within the decode budget (greyscale: ~3 bytes a pixel while decoding). Only the
+    # header is read by inspect_document, so a header-only file suffices here. (20,000 x
+    # 20,000 is over the budget: test_huge_image_document_is_refused_by_the_decode_budget.)
+    bomb = make_png_bomb(tmp_path / "big.png", side=12_000)
     assert inspect_document(bomb).page_count == 1
+
+
+def test_huge_image_document_is_refused_by_the_decode_budget(tmp_path: Path) -> None:
+    """A PNG whose header claims 20,000 x 20,000 pixels (under the pixel limit, but ~1.1 GiB
+    to decode) is refused by name, from its header, when inspected and when rendered: no
+    decode is ever started (a header-only file would otherwise fail as ``bad-image``)."""
+    from indexer.pages import raster
+
+    (tmp_path / "docs").mkdir()
+    bomb = make_png_bomb(tmp_path / "docs" / "poster.png", side=20_000)
+    with pytest.raises(DocumentError) as exc:
+        inspect_document(bomb)
+    assert reason_of(exc) == "too-large"
+    assert "poster.png" in str(exc.value) and "512 MiB" in str(exc.value)
+    with pytest.raises(DocumentError) as exc:
+        next(render_pages(bomb))
+    assert reason_of(exc) == "too-large" and "allows for decoding images" in str(exc.value)
+    assert raster.DECODE_BUDGET.reserved == 0
+    make_png(tmp_path / "docs" / "fine.png")
+    store = open_collection(str(tmp_path / "c"))
+    try:
+        report = Indexer(store, FakeEmbedder()).add([tmp_path / "docs"])
+        outcome = {Path(f.path).name: (f.status, f.reason) for f in report.files}
+        assert outcome == {"poster.png": ("refused", "too-large"), "fine.png": ("added", None)}
+    finally:
+        store.close()
+
+
+def test_image_document_decodes_hold_the_decode_budget(tmp_path: Path, monkeypatch) -> None:
+    """Each frame's decode reserves its estimate in the process's budget (shared with the
+    API's image inputs) and gives it back; with the budget held elsewhere past its wait,
+    the page is refused as ``busy`` by name, not decoded over the budget."""
+    import threading
+
+    from indexer.pages import raster
+    from indexer.pages.decoding import DecodeBudget
+
+    budget = DecodeBudget(64 * 2**20, wait_s=0.2)
+    monkeypatch.setattr(raster, "DECODE_BUDGET", budget)
+    scan = make_multipage_tiff(tmp_path / "scan.tiff", n=2)
+    assert [p.number for p in render_pages(scan)] == [1, 2]
+    assert budget.peak_reserved > 2 * 2**20 and budget.reserved == 0
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with budget.reserve(budget.capacity - 2**20):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        held.wait(10)
+        with pytest.raises(DocumentError) as exc:
+            render_page(scan, 2)
+        assert reason_of(exc) == "busy" and "page 2 of" in str(exc.value)
+        assert "scan.tiff" in str(exc.value)
+    finally:
+        release.set()
+        holder.join()
+    assert render_page(scan, 2).number == 2 and budget.reserved == 0
 
 
 def test_jpeg_draft_bounds_memory(tmp_path: Path) -> None:
@@ -619,5 +686,7 @@ def test_process_wide_switches_are_left_as_found(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(Image, "__class__", Watched)
     render_page(make_png(tmp_path / "small.png"), 1)
     assert writes == []  # an ordinary image never touches Pillow's global
-    assert inspect_document(make_png_bomb(tmp_path / "big.png", side=20_000)).page_count == 1
+    with pytest.raises(DocumentError) as exc:  # opened under our limit, then over the budget
+        inspect_document(make_png_bomb(tmp_path / "big.png", side=20_000))
+    assert reason_of(exc) == "too-large"
     assert writes == [RenderSettings().max_image_pixels, limit]  # raised, then put back

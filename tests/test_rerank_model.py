@@ -287,3 +287,68 @@ def test_declared_offline_names_the_variable(tmp_path):
     out, _ = _load_offline(tmp_path, HF_HUB_OFFLINE="1")
     assert out["error"] and "HF_HUB_OFFLINE is set" in out["error"]
     assert out["seconds"] < 10
+
+
+# ------------------------------------------------------------------------------- length limit
+
+#: A text layer far over a 700-token limit (a dense table, an OCR'd spreadsheet).
+LONG_TEXT = " ".join(f"row{i} alpha beta" for i in range(1200))
+
+
+def test_a_page_over_the_length_limit_is_judged_on_its_text_cut_from_the_end(
+    tiny_reranker_dir, reranker
+):
+    """Trimming policy: the page's text layer is cut to fit, its beginning kept; the query
+    and the images are never cut; a pair over the limit without the page's text is refused."""
+    from indexer.model.rerank.base import RerankPage, RerankQuery
+    from indexer.model.rerank.loading import load_reranker
+
+    short = load_reranker(tiny_reranker_dir, device="cpu", max_length=700)
+    query, image = RerankQuery("alpha beta"), _image(64, 64, 7)
+    page = RerankPage(image, LONG_TEXT)
+    assert reranker.count_tokens(query, page) > 700  # over the limit as it stands
+    assert 650 < short.count_tokens(query, page) <= 700  # cut to fit, not emptied
+    (score,) = short.score(query, [page])
+    assert 0.0 <= score <= 1.0
+    # the beginning is what is judged: another ending changes nothing, another start does
+    (other_end,) = short.score(query, [RerankPage(image, LONG_TEXT + " gamma" * 500)])
+    (other_start,) = short.score(query, [RerankPage(image, "delta " * 300 + LONG_TEXT)])
+    (image_only,) = short.score(query, [RerankPage(image, "")])
+    assert other_end == pytest.approx(score, abs=1e-6)
+    assert abs(other_start - score) > 1e-4 and abs(image_only - score) > 1e-4
+    (text_only,) = short.score(query, [RerankPage(None, LONG_TEXT)])  # no image: text cut too
+    assert 0.0 <= text_only <= 1.0
+    with pytest.raises(ValueError, match="without the page's text"):
+        short.score(RerankQuery(LONG_TEXT), [RerankPage(image, "x")])
+
+
+def test_search_reranks_a_page_whose_text_layer_is_over_the_limit(tiny_reranker_dir, tmp_path):
+    """Through search: the long page is reranked (a rerank score, no failure note), not
+    dropped from the rerank nor the rerank abandoned for the first stage."""
+    from indexer.model import FakeEmbedder
+    from indexer.model.rerank.loading import load_reranker
+    from indexer.pipeline import Indexer
+    from indexer.stores import open_collection
+    from retriever.search import Retriever
+    from tests.support.pdfs import make_text_pdf
+
+    pdf = make_text_pdf(
+        tmp_path / "table.pdf", [LONG_TEXT, "alpha beta on a short page"], size=(3000, 4000)
+    )
+    store = open_collection(str(tmp_path / "c"))
+    try:
+        embedder = FakeEmbedder()
+        Indexer(store, embedder).add([pdf])
+        (long_page,) = [p for p in store.pages() if p.number == 1]
+        assert "row1199 alpha beta" in long_page.text  # the whole layer is stored
+        notes: list[str] = []
+        # the page image is ~1k tokens at the reranker's budget; its text several thousand
+        reranker = load_reranker(tiny_reranker_dir, device="cpu", max_length=1500)
+        hits = Retriever(embedder, store, reranker=reranker).search(
+            "alpha beta", 2, mode="text", rerank=2, notify=notes.append
+        )
+        assert notes == []
+        assert sorted(h.page for h in hits) == [1, 2]
+        assert all("rerank" in h.scores and "first_stage" in h.scores for h in hits)
+    finally:
+        store.close()

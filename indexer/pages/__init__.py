@@ -85,7 +85,12 @@ from indexer.pages.pdf import (
     pdf_page_text,
     render_pdf_page,
 )
-from indexer.pages.raster import open_image_file, render_image_frame, to_rgb
+from indexer.pages.raster import (
+    check_decode_room,
+    open_image_file,
+    render_image_frame,
+    to_rgb,
+)
 from indexer.pages.text import normalize_text
 from indexer.pages.types import (
     PATCH,
@@ -131,8 +136,12 @@ def inspect_document(
     *,
     password: str | None = None,
     settings: RenderSettings = RenderSettings(),  # noqa: B008 - frozen, so safe to share
+    sha256: str | None = None,
 ) -> DocumentInfo:
     """Check that a file can be indexed and describe it, without rendering anything.
+
+    ``sha256``: the file's hash when the caller has just computed it (the indexer hashes
+    first, to skip stored files before an expensive inspection), so it is not read twice.
 
     Raises :class:`DocumentError` with the reason a user needs (see ``indexer.errors``).
     Owner-password-only PDFs (permissions only) open without a password; ``encrypted`` is
@@ -149,13 +158,16 @@ def inspect_document(
         (count, title), encrypted = paged_info(path, kind, settings), False
     else:
         image, count = open_image_file(path, settings)
-        image.close()
+        try:
+            check_decode_room(image, path, settings)
+        finally:
+            image.close()
         title, encrypted = None, False
     return DocumentInfo(
         path=path,
         kind=kind,
         page_count=count,
-        sha256=file_sha256(path),
+        sha256=sha256 or file_sha256(path),
         title=title,
         encrypted=encrypted,
     )

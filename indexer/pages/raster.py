@@ -290,40 +290,87 @@ def _widen_mode(image: Image.Image) -> Image.Image:
     return to_rgb(image)
 
 
+def plan_frame_decode(
+    image: Image.Image, settings: RenderSettings
+) -> tuple[tuple[int, int], float, int]:
+    """How the current frame will be decoded: its target size, the scale to it (never above
+    1), and the bytes the decode may take (:func:`estimate_decode_bytes`). A JPEG larger
+    than its target is drafted here (libjpeg decodes it at 1/2, 1/4 or 1/8 scale directly,
+    so a 20k x 20k photo never exists in memory at full size), and the estimate is that of
+    the drafted decode; for other formats draft is a no-op."""
+    width, height = image.size
+    scale = plan_scale(width, height, settings, upscale=False)
+    target = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
+    if scale < 1:
+        image.draft("RGB", target)
+    goal = target[0] * target[1] if scale < 1 else None
+    return target, scale, estimate_decode_bytes(image, goal, full_size=(width, height))
+
+
+def _decode_refused(path: Path, number: int, exc: ImageRefusedError) -> DocumentError:
+    where = f"page {number} of {path}" if number > 1 else str(path)
+    return DocumentError(path, exc.reason, f"{where}: {exc}")
+
+
+def check_decode_room(
+    image: Image.Image,
+    path: Path,
+    settings: RenderSettings,
+    budget: DecodeBudget | None = None,
+) -> None:
+    """Refuse (``too-large``) an image whose first frame could never be decoded within the
+    process's decode budget, from its header alone: said when the file is inspected, not
+    after pages of other files were rendered. Drafts ``image``: close it afterwards."""
+    budget = budget or DECODE_BUDGET
+    _target, _scale, cost = plan_frame_decode(image, settings)
+    if cost > budget.capacity:  # reserve refuses such a decode at once, without waiting
+        try:
+            with budget.reserve(cost, _what(image)):
+                pass
+        except ImageRefusedError as exc:
+            raise _decode_refused(path, 1, exc) from None
+
+
+def _what(image: Image.Image) -> str:
+    return f"this {image.format} of {image.width:,} x {image.height:,} pixels"
+
+
 def render_image_frame(
     image: Image.Image, number: int, path: Path, settings: RenderSettings
 ) -> PageImage:
-    """Decode one frame at (or near) the budget, orient it, pad it."""
+    """Decode one frame at (or near) the budget, orient it, pad it. The decode holds its
+    estimated bytes of the process's decode budget (:data:`DECODE_BUDGET`, shared with the
+    API's image inputs): it waits while others hold it, and a frame that needs more than
+    the whole budget is refused (``too-large``) before any of it is decoded."""
     try:
         if image.tell() != number - 1:  # pages may be asked in any order
             _within_our_limit(lambda: image.seek(number - 1), settings.max_image_pixels)
         if image.width * image.height > settings.max_image_pixels:
             raise _too_many_pixels(path, image.size, settings)
-        orientation = image.getexif().get(0x0112, 1)
         dpi_x, dpi_y = _dpi(image)
         width, height = image.size
-        scale = plan_scale(width, height, settings, upscale=False)
-        target = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
-        if scale < 1:
-            # JPEG (and MPO, as phones write): libjpeg decodes at 1/2, 1/4 or 1/8 scale
-            # directly, so a 20k x 20k photo never exists in memory at full size; draft
-            # keeps the result >= target. A no-op for other formats.
-            image.draft("RGB", target)
-        _within_our_limit(image.load, settings.max_image_pixels)
-        if scale < 1:
-            # Shrink in the stored mode first: converting a 20k x 20k greyscale scan to RGB
-            # at full size would triple its memory for nothing.
-            source = image if image.mode in _RESIZABLE_MODES else _widen_mode(image)
-            frame = to_rgb(source.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0))
-            del source
-        else:
-            frame = to_rgb(image)
-            if frame is image:
-                frame = frame.copy()  # detach from the file (and from later seeks)
+        what = _what(image)
+        target, scale, cost = plan_frame_decode(image, settings)
+        with DECODE_BUDGET.reserve(cost, what):
+            # Inside the budget: Pillow decodes a whole PNG to look for its EXIF chunk.
+            orientation = image.getexif().get(0x0112, 1)
+            _within_our_limit(image.load, settings.max_image_pixels)
+            if scale < 1:
+                # Shrink in the stored mode first: converting a 20k x 20k greyscale scan to
+                # RGB at full size would triple its memory for nothing.
+                source = image if image.mode in _RESIZABLE_MODES else _widen_mode(image)
+                frame = to_rgb(source.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0))
+                del source
+            else:
+                frame = to_rgb(image)
+                if frame is image:
+                    frame = frame.copy()  # detach from the file (and from later seeks)
         if orientation in _EXIF_TRANSPOSE:
             frame = frame.transpose(_EXIF_TRANSPOSE[orientation])
     except DocumentError:
         raise
+    except ImageRefusedError as exc:  # the decode budget: too-large, or busy past its wait
+        raise _decode_refused(path, number, exc) from None
     except Image.DecompressionBombError as exc:
         raise DocumentError(path, "too-large", f"{path}: {exc}") from None
     except Exception as exc:  # truncated or corrupt data surfaces at load()

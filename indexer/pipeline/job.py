@@ -114,7 +114,9 @@ class Indexer:
             for planned in plan_files(
                 self.store,
                 iter_input_files(paths),
-                lambda path, pw: inspect_document(path, password=pw, settings=self.settings),
+                lambda path, pw, sha: inspect_document(
+                    path, password=pw, settings=self.settings, sha256=sha
+                ),
                 password=password,
                 passwords=passwords,
                 names=names,

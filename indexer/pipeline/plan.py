@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.errors import DocumentError
-from indexer.pages import DocumentInfo, RenderSettings
+from indexer.pages import DocumentInfo, RenderSettings, file_sha256
 from indexer.pipeline.results import FileResult
 from indexer.stores import Store
 from indexer.stores.types import Document
@@ -87,27 +87,46 @@ class FilePlan:
         )
 
 
+def sha256_or_none(path: Path) -> str | None:
+    """The file's SHA-256, or None when it cannot be read (``inspect`` then says why)."""
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
+#: ``inspect(path, password, sha256)``: describes a file; ``sha256`` is its hash when known.
+Inspect = Callable[[Path, str | None, str | None], DocumentInfo]
+
+
 def plan_files(
     store: Store,
     files: Iterable[Path],
-    inspect: Callable[[Path, str | None], DocumentInfo],
+    inspect: Inspect,
     *,
     password: str | None = None,
     passwords: dict[str, str] | None = None,
     names: dict[str, str] | None = None,
+    hashes: Callable[[Path], str | None] = sha256_or_none,
 ) -> Iterator[FilePlan | FileResult]:
     """Per input file, in order: a refusal (``inspect`` raised :class:`DocumentError`), a
     skip (the same bytes as an earlier file of this batch: stored once), or a plan.
 
-    ``inspect(path, password)`` describes a file (:func:`inspect_document`, or what a Ray
-    task found). Shared by the local and the Ray indexers; it writes nothing.
+    The file is hashed first (``hashes``) and a file whose bytes are already a ready
+    document is planned from that document, never inspected: inspecting an office file
+    means a LibreOffice conversion (seconds to minutes), and adding the same bytes again
+    must cost a hash, not that. ``inspect(path, password, sha256)`` describes the others
+    (:func:`inspect_document`, or what a Ray task found). Shared by the local and the Ray
+    indexers; it writes nothing.
     """
     planned: dict[str, Path] = {}
     for path in files:
         pw = (passwords or {}).get(str(path), password)
         name = (names or {}).get(str(path)) or path.name
+        sha256 = hashes(path)
+        existing = store.find_by_sha256(sha256) if sha256 else None
         try:
-            info = inspect(path, pw)
+            info = _stored_info(path, existing) or inspect(path, pw, sha256)
         except DocumentError as exc:
             yield FileResult(str(path), "refused", reason=exc.reason, message=str(exc))
             continue
@@ -123,7 +142,22 @@ def plan_files(
             )
             continue
         planned[info.sha256] = path
-        existing = store.find_by_sha256(info.sha256)
+        if existing is None or existing.sha256 != info.sha256:  # changed since it was hashed
+            existing = store.find_by_sha256(info.sha256)
         stored = store.stored_page_numbers(existing.id) if existing else set()
         todo = 0 if existing and existing.ready else info.page_count - len(stored)
         yield FilePlan(path, info, pw, name, existing, stored, todo)
+
+
+def _stored_info(path: Path, existing: Document | None) -> DocumentInfo | None:
+    """What a ready document already says of these bytes (so they need no inspection)."""
+    if existing is None or not existing.ready:
+        return None
+    return DocumentInfo(
+        path=path,
+        kind=existing.kind,
+        page_count=existing.page_count,
+        sha256=existing.sha256,
+        title=existing.title,
+        encrypted=False,
+    )

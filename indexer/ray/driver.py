@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import DocumentError, PageLensError
-from indexer.pages import DocumentInfo, RenderSettings, iter_input_files
+from indexer.pages import DocumentInfo, RenderSettings, inspect_document, iter_input_files
 from indexer.pipeline import (
     FilePlan,
     FileResult,
@@ -139,8 +139,11 @@ class RayIndexer:
             ocr_tessdata(self.settings.ocr_language)
         self.resources = plan_resources(ray.cluster_resources(), self.options)
         files = list(iter_input_files(paths))
+        ready = ray.put(frozenset(d.sha256 for d in self.store.documents() if d.ready))
         inspections = [
-            self._inspect.remote(str(p), (passwords or {}).get(str(p), password), self.settings)
+            self._inspect.remote(
+                str(p), (passwords or {}).get(str(p), password), self.settings, ready
+            )
             for p in files
         ]
         identity = self.pool.start() if embed else None  # overlaps with the inspections
@@ -215,15 +218,29 @@ class RayIndexer:
         """Per file: a refusal, a skip (already complete) or a document to store pages for."""
         found = dict(zip(files, inspections, strict=True))
 
-        def inspected(path: Path, _password: str | None) -> DocumentInfo:
+        def inspected(path: Path, pw: str | None, sha256: str | None) -> DocumentInfo:
             result = found[path]
             if result[0] == "refused":
                 raise DocumentError(path, result[1], result[2])
+            if result[0] == "stored":  # no longer ready (removed meanwhile): inspect it here
+                return inspect_document(path, password=pw, settings=self.settings, sha256=sha256)
             return result[1]
+
+        def hashed(path: Path) -> str | None:
+            result = found[path]
+            if result[0] == "ok":
+                return result[1].sha256
+            return result[1] if result[0] == "stored" else None
 
         out: list[Doc | FileResult] = []
         for plan in plan_files(
-            self.store, files, inspected, password=password, passwords=passwords, names=names
+            self.store,
+            files,
+            inspected,
+            password=password,
+            passwords=passwords,
+            names=names,
+            hashes=hashed,
         ):
             if isinstance(plan, FilePlan):
                 skipped = plan.already_stored(embedding=False)

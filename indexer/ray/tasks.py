@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,14 +29,23 @@ import numpy as np
 from indexer.errors import DocumentError, PageLensError
 from indexer.identity import ModelIdentity
 from indexer.pages import PageRenderError, RenderSettings, Word, inspect_document, render_pages
+from indexer.pipeline.plan import sha256_or_none
 from indexer.stores import Store, is_milvus_spec, open_collection
 from indexer.stores.types import EncodedImage
 
 
-def inspect_task(path: str, password: str | None, settings: RenderSettings) -> tuple:
-    """Ray task: ``("ok", DocumentInfo)`` or ``("refused", reason, message)``."""
+def inspect_task(
+    path: str, password: str | None, settings: RenderSettings, ready: frozenset[str]
+) -> tuple:
+    """Ray task: ``("ok", DocumentInfo)``, ``("stored", sha256)`` when the file's bytes are
+    one of the ``ready`` documents (hashed first: an office file is not converted again),
+    or ``("refused", reason, message)``."""
     try:
-        return ("ok", inspect_document(path, password=password, settings=settings))
+        sha256 = sha256_or_none(Path(path))
+        if sha256 in ready:
+            return ("stored", sha256)
+        info = inspect_document(path, password=password, settings=settings, sha256=sha256)
+        return ("ok", info)
     except DocumentError as exc:
         return ("refused", exc.reason, str(exc))
 

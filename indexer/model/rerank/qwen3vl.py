@@ -8,6 +8,7 @@ rounding. The query's image is resized and processed once per call, not once per
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from PIL import Image
 
 from indexer.model.rerank import recipe
 from indexer.model.rerank.base import RerankPage, RerankQuery
+
+log = logging.getLogger(__name__)
 
 #: Pairs per forward by default (a page at the full budget is ~1.9k tokens).
 DEFAULT_BATCH_SIZE = 4
@@ -45,7 +48,9 @@ class Qwen3VLReranker:
     ``processor``: the checkpoint's ``Qwen3VLProcessor`` (tokenizer and image processor).
     ``instruction``: the task instruction (default: the reference's). ``min_image_tokens`` /
     ``max_image_tokens``: the visual-token budget per image (reference: 4..1800).
-    ``max_length``: longer pairs raise ``ValueError``, as in the reference.
+    ``max_length``: a longer pair has its page's text layer cut to fit (its beginning kept,
+    see :meth:`_trimmed`); one still longer without that text raises ``ValueError``, as the
+    reference refuses it.
     """
 
     def __init__(
@@ -98,21 +103,59 @@ class Qwen3VLReranker:
 
     def _pair(self, query: RerankQuery, query_vision: _Vision | None, page: RerankPage) -> _Pair:
         page_vision = self._vision(page.image) if page.image is not None else None
-        prompt = recipe.build_prompt(
-            query_text=query.text,
-            query_image_tokens=query_vision.tokens if query_vision else None,
-            doc_text=page.text,
-            doc_image_tokens=page_vision.tokens if page_vision else None,
-            instruction=self.instruction,
-        )
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = self._ids(query, query_vision, page_vision, page.text)
+        if len(ids) > self.max_length and page.text:
+            ids = self._trimmed(query, query_vision, page_vision, page.text, len(ids))
         if len(ids) > self.max_length:
             raise ValueError(
-                f"a (query, page) pair is {len(ids)} tokens, over the reranker's limit of "
-                f"{self.max_length}; shorten the text or lower max_image_tokens"
+                f"a (query, page) pair is {len(ids)} tokens without the page's text, over the "
+                f"reranker's limit of {self.max_length}; shorten the query or lower "
+                "max_image_tokens"
             )
         images = [v for v in (query_vision, page_vision) if v is not None]
         return _Pair(ids, images)
+
+    def _ids(
+        self,
+        query: RerankQuery,
+        query_vision: _Vision | None,
+        page_vision: _Vision | None,
+        text: str | None,
+    ) -> list[int]:
+        prompt = recipe.build_prompt(
+            query_text=query.text,
+            query_image_tokens=query_vision.tokens if query_vision else None,
+            doc_text=text,
+            doc_image_tokens=page_vision.tokens if page_vision else None,
+            instruction=self.instruction,
+        )
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def _trimmed(
+        self,
+        query: RerankQuery,
+        query_vision: _Vision | None,
+        page_vision: _Vision | None,
+        text: str,
+        length: int,
+    ) -> list[int]:
+        """The pair's ids with the page's text layer cut to fit :attr:`max_length`: its
+        beginning is kept (reading order: titles, headings and first paragraphs), at a token
+        boundary; the query and both images are never cut. A very long text layer (a dense
+        table, an OCR'd spreadsheet) would otherwise make the reference refuse the pair and
+        the page drop out of the rerank; cut, it is still judged on its image and the text
+        that fits. Empty when not even its first token fits (then the caller refuses)."""
+        words = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        keep = len(words) - (length - self.max_length)
+        ids = self._ids(query, query_vision, page_vision, "")
+        while keep > 0:
+            cut = self.tokenizer.decode(words[:keep], skip_special_tokens=False)
+            ids = self._ids(query, query_vision, page_vision, cut)
+            if len(ids) <= self.max_length:
+                log.debug("page text cut from %d to %d tokens to fit", len(words), keep)
+                return ids
+            keep -= len(ids) - self.max_length  # a merge across the cut: try a bit shorter
+        return ids
 
     def _batch(self, pairs: Sequence[_Pair]) -> dict[str, torch.Tensor]:
         """Right-padded tensors of one batch, images in order of appearance."""

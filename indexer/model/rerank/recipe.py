@@ -33,7 +33,11 @@ Re-implemented from the reference inference script of QwenLM/Qwen3-VL-Embedding
    rows of the tokens "yes" and "no": the sigmoid of the difference of their logits, in
    [0, 1]. Computed in float32 (the reference applies it in the model's dtype).
 
-Sequences longer than :data:`MAX_LENGTH` tokens are refused, as the reference refuses them.
+Sequences longer than :data:`MAX_LENGTH` tokens are refused by the reference. PageLens's
+trimming policy (:meth:`~indexer.model.rerank.qwen3vl.Qwen3VLReranker._trimmed`): such a
+pair has its page's text layer cut at a token boundary, its beginning kept, until the pair
+fits; the query and the images are never cut, and a pair over the limit without the page's
+text is refused.
 """
 
 from __future__ import annotations
