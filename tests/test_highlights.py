@@ -5,17 +5,28 @@ quote boxes."""
 from __future__ import annotations
 
 import base64
+import gzip
 import io
+import unicodedata
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from indexer.model import FakeEmbedder
+from indexer.pages import RenderSettings
+from indexer.pages.mupdf import pymupdf
+from indexer.pipeline import Indexer
+from indexer.stores import open_collection
+from indexer.stores.text_terms import word_terms
 from retriever.ask import parse_citations
 from retriever.evidence import Highlight, draw_highlights, quote_highlights, text_highlights
 from retriever.export import ExportSettings, encode_page, to_openai_messages
-from retriever.search import Hit
+from retriever.search import Hit, Retriever
 
 
 @dataclass(frozen=True)
@@ -202,3 +213,132 @@ def test_citation_boxes_for_a_sentence_copied_verbatim(page_hit):
     assert [h.text for h in cite.highlights] == ["Churning customers cite price"]
     plain = parse_citations("It is about prices [1].", [page_hit])[0]
     assert plain.highlights == ()
+
+
+# -- real PDFs: boxes where PyMuPDF finds the words, on both engines ---------------------
+
+REAL_PDFS = [
+    Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf"),
+    Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf"),
+    Path("/usr/share/doc/fontconfig/fontconfig-user.pdf.gz"),
+    Path("/usr/share/doc/zlib1g-dev/crc-doc.1.0.pdf.gz"),
+]
+SETTINGS = RenderSettings.for_tokens(256)
+
+
+def _real_pages(folder: Path) -> list[Path]:
+    """The first text pages (up to 3) of each real PDF found on this machine, copied
+    unchanged into one file per PDF (the pages are the originals, not made for the test)."""
+    out = []
+    for source in REAL_PDFS:
+        if not source.exists():
+            continue
+        data = gzip.decompress(source.read_bytes()) if source.suffix == ".gz" else None
+        src = pymupdf.open(stream=data, filetype="pdf") if data else pymupdf.open(source)
+        keep = [i for i in range(min(src.page_count, 12)) if len(src[i].get_text("words")) > 40]
+        dest = pymupdf.open()
+        for i in keep[:3]:
+            dest.insert_pdf(src, from_page=i, to_page=i)
+        if dest.page_count:
+            path = folder / (source.name.removesuffix(".gz").removesuffix(".pdf") + ".pdf")
+            dest.save(path)
+            out.append(path)
+        dest.close()
+        src.close()
+    if len(out) < 2:
+        pytest.skip("fewer than two real PDFs in /usr/share/doc")
+    return out
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _true_boxes(page: pymupdf.Page, needle: str) -> list[tuple[float, ...]]:
+    """PyMuPDF's ``search_for`` on the source page, mapped to 0..1 of the stored image
+    (unpadded pages only: the image is the page, rotated as a reader sees it)."""
+    rect, matrix = page.rect, page.rotation_matrix
+    out = []
+    for r in page.search_for(needle):
+        r = r * matrix
+        out.append((r.x0 / rect.width, r.y0 / rect.height, r.x1 / rect.width, r.y1 / rect.height))
+    return out
+
+
+def _query_words(page: pymupdf.Page, n: int = 4) -> list[str]:
+    """Words of the page whose every occurrence PyMuPDF's substring search finds as a whole
+    word, and whose stem no other word of the page shares (so the truth is exact)."""
+    words = [w[4] for w in page.get_text("words")]
+    clean = [w.strip(".,;:()[]\"'") for w in words]
+    stems = word_terms([unicodedata.normalize("NFKC", c) for c in clean])  # as text search
+    out: list[str] = []
+    for word, terms in zip(clean, stems, strict=True):
+        if not (word.isalpha() and len(word) >= 5 and len(terms) == 1) or word in out:
+            continue
+        same_stem = [c for c, t in zip(clean, stems, strict=True) if t == terms]
+        folded = unicodedata.normalize("NFKC", word).lower()
+        containing = [w for w in words if folded in unicodedata.normalize("NFKC", w).lower()]
+        if all(c.lower() == word.lower() for c in same_stem) and len(containing) == len(same_stem):
+            if len(_true_boxes(page, word)) == len(same_stem):
+                out.append(word)
+        if len(out) == n:
+            break
+    return out
+
+
+def _check_against_truth(store, pdfs: list[Path]) -> dict:
+    """Every highlight of every query overlaps a true position (IoU >= 0.5) and every true
+    position is highlighted; returns the highlights seen, for comparing engines."""
+    retriever = Retriever(None, store)
+    visual = Retriever(FakeEmbedder(), store)
+    seen: dict = {}
+    checked = 0
+    for pdf in pdfs:
+        with pymupdf.open(pdf) as doc:
+            for number, page in enumerate(doc, start=1):
+                for word in _query_words(page):
+                    typed = unicodedata.normalize("NFKC", word)  # "ﬁ" on the page, "fi" typed
+                    hits = retriever.search(
+                        typed, 5, mode="text", documents=[pdf.name], pages=str(number)
+                    )
+                    assert len(hits) == 1, (pdf.name, number, word)
+                    truth = _true_boxes(page, word)
+                    found = [h.box for h in hits[0].highlights]
+                    assert len(found) == len(truth), (pdf.name, number, word, found, truth)
+                    for box in found:
+                        assert max(_iou(box, t) for t in truth) >= 0.5, (word, box, truth)
+                    for t in truth:
+                        assert max(_iou(box, t) for box in found) >= 0.5, (word, t, found)
+                    texts = {h.text.strip(".,;:()[]\"'").lower() for h in hits[0].highlights}
+                    assert {unicodedata.normalize("NFKC", t) for t in texts} == {typed.lower()}
+                    seen[(pdf.name, number, word)] = [h.as_dict() for h in hits[0].highlights]
+                    (by_vector,) = visual.search(
+                        typed, 1, mode="visual", documents=[pdf.name], pages=str(number)
+                    )
+                    assert by_vector.highlights == hits[0].highlights  # visual hits too
+                    checked += 1
+                absent = retriever.search("zyzzyvaquux " + word, 5, mode="text", pages=str(number))
+                for hit in absent:  # the absent word is boxed nowhere
+                    assert all("zyzzyvaquux" not in h.text.lower() for h in hit.highlights)
+    assert checked >= 10
+    return seen
+
+
+def test_real_pdfs_boxes_match_pymupdf_on_both_engines(tmp_path, milvus_server):
+    pdfs = _real_pages(tmp_path)
+    local = open_collection(str(tmp_path / "local"))
+    remote = open_collection(f"milvus://{milvus_server.address}/t_hl_{uuid.uuid4().hex[:10]}")
+    try:
+        results = []
+        for store in (local, remote):
+            Indexer(store, FakeEmbedder(), settings=SETTINGS).add(pdfs)
+            results.append(_check_against_truth(store, pdfs))
+        assert results[0] == results[1]  # the same highlights from both engines
+    finally:
+        local.close()
+        remote.drop()
+        remote.close()

@@ -14,6 +14,7 @@ a quote's boxes score ``1.0``.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -95,9 +96,12 @@ def _tokens(words: Sequence[PageWord]) -> list[_Token]:
 
 
 def _terms_by_token(tokens: Sequence[_Token]) -> list[list[str]]:
-    """Each token's terms, stemming each distinct string once (pages repeat words)."""
+    """Each token's terms, stemming each distinct string once (pages repeat words). NFKC
+    first, as the indexed text layer is (:func:`indexer.pages.normalize_text`): a page's
+    ``ﬁ`` ligature is the ``fi`` people type."""
     distinct = list(dict.fromkeys(t.text for t in tokens))
-    terms = dict(zip(distinct, word_terms(distinct), strict=True))
+    folded = [unicodedata.normalize("NFKC", text) for text in distinct]
+    terms = dict(zip(distinct, word_terms(folded), strict=True))
     return [terms[t.text] for t in tokens]
 
 
@@ -128,12 +132,13 @@ def _boxes_by_line(
 def text_highlights(words: Sequence[PageWord] | None, query: str) -> list[Highlight]:
     """The boxes of ``query``'s words on a page whose words are ``words``, in page order.
 
-    Every occurrence is boxed; consecutive matching words are one run (a phrase), boxed
-    once per line it spans, each box scored by the share of the query's terms the whole run
+    Every occurrence is boxed; consecutive words matching different query terms are one run
+    (a phrase), boxed once per line it spans (a word repeated, ``SHALL, SHALL``, is boxed
+    once per occurrence), each box scored by the share of the query's terms the whole run
     covers; words of the query absent from the page give nothing, and so does a page with
     no words (``None``: not known, e.g. a page stored before words were kept).
     """
-    wanted = set(word_terms([query or ""])[0])
+    wanted = set(word_terms([unicodedata.normalize("NFKC", query or "")])[0])
     if not words or not wanted:
         return []
     tokens = _tokens(words)
@@ -142,7 +147,7 @@ def text_highlights(words: Sequence[PageWord] | None, query: str) -> list[Highli
     covered: set[str] = set()
     for token, terms in [*zip(tokens, _terms_by_token(tokens), strict=True), (None, [])]:
         hit = wanted.intersection(terms)
-        if run and not hit:
+        if run and (not hit or hit <= covered):  # a repeated word starts its own box
             out += _boxes_by_line(words, run, len(covered) / len(wanted))
             run, covered = [], set()
         if token is not None and hit:
@@ -155,7 +160,7 @@ def quote_highlights(words: Sequence[PageWord] | None, quote: str) -> list[Highl
     """The boxes of a quoted passage on a page: every place where the quote's terms appear
     on the page in the same order, nothing between them (line breaks and words hyphenated
     across lines are read through); one box per line of each place, score ``1.0``."""
-    wanted = word_terms([quote or ""])[0]
+    wanted = word_terms([unicodedata.normalize("NFKC", quote or "")])[0]
     if not words or not wanted:
         return []
     tokens = _tokens(words)
