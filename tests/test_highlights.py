@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import json
 import unicodedata
 import uuid
 from collections.abc import Sequence
@@ -342,3 +343,166 @@ def test_real_pdfs_boxes_match_pymupdf_on_both_engines(tmp_path, milvus_server):
         local.close()
         remote.drop()
         remote.close()
+
+
+# -- entry points: search --json, /v1/search, MCP, ask -----------------------------------
+
+CHURN = [
+    "Quarterly revenue grew in Europe.",
+    "Customer churn in 2023 rose to nine percent. Churned customers cited price.",
+    "Replace the hydraulic pump every year.",
+]
+
+
+def _index(spec_or_path: str, make_pdf) -> None:
+    store = open_collection(spec_or_path)
+    try:
+        Indexer(store, FakeEmbedder(), settings=SETTINGS).add([make_pdf("report.pdf", CHURN)])
+    finally:
+        store.close()
+
+
+def test_search_json_carries_highlights(store_spec, make_pdf):
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    _index(store_spec, make_pdf)
+    runner = CliRunner()
+
+    def search(*extra: str):
+        args = ["--collection", store_spec, "search", "churn", "--mode", "text", *extra]
+        return runner.invoke(cli, args, catch_exceptions=False)
+
+    result = search("--json")
+    assert result.exit_code == 0, result.output
+    (hit,) = json.loads(result.stdout)["hits"]
+    assert hit["page"] == 2
+    assert [h["text"] for h in hit["highlights"]] == ["churn", "Churned"]
+    for h in hit["highlights"]:
+        assert set(h) == {"box", "text", "source", "score"} and h["source"] == "text"
+        x0, y0, x1, y1 = h["box"]
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    none = search("--json", "--evidence", "none")
+    assert json.loads(none.stdout)["hits"][0]["highlights"] == []
+    visual = search("--evidence", "visual")
+    assert visual.exit_code == 2 and "not available" in visual.output
+    assert search("--evidence", "bogus").exit_code == 2
+
+
+def test_api_search_highlights_and_evidence(make_pdf):
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+    from indexer.config import collection_path
+
+    _index(str(collection_path("reports")), make_pdf)
+    with TestClient(create_app(FakeEmbedder(), max_wait_ms=1)) as client:
+
+        def search(**extra):
+            body = {"query": "churn", "mode": "text", "collection": "reports", **extra}
+            return client.post("/v1/search", json=body)
+
+        r = search()
+        assert r.status_code == 200, r.text
+        hit = r.json()["hits"][0]
+        assert [h["text"] for h in hit["highlights"]] == ["churn", "Churned"]
+        visual = search(mode="visual", k=3)
+        by_page = {h["page"]: h["highlights"] for h in visual.json()["hits"]}
+        assert by_page[2] == hit["highlights"] and by_page[1] == by_page[3] == []
+        assert search(evidence="none").json()["hits"][0]["highlights"] == []
+        refused = search(evidence="visual")
+        assert refused.status_code == 400 and "not available" in refused.text
+        assert refused.json()["error"]["param"] == "evidence"
+        assert search(evidence="bogus").status_code in (400, 422)
+
+
+def _decode_png(data: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+
+
+def test_mcp_tools_carry_highlights_and_draw_boxes(tmp_path, make_pdf):
+    import anyio
+    from mcp import Client
+
+    from app.mcp_server import build_server
+
+    _index(str(tmp_path / "col"), make_pdf)
+    store = open_collection(str(tmp_path / "col"))
+    server = build_server(store, None, image_settings=ExportSettings(image_format="png"))
+
+    async def session():
+        async with Client(server) as client:
+            base = {"question": "churn", "k": 1, "mode": "text"}
+            plain = await client.call_tool("search_pages", base)
+            drawn = await client.call_tool("search_pages", base | {"draw_boxes": True})
+            page = {"document": "report.pdf", "page": 2, "query": "churn"}
+            got = await client.call_tool("get_page", page)
+            got_drawn = await client.call_tool("get_page", page | {"draw_boxes": True})
+            return plain, drawn, got, got_drawn
+
+    try:
+        plain, drawn, got, got_drawn = anyio.run(session)
+    finally:
+        store.close()
+    highlights = plain.structured_content["hits"][0]["highlights"]
+    assert [h["text"] for h in highlights] == ["churn", "Churned"]
+    assert got.structured_content["highlights"] == highlights
+    for a, b in ((plain, drawn), (got, got_drawn)):
+        image_a = _decode_png(next(c.data for c in a.content if c.type == "image"))
+        image_b = _decode_png(next(c.data for c in b.content if c.type == "image"))
+        changed = _changed(image_a, image_b)
+        boxes = [tuple(h["box"]) for h in highlights]
+        inside = _inside(
+            changed.shape,
+            [(x0 - 0.01, y0 - 0.01, x1 + 0.01, y1 + 0.01) for x0, y0, x1, y1 in boxes],
+        )
+        assert changed.any() and not changed[~inside].any()
+
+
+QUOTING = (
+    'The report says: "Customer churn in 2023 rose to nine percent" [report.pdf, p. 2]. '
+    "Revenue is mentioned too [report.pdf, p. 1]."
+)
+
+
+def test_ask_citations_carry_quote_boxes(tmp_path, make_pdf, llm_stub):
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    _index(str(tmp_path / "col"), make_pdf)
+    llm_stub.answer = QUOTING
+    runner = CliRunner()
+    args = ["--collection", str(tmp_path / "col"), "ask", "churn revenue", "--mode", "text"]
+    result = runner.invoke(cli, [*args, "--json", "-k", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    cites = json.loads(result.stdout)["citations"]
+    assert [(c["page"], [h["text"] for h in c["highlights"]]) for c in cites] == [
+        (2, ["Customer churn in 2023 rose to nine percent."]),
+        (1, []),
+    ]
+    assert cites[0]["highlights"][0]["score"] == 1.0
+    plain = llm_stub.last.images
+    runner.invoke(cli, [*args, "--json", "-k", "2", "--boxes"], catch_exceptions=False)
+    assert len(llm_stub.last.images) == 2 and llm_stub.last.images != plain
+
+
+def test_api_ask_citations_carry_quote_boxes(make_pdf, llm_stub):
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+    from indexer.config import collection_path
+    from retriever.ask import LLMSettings
+
+    _index(str(collection_path("reports")), make_pdf)
+    llm_stub.answer = QUOTING
+    app = create_app(FakeEmbedder(), max_wait_ms=1, llm=LLMSettings.from_env())
+    with TestClient(app) as client:
+        body = {"question": "churn revenue", "k": 2, "mode": "text", "collection": "reports"}
+        r = client.post("/v1/ask", json=body)
+    assert r.status_code == 200, r.text
+    first = r.json()["citations"][0]
+    assert [h["text"] for h in first["highlights"]] == [
+        "Customer churn in 2023 rose to nine percent."
+    ]
