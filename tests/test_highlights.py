@@ -506,3 +506,46 @@ def test_api_ask_citations_carry_quote_boxes(make_pdf, llm_stub):
     assert [h["text"] for h in first["highlights"]] == [
         "Customer churn in 2023 rose to nine percent."
     ]
+
+
+def test_cli_export_boxes_in_zip_and_markdown(tmp_path, make_pdf):
+    import zipfile
+
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    _index(str(tmp_path / "col"), make_pdf)
+    runner = CliRunner()
+    base = ["--collection", str(tmp_path / "col"), "export", "churn", "--mode", "text", "-k", "1"]
+    png = ["--image-format", "png", "--max-side", "4000"]
+
+    def export(out: Path, fmt: str, *extra: str) -> None:
+        result = runner.invoke(cli, [*base, "-f", fmt, "-o", str(out), *png, *extra])
+        assert result.exit_code == 0, result.output
+
+    export(tmp_path / "plain.zip", "zip")
+    export(tmp_path / "boxes.zip", "zip", "--boxes")
+    images = []
+    for name in ("plain.zip", "boxes.zip"):
+        with zipfile.ZipFile(tmp_path / name) as zf:
+            (page,) = [n for n in zf.namelist() if n.startswith("pages/")]
+            images.append(Image.open(io.BytesIO(zf.read(page))).convert("RGB"))
+    store = open_collection(str(tmp_path / "col"))
+    try:
+        (hit,) = Retriever(None, store).search("churn", 1, mode="text")
+    finally:
+        store.close()
+    changed = _changed(*images)
+    inside = _inside(changed.shape, [h.box for h in hit.highlights])
+    assert changed[inside].mean() > 0.9 and not changed[~inside].any()
+
+    export(tmp_path / "prompt.md", "markdown", "--boxes")
+    drawn = sorted((tmp_path / "prompt_pages").iterdir())
+    assert (
+        len(drawn) == 1
+        and f"(prompt_pages/{drawn[0].name})" in (tmp_path / "prompt.md").read_text()
+    )
+    assert not _changed(Image.open(drawn[0]), images[1]).any()
+    refused = runner.invoke(cli, [*base, "-f", "markdown", "-o", "-", "--boxes"])
+    assert refused.exit_code == 2
