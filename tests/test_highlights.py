@@ -549,3 +549,12 @@ def test_cli_export_boxes_in_zip_and_markdown(tmp_path, make_pdf):
     assert not _changed(Image.open(drawn[0]), images[1]).any()
     refused = runner.invoke(cli, [*base, "-f", "markdown", "-o", "-", "--boxes"])
     assert refused.exit_code == 2
+
+
+def test_bench_highlights_section():
+    from bench.highlights_phase import run_highlights
+
+    section = run_highlights(4, reps=1)
+    assert section["k"] == 4 and section["boxes"] >= 4  # each page ends "churn revenue"
+    for key in ("search_ms_without", "search_ms_with", "highlights_cpu_ms_per_search"):
+        assert isinstance(section[key], float)
