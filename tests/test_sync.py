@@ -112,6 +112,26 @@ def test_four_changes_applied_and_prune(open_store, tmp_path):
     _mirror(store, docs)
 
 
+def test_renamed_then_path_reused(open_store, tmp_path):
+    """a.pdf renamed to b.pdf and a new a.pdf written: b keeps a's pages (a move), and only
+    the new a.pdf is rendered and embedded (not a change of a plus a duplicate b)."""
+    docs = tmp_path / "docs"
+    make_text_pdf(docs / "a.pdf", _pages("first", 2))
+    store = open_store()
+    Indexer(store, FakeEmbedder(), settings=SMALL).add([docs])
+    (old,) = store.documents()
+    os.rename(docs / "a.pdf", docs / "b.pdf")
+    make_text_pdf(docs / "a.pdf", _pages("second", 3))
+    embedder = FakeEmbedder()
+    report = sync_folders(store, embedder, [docs], settings=SMALL)
+    a, b = (str((docs / n).resolve()) for n in ("a.pdf", "b.pdf"))
+    assert report.moved == [{"from": a, "to": b}]
+    assert report.added == [a] and report.changed == [] and report.duplicates == []
+    assert _embedded_images(embedder) == 3
+    assert store.document(b).id == old.id
+    _mirror(store, docs)
+
+
 def test_dry_run_changes_nothing(open_store, tmp_path):
     docs = _folder(tmp_path)
     store = open_store()
