@@ -328,3 +328,45 @@ def test_kill_9_during_sync_then_rerun(store_spec, open_store, tmp_path, point):
     hits = final.search_text("changev20", 10)
     assert [final.page(pid).document_id for pid, _ in hits] == [changed]
     assert final.search_text("change0", 10) == []  # the old version is gone
+
+
+def test_kill_9_of_the_cli_then_rerun(
+    store_spec, open_store, tmp_path, monkeypatch, tiny_model_dir, reuse_loaded_models
+):
+    """A real ``pagelens sync`` process (the tiny GME checkpoint) SIGKILLed once the first
+    file's pages are stored (the changed file's new version not yet), then the same command
+    again: the collection equals the folder, without duplicates."""
+    from app.cli import cli
+
+    monkeypatch.setenv("PAGELENS_COLLECTION", store_spec)
+    monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("PAGELENS_IMAGE_TOKENS", "16")
+    docs = _folder(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["sync", str(docs)]).exit_code == 0
+    _four_changes(docs)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "sync", str(docs), "--prune"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("stored "):
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert seen and seen[-1].startswith("stored   new.pdf"), seen
+    again = runner.invoke(cli, ["sync", str(docs), "--prune", "--json"])
+    assert again.exit_code == 0, again.output
+    result = json.loads(again.stdout)
+    assert result["changed"] == [str((docs / "change.pdf").resolve())]
+    assert result["removed"] == [str((docs / "delete.pdf").resolve())]
+    _mirror(open_store(), docs)
