@@ -132,6 +132,31 @@ def test_renamed_then_path_reused(open_store, tmp_path):
     _mirror(store, docs)
 
 
+def test_repair_leaves_a_staged_version_to_sync(open_store, tmp_path):
+    """``check --repair`` finishes stuck documents by marking them ready; a staged version
+    (whole, an interrupted sync's) must stay hidden, or two versions would show."""
+    from indexer.maintenance.repair import repair
+
+    docs = tmp_path / "docs"
+    make_text_pdf(docs / "a.pdf", ["alpha oldversion"])
+    store = open_store()
+    Indexer(store, FakeEmbedder(), settings=SMALL).add([docs])
+    make_text_pdf(docs / "a.pdf", ["alpha newversion"])
+    store.replace_document = lambda old_id, new_id: (_ for _ in ()).throw(KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):  # stops right before the swap
+        sync_folders(store, FakeEmbedder(), [docs], settings=SMALL)
+    del store.replace_document
+    staged = [d for d in store.documents() if d.status == "staged"]
+    assert len(staged) == 1 and staged[0].pages_embedded == 1
+    report = repair(store, embedder=FakeEmbedder())
+    assert store.documents_by_id([staged[0].id])[staged[0].id].status == "staged"
+    assert "document-stuck" in {p.kind for p in report.problems}
+    assert store.search_text("newversion", 5) == []
+    sync_folders(store, FakeEmbedder(), [docs], settings=SMALL)
+    assert [d.status for d in store.documents()] == ["ready"]
+    assert len(store.search_text("newversion", 5)) == 1
+
+
 def test_dry_run_changes_nothing(open_store, tmp_path):
     docs = _folder(tmp_path)
     store = open_store()
