@@ -70,7 +70,25 @@ class LocalSources:
         rows = self._query(f"SELECT id FROM documents WHERE status IN ({marks})", HIDDEN_STATUSES)
         return [r[0] for r in rows]
 
-    def _visible_documents(self) -> list[int]:
-        marks = ",".join("?" * len(HIDDEN_STATUSES))
-        sql = f"SELECT id FROM documents WHERE status NOT IN ({marks})"
-        return [r[0] for r in self._query(sql, HIDDEN_STATUSES)]
+    def _visible_page_ids(
+        self, documents: list[int] | None, first: int | None, last: int | None
+    ) -> list[int]:
+        """Pages of documents no sync holds hidden, within a filter, read in one statement
+        (a snapshot: a swap committed meanwhile is seen whole or not at all)."""
+        where = [f"d.status NOT IN ({','.join('?' * len(HIDDEN_STATUSES))})"]
+        args: list = list(HIDDEN_STATUSES)
+        if documents is not None:
+            where.append(f"p.document_id IN ({','.join('?' * len(documents)) or 'NULL'})")
+            args.extend(int(d) for d in documents)
+        if first is not None:
+            where.append("p.number >= ?")
+            args.append(first)
+        if last is not None:
+            where.append("p.number <= ?")
+            args.append(last)
+        sql = (
+            "SELECT p.id FROM pages p JOIN documents d ON d.id = p.document_id WHERE "
+            + " AND ".join(where)
+            + " ORDER BY p.id"
+        )
+        return [r[0] for r in self._query(sql, args)]

@@ -35,7 +35,9 @@ class TextSearch:
 
         def _hidden_documents(self) -> list[int]: ...
 
-        def _visible_documents(self) -> list[int]: ...
+        def _visible_page_ids(
+            self, documents: list[int] | None, first: int | None, last: int | None
+        ) -> list[int]: ...
 
         def search(
             self,
@@ -97,16 +99,15 @@ class TextSearch:
     ) -> list[int] | None:
         """A :class:`PageFilter` as the page ids it allows (SQLite filters by id sets);
         the pages of hidden documents (a sync's staged or replaced versions) never."""
-        hidden = set(self._hidden_documents())
+        hidden = self._hidden_documents()
         if (where is None or where.empty) and not hidden:
             return None if page_ids is None else [int(i) for i in page_ids]
         where = where or PageFilter()
         docs = list(where.documents) if where.documents is not None else None
-        if hidden:
-            docs = (
-                self._visible_documents() if docs is None else [d for d in docs if d not in hidden]
-            )
-        allowed = self.page_ids(documents=docs, first=where.first, last=where.last)
+        if hidden:  # one statement: a sync's swap is seen whole (one version, never none)
+            allowed = self._visible_page_ids(docs, where.first, where.last)
+        else:
+            allowed = self.page_ids(documents=docs, first=where.first, last=where.last)
         if page_ids is not None:
             keep = {int(i) for i in page_ids}
             allowed = [i for i in allowed if i in keep]
