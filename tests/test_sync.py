@@ -157,6 +157,24 @@ def test_repair_leaves_a_staged_version_to_sync(open_store, tmp_path):
     assert len(store.search_text("newversion", 5)) == 1
 
 
+def test_copy_of_a_stored_file_is_named_not_stored(open_store, tmp_path):
+    """A collection stores a file's bytes once: a copy under a new path is a duplicate
+    (named in ``duplicates``, nothing rendered or embedded), not an add each sync."""
+    docs = _folder(tmp_path)
+    store = open_store()
+    Indexer(store, FakeEmbedder(), settings=SMALL).add([docs])
+    copy = docs / "copy-of-keep.pdf"
+    copy.write_bytes((docs / "keep.pdf").read_bytes())
+    embedder = FakeEmbedder()
+    for dry_run in (True, False):
+        report = sync_folders(store, embedder, [docs], dry_run=dry_run, settings=SMALL)
+        assert report.added == [] and report.unchanged == 4
+        assert report.duplicates == [
+            {"path": str(copy.resolve()), "stored_as": str((docs / "keep.pdf").resolve())}
+        ]
+    assert embedder.calls == [] and len(store.documents()) == 4
+
+
 def test_dry_run_changes_nothing(open_store, tmp_path):
     docs = _folder(tmp_path)
     store = open_store()
