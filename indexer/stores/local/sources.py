@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from indexer.errors import DocumentNotFoundError
 from indexer.stores.types import HIDDEN_STATUSES
@@ -15,6 +15,8 @@ from indexer.stores.types import HIDDEN_STATUSES
 #: Meta keys of the recorded modification times: ``source:<sha256>`` -> nanoseconds. Keyed
 #: by content, so a stale one (its document removed) can never describe another file.
 STAMP_PREFIX = "source:"
+
+T = TypeVar("T")
 
 
 class LocalSources:
@@ -63,6 +65,19 @@ class LocalSources:
     def source_stamps(self) -> dict[str, int]:
         rows = self._query("SELECT key, value FROM meta WHERE key LIKE ?", (STAMP_PREFIX + "%",))
         return {k[len(STAMP_PREFIX) :]: int(v) for k, v in rows if k.startswith(STAMP_PREFIX)}
+
+    def _without_hidden(self, run: Callable[[], T]) -> T:
+        """``run()`` (a search), again if the documents a sync holds hidden changed while it
+        ran: one that read them before a swap and searched after it would miss both
+        versions of the file (or, as a version is staged, see both)."""
+        before = self._hidden_documents()
+        out = run()
+        for _ in range(3):
+            now = self._hidden_documents()
+            if now == before:
+                break
+            before, out = now, run()
+        return out
 
     def _hidden_documents(self) -> list[int]:
         """Documents no search returns (a sync's staged or replaced versions)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -14,6 +14,9 @@ from indexer.stores.base import query_words, reciprocal_rank_fusion
 from indexer.stores.types import PageFilter
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
 
 
 class TextSearch:
@@ -34,6 +37,8 @@ class TextSearch:
         ) -> list[int]: ...
 
         def _hidden_documents(self) -> list[int]: ...
+
+        def _without_hidden(self, run: Callable[[], T]) -> T: ...
 
         def _visible_page_ids(
             self, documents: list[int] | None, first: int | None, last: int | None
@@ -57,6 +62,15 @@ class TextSearch:
         where: PageFilter | None = None,
     ) -> list[tuple[int, float]]:
         """BM25 over the pages' text layer (SQLite FTS5): ``[(page_id, score), ...]``."""
+        return self._without_hidden(lambda: self._search_text_once(query, k, page_ids, where))
+
+    def _search_text_once(
+        self,
+        query: str,
+        k: int,
+        page_ids: Iterable[int] | None,
+        where: PageFilter | None,
+    ) -> list[tuple[int, float]]:
         page_ids = self._filter_ids(page_ids, where)
         match = fts_query(query)
         if not match:
@@ -87,6 +101,16 @@ class TextSearch:
         where: PageFilter | None = None,
     ) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
         """Both rankings to ``depth``, fused by RRF here (Milvus fuses server-side)."""
+        return self._without_hidden(lambda: self._hybrid_once(query, text, k, depth, where))
+
+    def _hybrid_once(
+        self,
+        query: np.ndarray | None,
+        text: str,
+        k: int,
+        depth: int,
+        where: PageFilter | None,
+    ) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
         allowed = self._filter_ids(None, where)
         if allowed is not None and not allowed:
             return [], {}
