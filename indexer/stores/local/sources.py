@@ -18,6 +18,8 @@ STAMP_PREFIX = "source:"
 
 T = TypeVar("T")
 
+_HIDDEN_SQL = "(" + ", ".join(f"'{s}'" for s in HIDDEN_STATUSES) + ")"
+
 
 class LocalSources:
     """Mixin of :class:`~indexer.stores.local.collection.LocalCollection` (it relies on the
@@ -81,8 +83,9 @@ class LocalSources:
 
     def _hidden_documents(self) -> list[int]:
         """Documents no search returns (a sync's staged or replaced versions)."""
-        marks = ",".join("?" * len(HIDDEN_STATUSES))
-        rows = self._query(f"SELECT id FROM documents WHERE status IN ({marks})", HIDDEN_STATUSES)
+        # Literals, not parameters: SQLite uses the partial index (catalog migration 3) only
+        # when it can see that the query's condition is the index's.
+        rows = self._query(f"SELECT id FROM documents WHERE status IN {_HIDDEN_SQL} ORDER BY id")
         return [r[0] for r in rows]
 
     def _visible_page_ids(
