@@ -112,6 +112,34 @@ def test_four_changes_applied_and_prune(open_store, tmp_path):
     _mirror(store, docs)
 
 
+def test_unchanged_by_size_and_time_without_hashing(open_store, tmp_path, monkeypatch):
+    """Once a sync recorded each file's time, the next one hashes nothing (same size and
+    time); a file touched (new time, same bytes) is hashed, found unchanged, restamped."""
+    import indexer.sync.plan as plan_module
+
+    docs = _folder(tmp_path)
+    store = open_store()
+    Indexer(store, FakeEmbedder(), settings=SMALL).add([docs])  # no times recorded yet
+    hashed: list[Path] = []
+    real = plan_module.file_sha256
+    monkeypatch.setattr(plan_module, "file_sha256", lambda p: hashed.append(p) or real(p))
+    first = sync_folders(store, FakeEmbedder(), [docs], settings=SMALL)
+    assert first.unchanged == 4 and len(hashed) == 4  # compared by hash once
+    assert len(store.source_stamps()) == 4
+    hashed.clear()
+    assert sync_folders(store, FakeEmbedder(), [docs], settings=SMALL).unchanged == 4
+    assert hashed == []
+    touched = docs / "keep.pdf"
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    report = sync_folders(store, FakeEmbedder(), [docs], settings=SMALL)
+    assert report.unchanged == 4 and report.changed == []
+    assert hashed == [touched.resolve()]
+    hashed.clear()
+    sync_folders(store, FakeEmbedder(), [docs], settings=SMALL)
+    assert hashed == []
+
+
 def test_renamed_then_path_reused(open_store, tmp_path):
     """a.pdf renamed to b.pdf and a new a.pdf written: b keeps a's pages (a move), and only
     the new a.pdf is rendered and embedded (not a change of a plus a duplicate b)."""
@@ -155,6 +183,24 @@ def test_repair_leaves_a_staged_version_to_sync(open_store, tmp_path):
     sync_folders(store, FakeEmbedder(), [docs], settings=SMALL)
     assert [d.status for d in store.documents()] == ["ready"]
     assert len(store.search_text("newversion", 5)) == 1
+
+
+def test_copy_of_a_stored_file_is_named_not_stored(open_store, tmp_path):
+    """A collection stores a file's bytes once: a copy under a new path is a duplicate
+    (named in ``duplicates``, nothing rendered or embedded), not an add each sync."""
+    docs = _folder(tmp_path)
+    store = open_store()
+    Indexer(store, FakeEmbedder(), settings=SMALL).add([docs])
+    copy = docs / "copy-of-keep.pdf"
+    copy.write_bytes((docs / "keep.pdf").read_bytes())
+    embedder = FakeEmbedder()
+    for dry_run in (True, False):
+        report = sync_folders(store, embedder, [docs], dry_run=dry_run, settings=SMALL)
+        assert report.added == [] and report.unchanged == 4
+        assert report.duplicates == [
+            {"path": str(copy.resolve()), "stored_as": str((docs / "keep.pdf").resolve())}
+        ]
+    assert embedder.calls == [] and len(store.documents()) == 4
 
 
 def test_dry_run_changes_nothing(open_store, tmp_path):

@@ -33,7 +33,8 @@ def sync(
 ) -> None:
     """Make the collection mirror folders: index new files, re-index changed ones (the new
     version replaces the old at once), keep moved ones, list (--prune: remove) gone ones."""
-    from indexer.sync import sync_folders
+    from indexer.sync import plan_sync, sync_folders
+    from indexer.sync.plan import sync_folders_of
 
     opts = options(ctx)
     if watch and (dry_run or as_json):
@@ -46,11 +47,18 @@ def sync(
             once = make_sync_once(opts, prune=prune, on_report=_print_changes)
             watch_folders(opts, folders, prune=prune, sync_once=once)
             return
+        sync_folders_of(folders)  # a missing folder: a usage error before anything loads
         store = opts.read_store() if dry_run else opts.store()  # a dry run creates nothing
         if store is None:
             report = _plan_without_collection(folders)
         else:
-            embedder = None if dry_run else opts.embedder()
+            # The model loads only when pages are to be embedded: moves, removals and a
+            # folder already in step need none.
+            plan = None if dry_run else plan_sync(store, folders)
+            needs_model = plan is not None and bool(
+                plan.added or plan.changed or plan.resumed or store.stats().pending
+            )
+            embedder = opts.embedder() if needs_model else None
             report = sync_folders(
                 store,
                 embedder,
@@ -122,6 +130,9 @@ def _print_changes(report) -> None:
             f"{for_terminal(item.get('message') or '')}"
         )
     for item in report.duplicates:
-        say(f"skipped  {for_terminal(item['path'])}: same content as {item['stored_as']}")
+        say(
+            f"skipped  {for_terminal(item['path'])}: same content as "
+            f"{for_terminal(item['stored_as'])}"
+        )
     for message in report.errors:
         say(f"not done {for_terminal(message)}")

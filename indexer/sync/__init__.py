@@ -73,6 +73,7 @@ def sync_folders(
             missing=data["missing"],
             unchanged=plan.unchanged,
             dry_run=True,
+            duplicates=[{"path": str(f.path), "stored_as": d.path} for f, d in plan.duplicates],
         )
         report.seconds = time.perf_counter() - started
         return report

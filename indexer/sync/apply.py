@@ -45,6 +45,8 @@ def apply_plan(
             report.moved.append({"from": doc.path, "to": str(file.path)})
         for doc, file in plan.restamp:
             _stamp(store, doc.id, file, name=doc.name)
+        for file, doc in plan.duplicates:
+            report.duplicates.append({"path": str(file.path), "stored_as": doc.path})
         report.index = _index(store, embedder, plan, progress, settings, on_file, on_wait)
         results = {Path(r.path).resolve(): r for r in report.index.files}
         published: set[int] = set()
@@ -110,7 +112,7 @@ def _record_added(
         )
         return
     if result.status == "skipped":  # the same bytes are stored under another path
-        report.duplicates.append({"path": str(file.path), "stored_as": result.name or ""})
+        report.duplicates.append({"path": str(file.path), "stored_as": _stored_as(store, result)})
         return
     if result.status == "partial":
         report.partial.append(result.as_dict())
@@ -136,7 +138,7 @@ def _publish(
         return None
     if result.status == "skipped":  # the new bytes are stored already, under another path
         store.remove_document(old.id)
-        report.duplicates.append({"path": str(file.path), "stored_as": result.name or ""})
+        report.duplicates.append({"path": str(file.path), "stored_as": _stored_as(store, result)})
         report.changed.append(str(file.path))
         return None
     assert result.document_id is not None
@@ -157,6 +159,15 @@ def _publish(
     _stamp(store, new.id, file, name=new.name)
     report.changed.append(str(file.path))
     return new.id
+
+
+def _stored_as(store: Store, result: FileResult) -> str:
+    """The path under which a skipped file's bytes are stored (or the skip's message)."""
+    if result.document_id is not None:
+        doc = store.documents_by_id([result.document_id]).get(result.document_id)
+        if doc is not None:
+            return doc.path
+    return result.message or ""
 
 
 def _sweep_staged(store: Store, plan: SyncPlan, keep: set[int], report: SyncReport) -> None:

@@ -49,6 +49,9 @@ class SyncPlan:
     resumed: list[SourceFile] = field(default_factory=list)
     #: Hidden versions an interrupted sync left that no change needs: removed.
     leftovers: list[Document] = field(default_factory=list)
+    #: New paths whose bytes the collection holds already under another path (a file is
+    #: stored once): left as they are, and named.
+    duplicates: list[tuple[SourceFile, Document]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -112,7 +115,8 @@ def plan_sync(store: Store, folders: Iterable[str | os.PathLike[str]]) -> SyncPl
     files = _scan(roots)
     stamps = store.source_stamps()
     by_path: dict[Path, Document] = {}
-    for doc in store.documents():
+    everything = store.documents()
+    for doc in everything:
         if not inside(doc.path, roots):
             continue
         path = Path(doc.path)
@@ -146,7 +150,10 @@ def plan_sync(store: Store, folders: Iterable[str | os.PathLike[str]]) -> SyncPl
         # then replaced): that document moves, and the path's new file is added.
         replaced = [doc for _file, doc in plan.changed]
         twin = _moved_from(file, gone + replaced)
-        if twin is None:
+        same = None if twin is not None else _stored_elsewhere(file, everything)
+        if same is not None:
+            plan.duplicates.append((file, same))
+        elif twin is None:
             plan.added.append(file)
         elif twin in gone:
             gone.remove(twin)
@@ -164,6 +171,15 @@ def _moved_from(file: SourceFile, gone: list[Document]) -> Document | None:
     """The document whose file is gone and that holds this file's bytes (hashed only when
     one has its size)."""
     candidates = [d for d in gone if d.bytes == file.size]
+    if not candidates:
+        return None
+    sha = file_sha256(file.path)
+    return next((d for d in candidates if d.sha256 == sha), None)
+
+
+def _stored_elsewhere(file: SourceFile, documents: list[Document]) -> Document | None:
+    """A visible document holding this file's bytes (hashed only when one has its size)."""
+    candidates = [d for d in documents if d.bytes == file.size and not d.hidden]
     if not candidates:
         return None
     sha = file_sha256(file.path)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,9 @@ VECTORS_STATE = "vectors.state"
 #: Collections up to this many vectors use exact search; larger ones IVF-SQ8 + exact re-rank.
 #: Chosen from the benchmark (bench/): exact flat search stays under ~20 ms to here on 2 cores.
 APPROX_THRESHOLD = 50_000
+
+
+T = TypeVar("T")
 
 
 class FaissCache:
@@ -57,6 +60,8 @@ class FaissCache:
         def _filter_ids(
             self, page_ids: Iterable[int] | None, where: PageFilter | None
         ) -> list[int] | None: ...
+
+        def _without_hidden(self, run: Callable[[], T]) -> T: ...
 
     path: Path
     _db: sqlite3.Connection
@@ -312,6 +317,15 @@ class FaissCache:
         where: PageFilter | None = None,
     ) -> list[tuple[int, float]]:
         """Nearest pages to a unit query vector: ``[(page_id, cosine), ...]`` best first."""
+        return self._without_hidden(lambda: self._search_once(query, k, page_ids, where))
+
+    def _search_once(
+        self,
+        query: np.ndarray,
+        k: int,
+        page_ids: Iterable[int] | None,
+        where: PageFilter | None,
+    ) -> list[tuple[int, float]]:
         page_ids = self._filter_ids(page_ids, where)
         if page_ids is not None and not page_ids:
             return []

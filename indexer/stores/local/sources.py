@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from indexer.errors import DocumentNotFoundError
 from indexer.stores.types import HIDDEN_STATUSES
@@ -15,6 +15,10 @@ from indexer.stores.types import HIDDEN_STATUSES
 #: Meta keys of the recorded modification times: ``source:<sha256>`` -> nanoseconds. Keyed
 #: by content, so a stale one (its document removed) can never describe another file.
 STAMP_PREFIX = "source:"
+
+T = TypeVar("T")
+
+_HIDDEN_SQL = "(" + ", ".join(f"'{s}'" for s in HIDDEN_STATUSES) + ")"
 
 
 class LocalSources:
@@ -64,13 +68,45 @@ class LocalSources:
         rows = self._query("SELECT key, value FROM meta WHERE key LIKE ?", (STAMP_PREFIX + "%",))
         return {k[len(STAMP_PREFIX) :]: int(v) for k, v in rows if k.startswith(STAMP_PREFIX)}
 
+    def _without_hidden(self, run: Callable[[], T]) -> T:
+        """``run()`` (a search), again if the documents a sync holds hidden changed while it
+        ran: one that read them before a swap and searched after it would miss both
+        versions of the file (or, as a version is staged, see both)."""
+        before = self._hidden_documents()
+        out = run()
+        for _ in range(3):
+            now = self._hidden_documents()
+            if now == before:
+                break
+            before, out = now, run()
+        return out
+
     def _hidden_documents(self) -> list[int]:
         """Documents no search returns (a sync's staged or replaced versions)."""
-        marks = ",".join("?" * len(HIDDEN_STATUSES))
-        rows = self._query(f"SELECT id FROM documents WHERE status IN ({marks})", HIDDEN_STATUSES)
+        # Literals, not parameters: SQLite uses the partial index (catalog migration 3) only
+        # when it can see that the query's condition is the index's.
+        rows = self._query(f"SELECT id FROM documents WHERE status IN {_HIDDEN_SQL} ORDER BY id")
         return [r[0] for r in rows]
 
-    def _visible_documents(self) -> list[int]:
-        marks = ",".join("?" * len(HIDDEN_STATUSES))
-        sql = f"SELECT id FROM documents WHERE status NOT IN ({marks})"
-        return [r[0] for r in self._query(sql, HIDDEN_STATUSES)]
+    def _visible_page_ids(
+        self, documents: list[int] | None, first: int | None, last: int | None
+    ) -> list[int]:
+        """Pages of documents no sync holds hidden, within a filter, read in one statement
+        (a snapshot: a swap committed meanwhile is seen whole or not at all)."""
+        where = [f"d.status NOT IN ({','.join('?' * len(HIDDEN_STATUSES))})"]
+        args: list = list(HIDDEN_STATUSES)
+        if documents is not None:
+            where.append(f"p.document_id IN ({','.join('?' * len(documents)) or 'NULL'})")
+            args.extend(int(d) for d in documents)
+        if first is not None:
+            where.append("p.number >= ?")
+            args.append(first)
+        if last is not None:
+            where.append("p.number <= ?")
+            args.append(last)
+        sql = (
+            "SELECT p.id FROM pages p JOIN documents d ON d.id = p.document_id WHERE "
+            + " AND ".join(where)
+            + " ORDER BY p.id"
+        )
+        return [r[0] for r in self._query(sql, args)]

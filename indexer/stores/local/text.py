@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -14,6 +14,9 @@ from indexer.stores.base import query_words, reciprocal_rank_fusion
 from indexer.stores.types import PageFilter
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
 
 
 class TextSearch:
@@ -35,7 +38,11 @@ class TextSearch:
 
         def _hidden_documents(self) -> list[int]: ...
 
-        def _visible_documents(self) -> list[int]: ...
+        def _without_hidden(self, run: Callable[[], T]) -> T: ...
+
+        def _visible_page_ids(
+            self, documents: list[int] | None, first: int | None, last: int | None
+        ) -> list[int]: ...
 
         def search(
             self,
@@ -55,6 +62,15 @@ class TextSearch:
         where: PageFilter | None = None,
     ) -> list[tuple[int, float]]:
         """BM25 over the pages' text layer (SQLite FTS5): ``[(page_id, score), ...]``."""
+        return self._without_hidden(lambda: self._search_text_once(query, k, page_ids, where))
+
+    def _search_text_once(
+        self,
+        query: str,
+        k: int,
+        page_ids: Iterable[int] | None,
+        where: PageFilter | None,
+    ) -> list[tuple[int, float]]:
         page_ids = self._filter_ids(page_ids, where)
         match = fts_query(query)
         if not match:
@@ -85,6 +101,16 @@ class TextSearch:
         where: PageFilter | None = None,
     ) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
         """Both rankings to ``depth``, fused by RRF here (Milvus fuses server-side)."""
+        return self._without_hidden(lambda: self._hybrid_once(query, text, k, depth, where))
+
+    def _hybrid_once(
+        self,
+        query: np.ndarray | None,
+        text: str,
+        k: int,
+        depth: int,
+        where: PageFilter | None,
+    ) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
         allowed = self._filter_ids(None, where)
         if allowed is not None and not allowed:
             return [], {}
@@ -97,16 +123,15 @@ class TextSearch:
     ) -> list[int] | None:
         """A :class:`PageFilter` as the page ids it allows (SQLite filters by id sets);
         the pages of hidden documents (a sync's staged or replaced versions) never."""
-        hidden = set(self._hidden_documents())
+        hidden = self._hidden_documents()
         if (where is None or where.empty) and not hidden:
             return None if page_ids is None else [int(i) for i in page_ids]
         where = where or PageFilter()
         docs = list(where.documents) if where.documents is not None else None
-        if hidden:
-            docs = (
-                self._visible_documents() if docs is None else [d for d in docs if d not in hidden]
-            )
-        allowed = self.page_ids(documents=docs, first=where.first, last=where.last)
+        if hidden:  # one statement: a sync's swap is seen whole (one version, never none)
+            allowed = self._visible_page_ids(docs, where.first, where.last)
+        else:
+            allowed = self.page_ids(documents=docs, first=where.first, last=where.last)
         if page_ids is not None:
             keep = {int(i) for i in page_ids}
             allowed = [i for i in allowed if i in keep]

@@ -5,7 +5,7 @@ PageLens's ``[(page_id, score)]``."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,19 +85,34 @@ class MilvusSearch(MilvusSchema):
         """HNSW (IP = cosine on unit vectors) with the filter inside the search."""
         if not self._ensure_pages(create=False):
             return []
-        expr = expression(where, page_ids, True, self._hidden_documents())
-        res = self._call(
-            "searching",
-            self.client.search,
-            self.pages_name,
-            data=[np.asarray(query, np.float32).tolist()],
-            anns_field="vector",
-            limit=int(k),
-            filter=expr,
-            search_params=self._dense_params(k),
-            output_fields=["id"],
-        )
-        return _ranked(res)
+
+        def run(hidden: list[int]) -> Any:
+            return self._call(
+                "searching",
+                self.client.search,
+                self.pages_name,
+                data=[np.asarray(query, np.float32).tolist()],
+                anns_field="vector",
+                limit=int(k),
+                filter=expression(where, page_ids, True, hidden),
+                search_params=self._dense_params(k),
+                output_fields=["id"],
+            )
+
+        return _ranked(self._without_hidden(run))
+
+    def _without_hidden(self, run: Callable[[list[int]], Any]) -> Any:
+        """``run(hidden)``: a search leaving out the documents a sync holds hidden, run
+        again if they changed meanwhile (one planned before a sync's swap and run after it
+        would miss both versions of the file)."""
+        hidden = self._hidden_documents()
+        for _ in range(3):
+            out = run(hidden)
+            now = self._hidden_documents()
+            if now == hidden:
+                break
+            hidden = now
+        return out
 
     def search_text(
         self,
@@ -111,18 +126,21 @@ class MilvusSearch(MilvusSchema):
         words = query_words(query)
         if not words or not self._ensure_pages(create=False):
             return []
-        res = self._call(
-            "searching text",
-            self.client.search,
-            self.pages_name,
-            data=[text_terms(" ".join(words))],
-            anns_field="sparse",
-            limit=int(k),
-            filter=expression(where, page_ids, None, self._hidden_documents()),
-            search_params={"metric_type": "BM25"},
-            output_fields=["id"],
-        )
-        return _ranked(res, bm25=True)
+
+        def run(hidden: list[int]) -> Any:
+            return self._call(
+                "searching text",
+                self.client.search,
+                self.pages_name,
+                data=[text_terms(" ".join(words))],
+                anns_field="sparse",
+                limit=int(k),
+                filter=expression(where, page_ids, None, hidden),
+                search_params={"metric_type": "BM25"},
+                output_fields=["id"],
+            )
+
+        return _ranked(self._without_hidden(run), bm25=True)
 
     def search_hybrid(
         self,
@@ -146,34 +164,10 @@ class MilvusSearch(MilvusSchema):
             vis = self.search(query, depth, where=where) if query is not None else []
             txt = self.search_text(text, depth, where=where) if words else []
             return reciprocal_rank_fusion({"visual": vis, "text": txt}, k)
-        from pymilvus import AnnSearchRequest, RRFRanker
-
         q = np.asarray(query, np.float32)
-        hidden = self._hidden_documents()
-        dense = AnnSearchRequest(
-            data=[q.tolist()],
-            anns_field="vector",
-            param=self._dense_params(depth),
-            limit=int(depth),
-            expr=expression(where, None, True, hidden),
+        ranked = _ranked(
+            self._without_hidden(lambda hidden: self._hybrid(q, words, k, depth, where, hidden))
         )
-        sparse = AnnSearchRequest(
-            data=[text_terms(" ".join(words))],
-            anns_field="sparse",
-            param={"metric_type": "BM25"},
-            limit=int(depth),
-            expr=expression(where, None, None, hidden),
-        )
-        res = self._call(
-            "searching (hybrid)",
-            self.client.hybrid_search,
-            self.pages_name,
-            [dense, sparse],
-            RRFRanker(RRF_K),
-            limit=int(k),
-            output_fields=["id"],
-        )
-        ranked = _ranked(res)
         ids = [pid for pid, _ in ranked]
         vectors = self.vectors(ids)
         parts: dict[int, dict[str, float]] = {
@@ -188,3 +182,39 @@ class MilvusSearch(MilvusSchema):
                 if pid in wanted:
                     parts.setdefault(pid, {})["text"] = score
         return ranked, parts
+
+    def _hybrid(
+        self,
+        q: np.ndarray,
+        words: list[str],
+        k: int,
+        depth: int,
+        where: PageFilter | None,
+        hidden: list[int],
+    ) -> Any:
+        """One ``hybrid_search``: the dense and BM25 requests, fused by ``RRFRanker(RRF_K)``."""
+        from pymilvus import AnnSearchRequest, RRFRanker
+
+        dense = AnnSearchRequest(
+            data=[q.tolist()],
+            anns_field="vector",
+            param=self._dense_params(depth),
+            limit=int(depth),
+            expr=expression(where, None, True, hidden),
+        )
+        sparse = AnnSearchRequest(
+            data=[text_terms(" ".join(words))],
+            anns_field="sparse",
+            param={"metric_type": "BM25"},
+            limit=int(depth),
+            expr=expression(where, None, None, hidden),
+        )
+        return self._call(
+            "searching (hybrid)",
+            self.client.hybrid_search,
+            self.pages_name,
+            [dense, sparse],
+            RRFRanker(RRF_K),
+            limit=int(k),
+            output_fields=["id"],
+        )
