@@ -112,6 +112,51 @@ def test_four_changes_applied_and_prune(open_store, tmp_path):
     _mirror(store, docs)
 
 
+def test_renamed_then_path_reused(open_store, tmp_path):
+    """a.pdf renamed to b.pdf and a new a.pdf written: b keeps a's pages (a move), and only
+    the new a.pdf is rendered and embedded (not a change of a plus a duplicate b)."""
+    docs = tmp_path / "docs"
+    make_text_pdf(docs / "a.pdf", _pages("first", 2))
+    store = open_store()
+    Indexer(store, FakeEmbedder(), settings=SMALL).add([docs])
+    (old,) = store.documents()
+    os.rename(docs / "a.pdf", docs / "b.pdf")
+    make_text_pdf(docs / "a.pdf", _pages("second", 3))
+    embedder = FakeEmbedder()
+    report = sync_folders(store, embedder, [docs], settings=SMALL)
+    a, b = (str((docs / n).resolve()) for n in ("a.pdf", "b.pdf"))
+    assert report.moved == [{"from": a, "to": b}]
+    assert report.added == [a] and report.changed == [] and report.duplicates == []
+    assert _embedded_images(embedder) == 3
+    assert store.document(b).id == old.id
+    _mirror(store, docs)
+
+
+def test_repair_leaves_a_staged_version_to_sync(open_store, tmp_path):
+    """``check --repair`` finishes stuck documents by marking them ready; a staged version
+    (whole, an interrupted sync's) must stay hidden, or two versions would show."""
+    from indexer.maintenance.repair import repair
+
+    docs = tmp_path / "docs"
+    make_text_pdf(docs / "a.pdf", ["alpha oldversion"])
+    store = open_store()
+    Indexer(store, FakeEmbedder(), settings=SMALL).add([docs])
+    make_text_pdf(docs / "a.pdf", ["alpha newversion"])
+    store.replace_document = lambda old_id, new_id: (_ for _ in ()).throw(KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):  # stops right before the swap
+        sync_folders(store, FakeEmbedder(), [docs], settings=SMALL)
+    del store.replace_document
+    staged = [d for d in store.documents() if d.status == "staged"]
+    assert len(staged) == 1 and staged[0].pages_embedded == 1
+    report = repair(store, embedder=FakeEmbedder())
+    assert store.documents_by_id([staged[0].id])[staged[0].id].status == "staged"
+    assert "document-stuck" in {p.kind for p in report.problems}
+    assert store.search_text("newversion", 5) == []
+    sync_folders(store, FakeEmbedder(), [docs], settings=SMALL)
+    assert [d.status for d in store.documents()] == ["ready"]
+    assert len(store.search_text("newversion", 5)) == 1
+
+
 def test_dry_run_changes_nothing(open_store, tmp_path):
     docs = _folder(tmp_path)
     store = open_store()
@@ -308,3 +353,45 @@ def test_kill_9_during_sync_then_rerun(store_spec, open_store, tmp_path, point):
     hits = final.search_text("changev20", 10)
     assert [final.page(pid).document_id for pid, _ in hits] == [changed]
     assert final.search_text("change0", 10) == []  # the old version is gone
+
+
+def test_kill_9_of_the_cli_then_rerun(
+    store_spec, open_store, tmp_path, monkeypatch, tiny_model_dir, reuse_loaded_models
+):
+    """A real ``pagelens sync`` process (the tiny GME checkpoint) SIGKILLed once the first
+    file's pages are stored (the changed file's new version not yet), then the same command
+    again: the collection equals the folder, without duplicates."""
+    from app.cli import cli
+
+    monkeypatch.setenv("PAGELENS_COLLECTION", store_spec)
+    monkeypatch.setenv("PAGELENS_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("PAGELENS_IMAGE_TOKENS", "16")
+    docs = _folder(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["sync", str(docs)]).exit_code == 0
+    _four_changes(docs)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "sync", str(docs), "--prune"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("stored "):
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert seen and seen[-1].startswith("stored   new.pdf"), seen
+    again = runner.invoke(cli, ["sync", str(docs), "--prune", "--json"])
+    assert again.exit_code == 0, again.output
+    result = json.loads(again.stdout)
+    assert result["changed"] == [str((docs / "change.pdf").resolve())]
+    assert result["removed"] == [str((docs / "delete.pdf").resolve())]
+    _mirror(open_store(), docs)

@@ -59,6 +59,7 @@ def sync(
                 dry_run=dry_run,
                 progress=None if as_json else TerminalProgress(),
                 settings=None if dry_run else opts.render_settings(embedder),
+                on_file=_file_line,
                 on_wait=say,
             )
         if as_json:
@@ -71,6 +72,12 @@ def sync(
             fail("some changes are not finished; run the same command again to finish them")
 
     run_guarded(body)
+
+
+def _file_line(result) -> None:
+    """As each file's pages are stored (its vectors come after all files' pages)."""
+    if result.status in ("added", "resumed"):
+        say(f"stored   {for_terminal(result.name or result.path)} ({result.pages} pages)")
 
 
 def _plan_without_collection(folders: list[Path]):

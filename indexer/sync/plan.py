@@ -142,13 +142,21 @@ def plan_sync(store: Store, folders: Iterable[str | os.PathLike[str]]) -> SyncPl
             plan.unchanged += 1
             plan.restamp.append((recorded, file))
     for file in new:
-        twin = _moved_from(file, gone)
+        # A file's old bytes may have moved on while a new file took its path (renamed,
+        # then replaced): that document moves, and the path's new file is added.
+        replaced = [doc for _file, doc in plan.changed]
+        twin = _moved_from(file, gone + replaced)
         if twin is None:
             plan.added.append(file)
-        else:
+        elif twin in gone:
             gone.remove(twin)
             plan.moved.append((twin, file))
+        else:
+            at = next(i for i, (_f, doc) in enumerate(plan.changed) if doc is twin)
+            plan.added.append(plan.changed.pop(at)[0])
+            plan.moved.append((twin, file))
     plan.missing.extend(gone)
+    plan.added.sort(key=lambda f: f.path)
     return plan
 
 

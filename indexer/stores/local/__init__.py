@@ -3,7 +3,8 @@
 Modules: ``collection`` (:class:`LocalCollection`, the engine), ``catalog`` (schema,
 migrations, connections), ``faiss_cache`` (the FAISS file kept in step with the catalog),
 ``vector_index`` (:class:`VectorIndex`, the only module that imports faiss), ``text`` (FTS5
-and hybrid search), ``files`` (the folder's file names, write lock, disk failures) and
+and hybrid search), ``sources`` (source paths and times, a sync's atomic replace), ``files``
+(the folder's file names, write lock, disk failures) and
 ``check`` (what only a folder can suffer, for :mod:`indexer.maintenance`).
 
 May import: :mod:`indexer.errors`, :mod:`indexer.identity`, :mod:`indexer.stores.base` and

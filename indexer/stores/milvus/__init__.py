@@ -16,7 +16,9 @@ collections:
 ``NAME_documents``
     one row per document (the local catalog's columns).
 ``NAME_meta``
-    the collection's identity: model, dim, fingerprint, render settings, image store.
+    the collection's identity: model, dim, fingerprint, render settings, image store; the
+    placeholders of failed pages (``failed:<doc>:<page>``) and the modification times a
+    sync recorded (``source:<sha256>``, module ``sources``).
 
 Ids are deterministic: a document's id is the first 60 bits of its SHA-256, a page's id the
 first 60 bits of SHA-256 of ``"<document id>:<number>"``. Two processes indexing the same
@@ -27,7 +29,9 @@ processes on any number of machines may index into one collection at once.
 Visibility: an image is written (image store) before the page row that names it, and a
 page row carries its vector in the same upsert that sets ``embedded = true``; visual search
 filters on ``embedded == true``. So a page is found only once its row, image (and for visual
-search its vector) are all stored. All reads use Strong consistency.
+search its vector) are all stored. All reads use Strong consistency. Documents a sync holds
+hidden (status ``staged`` or ``replaced``) are left out of every search by the expression
+(``document_id not in [...]``); a changed file's swap is one upsert of both document rows.
 
 Every filter (documents, page range) becomes a Milvus boolean expression applied inside the
 search, never a post-filter of a top-k. Hybrid search is ``hybrid_search`` with
