@@ -134,10 +134,8 @@ class WatchedFolders:
                     present, self._sync_once, settle_s=self.settle_s, on_status=self._note
                 ).start()
             except (OSError, PageLensError) as exc:  # no observer could start: say why
-                for folder in present:
-                    self.states.setdefault(
-                        str(folder), FolderState()
-                    ).error = f"cannot watch: {exc}"
+                for path in present:
+                    self.states.setdefault(str(path), FolderState()).error = f"cannot watch: {exc}"
 
     def stop(self, timeout: float | None = 30.0) -> None:
         with self._lock:
