@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from indexer.maintenance.migrate import migrate
 from indexer.maintenance.repair import repair
 from indexer.model import FakeEmbedder
 from indexer.pages import RenderSettings, Word, decode_words, encode_words, render_page
@@ -257,8 +258,16 @@ def test_engines_store_the_same_words(tmp_path: Path, milvus_server) -> None:
         stored = local.page_words(local.pages()[4].id)
         rendered = render_page(CAMLIDL, 5).words
         assert stored is not None and [w.text for w in stored] == [w.text for w in rendered]
+        remote_ids = [p.id for p in remote.pages(with_text=False)]
         remote.remove_document("manual.pdf")
-        assert remote.page_words_many([p.id for p in local.pages()]) == {}
+        assert remote.page_words_many(remote_ids) == {}
+        # migrate carries the words across engines, both ways
+        migrate(local, remote)
+        assert _words_by_page(remote) == a
+        back = open_collection(str(tmp_path / "back"))
+        migrate(remote, back)
+        assert _words_by_page(back) == a
+        back.close()
     finally:
         remote.drop()
         remote.close()
