@@ -326,3 +326,27 @@ def test_old_collection_shows_no_words(tmp_path: Path) -> None:
     with store.writing():
         store.set_page_words(ids[0], [Word("x", (0.2, 0.2, 0.4, 0.6), 0)])
     assert store.page_words(ids[0]) == [Word("x", (0.2, 0.2, 0.4, 0.6), 0)]
+
+
+def test_slides_through_libreoffice(tmp_path: Path) -> None:
+    """A real slide deck (python-pptx's test file): its pages are LibreOffice's PDF, and the
+    words sit on the stored images of those pages."""
+    if shutil.which("soffice") is None:
+        pytest.skip("LibreOffice is not installed")
+    from indexer.pages.office import office_pdf
+
+    deck = tmp_path / "slides.pptx"
+    shutil.copy(DATA / "office" / "txt-text.pptx", deck)
+    pdf = office_pdf(deck, "pptx")
+    for number in (1, 2):
+        page_image = render_page(deck, number)
+        words = page_image.words
+        assert words and all(w.source == "text" for w in words)
+        with pymupdf.open(pdf) as doc:
+            page = doc[number - 1]
+            width, height = page_image.image.size
+            zoom = (width / page.rect.width, height / page.rect.height)
+            checked, missing, wrong = _compare(words, page, (width, height), zoom)
+        assert checked == len(words), missing
+        assert wrong == []
+        assert _inked(page_image.image, words) == []
