@@ -222,7 +222,7 @@ def test_encode_decode_round_trip_and_size() -> None:
     for a, b in zip(back, page.words, strict=True):
         assert max(abs(x - y) for x, y in zip(a.box, b.box, strict=True)) <= 0.5 / 65535 + 1e-9
     assert len(data) < 0.1 * len(encode_png(page.image))
-    assert len(data) < 12 * len(page.words)  # compact: about 10 bytes a word
+    assert len(data) < 16 * len(page.words)  # compact: about 12 bytes a word
     odd = [Word("naïve", (0.0, 0.4, 1.0, 1.0), 7, "ocr"), Word("", (0.2, 0.2, 0.6, 0.8), 0)]
     assert decode_words(encode_words(odd)) == odd  # multiples of 1/65535 are exact
     assert decode_words(encode_words([])) == []
