@@ -46,6 +46,7 @@ from bench.model_phases import run_model
 from bench.query_phase import run_queries_only
 from bench.report import summary, targets
 from bench.vectors import run_vectors
+from bench.words import measure_word_boxes
 
 
 @dataclass
@@ -161,6 +162,8 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
         "device": device_info(cfg.device),
     }
     with tempfile.TemporaryDirectory() as tmp:
+        corpus_pdf = Path(cfg.pdf) if cfg.pdf else default_pdf(cfg.pages, Path(tmp))
+        report["word_boxes"] = measure_word_boxes(corpus_pdf, cfg.pages, max(cfg.budgets))
         if not cfg.skip_model:
             dtypes = ["float32"]
             if cfg.device != "cpu" or native_bf16():
@@ -169,8 +172,7 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
             report["memory_bandwidth"] = memory_bandwidth(
                 64 if cfg.size == "tiny" else 512, device=cfg.device
             )
-            pdf = Path(cfg.pdf) if cfg.pdf else default_pdf(cfg.pages, Path(tmp))
-            images, texts, rendering = render(pdf, cfg.pages, max(cfg.budgets))
+            images, texts, rendering = render(corpus_pdf, cfg.pages, max(cfg.budgets))
             report["rendering"] = rendering
             if cfg.queries_only:
                 run_queries_only(cfg, report, texts)

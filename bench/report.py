@@ -7,7 +7,9 @@ from typing import Any
 
 
 def targets(report: dict) -> dict:
-    out: dict[str, Any] = {}
+    from bench.words import word_box_targets
+
+    out: dict[str, Any] = word_box_targets(report)
     phases = (report.get("model") or {}).get("phases", {})
     exact, base, int8 = phases.get("exact"), phases.get("baseline_float32"), phases.get("int8")
     if exact:
@@ -111,7 +113,7 @@ def summary(report: dict) -> str:
     vec = report.get("vectors")
     if vec:
         lines += _vector_lines(vec)
-    lines += _index_rss_lines(report) + _remote_lines(report)
+    lines += _index_rss_lines(report) + _remote_lines(report) + _word_box_lines(report)
     lines.extend("  " + line for line in summary_lines(report))
     lines += rerank_lines(report) + evidence_lines(report)
     for name, t in report.get("targets", {}).items():
@@ -230,4 +232,15 @@ def _remote_lines(report: dict) -> list[str]:
         f"transport {t['in_process_ms_per_page']} -> {t['remote_ms_per_page']} ms/page); "
         f"tiny GME via pagelens serve {g['in_process_s_per_page']} -> "
         f"{g['remote_s_per_page']} s/page, cos min {g['cosine_min']}"
+    ]
+
+
+def _word_box_lines(report: dict) -> list[str]:
+    wb = report.get("word_boxes")
+    if not wb or "bytes_per_page" not in wb:
+        return []
+    return [
+        f"  word boxes: {wb['words_per_page']} words, {wb['bytes_per_page']} B/page "
+        f"({100 * wb['ratio_to_png']:.2f}% of the PNG), {wb['ms_per_page']} ms/page "
+        f"(render {wb['render_ms_per_page']} ms, PNG {wb['png_encode_ms_per_page']} ms)"
     ]

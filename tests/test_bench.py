@@ -104,6 +104,13 @@ def test_bench_tiny_report(tmp_path):
         report["machine"]
     )
     assert set(report["matmul_peak"]) >= {"float32"}
+    words = report["word_boxes"]  # measured, on the corpus's real pages (at 128 tokens here:
+    # small PNGs, so the ratio is not the 1280-token goal's)
+    assert words["words_per_page"] > 50 and words["render_tokens"] == 128
+    ratio = words["bytes_per_page"] / words["png_bytes_per_page"]
+    assert words["ratio_to_png"] == pytest.approx(ratio, abs=1e-4)
+    assert words["share_basis"] == "render+png+embed" and words["ms_per_page"] > 0
+    assert report["targets"]["word_boxes_bytes<10%_png"]["met"] == (ratio < 0.1)
     phases = report["model"]["phases"]
     assert set(phases) == {"baseline_float32", "int8", "exact"}
     for phase in phases.values():

@@ -88,6 +88,13 @@ def _vectors(store: Collection) -> dict[tuple[str, int], np.ndarray]:
     return out
 
 
+def _words(store: Collection) -> dict:
+    docs = {d.id: d.name for d in store.documents()}
+    pages = store.pages(with_text=False)
+    words = store.page_words_many([p.id for p in pages])
+    return {(docs[p.document_id], p.number): words.get(p.id) for p in pages}
+
+
 def _assert_same_vectors(a: Collection, b: Collection) -> None:
     va, vb = _vectors(a), _vectors(b)
     assert va.keys() == vb.keys()
@@ -176,6 +183,9 @@ def test_same_vectors_as_in_process_and_rerun_adds_nothing(pool, reference, inpu
     assert report.pages_embedded == expected.pages_embedded == 13
     assert report.pending == 0
     _assert_same_vectors(ray_store, local_store)
+    # the render tasks hand each page's word boxes to the writer, as in-process
+    assert _words(ray_store) == _words(local_store)
+    assert sum(1 for w in _words(ray_store).values() if w) >= 11  # text pages (not scans)
     _assert_clean(ray_store, 14)
     identity = ray_store.model_identity()
     assert identity == local_store.model_identity() and identity.fingerprint

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from indexer.maintenance.migrate import migrate
 from indexer.maintenance.repair import repair
 from indexer.model import FakeEmbedder
 from indexer.pages import RenderSettings, Word, decode_words, encode_words, render_page
@@ -221,7 +222,7 @@ def test_encode_decode_round_trip_and_size() -> None:
     for a, b in zip(back, page.words, strict=True):
         assert max(abs(x - y) for x, y in zip(a.box, b.box, strict=True)) <= 0.5 / 65535 + 1e-9
     assert len(data) < 0.1 * len(encode_png(page.image))
-    assert len(data) < 12 * len(page.words)  # compact: about 10 bytes a word
+    assert len(data) < 16 * len(page.words)  # compact: about 12 bytes a word
     odd = [Word("naïve", (0.0, 0.4, 1.0, 1.0), 7, "ocr"), Word("", (0.2, 0.2, 0.6, 0.8), 0)]
     assert decode_words(encode_words(odd)) == odd  # multiples of 1/65535 are exact
     assert decode_words(encode_words([])) == []
@@ -257,8 +258,16 @@ def test_engines_store_the_same_words(tmp_path: Path, milvus_server) -> None:
         stored = local.page_words(local.pages()[4].id)
         rendered = render_page(CAMLIDL, 5).words
         assert stored is not None and [w.text for w in stored] == [w.text for w in rendered]
+        remote_ids = [p.id for p in remote.pages(with_text=False)]
         remote.remove_document("manual.pdf")
-        assert remote.page_words_many([p.id for p in local.pages()]) == {}
+        assert remote.page_words_many(remote_ids) == {}
+        # migrate carries the words across engines, both ways
+        migrate(local, remote)
+        assert _words_by_page(remote) == a
+        back = open_collection(str(tmp_path / "back"))
+        migrate(remote, back)
+        assert _words_by_page(back) == a
+        back.close()
     finally:
         remote.drop()
         remote.close()
@@ -317,3 +326,27 @@ def test_old_collection_shows_no_words(tmp_path: Path) -> None:
     with store.writing():
         store.set_page_words(ids[0], [Word("x", (0.2, 0.2, 0.4, 0.6), 0)])
     assert store.page_words(ids[0]) == [Word("x", (0.2, 0.2, 0.4, 0.6), 0)]
+
+
+def test_slides_through_libreoffice(tmp_path: Path) -> None:
+    """A real slide deck (python-pptx's test file): its pages are LibreOffice's PDF, and the
+    words sit on the stored images of those pages."""
+    if shutil.which("soffice") is None:
+        pytest.skip("LibreOffice is not installed")
+    from indexer.pages.office import office_pdf
+
+    deck = tmp_path / "slides.pptx"
+    shutil.copy(DATA / "office" / "txt-text.pptx", deck)
+    pdf = office_pdf(deck, "pptx")
+    for number in (1, 2):
+        page_image = render_page(deck, number)
+        words = page_image.words
+        assert words and all(w.source == "text" for w in words)
+        with pymupdf.open(pdf) as doc:
+            page = doc[number - 1]
+            width, height = page_image.image.size
+            zoom = (width / page.rect.width, height / page.rect.height)
+            checked, missing, wrong = _compare(words, page, (width, height), zoom)
+        assert checked == len(words), missing
+        assert wrong == []
+        assert _inked(page_image.image, words) == []

@@ -95,8 +95,11 @@ def render_pdf_page(
         # samples_mv reads MuPDF's buffer in place; .samples would first copy it (3 MiB).
         image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples_mv)
         del pix
-        text = normalize_text(page.get_text("text", sort=True, flags=TEXT_FLAGS))
-        text, words = _words_and_text(page, text, zoom, image.size, settings)
+        # One text extraction for the text layer and the words (MuPDF interprets the
+        # page's content once), then the words placed on the image.
+        textpage = page.get_textpage(flags=TEXT_FLAGS)
+        text = normalize_text(page.get_text("text", textpage=textpage, sort=True))
+        text, words = _words_and_text(page, textpage, text, zoom, image.size, settings)
     except DocumentError:
         raise
     except Exception as exc:
@@ -117,6 +120,7 @@ def render_pdf_page(
 
 def _words_and_text(
     page: pymupdf.Page,
+    textpage: Any,
     text: str,
     zoom: float,
     content: tuple[int, int],
@@ -126,7 +130,7 @@ def _words_and_text(
     image rendered at ``zoom`` into ``content`` pixels, padded as :func:`pad` pads it."""
     size = padded_size(content[0], content[1], settings)
     if text:
-        raw, source = mupdf_words(page), "text"
+        raw, source = mupdf_words(page, textpage), "text"
     elif settings.ocr:
         text, raw = ocr_pdf_page_words(page, settings)
         source = "ocr"
@@ -147,8 +151,9 @@ def document_page_words(
         zoom = _page_zoom(page, settings)
         box = (page.rect * pymupdf.Matrix(zoom, zoom)).irect
         content = (max(box.width, 1), max(box.height, 1))
-        text = normalize_text(page.get_text("text", sort=True, flags=TEXT_FLAGS))
-        _, words = _words_and_text(page, text, zoom, content, settings)
+        textpage = page.get_textpage(flags=TEXT_FLAGS)
+        text = normalize_text(page.get_text("text", textpage=textpage, sort=True))
+        _, words = _words_and_text(page, textpage, text, zoom, content, settings)
     except DocumentError:
         raise
     except Exception as exc:

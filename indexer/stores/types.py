@@ -155,7 +155,7 @@ def page_input_parts(
 ) -> tuple[int, str, Image.Image | EncodedImage, Sequence[Word] | None]:
     """(number, text, image, words or None) of a :data:`PageInput` of either length."""
     if len(item) == 4:
-        number, text, image, words = item  # type: ignore[misc]
+        number, text, image, words = item
         return int(number), text, image, words
     number, text, image = item[:3]
     return int(number), text, image, None
