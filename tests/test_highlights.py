@@ -291,13 +291,24 @@ def _query_words(page: pymupdf.Page, n: int = 4) -> list[str]:
     return out
 
 
+def _phrase(page: pymupdf.Page) -> str | None:
+    """Two adjacent plain words of one line (the first such pair PyMuPDF finds as a pair)."""
+    words = page.get_text("words")
+    for a, b in zip(words, words[1:], strict=False):
+        if (a[5], a[6]) != (b[5], b[6]) or not (a[4].isalpha() and b[4].isalpha()):
+            continue
+        if min(len(a[4]), len(b[4])) >= 4 and _true_boxes(page, f"{a[4]} {b[4]}"):
+            return f"{a[4]} {b[4]}"
+    return None
+
+
 def _check_against_truth(store, pdfs: list[Path]) -> dict:
     """Every highlight of every query overlaps a true position (IoU >= 0.5) and every true
     position is highlighted; returns the highlights seen, for comparing engines."""
     retriever = Retriever(None, store)
     visual = Retriever(FakeEmbedder(), store)
     seen: dict = {}
-    checked = 0
+    checked = phrases = 0
     for pdf in pdfs:
         with pymupdf.open(pdf) as doc:
             for number, page in enumerate(doc, start=1):
@@ -322,10 +333,19 @@ def _check_against_truth(store, pdfs: list[Path]) -> dict:
                     )
                     assert by_vector.highlights == hits[0].highlights  # visual hits too
                     checked += 1
+                phrase = _phrase(page)
+                if phrase:  # two adjacent words: one box where PyMuPDF finds the pair
+                    (hit,) = retriever.search(
+                        phrase, 5, mode="text", documents=[pdf.name], pages=str(number)
+                    )
+                    boxes = [h.box for h in hit.highlights if h.score == 1.0]
+                    for t in _true_boxes(page, phrase):
+                        assert max(_iou(box, t) for box in boxes) >= 0.5, (phrase, t, boxes)
+                    phrases += 1
                 absent = retriever.search("zyzzyvaquux " + word, 5, mode="text", pages=str(number))
                 for hit in absent:  # the absent word is boxed nowhere
                     assert all("zyzzyvaquux" not in h.text.lower() for h in hit.highlights)
-    assert checked >= 10
+    assert checked >= 10 and phrases >= 3
     return seen
 
 

@@ -73,6 +73,9 @@ class _Token:
 
 
 def _tokens(words: Sequence[PageWord]) -> list[_Token]:
+    """The page's words as text search reads them: a word ending in a hyphen at the end of
+    a line, followed by one starting in lower case on the next, is one word (``reten-`` +
+    ``tion``), as in the indexed text layer (MuPDF dehyphenates it: ``TEXT_DEHYPHENATE``)."""
     out: list[_Token] = []
     i = 0
     while i < len(words):
