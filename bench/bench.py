@@ -89,6 +89,7 @@ class BenchConfig:
     remote_tokens: int = 1280
     stores: int = 0
     store_queries: int = 100
+    highlights: int = 0
     threads: int | None = None
     peak_n: int = 4096
     around: int = 0
@@ -190,6 +191,10 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
         from bench.store_engines import run_stores
 
         report["stores"] = run_stores(cfg.stores, queries=cfg.store_queries)
+    if cfg.highlights:
+        from bench.highlights_phase import run_highlights
+
+        report["highlights"] = run_highlights(cfg.highlights)
     report["targets"] = targets(report)
     report["wall_s"] = rounded(time.time() - started, 1)
     out = (
@@ -353,6 +358,7 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("--store-queries", {"type": int, "default": 100}),
+    ("--highlights", {"type": int, "default": 0, "help": "K: what hits' highlights cost, k=K"}),
     ("--threads", {"type": int, "default": None}),
     ("--peak-n", {"type": int, "default": 4096}),
     (
@@ -451,6 +457,7 @@ def _config(a: argparse.Namespace, *, device: str, depth: tuple[int, int] | None
         remote_tokens=a.remote_tokens,
         stores=a.stores,
         store_queries=a.store_queries,
+        highlights=a.highlights,
         threads=a.threads,
         peak_n=a.peak_n,
         around=a.peak_around,

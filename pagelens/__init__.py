@@ -34,7 +34,7 @@ from indexer.pipeline import Indexer, IndexReport, ProgressFn
 from indexer.stores import Store, open_collection
 from indexer.stores.types import Document
 from retriever.ask import Answer, AnswerStream, LLMSettings, ask, ask_stream, check_page_count
-from retriever.export import to_markdown, to_openai_messages
+from retriever.export import ExportSettings, to_markdown, to_openai_messages
 from retriever.search import Hit, PageRange, Retriever
 
 PathLike = str | os.PathLike[str]
@@ -124,13 +124,15 @@ class PageLens:
         pages: PageRange | str | None = None,
         mode: str = "visual",
         rerank: int | None = None,
+        evidence: str = "text",
     ) -> list[Hit]:
         """The ``k`` best pages for a question, an image, or both (see :class:`Retriever`).
 
         ``mode``: ``visual`` (GME, the default), ``text`` (BM25 over the text layer; never
         loads the model) or ``hybrid``. ``documents`` and ``pages`` filter by document (name
         or id) and page range (``"3-7"``). ``rerank``: with a reranker, how many first-stage
-        pages it reads (default 20, at least ``k``; 0: off).
+        pages it reads (default 20, at least ``k``; 0: off). ``evidence``: ``text`` (each
+        hit's ``highlights``: the boxes of the query's words on its page) or ``none``.
         """
         if isinstance(image, os.PathLike):
             image = Path(image)
@@ -140,7 +142,14 @@ class PageLens:
             else self._model_retriever()
         )
         return retriever.search(
-            query, k, image=image, documents=documents, pages=pages, mode=mode, rerank=rerank
+            query,
+            k,
+            image=image,
+            documents=documents,
+            pages=pages,
+            mode=mode,
+            rerank=rerank,
+            evidence=evidence,
         )
 
     def _model_retriever(self) -> Retriever:
@@ -148,10 +157,15 @@ class PageLens:
             self._retriever = Retriever(self.embedder, self.store, reranker=self.reranker)
         return self._retriever
 
-    def prompt(self, query: str, hits: Sequence[Hit], *, format: str = "openai") -> Any:
-        """The hits as an LLM prompt: OpenAI ``messages`` (``"openai"``) or ``"markdown"``."""
+    def prompt(
+        self, query: str, hits: Sequence[Hit], *, format: str = "openai", draw_boxes: bool = False
+    ) -> Any:
+        """The hits as an LLM prompt: OpenAI ``messages`` (``"openai"``) or ``"markdown"``;
+        ``draw_boxes``: the messages' page images with the hits' highlights drawn."""
         if format == "openai":
-            return to_openai_messages(query, list(hits))
+            return to_openai_messages(
+                query, list(hits), settings=ExportSettings(draw_boxes=draw_boxes)
+            )
         if format == "markdown":
             return to_markdown(query, list(hits))
         raise ValueError(f"unknown prompt format {format!r}; use 'openai' or 'markdown'")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from indexer.errors import QueryError
-from retriever.evidence.highlights import Highlight, quote_highlights
+from retriever.evidence.highlights import Highlight, Stemmer, quote_highlights
 from retriever.export import to_openai_messages
 from retriever.llm import (
     DEFAULT_MODEL,
@@ -199,8 +199,9 @@ def answer_quotes(text: str) -> list[str]:
 def quote_boxes(hit: Hit, quotes: Sequence[str]) -> tuple[Highlight, ...]:
     """The boxes of every quote found on the hit's page (each box once)."""
     boxes: dict[tuple[float, ...], Highlight] = {}
+    stemmer = Stemmer()  # the page's words stemmed once for every quote
     for quote in quotes:
-        for hl in quote_highlights(hit.words, quote):
+        for hl in quote_highlights(hit.words, quote, stemmer=stemmer):
             boxes.setdefault(hl.box, hl)
     return tuple(boxes.values())
 

@@ -117,6 +117,23 @@ def page_filename(i: int, hit: Hit, settings: ExportSettings) -> str:
     return f"{i:02d}-{stem}-p{hit.page}.{ext}"
 
 
+def write_page_images(
+    hits: Sequence[Hit], folder: str | os.PathLike[str], settings: ExportSettings
+) -> list[str]:
+    """Each hit's image, encoded per ``settings`` (highlights drawn with ``draw_boxes``),
+    written into ``folder``; returns the paths relative to the folder's parent, for
+    :func:`to_markdown`'s ``image_links`` (a Markdown prompt beside its page images)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    links = []
+    for i, hit in enumerate(hits, start=1):
+        name = page_filename(i, hit, settings)
+        data, _ = encode_page(hit, settings)
+        (folder / name).write_bytes(data)
+        links.append(f"{folder.name}/{name}")
+    return links
+
+
 def to_zip(
     question: str,
     hits: Sequence[Hit],

@@ -37,7 +37,13 @@ from indexer.stores.base import (  # noqa: F401 (RRF_K, reciprocal_rank_fusion: 
     reciprocal_rank_fusion,
 )
 from retriever.evidence.cache import EvidenceCache
-from retriever.evidence.highlights import EVIDENCE, Highlight, PageWord, text_highlights
+from retriever.evidence.highlights import (
+    EVIDENCE,
+    Highlight,
+    PageWord,
+    Stemmer,
+    text_highlights,
+)
 from retriever.evidence.visual import VisualEvidence, VisualRegion, visual_evidence
 from retriever.rerank import rerank_hits, resolve_depth
 
@@ -420,10 +426,13 @@ def with_evidence(store: Store, hits: list[Hit], query: str, evidence: str = "te
     if evidence == "none" or not hits:
         return hits
     words = store.page_words_many([h.page_id for h in hits])
+    stemmer = Stemmer()  # every page's words stemmed in one round trip
+    if query:
+        stemmer.prime(w.text for page in words.values() for w in page)
     out = []
     for hit in hits:
         page_words = tuple(words.get(hit.page_id) or ())
-        found = tuple(text_highlights(page_words, query)) if query else ()
+        found = tuple(text_highlights(page_words, query, stemmer=stemmer)) if query else ()
         out.append(replace(hit, highlights=found, words=page_words))
     return out
 

@@ -100,9 +100,21 @@ def test_answer_and_checked_citations(store, llm_stub, stream):
     assert answer.text == ANSWER
     assert answer.model == "stub-vision-model"
     cites = [c.as_dict() for c in answer.citations]
-    assert cites[0] == {"document": "a.pdf", "page": 2, "image": hits[0].image, "sent": True}
+    assert cites[0] == {
+        "document": "a.pdf",
+        "page": 2,
+        "image": hits[0].image,
+        "sent": True,
+        "highlights": [],
+    }
     # [2] is the second page sent, whatever its name
-    assert cites[1] == {"document": "a.pdf", "page": 1, "image": hits[1].image, "sent": True}
+    assert cites[1] == {
+        "document": "a.pdf",
+        "page": 1,
+        "image": hits[1].image,
+        "sent": True,
+        "highlights": [],
+    }
     flagged = [c for c in answer.citations if not c.sent]
     assert [(c.document, c.page, c.image) for c in flagged] == [("nowhere.pdf", 9, None)]
     data = answer.as_dict()
@@ -240,9 +252,11 @@ def test_cli_ask_json(store, llm_stub):
         "page": 2,
         "image": data["hits"][0]["image"],
         "sent": True,
+        "highlights": [],
     }
     assert Path(data["citations"][0]["image"]).is_file()
-    assert {"document": "nowhere.pdf", "page": 9, "image": None, "sent": False} in data["citations"]
+    unsent = {"document": "nowhere.pdf", "page": 9, "image": None, "sent": False, "highlights": []}
+    assert unsent in data["citations"]
     assert len(data["hits"]) == 2 and len(llm_stub.last.images) == 2
     assert llm_stub.last.body["stream"] is False
 
@@ -275,7 +289,13 @@ def test_cli_ask_visual_default_with_the_model(
     data = json.loads(result.stdout)
     assert len(data["hits"]) == 3 and len(llm_stub.last.images) == 3
     assert data["citations"] == [
-        {"document": "v.pdf", "page": 1, "image": data["citations"][0]["image"], "sent": True}
+        {
+            "document": "v.pdf",
+            "page": 1,
+            "image": data["citations"][0]["image"],
+            "sent": True,
+            "highlights": [],
+        }
     ]
     assert data["citations"][0]["image"] == next(h["image"] for h in data["hits"] if h["page"] == 1)
 

@@ -69,6 +69,7 @@ def test_ask_answers_with_checked_citations(reports, llm_stub):
             "image": None,
             "sent": False,
             "page_id": None,
+            "highlights": [],
         }
         assert [h["page_id"] for h in data["hits"]][0] == first["page_id"]
         image = httpx.get(url + first["image"], headers=KEY)

@@ -191,7 +191,13 @@ def export(
     """Search, then write the question and pages as an LLM prompt."""
     import json
 
-    from retriever.export import ExportSettings, to_markdown, to_openai_messages, to_zip
+    from retriever.export import (
+        ExportSettings,
+        to_markdown,
+        to_openai_messages,
+        to_zip,
+        write_page_images,
+    )
 
     if fmt not in ("openai", "markdown", "zip"):
         fail(f"unknown format '{fmt}': use openai, markdown or zip", 2)
@@ -215,10 +221,17 @@ def export(
                 fail("a ZIP needs a file: -o bundle.zip", 2)
             to_zip(question, hits, output, settings=settings)
         else:
+            links = None
+            if fmt == "markdown" and boxes:
+                # the drawn images go beside the prompt (the stored ones stay untouched)
+                if str(output) == "-":
+                    fail("--boxes with markdown writes page images: -o prompt.md", 2)
+                folder = output.parent / f"{output.stem}_pages"
+                links = write_page_images(hits, folder, settings)
             text = (
                 json.dumps(to_openai_messages(question, hits, settings=settings), indent=1)
                 if fmt == "openai"
-                else to_markdown(question, hits)
+                else to_markdown(question, hits, image_links=links)
             )
             if str(output) == "-":
                 sys.stdout.write(text)

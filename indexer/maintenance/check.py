@@ -28,6 +28,10 @@ Problem kinds (stable, used in ``--json`` output):
 ``page-failed``          pages that failed to render when indexed (placeholders with the
                          reason; rendered again, and stored if they now render)
 
+``repair`` also records the word boxes of pages stored without them (collections made
+before word boxes; :mod:`indexer.maintenance.words`), from the source file when it still
+exists unchanged, noted as ``word-boxes``; a check does not count their absence as a problem.
+
 Nothing here deletes a document: when a document cannot be completed the problem stays,
 with the command that would fix it.
 

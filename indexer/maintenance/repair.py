@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from indexer.errors import PageLensError
 from indexer.maintenance.check import CheckReport, Scan, check, image_audit, scan_collection
+from indexer.maintenance.words import repair_words
 from indexer.model import Embedder
 from indexer.stores.base import StorageChecks, Store
 from indexer.stores.types import Document, Page
@@ -89,6 +90,7 @@ def repair(
                 count=len(scan.bad_vectors),
             )
         _repair_pages(store, scan, password, note)
+        repair_words(store, _render_settings(store), password, note)
         if isinstance(store, StorageChecks) and scan.findings is not None:
             done.extend(store.extra_repairs(scan.findings))
         _repair_pending(store, embedder, note)
@@ -143,12 +145,7 @@ def _still_orphan_rows(store: Store, scan: Scan) -> list[int]:
 
 def _repair_pages(store: Store, scan: Scan, password: str | None, note) -> None:
     """Re-render missing images; finish stuck documents; fix page counts."""
-    from indexer.pages import RenderSettings
-
-    stored = store.render_settings() or {}
-    settings = RenderSettings(
-        **{k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__}
-    )
+    settings = _render_settings(store)
     missing_by_doc: dict[int, list[Page]] = defaultdict(list)
     for page in scan.missing_images:
         if page.document_id in scan.docs:
@@ -165,6 +162,16 @@ def _repair_pages(store: Store, scan: Scan, password: str | None, note) -> None:
             note,
             may_drop=not scan.images_elsewhere,
         )
+
+
+def _render_settings(store: Store) -> RenderSettings:
+    """The render settings the collection was made with (the defaults where unrecorded)."""
+    from indexer.pages import RenderSettings
+
+    stored = store.render_settings() or {}
+    return RenderSettings(
+        **{k: v for k, v in stored.items() if k in RenderSettings.__dataclass_fields__}
+    )
 
 
 def _repair_document(

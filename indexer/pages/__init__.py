@@ -111,6 +111,7 @@ __all__ = [
     "RenderSettings",
     "Word",
     "decode_words",
+    "document_words",
     "encode_words",
     "extract_text",
     "file_sha256",
@@ -120,7 +121,6 @@ __all__ = [
     "normalize_text",
     "ocr_tessdata",
     "padded_size",
-    "page_words",
     "render_page",
     "render_pages",
 ]
@@ -241,33 +241,37 @@ def extract_text(
         return pdf_page_text(path, number, password, settings)
 
 
-def page_words(
+def document_words(
     path: str | os.PathLike[str],
-    number: int,
     *,
+    pages: Iterable[int] | None = None,
     password: str | None = None,
     settings: RenderSettings | None = None,
-) -> tuple[list[Word], tuple[int, int]]:
-    """The words of one page (1-based) placed on the image :func:`render_page` makes, and
-    that image's (width, height), without rasterising a MuPDF page (``check --repair`` of
-    collections made before word boxes). Image files have words only by OCR
-    (``settings.ocr``), which decodes the frame."""
+) -> Iterator[tuple[int, list[Word], tuple[int, int]]]:
+    """``(number, words, (width, height))`` of pages (1-based, default all): each page's
+    words placed on the image :func:`render_pages` makes, and that image's size, without
+    rasterising a MuPDF page (``check --repair`` of collections made before word boxes).
+    Image files have words only by OCR (``settings.ocr``), which decodes each frame."""
     path = Path(path)
     settings = settings or RenderSettings()
     if settings.ocr:
         ocr_tessdata(settings.ocr_language)
     kind = classify(path, settings)
     if kind == "image":
-        page = render_page(path, number, settings=settings)
-        return page.words, page.image.size
+        for page in render_pages(path, settings=settings, pages=pages):
+            yield page.number, page.words, page.image.size
+        return
     if kind == "pdf":
         doc = open_pdf(path, password)
     elif kind in OFFICE_KINDS:
         doc = open_office(path, kind)
     else:
         doc = open_paged(path, kind, settings)[0]
-    with quiet_mupdf():
-        return document_page_words(doc, path, number, settings)
+    try:
+        for number in check_numbers(path, pages, doc.page_count):
+            yield number, *document_page_words(doc, path, number, settings)
+    finally:
+        doc.close()
 
 
 def fit_image(

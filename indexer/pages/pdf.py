@@ -135,29 +135,29 @@ def _words_and_text(
     return text, layout_words(raw, zoom=zoom, content=content, size=size, source=source)
 
 
+@quiet_mupdf()
 def document_page_words(
     doc: Any, path: Path, number: int, settings: RenderSettings
 ) -> tuple[list[Word], tuple[int, int]]:
     """The words of page ``number`` of an open MuPDF document, placed on the image
-    :func:`render_pdf_page` would make, and that image's size, without rendering it
-    (``check --repair`` of collections made before word boxes); closes ``doc``."""
+    :func:`render_pdf_page` would make, and that image's size, without rasterising it
+    (``check --repair`` of collections made before word boxes)."""
     try:
-        check_number(path, number, doc.page_count)
-        try:
-            page = doc.load_page(number - 1)
-            zoom = _page_zoom(page, settings)
-            box = (page.rect * pymupdf.Matrix(zoom, zoom)).irect
-            content = (max(box.width, 1), max(box.height, 1))
-            text = normalize_text(page.get_text("text", sort=True, flags=TEXT_FLAGS))
-            _, words = _words_and_text(page, text, zoom, content, settings)
-        except Exception as exc:
-            raise PageRenderError(
-                path, number, f"{path}: words of page {number} could not be read ({exc})"
-            ) from None
-        return words, padded_size(content[0], content[1], settings)
+        page = doc.load_page(number - 1)
+        zoom = _page_zoom(page, settings)
+        box = (page.rect * pymupdf.Matrix(zoom, zoom)).irect
+        content = (max(box.width, 1), max(box.height, 1))
+        text = normalize_text(page.get_text("text", sort=True, flags=TEXT_FLAGS))
+        _, words = _words_and_text(page, text, zoom, content, settings)
+    except DocumentError:
+        raise
+    except Exception as exc:
+        raise PageRenderError(
+            path, number, f"{path}: words of page {number} could not be read ({exc})"
+        ) from None
     finally:
-        doc.close()
         drain_mupdf_warnings(path)
+    return words, padded_size(content[0], content[1], settings)
 
 
 def pdf_info(path: Path, password: str | None) -> tuple[int, str | None, bool]:

@@ -59,7 +59,7 @@ def encode_words(words: Sequence[Word]) -> bytes:
     n = len(words)
     boxes = np.array([w.box for w in words], dtype=np.float64).reshape(n, 4)
     quantised = np.rint(np.clip(boxes, 0.0, 1.0) * _Q).astype("<u2")
-    lines = np.array([w.line for w in words], dtype="<u4")
+    lines = np.array([w.line for w in words], dtype=np.int64)
     sources = np.array([_SOURCES.index(w.source) for w in words], dtype="u1")
     texts = [w.text.encode("utf-8") for w in words]
     lengths = np.array([len(t) for t in texts], dtype="<u4")
@@ -67,7 +67,7 @@ def encode_words(words: Sequence[Word]) -> bytes:
         [
             struct.pack("<I", n),
             quantised.tobytes(),
-            np.diff(lines, prepend=np.uint32(0)).astype("<u4").tobytes(),
+            np.diff(lines, prepend=0).astype("<i4").tobytes(),  # mostly 0 and 1: zlib food
             sources.tobytes(),
             lengths.tobytes(),
             b"".join(texts),
@@ -86,7 +86,7 @@ def decode_words(data: bytes) -> list[Word]:
         at = 4
         boxes = np.frombuffer(body, "<u2", n * 4, at).reshape(n, 4) / _Q
         at += n * 8
-        lines = np.cumsum(np.frombuffer(body, "<u4", n, at), dtype=np.uint64)
+        lines = np.cumsum(np.frombuffer(body, "<i4", n, at), dtype=np.int64)
         at += n * 4
         sources = np.frombuffer(body, "u1", n, at)
         at += n

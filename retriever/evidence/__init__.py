@@ -18,8 +18,16 @@ from retriever.evidence.draw import draw_highlights
 from retriever.evidence.highlights import (
     EVIDENCE,
     Highlight,
+    Stemmer,
     quote_highlights,
     text_highlights,
 )
 
-__all__ = ["EVIDENCE", "Highlight", "draw_highlights", "quote_highlights", "text_highlights"]
+__all__ = [
+    "EVIDENCE",
+    "Highlight",
+    "Stemmer",
+    "draw_highlights",
+    "quote_highlights",
+    "text_highlights",
+]

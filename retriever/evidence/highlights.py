@@ -14,7 +14,8 @@ a quote's boxes score ``1.0``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,6 +73,9 @@ class _Token:
 
 
 def _tokens(words: Sequence[PageWord]) -> list[_Token]:
+    """The page's words as text search reads them: a word ending in a hyphen at the end of
+    a line, followed by one starting in lower case on the next, is one word (``reten-`` +
+    ``tion``), as in the indexed text layer (MuPDF dehyphenates it: ``TEXT_DEHYPHENATE``)."""
     out: list[_Token] = []
     i = 0
     while i < len(words):
@@ -94,11 +98,34 @@ def _tokens(words: Sequence[PageWord]) -> list[_Token]:
     return out
 
 
-def _terms_by_token(tokens: Sequence[_Token]) -> list[list[str]]:
-    """Each token's terms, stemming each distinct string once (pages repeat words)."""
-    distinct = list(dict.fromkeys(t.text for t in tokens))
-    terms = dict(zip(distinct, word_terms(distinct), strict=True))
-    return [terms[t.text] for t in tokens]
+class Stemmer:
+    """Text search's terms of word strings, each distinct string stemmed once and kept: the
+    words of 50 hits' pages (or one page read for several quotes) cost one FTS5 round trip
+    (:meth:`prime`), not one per page. NFKC first, as the indexed text layer is
+    (:func:`indexer.pages.normalize_text`): a page's ``ﬁ`` ligature is the ``fi`` people type.
+    """
+
+    def __init__(self) -> None:
+        self._terms: dict[str, list[str]] = {}
+
+    def prime(self, texts: Iterable[str]) -> None:
+        """Stem every string of ``texts`` not seen yet, in one call."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._terms]
+        if new:
+            folded = [unicodedata.normalize("NFKC", text) for text in new]
+            self._terms.update(zip(new, word_terms(folded), strict=True))
+
+    def terms(self, text: str) -> list[str]:
+        if text not in self._terms:
+            self.prime([text])
+        return self._terms[text]
+
+
+def _terms_by_token(tokens: Sequence[_Token], stemmer: Stemmer | None) -> list[list[str]]:
+    """Each token's terms (through ``stemmer``'s cache when given)."""
+    stemmer = stemmer or Stemmer()
+    stemmer.prime(t.text for t in tokens)
+    return [stemmer.terms(t.text) for t in tokens]
 
 
 def _boxes_by_line(
@@ -125,24 +152,28 @@ def _boxes_by_line(
     return out
 
 
-def text_highlights(words: Sequence[PageWord] | None, query: str) -> list[Highlight]:
+def text_highlights(
+    words: Sequence[PageWord] | None, query: str, *, stemmer: Stemmer | None = None
+) -> list[Highlight]:
     """The boxes of ``query``'s words on a page whose words are ``words``, in page order.
 
-    Every occurrence is boxed; consecutive matching words are one run (a phrase), boxed
-    once per line it spans, each box scored by the share of the query's terms the whole run
+    Every occurrence is boxed; consecutive words matching different query terms are one run
+    (a phrase), boxed once per line it spans (a word repeated, ``SHALL, SHALL``, is boxed
+    once per occurrence), each box scored by the share of the query's terms the whole run
     covers; words of the query absent from the page give nothing, and so does a page with
     no words (``None``: not known, e.g. a page stored before words were kept).
+    ``stemmer``: a :class:`Stemmer` shared by the pages of one search.
     """
-    wanted = set(word_terms([query or ""])[0])
+    wanted = set(word_terms([unicodedata.normalize("NFKC", query or "")])[0])
     if not words or not wanted:
         return []
     tokens = _tokens(words)
     out: list[Highlight] = []
     run: list[int] = []
     covered: set[str] = set()
-    for token, terms in [*zip(tokens, _terms_by_token(tokens), strict=True), (None, [])]:
+    for token, terms in [*zip(tokens, _terms_by_token(tokens, stemmer), strict=True), (None, [])]:
         hit = wanted.intersection(terms)
-        if run and not hit:
+        if run and (not hit or hit <= covered):  # a repeated word starts its own box
             out += _boxes_by_line(words, run, len(covered) / len(wanted))
             run, covered = [], set()
         if token is not None and hit:
@@ -151,16 +182,18 @@ def text_highlights(words: Sequence[PageWord] | None, query: str) -> list[Highli
     return out
 
 
-def quote_highlights(words: Sequence[PageWord] | None, quote: str) -> list[Highlight]:
+def quote_highlights(
+    words: Sequence[PageWord] | None, quote: str, *, stemmer: Stemmer | None = None
+) -> list[Highlight]:
     """The boxes of a quoted passage on a page: every place where the quote's terms appear
     on the page in the same order, nothing between them (line breaks and words hyphenated
     across lines are read through); one box per line of each place, score ``1.0``."""
-    wanted = word_terms([quote or ""])[0]
+    wanted = word_terms([unicodedata.normalize("NFKC", quote or "")])[0]
     if not words or not wanted:
         return []
     tokens = _tokens(words)
     seq: list[tuple[str, int]] = []  # the page's terms in order, each with its token
-    for n, terms in enumerate(_terms_by_token(tokens)):
+    for n, terms in enumerate(_terms_by_token(tokens, stemmer)):
         seq.extend((term, n) for term in terms)
     out: list[Highlight] = []
     size, start = len(wanted), 0
