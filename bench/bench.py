@@ -21,6 +21,8 @@ G. ``index --ray`` throughput with 1 and 2 embedding actors on a local Ray insta
    same pages in-process (bench/ray_bench.py; ``--ray-actors ''`` skips it).
 H. (optional, ``--rerank-pages N``) seconds per reranked page: the full-size Qwen3-VL
    reranker, random weights, N real pages and their text layers (bench/rerank_phase.py).
+I. (optional, ``--evidence-pages N``) seconds per page of visual evidence: GME of --size,
+   N real pages cut into the default regions (bench/evidence_phase.py).
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class BenchConfig:
     ray_tokens: int = 256
     ray_size: str = "tiny"
     rerank_pages: int = 0
+    evidence_pages: int = 0
 
 
 def run_rss_index(cfg: BenchConfig, report: dict) -> None:
@@ -181,6 +184,10 @@ def run(cfg: BenchConfig) -> tuple[dict, Path]:
             from bench.rerank_phase import run_rerank
 
             run_rerank(cfg, report, Path(tmp))
+        if cfg.evidence_pages:
+            from bench.evidence_phase import run_evidence
+
+            run_evidence(cfg, report, Path(tmp))
     if not cfg.skip_vectors and cfg.vectors:
         run_vectors(cfg, report)
     if cfg.rss_pages:
@@ -406,6 +413,7 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "random weights, on --device (0: skipped)",
         },
     ),
+    ("--evidence-pages", {"type": int, "default": 0, "help": "visual evidence s/page, N pages"}),
     ("--out", {"default": None}),
 ]
 
@@ -468,6 +476,7 @@ def _config(a: argparse.Namespace, *, device: str, depth: tuple[int, int] | None
         ray_tokens=a.ray_tokens,
         ray_size=a.ray_size,
         rerank_pages=a.rerank_pages,
+        evidence_pages=a.evidence_pages,
         label=a.label,
         out=a.out,
     )

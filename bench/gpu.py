@@ -13,8 +13,8 @@ real model), and measures on that one card:
 * reranking cost per page: the full-size Qwen3-VL-Reranker-2B architecture, random weights,
   bf16, on the kit's pages and their text layers (bench/gpu_rerank.py; ``"absent"`` with the
   reason where qwen_vl_utils is neither installed nor carried by the kit);
-* region-evidence cost per page, once that stage exists (reported as absent until then, so
-  the JSON's shape does not change when it lands).
+* visual evidence ("where on this page?") per page on the default path: PageLens's own
+  regions, crop budget and one call per page (bench/gpu_evidence.py).
 
 Each phase has a time cap (``--phase-seconds``) and the whole run a budget
 (``--budget-seconds``): a slow phase ends early with the pages it measured, marked
@@ -58,9 +58,7 @@ QUERIES = (
     "the license of this software",
 )
 #: Stages of later issues: reported as absent until they exist, so the report keeps its shape.
-LATER_STAGES = {
-    "region_evidence": "no region evidence in this version",
-}
+LATER_STAGES: dict[str, str] = {}
 GOAL_PAGES_PER_S = 40.0
 GOAL_SPEEDUP = 3.0
 
@@ -334,6 +332,24 @@ def _phase(report: dict[str, Any], name: str, run: Callable[[], Any]) -> Any:
         report.setdefault("phase_seconds", {})[name] = round(time.perf_counter() - started, 1)
 
 
+def evidence_phase(
+    report: dict[str, Any], emb: Any, images: list, clock: Clock, args: argparse.Namespace
+) -> None:
+    """Visual evidence's seconds per page on the default path (bench/gpu_evidence.py)."""
+    from bench.gpu_evidence import time_evidence
+
+    device = str(emb.device)
+    stats = time_evidence(
+        emb,
+        images[: args.evidence_pages],
+        deadline=clock.phase_deadline(),
+        sync=lambda: _sync(device),
+        progress=lambda done, total, started: progress("region evidence", done, total, started),
+    )
+    report["phases"]["region_evidence"] = {"dtype": str(emb.dtype), **stats}
+    log(f"region evidence: {stats['s_per_page']} s/page ({stats['status']})")
+
+
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     """Pages/s of the default path, its speed-up over the recipe, and the issue's goals."""
     recipe = report["phases"].get("pages_recipe_fp32", {}).get("budgets", {})
@@ -406,6 +422,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "query_text",
             lambda: report["phases"].update(query_text=query_phase(emb, clock, args.queries)),
         )
+        _phase(report, "region_evidence", lambda: evidence_phase(report, emb, images, clock, args))
     emb = None  # one full model on the card at a time
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -430,6 +447,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=40, help="text queries timed")
     p.add_argument("--rerank-pages", type=int, default=32, help="pages reranked")
     p.add_argument("--rerank-batch", type=int, default=8, help="pages per rerank call")
+    p.add_argument("--evidence-pages", type=int, default=8, help="pages of visual evidence")
     p.add_argument("--phase-seconds", type=float, default=150.0, help="cap per phase")
     p.add_argument("--budget-seconds", type=float, default=390.0, help="cap for the run")
     p.add_argument("--dry-run", action="store_true", help="tiny model on the CPU, seconds")
@@ -438,6 +456,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.pages, args.recipe_pages = min(args.pages, 4), min(args.recipe_pages, 1)
         args.batch, args.queries = min(args.batch, 2), min(args.queries, 3)
         args.rerank_pages, args.rerank_batch = min(args.rerank_pages, 4), min(args.rerank_batch, 2)
+        args.evidence_pages = min(args.evidence_pages, 2)
     return args
 
 

@@ -97,6 +97,7 @@ def _query_weight_targets(qw: dict, phases: dict) -> dict[str, Any]:
 
 
 def summary(report: dict) -> str:
+    from bench.evidence_phase import summary_lines as evidence_lines
     from bench.ray_bench import summary_lines
     from bench.rerank_phase import summary_lines as rerank_lines
 
@@ -112,7 +113,7 @@ def summary(report: dict) -> str:
         lines += _vector_lines(vec)
     lines += _index_rss_lines(report) + _remote_lines(report)
     lines.extend("  " + line for line in summary_lines(report))
-    lines += rerank_lines(report)
+    lines += rerank_lines(report) + evidence_lines(report)
     for name, t in report.get("targets", {}).items():
         lines.append(f"  target {name}: {'MET' if t['met'] else 'not met'} ({t['value']})")
     return "\n".join(lines)

@@ -80,7 +80,10 @@ def test_dry_run_measures_every_phase_with_only_gpu_machine_packages(tmp_path):
     assert rerank["status"] == "ok" and rerank["pages"] == 4 and rerank["batch_size"] == 2
     assert rerank["s_per_page"] > 0 and rerank["dtype"] == "float32"
     assert "/4 pages" in result.stderr.split("phase rerank")[1]
-    assert phases["region_evidence"]["status"] == "absent"
+    evidence = phases["region_evidence"]
+    assert evidence["status"] == "ok" and evidence["pages"] == 2 and evidence["s_per_page"] > 0
+    assert evidence["regions_per_page"] == 13 and evidence["max_image_tokens"] == 256
+    assert "region evidence: 2/2 pages" in result.stderr
     # both paths ran the same weights in float32 here: the same vectors
     assert min(report["cosine_default_vs_recipe_min"].values()) > 0.999
     summary = report["summary"]

@@ -116,14 +116,16 @@ def regions(
         raise ValueError(f"a page needs a positive size, got {width}x{height}")
     boxes: list[Box] = []
     for cols, rows in checked:
-        cw, ch = width / cols, height / rows
+        xs = [round(c * width / cols) for c in range(cols + 1)]  # edges: a partition
+        ys = [round(r * height / rows) for r in range(rows + 1)]
+        mx = math.ceil(overlap / 2 * width / cols)  # then each side grown by this margin
+        my = math.ceil(overlap / 2 * height / rows)
         for r in range(rows):
             for c in range(cols):
-                x0 = max(0, math.floor((c - overlap / 2) * cw))
-                y0 = max(0, math.floor((r - overlap / 2) * ch))
-                x1 = min(width, math.ceil((c + 1 + overlap / 2) * cw))
-                y1 = min(height, math.ceil((r + 1 + overlap / 2) * ch))
-                x0, y0 = min(x0, width - 1), min(y0, height - 1)
+                x0 = min(max(0, xs[c] - mx), width - 1)
+                y0 = min(max(0, ys[r] - my), height - 1)
+                x1 = min(width, xs[c + 1] + mx)
+                y1 = min(height, ys[r + 1] + my)
                 boxes.append((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
     return boxes
 
