@@ -21,8 +21,7 @@ G. ``index --ray`` throughput with 1 and 2 embedding actors on a local Ray insta
    same pages in-process (bench/ray_bench.py; ``--ray-actors ''`` skips it).
 H. (optional, ``--rerank-pages N``) seconds per reranked page: the full-size Qwen3-VL
    reranker, random weights, N real pages and their text layers (bench/rerank_phase.py).
-I. (optional, ``--evidence-pages N``) seconds per page of visual evidence: GME of --size,
-   N real pages cut into the default regions (bench/evidence_phase.py).
+I. (optional, ``--evidence-pages N``) s/page of visual evidence, N pages (evidence_phase.py).
 """
 
 from __future__ import annotations

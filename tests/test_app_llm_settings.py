@@ -170,3 +170,11 @@ def test_the_environment_key_stays_with_its_url(indexed, llm_stub):
         assert llm_stub.last.headers["authorization"] == "Bearer sk-test-key"
     finally:
         other.stop()
+
+
+def test_a_url_with_a_password_is_never_shown(indexed, monkeypatch):
+    monkeypatch.setenv("PAGELENS_LLM_URL", "http://me:pw-in-the-url@127.0.0.1:9/v1")
+    at = searched()
+    assert at.text_input(key="llm_url_input").value == ""
+    assert "pw-in-the-url" not in shown(at)
+    assert "127.0.0.1:9" in texts(at.caption)  # where the pages would go, without the password

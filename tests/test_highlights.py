@@ -406,7 +406,8 @@ def test_search_json_carries_highlights(store_spec, make_pdf):
     none = search("--json", "--evidence", "none")
     assert json.loads(none.stdout)["hits"][0]["highlights"] == []
     visual = search("--evidence", "visual")
-    assert visual.exit_code == 2 and "not available" in visual.output
+    # merged with visual evidence: refused with text mode (the model scores the regions)
+    assert visual.exit_code == 2 and "drop --mode text" in visual.output
     assert search("--evidence", "bogus").exit_code == 2
 
 
@@ -432,7 +433,8 @@ def test_api_search_highlights_and_evidence(make_pdf):
         assert by_page[2] == hit["highlights"] and by_page[1] == by_page[3] == []
         assert search(evidence="none").json()["hits"][0]["highlights"] == []
         refused = search(evidence="visual")
-        assert refused.status_code == 400 and "not available" in refused.text
+        # merged with visual evidence: refused with text mode (the model scores the regions)
+        assert refused.status_code == 400 and "needs the model" in refused.text
         assert refused.json()["error"]["param"] == "evidence"
         assert search(evidence="bogus").status_code in (400, 422)
 

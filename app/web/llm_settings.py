@@ -11,6 +11,8 @@ button does.
 
 from __future__ import annotations
 
+import urllib.parse
+
 import streamlit as st
 
 from indexer.errors import PageLensError
@@ -77,7 +79,7 @@ def llm_settings_form(settings: LLMSettings) -> None:
     """The settings, in an expander (open while no LLM is chosen): endpoint, model, key,
     then "Forget key" and "Use the defaults"."""
     ss = st.session_state
-    ss.setdefault(URL_INPUT, settings.url or "")
+    ss.setdefault(URL_INPUT, _shown_url(settings))
     ss.setdefault(MODEL_INPUT, settings.model)
     with st.expander("LLM settings", expanded=not settings.configured, icon=":material/tune:"):
         with st.form("llm-settings", border=False):
@@ -111,6 +113,14 @@ def llm_settings_form(settings: LLMSettings) -> None:
             icon=":material/key_off:",
         )
         right.button("Use the defaults", key="llm-defaults", on_click=_use_defaults)
+
+
+def _shown_url(settings: LLMSettings) -> str:
+    """The URL to prefill: not one with a password in it (the field stays empty, which
+    keeps the configured URL, and the panel names its host)."""
+    url = settings.url or ""
+    parts = urllib.parse.urlsplit(url)
+    return "" if parts.username or parts.password else url
 
 
 def _key_origin(settings: LLMSettings) -> str:
