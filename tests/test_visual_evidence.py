@@ -385,3 +385,14 @@ def test_where_on_page_for_the_app(make_pdf, tmp_path):
     with pytest.raises(QueryError, match="needs the model"):
         Retriever(None, store).search("churn", mode="text", evidence="visual")
     store.close()
+
+
+def test_an_unwritable_cache_folder_still_serves_from_memory(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    cache = EvidenceCache(folder=blocker / "evidence")
+    embedder = ColourEmbedder()
+    page, red = quadrant_page(60, 60), np.eye(4, dtype=np.float32)[0]
+    visual_evidence(embedder, page, red, cache=cache)
+    assert visual_evidence(embedder, page, red, cache=cache).cached
+    assert len(embedder.calls) == 1 and blocker.read_text().startswith("a file")
