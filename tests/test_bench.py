@@ -212,6 +212,28 @@ def test_rerank_phase_reports_seconds_per_page(tmp_path):
     json.dumps(report)
 
 
+def test_evidence_phase_reports_seconds_per_page(tmp_path):
+    """Phase I (``--evidence-pages N``): the tiny random GME here (full size in the real run)
+    cuts N pages of the test PDF into the default regions, one call per page."""
+    from bench.bench import BenchConfig, parse_args
+    from bench.evidence_phase import run_evidence, summary_lines
+
+    assert parse_args([]).evidence_pages == 0  # opt-in: existing runs unchanged
+    assert parse_args(["--evidence-pages", "3"]).evidence_pages == 3
+    report: dict = {}
+    run_evidence(BenchConfig(size="tiny", evidence_pages=2, dtype="float32"), report, tmp_path)
+    r = report["visual_evidence"]
+    assert r["pages"] == 2 and r["size"] == "tiny" and r["dtype"] == "float32"
+    assert r["s_per_page"] > 0 and r["cpu_s_per_page"] > 0 and r["status"] == "ok"
+    assert r["seconds"] == pytest.approx(2 * r["s_per_page"], rel=1e-2)
+    assert r["regions_per_page"] == 13 and r["grids"] == [[2, 2], [3, 3]]
+    assert r["max_image_tokens"] == 256 and len(r["crop_tokens"]) == 13
+    assert all(200 <= t <= 300 for t in r["crop_tokens"])  # the crop budget, not the page's
+    assert r["rendering"]["render_tokens"] == 1280 and len(r["best_boxes"]) == 2
+    assert "visual evidence (tiny GME, float32, cpu)" in summary_lines(report)[0]
+    json.dumps(report)
+
+
 def test_bench_device_argument(monkeypatch, capsys):
     """`--device cuda` is parsed and checked (no GPU in this test environment: the error
     path, and the accepted forms with CUDA availability injected)."""

@@ -360,3 +360,39 @@ def test_api_search_evidence_visual(make_pdf, _isolated_home):
         assert bad.status_code == 400
         text_mode = client.post("/v1/search", json={**body, "mode": "text"})
         assert text_mode.status_code == 400 and "evidence" in text_mode.text
+
+
+def test_where_on_page_for_the_app(make_pdf, tmp_path):
+    from indexer.errors import QueryError
+    from indexer.pipeline import Indexer
+    from indexer.stores import open_collection
+    from retriever.search import Retriever
+
+    pdf = make_pdf("report.pdf", ["Quarterly revenue grew.", "Customer churn rose."])
+    fake = FakeEmbedder()
+    store = open_collection(str(tmp_path / "coll"))
+    Indexer(store, fake).add([pdf])
+    retriever = Retriever(fake, store)
+    hit = retriever.search("churn", k=1)[0]
+    assert hit.highlights == ()  # nothing visual unless asked
+    found = retriever.where_on_page(hit, "churn")
+    with Image.open(hit.image) as page:
+        assert found.heatmap.shape == (page.height, page.width)
+        assert heatmap_image(page, found).size == page.size
+    assert not found.cached and retriever.where_on_page(hit, "churn").cached
+    with pytest.raises(QueryError, match="Unknown evidence"):
+        retriever.search("churn", evidence="pixels")
+    with pytest.raises(QueryError, match="needs the model"):
+        Retriever(None, store).search("churn", mode="text", evidence="visual")
+    store.close()
+
+
+def test_an_unwritable_cache_folder_still_serves_from_memory(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    cache = EvidenceCache(folder=blocker / "evidence")
+    embedder = ColourEmbedder()
+    page, red = quadrant_page(60, 60), np.eye(4, dtype=np.float32)[0]
+    visual_evidence(embedder, page, red, cache=cache)
+    assert visual_evidence(embedder, page, red, cache=cache).cached
+    assert len(embedder.calls) == 1 and blocker.read_text().startswith("a file")

@@ -119,7 +119,7 @@ def search(
             where = [h for h in hit.highlights if h.source == "visual"][:1]
             for h in where:
                 box = ", ".join(f"{v:.2f}" for v in h.box)
-                typer.echo(f"    where (approximate): [{box}] {h.text}, score {h.score:.4f}")
+                typer.echo(f"    where: [{box}] {h.text}, score {h.score:.4f}")
         if pending:
             say(f"note: {pending} page(s) still wait for vectors; run 'pagelens index' to finish")
 

@@ -22,6 +22,9 @@ implementations:
   ``instruction=None`` means the model's default (document-side) instruction.
 * :class:`EmbedderBase` implements the two sides over the three primitives, so a new model
   writes only the primitives.
+* Optionally, ``embed_images(..., max_image_tokens=N)`` embeds at a smaller visual-token
+  budget for that call only (GME in process and the fake do; visual evidence's crops use
+  it, and shrink the crops themselves for an embedder that does not).
 """
 
 from __future__ import annotations

@@ -109,15 +109,17 @@ class EvidenceCache:
         path = self._path(key)
         if path is None:
             return
+        tmp: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
             with os.fdopen(fd, "w") as out:
                 json.dump({"scores": scores}, out)
             os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError, UnboundLocalError):
-                os.unlink(tmp)  # a full or read-only disk: the memory copy still serves
+        except OSError:  # a full or read-only disk: the memory copy still serves
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
 
 __all__ = ["EvidenceCache", "image_digest", "model_key", "vector_digest"]

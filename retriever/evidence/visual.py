@@ -64,7 +64,7 @@ class VisualRegion:
             "box": [round(float(v), 4) for v in self.box],
             "text": self.text,
             "source": self.source,
-            "score": round(float(self.score), 6),
+            "score": round(float(self.score), 4),
         }
 
 
