@@ -40,7 +40,14 @@ from typing import Any
 
 from bench.common import RESULTS, ROOT, rounded
 from bench.corpus import default_pdf, make_text_pdf, render
-from bench.machine import device_info, machine_info, matmul_peak, memory_bandwidth, native_bf16
+from bench.machine import (
+    check_device,
+    device_info,
+    machine_info,
+    matmul_peak,
+    memory_bandwidth,
+    native_bf16,
+)
 from bench.model_phases import run_model
 from bench.query_phase import run_queries_only
 from bench.report import summary, targets
@@ -260,29 +267,6 @@ def _ints(text: str) -> list[int]:
         for x in text.split(",")
         if x.strip()
     ]
-
-
-def check_device(device: str, error: Any) -> str:
-    """``device`` normalised ("cpu", "cuda", "cuda:1"); ``error(message)`` if it is not
-    usable here (argparse's ``error`` exits with status 2 and the message)."""
-    import torch
-
-    name = (device or "cpu").strip().lower()
-    kind = name.split(":", 1)[0]
-    if kind == "cpu" and name == "cpu":
-        return "cpu"
-    if kind != "cuda":
-        error(f"--device must be cpu or cuda[:N], not {device!r}")
-    if not torch.cuda.is_available():
-        error(
-            f"--device {device}: no CUDA GPU is usable here (torch.cuda.is_available() is "
-            f"False; torch {torch.__version__}, built for CUDA {torch.version.cuda})"
-        )
-    if ":" in name:
-        index = name.split(":", 1)[1]
-        if not index.isdigit() or int(index) >= torch.cuda.device_count():
-            error(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s)")
-    return name
 
 
 #: ``parse_args``'s options, in ``--help`` order: (flag, argparse keywords).

@@ -261,3 +261,26 @@ def decoder_weight_bytes(emb: Any) -> int:
             if mod.bias is not None:
                 total += mod.bias.numel() * mod.bias.element_size()
     return total
+
+
+def check_device(device: str, error: Any) -> str:
+    """``device`` normalised ("cpu", "cuda", "cuda:1"); ``error(message)`` if it is not
+    usable here (argparse's ``error`` exits with status 2 and the message)."""
+    import torch
+
+    name = (device or "cpu").strip().lower()
+    kind = name.split(":", 1)[0]
+    if kind == "cpu" and name == "cpu":
+        return "cpu"
+    if kind != "cuda":
+        error(f"--device must be cpu or cuda[:N], not {device!r}")
+    if not torch.cuda.is_available():
+        error(
+            f"--device {device}: no CUDA GPU is usable here (torch.cuda.is_available() is "
+            f"False; torch {torch.__version__}, built for CUDA {torch.version.cuda})"
+        )
+    if ":" in name:
+        index = name.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            error(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s)")
+    return name
