@@ -83,7 +83,7 @@ class LocalSources:
 
     def _hidden_documents(self) -> list[int]:
         """Documents no search returns (a sync's staged or replaced versions)."""
-        # Literals, not parameters: SQLite uses the partial index (catalog migration 3) only
+        # Literals, not parameters: SQLite uses the partial index (catalog migration 4) only
         # when it can see that the query's condition is the index's.
         rows = self._query(f"SELECT id FROM documents WHERE status IN {_HIDDEN_SQL} ORDER BY id")
         return [r[0] for r in rows]
