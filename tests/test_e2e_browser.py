@@ -235,7 +235,7 @@ def test_upload_search_export_remove(app_url, tmp_path: Path) -> None:
             expect(sidebar.get_by_text("Documents (3)")).to_be_visible()
 
             # 7. Remove a document, with a confirmation.
-            sidebar.get_by_role("button", name="Remove").first.click()
+            sidebar.get_by_role("button", name="Remove", exact=True).first.click()
             expect(
                 sidebar.get_by_text(re.compile(r"Remove .*Quarterly report\.pdf"))
             ).to_be_visible()
@@ -374,7 +374,6 @@ def test_page_dialog_shows_the_evidence(app_url, tmp_path: Path) -> None:
             expect(dialog.get_by_text(re.compile(r"^Heat map: red = strong match"))).to_be_visible()
             expect(dialog.get_by_text(re.compile(r"^Approximate: "))).to_be_visible()
             expect(dialog.locator('[data-testid="stImage"] img')).to_have_count(2)
-            expect(dialog.get_by_text(re.compile(r"^Located in \d"))).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "evidence-heatmap.png"))
             expect(page.locator('[data-testid="stException"]')).to_have_count(0)
         except BaseException:

@@ -59,7 +59,7 @@ def watched_folders_panel(watched: WatchedFolders, seen: int) -> None:
             except PageLensError as exc:
                 st.error(str(exc))
     prune = st.checkbox(
-        "Remove documents whose file is deleted",
+        "Prune: drop documents whose file is gone",
         value=watched.prune,
         key="watch-prune",
         help="Off: a deleted file's document stays searchable (listed as missing).",
