@@ -219,8 +219,9 @@ def test_citation_boxes_for_a_sentence_copied_verbatim(page_hit):
 # -- real PDFs: boxes where PyMuPDF finds the words, on both engines ---------------------
 
 REAL_PDFS = [
+    # a copy of Debian's shared-mime-info spec, committed so the test needs no doc package
+    Path(__file__).parent / "data" / "shared-mime-info-spec.pdf",
     Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf"),
-    Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf"),
     Path("/usr/share/doc/fontconfig/fontconfig-user.pdf.gz"),
     Path("/usr/share/doc/zlib1g-dev/crc-doc.1.0.pdf.gz"),
 ]
@@ -246,8 +247,8 @@ def _real_pages(folder: Path) -> list[Path]:
             out.append(path)
         dest.close()
         src.close()
-    if len(out) < 2:
-        pytest.skip("fewer than two real PDFs in /usr/share/doc")
+    if not out:
+        pytest.skip("no real PDF found")
     return out
 
 

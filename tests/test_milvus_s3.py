@@ -36,6 +36,10 @@ runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = RenderSettings(max_pixels=16 * 28 * 28)  # 16 visual tokens per page
 
+#: Page images and word boxes live under their own prefixes of the bucket.
+IMAGES = "team/pages/pages/"
+WORDS = "team/pages/words/"
+
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory):
@@ -95,8 +99,10 @@ def test_index_search_remove_with_images_in_s3(
     base = ["--collection", spec, "--image-tokens", "16"]
     result = _cli(*base, "index", a, b)
     assert result.exit_code == 0, result.output
-    keys = s3.keys(bucket)
+    keys = s3.keys(bucket, IMAGES)
     assert len(keys) == 5 and all(k.startswith("team/pages/pages/") for k in keys), keys
+    words = s3.keys(bucket, WORDS)  # each page's word boxes, an object beside its image
+    assert len(words) == 5 and all(k.endswith(".words") for k in words), words
     home = Path(os.environ["PAGELENS_HOME"])
     assert not list(home.rglob("*.png")), "images went to a local folder, not to S3"
 
@@ -120,8 +126,9 @@ def test_index_search_remove_with_images_in_s3(
 
     result = _cli(*base, "remove", "a.pdf")
     assert result.exit_code == 0, result.output
-    left = s3.keys(bucket)
+    left = s3.keys(bucket, IMAGES)
     assert len(left) == 2 and all(store.images.exists(p.image) for p in store.pages())
+    assert len(s3.keys(bucket, WORDS)) == 2  # the removed document's words went with it
     assert {p.document_id for p in store.pages()} == {store.document("b.pdf").id}
     store.close()
 
@@ -156,7 +163,7 @@ def test_check_sees_a_missing_image_object_and_repair_then_index_restores_it(
     _index_fake(spec, [pdf])
     result = _cli("--collection", spec, "check", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["ok"], result.output
-    assert len(s3.keys(bucket)) == 3 and store.stats().embedded == 3
+    assert len(s3.keys(bucket, IMAGES)) == 3 and store.stats().embedded == 3
     assert store.image_bytes(store.page(gone.id))  # back in the bucket
     store.close()
 
@@ -234,7 +241,7 @@ def _complete_once(store, bucket: str, s3, n: int) -> None:
     assert len(pages) == n == len({(p.document_id, p.number) for p in pages})
     assert store.stats().pending == 0
     assert all(d.status == "ready" for d in store.documents())
-    assert len(s3.keys(bucket)) == n
+    assert len(s3.keys(bucket, IMAGES)) == n
 
 
 def test_s3_failing_while_pages_are_stored_is_one_line_and_rerun_completes(
@@ -333,13 +340,13 @@ def test_repair_spares_young_images_another_machine_may_be_storing(
     assert result.exit_code == 4, result.output  # reported, not deleted: it may be in flight
     repaired = {r["kind"]: r for r in json.loads(result.stdout)["repaired"]}
     assert repaired["orphan-files"]["count"] == 0 and "kept 1" in repaired["orphan-files"]["detail"]
-    assert "team/pages/pages/77/00001.png" in s3.keys(bucket)
+    assert "team/pages/pages/77/00001.png" in s3.keys(bucket, IMAGES)
 
     monkeypatch.setenv("PAGELENS_MILVUS_ORPHAN_GRACE", "0")  # an hour later, say
     result = _cli("--collection", spec, "check", "--repair", "--json")
     assert result.exit_code == 0, result.output
-    assert "team/pages/pages/77/00001.png" not in s3.keys(bucket)
-    assert len(s3.keys(bucket)) == 2 and store.stats().pages == 2
+    assert "team/pages/pages/77/00001.png" not in s3.keys(bucket, IMAGES)
+    assert len(s3.keys(bucket, IMAGES)) == 2 and store.stats().pages == 2
     store.close()
 
 
@@ -379,7 +386,7 @@ def test_two_machines_index_into_one_s3_backed_collection_at_once(spec, bucket, 
     pages = store.pages(with_text=False)
     assert len(pages) == 7 == len({(p.document_id, p.number) for p in pages})
     assert store.stats().documents == 3 and store.stats().pending == 0
-    assert len(s3.keys(bucket)) == 7
+    assert len(s3.keys(bucket, IMAGES)) == 7
     result = _cli("--collection", plain, "check", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["ok"], result.output
     store.close()
