@@ -195,12 +195,7 @@ def render_pages(
         ocr_tessdata(settings.ocr_language)
     kind = classify(path, settings)
     if kind != "image":
-        if kind == "pdf":
-            doc = open_pdf(path, password)
-        elif kind in OFFICE_KINDS:
-            doc = open_office(path, kind)
-        else:
-            doc = open_paged(path, kind, settings)[0]
+        doc = _open_paged_kind(path, kind, password, settings)
         try:
             for number in check_numbers(path, pages, doc.page_count):
                 yield render_pdf_page(doc, number, path, settings)
@@ -273,17 +268,22 @@ def document_words(
         for page in render_pages(path, settings=settings, pages=pages):
             yield page.number, page.words, page.image.size
         return
-    if kind == "pdf":
-        doc = open_pdf(path, password)
-    elif kind in OFFICE_KINDS:
-        doc = open_office(path, kind)
-    else:
-        doc = open_paged(path, kind, settings)[0]
+    doc = _open_paged_kind(path, kind, password, settings)
     try:
         for number in check_numbers(path, pages, doc.page_count):
             yield number, *document_page_words(doc, path, number, settings)
     finally:
         doc.close()
+
+
+def _open_paged_kind(path: Path, kind: str, password: str | None, settings: RenderSettings):
+    """The MuPDF document of a file that is not an image: a PDF, an Office file (converted
+    by LibreOffice) or what MuPDF lays out or opens itself. The caller closes it."""
+    if kind == "pdf":
+        return open_pdf(path, password)
+    if kind in OFFICE_KINDS:
+        return open_office(path, kind)
+    return open_paged(path, kind, settings)[0]
 
 
 def fit_image(

@@ -143,17 +143,23 @@ def _write_pages(path: Path, markup: str, archive: pymupdf.Archive) -> bytes:
     return buffer.getvalue()
 
 
-def read_source(path: Path, kind: str) -> str:
-    """The file's text, refused by size before it is read, and decoded (BOM, the HTML's
-    declared charset, UTF-8, else Windows-1252)."""
+def refuse_over_markup_limit(path: Path, what: str) -> None:
+    """:class:`DocumentError` ``too-large`` for a file over ``MAX_MARKUP_BYTES`` (read whole
+    into memory), before it is read; ``what`` names the files in the message."""
     size = path.stat().st_size
     if size > MAX_MARKUP_BYTES:
         raise DocumentError(
             path,
             "too-large",
             f"{path}: {size:,} bytes is more than the limit of {MAX_MARKUP_BYTES:,} bytes "
-            f"for {kind} files (they are laid out to pages in memory)",
+            f"for {what}",
         )
+
+
+def read_source(path: Path, kind: str) -> str:
+    """The file's text, refused by size before it is read, and decoded (BOM, the HTML's
+    declared charset, UTF-8, else Windows-1252)."""
+    refuse_over_markup_limit(path, f"{kind} files (they are laid out to pages in memory)")
     data = path.read_bytes()
     for bom, codec in (
         (codecs.BOM_UTF8, "utf-8-sig"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from indexer.errors import DocumentError
 from indexer.pages.files import MARKUP_KINDS, NATIVE_KINDS
-from indexer.pages.markup import MAX_MARKUP_BYTES, open_markup
+from indexer.pages.markup import open_markup, refuse_over_markup_limit
 from indexer.pages.mupdf import drain_mupdf_warnings, pymupdf, quiet_mupdf
 from indexer.pages.pdf import document_page_text
 from indexer.pages.types import RenderSettings
@@ -72,14 +72,7 @@ def _check_content(path: Path, kind: str) -> None:
         fits = head[60:68] in {b"BOOKMOBI", b"TEXtREAd"}
     else:
         fits = b"\x00" not in head and b"<" in head
-        size = path.stat().st_size
-        if size > MAX_MARKUP_BYTES:
-            raise DocumentError(
-                path,
-                "too-large",
-                f"{path}: {size:,} bytes is more than the limit of {MAX_MARKUP_BYTES:,} bytes "
-                f"for {kind.upper()} files",
-            )
+        refuse_over_markup_limit(path, f"{kind.upper()} files")
     if not fits:
         raise DocumentError(
             path, "damaged", f"{path}: named {path.suffix} but its content is not {kind.upper()}"

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from indexer.model import Embedder
 from retriever.evidence.cache import EvidenceCache, image_digest, model_key, vector_digest
+from retriever.evidence.highlights import Highlight
 
 #: Grids as (columns, rows): coarse regions that hold a whole table, fine ones a paragraph.
 DEFAULT_GRIDS: tuple[tuple[int, int], ...] = ((2, 2), (3, 3))
@@ -60,12 +61,8 @@ class VisualRegion:
     source: str = "visual"
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "box": [round(float(v), 4) for v in self.box],
-            "text": self.text,
-            "source": self.source,
-            "score": round(float(self.score), 4),
-        }
+        """The same JSON as every other highlight (:meth:`Highlight.as_dict`)."""
+        return Highlight(self.box, self.text, self.source, self.score).as_dict()
 
 
 @dataclass(frozen=True)

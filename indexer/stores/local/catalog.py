@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from indexer.stores.types import FTS_TOKENIZE, Document, Page
@@ -26,6 +27,7 @@ __all__ = [
     "describe_unopenable",
     "migrate",
     "open_read_only_snapshot",
+    "page_filter",
     "page_from_row",
 ]
 
@@ -172,3 +174,24 @@ def describe_unopenable(path: Path) -> str:
         return "the catalog cannot be opened"
     except sqlite3.DatabaseError as exc:
         return f"the catalog cannot be read ({exc})"
+
+
+def page_filter(
+    documents: Iterable[int] | None, first: int | None, last: int | None, *, table: str = ""
+) -> tuple[list[str], list]:
+    """SQL conditions (to be joined with ``AND``) and their arguments for a page filter:
+    document ids and a 1-based inclusive page range; ``table``: the pages table's alias
+    (``"p."``) in a join. One place, so that every page query filters alike."""
+    where: list[str] = []
+    args: list = []
+    if documents is not None:
+        docs = [int(d) for d in documents]
+        where.append(f"{table}document_id IN ({','.join('?' * len(docs)) or 'NULL'})")
+        args.extend(docs)
+    if first is not None:
+        where.append(f"{table}number >= ?")
+        args.append(first)
+    if last is not None:
+        where.append(f"{table}number <= ?")
+        args.append(last)
+    return where, args

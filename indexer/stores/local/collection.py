@@ -39,7 +39,12 @@ from indexer.errors import (
     DocumentNotFoundError,
 )
 from indexer.stores.base import ModelBinding, atomic_write_bytes, utcnow
-from indexer.stores.local.catalog import DOCUMENT_COLUMNS, PAGE_COLUMNS, page_from_row
+from indexer.stores.local.catalog import (
+    DOCUMENT_COLUMNS,
+    PAGE_COLUMNS,
+    page_filter,
+    page_from_row,
+)
 from indexer.stores.local.check import LocalChecks
 from indexer.stores.local.faiss_cache import (
     APPROX_THRESHOLD,
@@ -403,17 +408,7 @@ class LocalCollection(
         embedded: bool | None = None,
     ) -> list[int]:
         """Page ids matching filters: document ids, a 1-based page range, embedded or not."""
-        where, args = [], []
-        if documents is not None:
-            docs = [int(d) for d in documents]
-            where.append(f"document_id IN ({','.join('?' * len(docs)) or 'NULL'})")
-            args.extend(docs)
-        if first is not None:
-            where.append("number >= ?")
-            args.append(first)
-        if last is not None:
-            where.append("number <= ?")
-            args.append(last)
+        where, args = page_filter(documents, first, last)
         if embedded is True:
             where.append("vector IS NOT NULL")
         elif embedded is False:

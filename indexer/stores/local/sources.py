@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from indexer.errors import DocumentNotFoundError
+from indexer.stores.local.catalog import page_filter
 from indexer.stores.types import HIDDEN_STATUSES
 
 #: Meta keys of the recorded modification times: ``source:<sha256>`` -> nanoseconds. Keyed
@@ -93,17 +94,9 @@ class LocalSources:
     ) -> list[int]:
         """Pages of documents no sync holds hidden, within a filter, read in one statement
         (a snapshot: a swap committed meanwhile is seen whole or not at all)."""
-        where = [f"d.status NOT IN ({','.join('?' * len(HIDDEN_STATUSES))})"]
-        args: list = list(HIDDEN_STATUSES)
-        if documents is not None:
-            where.append(f"p.document_id IN ({','.join('?' * len(documents)) or 'NULL'})")
-            args.extend(int(d) for d in documents)
-        if first is not None:
-            where.append("p.number >= ?")
-            args.append(first)
-        if last is not None:
-            where.append("p.number <= ?")
-            args.append(last)
+        where, args = page_filter(documents, first, last, table="p.")
+        where.insert(0, f"d.status NOT IN ({','.join('?' * len(HIDDEN_STATUSES))})")
+        args[:0] = HIDDEN_STATUSES
         sql = (
             "SELECT p.id FROM pages p JOIN documents d ON d.id = p.document_id WHERE "
             + " AND ".join(where)
