@@ -38,6 +38,14 @@ class TextSearch:
 
         def _hidden_documents(self) -> list[int]: ...
 
+        def _search_once(
+            self,
+            query: np.ndarray,
+            k: int,
+            page_ids: Iterable[int] | None,
+            where: PageFilter | None,
+        ) -> list[tuple[int, float]]: ...
+
         def _without_hidden(self, run: Callable[[], T]) -> T: ...
 
         def _visible_page_ids(
@@ -114,8 +122,9 @@ class TextSearch:
         allowed = self._filter_ids(None, where)
         if allowed is not None and not allowed:
             return [], {}
-        vis = self.search(query, depth, page_ids=allowed) if query is not None else []
-        txt = self.search_text(text, depth, page_ids=allowed) if text else []
+        # The "once" forms: this whole call already runs inside _without_hidden.
+        vis = self._search_once(query, depth, allowed, None) if query is not None else []
+        txt = self._search_text_once(text, depth, allowed, None) if text else []
         return reciprocal_rank_fusion({"visual": vis, "text": txt}, k)
 
     def _filter_ids(
